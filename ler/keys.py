@@ -1,0 +1,224 @@
+"""Ed25519 identities as did:key, domain-separated signatures, and key files.
+
+A did:key here is "did:key:z" + base58btc(0xed 0x01 || 32-byte Ed25519 public key): multicodec
+ed25519-pub, so every such did starts "did:key:z6Mk".
+
+Every signature in the protocol is over `signing_bytes(domain, chain_id, payload)`: the canonical
+encoding of [domain, chain_id, payload]. The domain says what the signature is for ("tx", "vote",
+"presentation", ...), so a signature made for one purpose, or for one network, is never valid for
+another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import base58
+import nacl.exceptions
+import nacl.pwhash
+import nacl.secret
+import nacl.signing
+import nacl.utils
+
+from ler import codec
+from ler.errors import DecodeError, KeyFileError, SignatureError
+
+ED25519_MULTICODEC = b"\xed\x01"
+DID_KEY_PREFIX = "did:key:z"
+PROTOCOL_TAG = "ler/1"
+
+
+def sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def did_from_public_key(public_key: bytes) -> str:
+    if len(public_key) != 32:
+        raise DecodeError("an Ed25519 public key is 32 bytes")
+    return DID_KEY_PREFIX + base58.b58encode(ED25519_MULTICODEC + public_key).decode("ascii")
+
+
+def public_key_from_did(did: str) -> bytes:
+    """The 32-byte Ed25519 key inside a did:key; DecodeError for any other did."""
+    if not isinstance(did, str) or not did.startswith(DID_KEY_PREFIX):
+        raise DecodeError(f"not a did:key identifier: {str(did)[:80]!r}")
+    if len(did) > 64:
+        raise DecodeError("did:key identifier too long")
+    try:
+        raw = base58.b58decode(did[len(DID_KEY_PREFIX):])
+    except ValueError:
+        raise DecodeError("did:key is not valid base58btc") from None
+    if len(raw) != 34 or raw[:2] != ED25519_MULTICODEC:
+        raise DecodeError("did:key does not hold an Ed25519 public key (multicodec 0xed01)")
+    key = raw[2:]
+    if did_from_public_key(key) != did:
+        raise DecodeError("did:key is not in canonical form")
+    return key
+
+
+def signing_bytes(domain: str, chain_id: str, payload: Any) -> bytes:
+    """The exact bytes every protocol signature covers."""
+    return codec.encode([PROTOCOL_TAG + "/" + domain, chain_id, payload])
+
+
+def verify(public_key: bytes, message: bytes, signature: bytes) -> bool:
+    """True iff `signature` is a valid Ed25519 signature of `message` by `public_key`."""
+    if len(public_key) != 32 or len(signature) != 64:
+        return False
+    try:
+        nacl.signing.VerifyKey(public_key).verify(message, signature)
+        return True
+    except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, nacl.exceptions.TypeError):
+        return False
+
+
+def verify_signed(public_key: bytes, domain: str, chain_id: str, payload: Any, signature: bytes) -> bool:
+    return verify(public_key, signing_bytes(domain, chain_id, payload), signature)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPair:
+    """An Ed25519 signing key with its public half and did."""
+
+    seed: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.seed) != 32:
+            raise KeyFileError("an Ed25519 seed is 32 bytes")
+
+    @classmethod
+    def generate(cls) -> KeyPair:
+        return cls(nacl.utils.random(32))
+
+    @property
+    def _signing_key(self) -> nacl.signing.SigningKey:
+        return nacl.signing.SigningKey(self.seed)
+
+    @property
+    def public_key(self) -> bytes:
+        return bytes(self._signing_key.verify_key)
+
+    @property
+    def did(self) -> str:
+        return did_from_public_key(self.public_key)
+
+    def sign(self, message: bytes) -> bytes:
+        return self._signing_key.sign(message).signature
+
+    def sign_payload(self, domain: str, chain_id: str, payload: Any) -> bytes:
+        return self.sign(signing_bytes(domain, chain_id, payload))
+
+    def __repr__(self) -> str:  # never print the seed
+        return f"KeyPair({self.did})"
+
+
+# --- key files -------------------------------------------------------------------------------------
+#
+# Plain:      {"format": "ler-key/1", "did": ..., "seed": hex}
+# Encrypted:  {"format": "ler-key/1", "did": ..., "encrypted": {"kdf": "argon2id", "salt": hex,
+#              "opslimit": int, "memlimit": int, "nonce": hex, "ciphertext": hex}}
+# The ciphertext is libsodium secretbox (XSalsa20-Poly1305) of the seed under a key derived from the
+# passphrase with Argon2id. The did is stored in clear so a key can be shown without its passphrase.
+
+KEY_FORMAT = "ler-key/1"
+PASSPHRASE_ENV = "LER_KEY_PASSPHRASE"
+
+
+def write_key_file(path: str | os.PathLike[str], key: KeyPair, passphrase: str | None = None,
+                   *, overwrite: bool = False) -> None:
+    """Write `key` to `path` with mode 0600 (created that way, never world-readable for an instant)."""
+    doc: dict[str, Any] = {"format": KEY_FORMAT, "did": key.did}
+    if passphrase is not None:
+        if not passphrase:
+            raise KeyFileError("the passphrase is empty")
+        salt = nacl.utils.random(nacl.pwhash.argon2id.SALTBYTES)
+        ops = nacl.pwhash.argon2id.OPSLIMIT_MODERATE
+        mem = nacl.pwhash.argon2id.MEMLIMIT_MODERATE
+        box_key = nacl.pwhash.argon2id.kdf(nacl.secret.SecretBox.KEY_SIZE, passphrase.encode("utf-8"),
+                                           salt, opslimit=ops, memlimit=mem)
+        nonce = nacl.utils.random(nacl.secret.SecretBox.NONCE_SIZE)
+        ct = nacl.secret.SecretBox(box_key).encrypt(key.seed, nonce).ciphertext
+        doc["encrypted"] = {"kdf": "argon2id", "salt": salt.hex(), "opslimit": ops, "memlimit": mem,
+                            "nonce": nonce.hex(), "ciphertext": ct.hex()}
+    else:
+        doc["seed"] = key.seed.hex()
+    data = (json.dumps(doc, indent=2) + "\n").encode("utf-8")
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        raise KeyFileError(f"{path} already exists; refusing to overwrite a key") from None
+    except OSError as exc:
+        raise KeyFileError(f"cannot write {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(path, 0o600)
+
+
+def read_key_file_did(path: str | os.PathLike[str]) -> str:
+    """The did a key file declares, without decrypting it."""
+    doc = _load_key_doc(path)
+    did = doc.get("did")
+    public_key_from_did(did)
+    return str(did)
+
+
+def is_encrypted(path: str | os.PathLike[str]) -> bool:
+    return "encrypted" in _load_key_doc(path)
+
+
+def read_key_file(path: str | os.PathLike[str], passphrase: str | None = None) -> KeyPair:
+    """Load a key file. An encrypted one needs `passphrase` (or $LER_KEY_PASSPHRASE)."""
+    doc = _load_key_doc(path)
+    if "encrypted" in doc:
+        if passphrase is None:
+            passphrase = os.environ.get(PASSPHRASE_ENV)
+        if passphrase is None:
+            raise KeyFileError(f"{path} is encrypted: give its passphrase (prompt or ${PASSPHRASE_ENV})")
+        enc = doc["encrypted"]
+        try:
+            if enc.get("kdf") != "argon2id":
+                raise KeyFileError(f"{path}: unknown key derivation {enc.get('kdf')!r}")
+            box_key = nacl.pwhash.argon2id.kdf(
+                nacl.secret.SecretBox.KEY_SIZE, passphrase.encode("utf-8"), bytes.fromhex(enc["salt"]),
+                opslimit=int(enc["opslimit"]), memlimit=int(enc["memlimit"]))
+            seed = nacl.secret.SecretBox(box_key).decrypt(bytes.fromhex(enc["ciphertext"]),
+                                                          bytes.fromhex(enc["nonce"]))
+        except nacl.exceptions.CryptoError:
+            raise KeyFileError(f"{path}: wrong passphrase (or the file was altered)") from None
+        except (KeyError, ValueError, TypeError, AttributeError):
+            raise KeyFileError(f"{path}: malformed encrypted key") from None
+    else:
+        try:
+            seed = bytes.fromhex(doc["seed"])
+        except (KeyError, ValueError, TypeError):
+            raise KeyFileError(f"{path}: no valid seed in key file") from None
+    key = KeyPair(seed)
+    if key.did != doc.get("did"):
+        raise KeyFileError(f"{path}: the seed does not match the did the file declares")
+    return key
+
+
+def _load_key_doc(path: str | os.PathLike[str]) -> dict[str, Any]:
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise KeyFileError(f"key file {path} not found") from None
+    except OSError as exc:
+        raise KeyFileError(f"cannot read key file {path}: {exc.strerror}") from None
+    if len(raw) > 64 * 1024:
+        raise KeyFileError(f"{path} is too large to be a key file")
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise KeyFileError(f"{path} is not a key file (not JSON)") from None
+    if not isinstance(doc, dict) or doc.get("format") != KEY_FORMAT:
+        raise KeyFileError(f"{path} is not a {KEY_FORMAT} key file")
+    return doc

@@ -1,0 +1,181 @@
+"""Typed wire objects: frozen dataclasses that convert, strictly, to and from canonical msgpack and JSON.
+
+A wire class declares its fields with types (int, str, bytes, bool, `X | None`, `tuple[X, ...]`, another
+wire class) and optional limits in the field metadata (`size` for exact byte length, `max` for the
+largest length of a str, bytes or tuple, `lo`/`hi` for integers). Decoding refuses unknown fields,
+missing fields, wrong types and values out of bounds, naming the field. On the wire a map's keys are the
+field names. In JSON, bytes are lowercase hex; everything else is as in msgpack.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from typing import Any, ClassVar, Self
+
+from ler import codec
+from ler.errors import DecodeError
+
+DEFAULT_MAX_STR = 1024
+DEFAULT_MAX_BYTES = 1024
+DEFAULT_MAX_ITEMS = 1024
+_U64 = 2**64 - 1
+_HEX = re.compile(r"[0-9a-f]*")
+
+
+def b32(**kw: Any) -> Any:
+    """A 32-byte field (hashes, public keys)."""
+    return dataclasses.field(metadata={"size": 32}, **kw)
+
+
+def b64(**kw: Any) -> Any:
+    """A 64-byte field (signatures)."""
+    return dataclasses.field(metadata={"size": 64}, **kw)
+
+
+def limit(**meta: Any) -> Any:
+    """A field with explicit limits, e.g. `limit(max=200)` or `limit(lo=0, hi=100)`."""
+    default = meta.pop("default", dataclasses.MISSING)
+    if default is dataclasses.MISSING:
+        return dataclasses.field(metadata=meta)
+    return dataclasses.field(metadata=meta, default=default)
+
+
+class Wire:
+    """Mixin for wire dataclasses. Subclasses must be `@dataclass(frozen=True, slots=True)`."""
+
+    __slots__ = ()
+    _hints_cache: ClassVar[dict[type, list[tuple[str, Any, Any]]]] = {}
+
+    # --- msgpack ---------------------------------------------------------------------------------
+    def to_obj(self) -> dict[str, Any]:
+        return {name: _to_obj(getattr(self, name)) for name, _, _ in _fields(type(self))}
+
+    @classmethod
+    def from_obj(cls, obj: Any, where: str = "") -> Self:
+        return _from(cls, obj, where or cls.__name__, json_mode=False)
+
+    def encode(self) -> bytes:
+        return codec.encode(self.to_obj())
+
+    @classmethod
+    def decode(cls, data: bytes, max_size: int = codec.MAX_MESSAGE_BYTES) -> Self:
+        return cls.from_obj(codec.decode(data, max_size))
+
+    # --- JSON ------------------------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        return {name: _to_json(getattr(self, name)) for name, _, _ in _fields(type(self))}
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str = "") -> Self:
+        return _from(cls, obj, where or cls.__name__, json_mode=True)
+
+
+def _fields(cls: type) -> list[tuple[str, Any, Any]]:
+    cached = Wire._hints_cache.get(cls)
+    if cached is None:
+        hints = typing.get_type_hints(cls)
+        cached = [(f.name, hints[f.name], f.metadata) for f in dataclasses.fields(cls)]
+        Wire._hints_cache[cls] = cached
+    return cached
+
+
+def _to_obj(v: Any) -> Any:
+    if isinstance(v, Wire):
+        return v.to_obj()
+    if isinstance(v, tuple):
+        return [_to_obj(x) for x in v]
+    return v
+
+
+def _to_json(v: Any) -> Any:
+    if isinstance(v, Wire):
+        return v.to_json()
+    if isinstance(v, tuple):
+        return [_to_json(x) for x in v]
+    if isinstance(v, bytes):
+        return v.hex()
+    return v
+
+
+def _from(cls: type, obj: Any, where: str, json_mode: bool) -> Any:
+    if not isinstance(obj, dict):
+        raise DecodeError(f"{where}: expected a map, got {_kind(obj)}")
+    fields = _fields(cls)
+    names = {n for n, _, _ in fields}
+    unknown = [k for k in obj if k not in names]
+    if unknown:
+        raise DecodeError(f"{where}: unknown field {sorted(map(str, unknown))[0]!r}")
+    values: dict[str, Any] = {}
+    for name, tp, meta in fields:
+        if name not in obj:
+            raise DecodeError(f"{where}: missing field {name!r}")
+        values[name] = _value(tp, meta, obj[name], f"{where}.{name}", json_mode)
+    try:
+        return cls(**values)
+    except DecodeError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise DecodeError(f"{where}: {exc}") from None
+
+
+def _value(tp: Any, meta: Any, v: Any, where: str, json_mode: bool) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (types.UnionType, typing.Union):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if v is None:
+            return None
+        return _value(args[0], meta, v, where, json_mode)
+    if origin is tuple:
+        (item_tp, _ellipsis) = typing.get_args(tp)
+        if not isinstance(v, list):
+            raise DecodeError(f"{where}: expected an array, got {_kind(v)}")
+        if len(v) > meta.get("max", DEFAULT_MAX_ITEMS):
+            raise DecodeError(f"{where}: more than {meta.get('max', DEFAULT_MAX_ITEMS)} items")
+        return tuple(_value(item_tp, {}, x, f"{where}[{i}]", json_mode) for i, x in enumerate(v))
+    if isinstance(tp, type) and issubclass(tp, Wire):
+        return _from(tp, v, where, json_mode)
+    if tp is bool:
+        if not isinstance(v, bool):
+            raise DecodeError(f"{where}: expected true or false, got {_kind(v)}")
+        return v
+    if tp is int:
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise DecodeError(f"{where}: expected an integer, got {_kind(v)}")
+        lo, hi = meta.get("lo", 0), meta.get("hi", _U64)
+        if not lo <= v <= hi:
+            raise DecodeError(f"{where}: {v} is outside [{lo}, {hi}]")
+        return v
+    if tp is str:
+        if not isinstance(v, str):
+            raise DecodeError(f"{where}: expected a string, got {_kind(v)}")
+        mx = meta.get("max", DEFAULT_MAX_STR)
+        if len(v) > mx:
+            raise DecodeError(f"{where}: longer than {mx} characters")
+        return v
+    if tp is bytes:
+        if json_mode:
+            if not isinstance(v, str):
+                raise DecodeError(f"{where}: expected a hex string, got {_kind(v)}")
+            if len(v) % 2 or not _HEX.fullmatch(v):
+                raise DecodeError(f"{where}: not lowercase hex of whole bytes")
+            v = bytes.fromhex(v)
+        elif not isinstance(v, bytes):
+            raise DecodeError(f"{where}: expected bytes, got {_kind(v)}")
+        size = meta.get("size")
+        if size is not None and len(v) != size:
+            raise DecodeError(f"{where}: expected {size} bytes, got {len(v)}")
+        mx = meta.get("max", DEFAULT_MAX_BYTES)
+        if len(v) > mx:
+            raise DecodeError(f"{where}: longer than {mx} bytes")
+        return v
+    raise TypeError(f"unsupported wire type {tp!r} at {where}")  # a programming error, not input
+
+
+def _kind(v: Any) -> str:
+    if v is None:
+        return "nil"
+    return {dict: "a map", list: "an array", str: "a string", bytes: "bytes", bool: "a boolean",
+            int: "an integer", float: "a float"}.get(type(v), type(v).__name__)
