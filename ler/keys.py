@@ -26,7 +26,7 @@ import nacl.signing
 import nacl.utils
 
 from ler import codec
-from ler.errors import DecodeError, KeyFileError, SignatureError
+from ler.errors import DecodeError, KeyFileError
 
 ED25519_MULTICODEC = b"\xed\x01"
 DID_KEY_PREFIX = "did:key:z"

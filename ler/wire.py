@@ -4,11 +4,13 @@ A wire class declares its fields with types (int, str, bytes, bool, `X | None`, 
 wire class) and optional limits in the field metadata (`size` for exact byte length, `max` for the
 largest length of a str, bytes or tuple, `lo`/`hi` for integers). Decoding refuses unknown fields,
 missing fields, wrong types and values out of bounds, naming the field. On the wire a map's keys are the
-field names. In JSON, bytes are lowercase hex; everything else is as in msgpack.
+field names. In JSON, bytes are lowercase hex (or unpadded base64url where a document says so); everything else
+is as in msgpack.
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import re
 import types
@@ -23,6 +25,7 @@ DEFAULT_MAX_BYTES = 1024
 DEFAULT_MAX_ITEMS = 1024
 _U64 = 2**64 - 1
 _HEX = re.compile(r"[0-9a-f]*")
+_B64 = re.compile(r"[A-Za-z0-9_-]*")
 
 
 def b32(**kw: Any) -> Any:
@@ -43,6 +46,16 @@ def limit(**meta: Any) -> Any:
     return dataclasses.field(metadata=meta, default=default)
 
 
+def hex_bytes(v: Any, size: int | None, where: str) -> bytes:
+    """Parse lowercase hex of whole bytes (of exactly `size` bytes, if given); DecodeError otherwise."""
+    if not isinstance(v, str) or len(v) % 2 or not _HEX.fullmatch(v):
+        raise DecodeError(f"{where}: expected lowercase hex")
+    raw = bytes.fromhex(v)
+    if size is not None and len(raw) != size:
+        raise DecodeError(f"{where}: expected {size} bytes, got {len(raw)}")
+    return raw
+
+
 class Wire:
     """Mixin for wire dataclasses. Subclasses must be `@dataclass(frozen=True, slots=True)`."""
 
@@ -55,7 +68,7 @@ class Wire:
 
     @classmethod
     def from_obj(cls, obj: Any, where: str = "") -> Self:
-        return _from(cls, obj, where or cls.__name__, json_mode=False)
+        return _from(cls, obj, where or cls.__name__, json_mode="")
 
     def encode(self) -> bytes:
         return codec.encode(self.to_obj())
@@ -65,12 +78,14 @@ class Wire:
         return cls.from_obj(codec.decode(data, max_size))
 
     # --- JSON ------------------------------------------------------------------------------------
-    def to_json(self) -> dict[str, Any]:
-        return {name: _to_json(getattr(self, name)) for name, _, _ in _fields(type(self))}
+    # Bytes are lowercase hex by default; `b64=True` uses unpadded base64url instead (proof bundles,
+    # where size matters). A reader must be told which, as each document type fixes one.
+    def to_json(self, b64: bool = False) -> dict[str, Any]:
+        return {name: _to_json(getattr(self, name), b64) for name, _, _ in _fields(type(self))}
 
     @classmethod
-    def from_json(cls, obj: Any, where: str = "") -> Self:
-        return _from(cls, obj, where or cls.__name__, json_mode=True)
+    def from_json(cls, obj: Any, where: str = "", b64: bool = False) -> Self:
+        return _from(cls, obj, where or cls.__name__, json_mode="b64" if b64 else "hex")
 
 
 def _fields(cls: type) -> list[tuple[str, Any, Any]]:
@@ -90,17 +105,34 @@ def _to_obj(v: Any) -> Any:
     return v
 
 
-def _to_json(v: Any) -> Any:
+def _to_json(v: Any, b64: bool) -> Any:
     if isinstance(v, Wire):
-        return v.to_json()
+        return v.to_json(b64)
     if isinstance(v, tuple):
-        return [_to_json(x) for x in v]
+        return [_to_json(x, b64) for x in v]
     if isinstance(v, bytes):
-        return v.hex()
+        return b64url(v) if b64 else v.hex()
     return v
 
 
-def _from(cls: type, obj: Any, where: str, json_mode: bool) -> Any:
+def b64url(data: bytes) -> str:
+    """Unpadded base64url (RFC 4648 section 5)."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_bytes(v: Any, size: int | None, where: str) -> bytes:
+    """Parse canonical unpadded base64url (of exactly `size` bytes, if given); DecodeError otherwise."""
+    if not isinstance(v, str) or not _B64.fullmatch(v) or len(v) % 4 == 1:
+        raise DecodeError(f"{where}: expected unpadded base64url")
+    raw = base64.urlsafe_b64decode(v + "=" * (-len(v) % 4))
+    if b64url(raw) != v:
+        raise DecodeError(f"{where}: base64url is not in canonical form")
+    if size is not None and len(raw) != size:
+        raise DecodeError(f"{where}: expected {size} bytes, got {len(raw)}")
+    return raw
+
+
+def _from(cls: type, obj: Any, where: str, json_mode: str) -> Any:
     if not isinstance(obj, dict):
         raise DecodeError(f"{where}: expected a map, got {_kind(obj)}")
     fields = _fields(cls)
@@ -121,7 +153,7 @@ def _from(cls: type, obj: Any, where: str, json_mode: bool) -> Any:
         raise DecodeError(f"{where}: {exc}") from None
 
 
-def _value(tp: Any, meta: Any, v: Any, where: str, json_mode: bool) -> Any:
+def _value(tp: Any, meta: Any, v: Any, where: str, json_mode: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (types.UnionType, typing.Union):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -156,12 +188,10 @@ def _value(tp: Any, meta: Any, v: Any, where: str, json_mode: bool) -> Any:
             raise DecodeError(f"{where}: longer than {mx} characters")
         return v
     if tp is bytes:
-        if json_mode:
-            if not isinstance(v, str):
-                raise DecodeError(f"{where}: expected a hex string, got {_kind(v)}")
-            if len(v) % 2 or not _HEX.fullmatch(v):
-                raise DecodeError(f"{where}: not lowercase hex of whole bytes")
-            v = bytes.fromhex(v)
+        if json_mode == "hex":
+            v = hex_bytes(v, None, where)
+        elif json_mode == "b64":
+            v = b64url_bytes(v, None, where)
         elif not isinstance(v, bytes):
             raise DecodeError(f"{where}: expected bytes, got {_kind(v)}")
         size = meta.get("size")

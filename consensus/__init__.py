@@ -1,0 +1,1 @@
+"""Agreement among authorities: the proof-of-authority BFT state machine (sans-IO)."""

@@ -1,0 +1,476 @@
+"""Proof bundles: one file that proves records to a verifier holding nothing but the genesis file.
+
+A bundle speaks for a recent committed block, the head. It carries the head's header and commit
+certificate, the validator-set transitions that lead from genesis to the head's validators, and for
+each record: the disclosed claims, the anchoring transaction with its inclusion path in the anchoring
+block's tx_root, the anchoring header with its history path into the head's history_root, and sparse
+Merkle proofs of the record's entry (status, revocation) at the head and of the issuer's entry at the
+anchoring block (accreditation, scope, key then) and at the head (standing now).
+
+JSON, binary fields as unpadded base64url (docs/PROTOCOL.md, "Proof bundle"). `verify_bundle` runs every
+check, names each with a plain-language line, and gives one verdict.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ler import keys, merkle, smt
+from ler.block import CommitCertificate, Genesis, Header, validators_hash
+from ler.errors import DecodeError, LerError, ProofError
+from ler.record import Disclosure
+from ler.smt import StateProof
+from ler.state import (
+    ACCREDITED,
+    ACTIVE,
+    SELF_ASSERTED,
+    EndorsementEntry,
+    IssuerEntry,
+    RecordEntry,
+    endorsement_key,
+    issuer_key,
+    record_key,
+)
+from ler.tx import RECORD_ID_BYTES, RecordAnchor, Tx
+from ler.wire import Wire, b64url, b64url_bytes, limit
+
+BUNDLE_FORMAT = "ler-bundle/1"
+MAX_BUNDLE_BYTES = 4 * 1024 * 1024
+MAX_RECORDS = 64
+
+# Verdicts, worst first: the bundle's verdict is the worst of its records'.
+TAMPERED = "tampered"          # a cryptographic check failed: altered, forged or not from this chain
+WRONG_CHAIN = "wrong-network"  # made for another chain (genesis does not match)
+REVOKED = "revoked"
+EXPIRED = "expired"
+UNACCREDITED = "unaccredited"  # signed by an issuer not accredited for this type
+SELF_ASSERTED_V = "self-asserted"
+VALID = "valid"
+_RANK = [TAMPERED, WRONG_CHAIN, REVOKED, EXPIRED, UNACCREDITED, SELF_ASSERTED_V, VALID]
+
+
+@dataclass(frozen=True, slots=True)
+class ValidatorTransition(Wire):
+    """A committed header announcing a new validator set (next_validators_hash) and that set's keys."""
+
+    header: Header
+    cert: CommitCertificate
+    validators: tuple[bytes, ...] = limit(max=128)
+
+
+@dataclass(frozen=True, slots=True)
+class HeadProof(Wire):
+    header: Header
+    cert: CommitCertificate
+
+
+@dataclass(frozen=True, slots=True)
+class AnchorProof(Wire):
+    tx: bytes = limit(max=4096)           # the anchoring transaction's canonical bytes
+    index: int = limit()                  # its position in the block
+    path: tuple[bytes, ...] = limit(max=32)   # inclusion path in header.tx_root
+    header: Header                        # the anchoring block's header
+    history_path: tuple[bytes, ...] = limit(max=64)  # header.hash in the head's history_root
+
+
+@dataclass(frozen=True, slots=True)
+class RecordProof:
+    record_id: bytes
+    disclosure: Disclosure
+    anchor: AnchorProof
+    record_state: StateProof            # record entry at the head
+    issuer_then: StateProof             # issuer entry (or its absence) at the anchoring header
+    issuer_now: StateProof              # issuer entry (or its absence) at the head
+    endorsements: tuple[StateProof, ...] = ()  # endorsement entries at the head
+
+    def to_json(self) -> dict[str, Any]:
+        return {"record_id": b64url(self.record_id), "disclosure": _disclosure_json(self.disclosure),
+                "anchor": self.anchor.to_json(True), "record_state": self.record_state.to_json(True),
+                "issuer_then": self.issuer_then.to_json(True), "issuer_now": self.issuer_now.to_json(True),
+                "endorsements": [e.to_json(True) for e in self.endorsements]}
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str) -> RecordProof:
+        fields = {"record_id", "disclosure", "anchor", "record_state", "issuer_then", "issuer_now",
+                  "endorsements"}
+        _exact(obj, fields, where)
+        ends = obj["endorsements"]
+        if not isinstance(ends, list) or len(ends) > 64:
+            raise DecodeError(f"{where}.endorsements: expected a list of at most 64 proofs")
+        return cls(
+            record_id=b64url_bytes(obj["record_id"], RECORD_ID_BYTES, f"{where}.record_id"),
+            disclosure=_disclosure_from_json(obj["disclosure"], f"{where}.disclosure"),
+            anchor=AnchorProof.from_json(obj["anchor"], f"{where}.anchor", b64=True),
+            record_state=StateProof.from_json(obj["record_state"], f"{where}.record_state", b64=True),
+            issuer_then=StateProof.from_json(obj["issuer_then"], f"{where}.issuer_then", b64=True),
+            issuer_now=StateProof.from_json(obj["issuer_now"], f"{where}.issuer_now", b64=True),
+            endorsements=tuple(StateProof.from_json(e, f"{where}.endorsements[{i}]", b64=True)
+                               for i, e in enumerate(ends)))
+
+
+@dataclass(frozen=True, slots=True)
+class ProofBundle:
+    chain_id: str
+    genesis_hash: bytes
+    head: HeadProof
+    transitions: tuple[ValidatorTransition, ...]
+    records: tuple[RecordProof, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": BUNDLE_FORMAT, "chain_id": self.chain_id, "genesis_hash": b64url(self.genesis_hash),
+                "head": self.head.to_json(True), "transitions": [t.to_json(True) for t in self.transitions],
+                "records": [r.to_json() for r in self.records]}
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=1, ensure_ascii=False) + "\n"
+
+    @classmethod
+    def from_json(cls, obj: Any) -> ProofBundle:
+        if not isinstance(obj, dict) or obj.get("format") != BUNDLE_FORMAT:
+            raise DecodeError(f"not a {BUNDLE_FORMAT} proof bundle")
+        _exact(obj, {"format", "chain_id", "genesis_hash", "head", "transitions", "records"}, "bundle")
+        trans, recs = obj["transitions"], obj["records"]
+        if not isinstance(trans, list) or len(trans) > 4096:
+            raise DecodeError("bundle.transitions: expected a list")
+        if not isinstance(recs, list) or not 1 <= len(recs) <= MAX_RECORDS:
+            raise DecodeError(f"bundle.records: expected a list of 1 to {MAX_RECORDS} records")
+        if not isinstance(obj["chain_id"], str):
+            raise DecodeError("bundle.chain_id: expected a string")
+        return cls(
+            chain_id=obj["chain_id"],
+            genesis_hash=b64url_bytes(obj["genesis_hash"], 32, "bundle.genesis_hash"),
+            head=HeadProof.from_json(obj["head"], "bundle.head", b64=True),
+            transitions=tuple(ValidatorTransition.from_json(t, f"bundle.transitions[{i}]", b64=True)
+                              for i, t in enumerate(trans)),
+            records=tuple(RecordProof.from_json(r, f"bundle.records[{i}]") for i, r in enumerate(recs)))
+
+    @classmethod
+    def loads(cls, data: bytes | str) -> ProofBundle:
+        if len(data) > MAX_BUNDLE_BYTES:
+            raise DecodeError(f"bundle larger than {MAX_BUNDLE_BYTES} bytes")
+        try:
+            obj = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DecodeError(f"bundle is not valid JSON: {exc}") from None
+        return cls.from_json(obj)
+
+
+def _exact(obj: Any, fields: set[str], where: str) -> None:
+    if not isinstance(obj, dict):
+        raise DecodeError(f"{where}: expected an object")
+    if set(obj) != fields:
+        odd = sorted(set(obj) ^ fields)
+        raise DecodeError(f"{where}: unexpected or missing field {odd[0]!r}")
+
+
+def _disclosure_json(d: Disclosure) -> dict[str, Any]:
+    return {"total": d.total, "claims": [
+        {"key": c.key, "value": c.value, "salt": b64url(c.salt), "index": c.index,
+         "path": [b64url(p) for p in c.path]} for c in d.claims]}
+
+
+def _disclosure_from_json(obj: Any, where: str) -> Disclosure:
+    """Disclosure JSON inside a bundle uses base64url; convert to the hex form Disclosure parses."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("claims"), list):
+        raise DecodeError(f"{where}: expected an object with total and claims")
+    claims = []
+    for i, c in enumerate(obj["claims"]):
+        w = f"{where}.claims[{i}]"
+        if not isinstance(c, dict) or not isinstance(c.get("path"), list):
+            raise DecodeError(f"{w}: expected key, value, salt, index and path")
+        claims.append({**c, "salt": b64url_bytes(c.get("salt"), 16, f"{w}.salt").hex(),
+                       "path": [b64url_bytes(p, 32, f"{w}.path").hex() for p in c["path"]]})
+    try:
+        return Disclosure.from_json({**obj, "claims": claims})
+    except DecodeError as exc:
+        raise DecodeError(f"{where}: {exc}") from None
+
+
+# --- verification ----------------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    record: int | None = None  # which record of the bundle, or None for the bundle as a whole
+
+    def to_json(self) -> dict[str, Any]:
+        return {"check": self.name, "pass": self.ok, "detail": self.detail, "record": self.record}
+
+
+@dataclass(slots=True)
+class RecordReport:
+    record_id: str
+    verdict: str = TAMPERED
+    type: str | None = None
+    issuer: str | None = None
+    issuer_name: str | None = None
+    issuer_scopes: list[str] = field(default_factory=list)
+    issuer_status_now: str | None = None
+    holder: str | None = None
+    standing: str | None = None
+    anchored_height: int | None = None
+    anchored_time: int | None = None
+    expires: int | None = None
+    revoked: dict[str, Any] | None = None
+    disclosed: dict[str, Any] = field(default_factory=dict)
+    hidden: int = 0
+    endorsements: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
+
+
+@dataclass(slots=True)
+class VerificationResult:
+    verdict: str
+    checks: list[Check]
+    records: list[RecordReport]
+    chain_id: str | None = None
+    head_height: int | None = None
+    head_time: int | None = None
+    head_hash: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.verdict == VALID
+
+    def to_json(self) -> dict[str, Any]:
+        return {"verdict": self.verdict, "valid": self.ok, "chain_id": self.chain_id,
+                "as_of": {"height": self.head_height, "time": self.head_time, "block": self.head_hash},
+                "records": [r.to_json() for r in self.records],
+                "checks": [c.to_json() for c in self.checks]}
+
+
+class _Checker:
+    def __init__(self) -> None:
+        self.checks: list[Check] = []
+
+    def ok(self, name: str, detail: str, record: int | None = None) -> None:
+        self.checks.append(Check(name, True, detail, record))
+
+    def fail(self, name: str, detail: str, record: int | None = None) -> None:
+        self.checks.append(Check(name, False, detail, record))
+
+
+def _worst(verdicts: list[str]) -> str:
+    return min(verdicts, key=_RANK.index) if verdicts else TAMPERED
+
+
+def verify_bundle(bundle_data: bytes | str | ProofBundle, genesis: Genesis,
+                  now_ms: int | None = None) -> VerificationResult:
+    """Check a bundle against the genesis file alone. Never raises for bad input: it reports it."""
+    c = _Checker()
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    try:
+        bundle = bundle_data if isinstance(bundle_data, ProofBundle) else ProofBundle.loads(bundle_data)
+    except LerError as exc:
+        c.fail("format", f"the file is not a readable proof bundle: {exc}")
+        return VerificationResult(TAMPERED, c.checks, [])
+    c.ok("format", f"readable {BUNDLE_FORMAT} bundle with {len(bundle.records)} record(s)")
+    res = VerificationResult(TAMPERED, c.checks, [], chain_id=bundle.chain_id,
+                             head_height=bundle.head.header.height, head_time=bundle.head.header.time,
+                             head_hash=bundle.head.header.hash.hex())
+
+    if bundle.chain_id != genesis.chain_id or bundle.genesis_hash != genesis.hash:
+        c.fail("network", f"the bundle is for chain {bundle.chain_id!r}, the genesis file is for "
+                          f"{genesis.chain_id!r} (or a different genesis of that name)")
+        res.verdict = WRONG_CHAIN
+        res.records = [RecordReport(record_id=r.record_id.hex(), verdict=WRONG_CHAIN) for r in bundle.records]
+        return res
+    c.ok("network", f"made for chain {genesis.chain_id!r}, the one the genesis file defines")
+
+    head = bundle.head.header
+    try:
+        vals = _walk_validators(bundle, genesis, c)
+        if head.chain != genesis.chain_id:
+            raise ProofError("the head header is for another chain")
+        if head.validators_hash != validators_hash(vals):
+            raise ProofError("the head's validator set does not follow from genesis and the transitions")
+        cert = bundle.head.cert
+        if cert.height != head.height or cert.block != head.hash:
+            raise ProofError("the head certificate is for another block")
+        cert.verify(genesis.chain_id, vals)
+        c.ok("head committed", f"block {head.height} is signed by {len(cert.sigs)} of {len(vals)} "
+                               "authorities (more than 2/3 needed)")
+    except (ProofError, DecodeError) as exc:
+        c.fail("head committed", f"the block the bundle speaks for is not proven committed: {exc}")
+        res.records = [RecordReport(record_id=r.record_id.hex()) for r in bundle.records]
+        return res
+
+    seen_ids: set[bytes] = set()
+    for i, rp in enumerate(bundle.records):
+        report = RecordReport(record_id=rp.record_id.hex())
+        res.records.append(report)
+        if rp.record_id in seen_ids:
+            c.fail("record", "the same record appears twice in the bundle", i)
+            continue
+        seen_ids.add(rp.record_id)
+        try:
+            report.verdict = _verify_record(rp, head, genesis, now_ms, c, i, report)
+        except (ProofError, DecodeError) as exc:
+            c.fail("record", str(exc), i)
+            report.verdict = TAMPERED
+    res.verdict = _worst([r.verdict for r in res.records])
+    return res
+
+
+def _walk_validators(bundle: ProofBundle, genesis: Genesis, c: _Checker) -> tuple[bytes, ...]:
+    """Follow the validator-set transitions from genesis; return the set that signs the head."""
+    vals = genesis.validators
+    last_height = 0
+    for t in bundle.transitions:
+        h = t.header
+        if h.chain != genesis.chain_id or h.height <= last_height or h.height >= bundle.head.header.height:
+            raise ProofError(f"validator transition at height {h.height} is out of order")
+        if h.validators_hash != validators_hash(vals):
+            raise ProofError(f"validator transition at height {h.height} is not signed by the set in force")
+        if t.cert.height != h.height or t.cert.block != h.hash:
+            raise ProofError(f"the certificate of the transition at height {h.height} is for another block")
+        t.cert.verify(genesis.chain_id, vals)
+        new = tuple(sorted(set(t.validators)))
+        if len(new) != len(t.validators) or not new or h.next_validators_hash != validators_hash(new):
+            raise ProofError(f"the validator set announced at height {h.height} does not match its hash")
+        vals, last_height = new, h.height
+    if bundle.transitions:
+        c.ok("validator set", f"followed {len(bundle.transitions)} authority-set change(s) from genesis")
+    else:
+        c.ok("validator set", "the genesis authorities are still the validators")
+    return vals
+
+
+def _verify_record(rp: RecordProof, head: Header, genesis: Genesis, now_ms: int, c: _Checker, i: int,
+                   report: RecordReport) -> str:
+    anchor = rp.anchor
+    ah = anchor.header
+    # 1. the anchoring transaction
+    tx = Tx.decode(anchor.tx)
+    if not isinstance(tx.body, RecordAnchor) or tx.body.record != rp.record_id:
+        raise ProofError("the anchoring transaction does not anchor this record")
+    if tx.chain != genesis.chain_id or not tx.signature_valid():
+        raise ProofError("the anchoring transaction's signature does not verify")
+    body = tx.body
+    report.type, report.issuer, report.holder, report.expires = body.rtype, body.issuer, body.holder, body.expires
+    c.ok("issuer signature", f"the record was signed by {tx.signer_did}", i)
+
+    # 2. the disclosed claims belong to the committed record
+    problems = rp.disclosure.verify(body.commitment)
+    if problems:
+        raise ProofError("disclosed claims do not match the record: " + "; ".join(problems))
+    report.disclosed = rp.disclosure.values()
+    report.hidden = rp.disclosure.hidden_count()
+    shown = ", ".join(report.disclosed) or "none"
+    c.ok("disclosed claims", f"{len(report.disclosed)} claim(s) shown ({shown}) and proven part of the "
+                             f"record; {report.hidden} hidden", i)
+
+    # 3. the transaction is in the anchoring block, and that block is in the head's history
+    if ah.chain != genesis.chain_id or not merkle.verify_inclusion(
+            merkle.leaf_hash(tx.tx_id), anchor.index, ah.tx_count, list(anchor.path), ah.tx_root):
+        raise ProofError("the anchoring transaction is not proven to be in its block")
+    if ah.height > head.height:
+        raise ProofError("the anchoring block is newer than the head")
+    if ah.height == head.height:
+        if ah.hash != head.hash or anchor.history_path:
+            raise ProofError("the anchoring block differs from the head at the same height")
+    elif not merkle.verify_inclusion(merkle.leaf_hash(ah.hash), ah.height, head.height,
+                                     list(anchor.history_path), head.history_root):
+        raise ProofError("the anchoring block is not proven part of the chain's history")
+    report.anchored_height, report.anchored_time = ah.height, ah.time
+    c.ok("anchored", f"anchored in block {ah.height}, part of the history certified at block {head.height}", i)
+
+    # 4. the record's entry on the ledger now
+    entry_raw = _member(rp.record_state, record_key(rp.record_id), head.state_root, "record status")
+    entry = RecordEntry.decode(entry_raw)
+    if (entry.issuer, entry.holder, entry.rtype, entry.commitment, entry.anchored, entry.tx, entry.signer) != (
+            body.issuer, body.holder, body.rtype, body.commitment, ah.height, tx.tx_id, tx.signer):
+        raise ProofError("the ledger's record entry does not match the anchoring transaction")
+    report.standing = entry.standing
+
+    # 5. the issuer, then and now
+    then_raw = _state_value(rp.issuer_then, issuer_key(body.issuer), ah.state_root, "issuer at anchoring")
+    now_raw = _state_value(rp.issuer_now, issuer_key(body.issuer), head.state_root, "issuer now")
+    issuer_then = IssuerEntry.decode(then_raw) if then_raw is not None else None
+    issuer_now = IssuerEntry.decode(now_raw) if now_raw is not None else None
+    if issuer_now is not None:
+        report.issuer_name, report.issuer_status_now = issuer_now.name, issuer_now.status
+        report.issuer_scopes = list(issuer_now.scopes)
+    verdict = VALID
+    if entry.standing == ACCREDITED:
+        if issuer_then is None:
+            raise ProofError("the ledger says accredited but the issuer is not proven registered then")
+        if issuer_then.key_at(ah.height) != tx.signer:
+            raise ProofError("the signing key was not the issuer's key at the anchoring height")
+        if not issuer_then.covers(body.rtype) or issuer_then.accredited > ah.height or not (
+                issuer_then.status == ACTIVE or issuer_then.changed == ah.height):
+            raise ProofError("the issuer was not accredited for this record type when it was anchored")
+        report.issuer_name = issuer_then.name if report.issuer_name is None else report.issuer_name
+        scopes = ", ".join(issuer_then.scopes)
+        c.ok("issuer accredited", f"{issuer_then.name} ({body.issuer}) was accredited for {scopes} at "
+                                  f"block {ah.height}, signing with its key of that time", i)
+        if issuer_now is not None and issuer_now.status != ACTIVE:
+            c.ok("issuer now", f"note: the issuer's accreditation is {issuer_now.status} since block "
+                               f"{issuer_now.changed}; records issued before stay valid", i)
+    elif entry.standing == SELF_ASSERTED:
+        verdict = SELF_ASSERTED_V
+        c.fail("issuer accredited", "self-asserted: the holder recorded this about themselves; no "
+                                    "accredited issuer vouches for it", i)
+    else:
+        verdict = UNACCREDITED
+        who = f"{issuer_then.name} is registered but not accredited for '{body.rtype}'" if issuer_then \
+            else f"{body.issuer} is not an accredited issuer"
+        c.fail("issuer accredited", f"unaccredited: {who}", i)
+
+    # 6. endorsements (shown with who vouches; never accreditation)
+    for e_proof in rp.endorsements:
+        if len(e_proof.key) != 32 or e_proof.value is None:
+            raise ProofError("an endorsement proof does not prove an endorsement")
+        if not smt.verify_state_proof(head.state_root, e_proof):
+            raise ProofError("an endorsement proof does not verify at the head")
+        e = EndorsementEntry.decode(e_proof.value)
+        if e.record != rp.record_id or e_proof.key != endorsement_key(rp.record_id, e.endorser):
+            raise ProofError("an endorsement proof is for another record")
+        report.endorsements.append({"endorser": keys.did_from_public_key(e.endorser), "height": e.height,
+                                    "digest": e.digest.hex() if e.digest else None})
+    if rp.endorsements:
+        c.ok("endorsements", f"{len(rp.endorsements)} endorsement(s), each by the did shown", i)
+
+    # 7. revocation and expiry
+    if entry.revoked is not None:
+        report.revoked = {"height": entry.revoked.height, "reason": entry.revoked.reason}
+        c.fail("not revoked", f"REVOKED at block {entry.revoked.height}: {entry.revoked.reason}", i)
+        return REVOKED
+    c.ok("not revoked", f"not revoked as of block {head.height}", i)
+    if entry.expires is not None and entry.expires < now_ms:
+        c.fail("not expired", f"expired at {_fmt_ms(entry.expires)}", i)
+        return EXPIRED
+    if entry.expires is not None:
+        c.ok("not expired", f"valid until {_fmt_ms(entry.expires)}", i)
+    return verdict
+
+
+def _member(proof: StateProof, key: bytes, root: bytes, what: str) -> bytes:
+    value = _state_value(proof, key, root, what)
+    if value is None:
+        raise ProofError(f"{what}: the ledger has no such entry")
+    return value
+
+
+def _state_value(proof: StateProof, key: bytes, root: bytes, what: str) -> bytes | None:
+    if proof.key != key:
+        raise ProofError(f"{what}: the state proof is for another key")
+    if not smt.verify_state_proof(root, proof):
+        raise ProofError(f"{what}: the state proof does not verify against the block's state root")
+    return proof.value
+
+
+def _fmt_ms(ms: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ms / 1000))
+
+
+def dumps_compact(bundle: ProofBundle) -> bytes:
+    return json.dumps(bundle.to_json(), separators=(",", ":")).encode()
+

@@ -1,0 +1,300 @@
+"""Record documents, claim commitments and selective disclosure.
+
+A record document is a set of claims (key -> value). Each claim gets a fresh 16-byte random salt; its
+leaf data is the canonical encoding of [key, value, salt], and the record's commitment is the RFC 6962
+root over the leaf data of all claims sorted by key (ascending UTF-8 bytes). Only the commitment goes on
+the ledger. A disclosure reveals some claims with their salts and inclusion paths, and proves nothing
+about the others beyond their number; the salts keep a hidden "awarded: 2009" from being guessed.
+
+Claim values are JSON values without floats (strings, integers, booleans, null, arrays, objects).
+An evidence claim's value is {"sha256": hex, "media_type": str, "name": str}: the file stays with the
+holder and a verifier given the file checks its hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ler import codec, merkle
+from ler.errors import DecodeError
+from ler.tx import RECORD_ID_BYTES, check_chain_id, check_record_type
+from ler.wire import hex_bytes
+
+SALT_BYTES = 16
+MAX_CLAIMS = 256
+MAX_CLAIM_KEY = 100
+MAX_CLAIM_VALUE_BYTES = 4096
+RECORD_FORMAT = "ler-record/1"
+
+
+def _check_value(value: Any, where: str) -> None:
+    try:
+        enc = codec.encode(value)
+    except DecodeError as exc:
+        raise DecodeError(f"claim {where}: {exc}") from None
+    if len(enc) > MAX_CLAIM_VALUE_BYTES:
+        raise DecodeError(f"claim {where}: value larger than {MAX_CLAIM_VALUE_BYTES} bytes")
+    if _has_bytes(value):
+        raise DecodeError(f"claim {where}: values are JSON values (no raw bytes)")
+
+
+def _has_bytes(v: Any) -> bool:
+    if isinstance(v, bytes):
+        return True
+    if isinstance(v, list | tuple):
+        return any(_has_bytes(x) for x in v)
+    if isinstance(v, dict):
+        return any(_has_bytes(x) for x in v.values())
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    key: str
+    value: Any
+    salt: bytes
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.key, str) or not self.key or len(self.key) > MAX_CLAIM_KEY:
+            raise DecodeError(f"claim key must be a string of 1-{MAX_CLAIM_KEY} characters")
+        if not isinstance(self.salt, bytes) or len(self.salt) != SALT_BYTES:
+            raise DecodeError(f"claim {self.key!r}: salt must be {SALT_BYTES} bytes")
+        _check_value(self.value, repr(self.key))
+
+    @property
+    def leaf_data(self) -> bytes:
+        return codec.encode([self.key, self.value, self.salt])
+
+    def to_json(self) -> dict[str, Any]:
+        return {"key": self.key, "value": self.value, "salt": self.salt.hex()}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> Claim:
+        if not isinstance(obj, dict) or set(obj) != {"key", "value", "salt"}:
+            raise DecodeError("a claim is an object with exactly key, value and salt")
+        return cls(obj["key"], obj["value"], hex_bytes(obj["salt"], SALT_BYTES, "claim salt"))
+
+
+def _sort_key(c: Claim) -> bytes:
+    return c.key.encode("utf-8")
+
+
+def commitment(claims: list[Claim] | tuple[Claim, ...]) -> bytes:
+    """RFC 6962 root over the claims' leaf data, sorted by key. Keys must be distinct."""
+    ordered = sorted(claims, key=_sort_key)
+    for a, b in itertools.pairwise(ordered):
+        if a.key == b.key:
+            raise DecodeError(f"claim {a.key!r} appears twice")
+    return merkle.root([c.leaf_data for c in ordered])
+
+
+def make_claims(values: dict[str, Any]) -> tuple[Claim, ...]:
+    """Salt a plain {key: value} mapping into claims (fresh random salts), sorted by key."""
+    if not isinstance(values, dict) or not values:
+        raise DecodeError("claims must be a non-empty JSON object of key: value")
+    if len(values) > MAX_CLAIMS:
+        raise DecodeError(f"at most {MAX_CLAIMS} claims per record")
+    claims = [Claim(k, v, secrets.token_bytes(SALT_BYTES)) for k, v in values.items()]
+    return tuple(sorted(claims, key=_sort_key))
+
+
+def evidence_value(path: str | os.PathLike[str], media_type: str) -> dict[str, Any]:
+    """The claim value that commits to a file: its SHA-256, media type and name."""
+    p = Path(path)
+    h = hashlib.sha256()
+    with p.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return {"sha256": h.hexdigest(), "media_type": media_type, "name": p.name}
+
+
+@dataclass(frozen=True, slots=True)
+class RecordDocument:
+    """What the holder keeps: every claim with its salt, and where the record is anchored."""
+
+    chain_id: str
+    record_id: bytes
+    issuer: str
+    holder: str
+    rtype: str
+    expires: int | None
+    claims: tuple[Claim, ...]
+    anchor_tx: bytes | None = None  # set once anchored
+
+    def __post_init__(self) -> None:
+        check_chain_id(self.chain_id)
+        check_record_type(self.rtype)
+        if len(self.record_id) != RECORD_ID_BYTES:
+            raise DecodeError(f"record id must be {RECORD_ID_BYTES} bytes")
+        if not self.claims or len(self.claims) > MAX_CLAIMS:
+            raise DecodeError(f"a record has 1 to {MAX_CLAIMS} claims")
+        if list(self.claims) != sorted(self.claims, key=_sort_key):
+            raise DecodeError("claims must be sorted by key")
+
+    @property
+    def commitment(self) -> bytes:
+        return commitment(self.claims)
+
+    def claim(self, key: str) -> Claim:
+        for c in self.claims:
+            if c.key == key:
+                return c
+        raise DecodeError(f"the record has no claim {key!r} (it has: {', '.join(c.key for c in self.claims)})")
+
+    def disclose(self, reveal: list[str] | tuple[str, ...]) -> Disclosure:
+        """A disclosure of the named claims; every other claim stays hidden."""
+        names = list(dict.fromkeys(reveal))
+        for n in names:
+            self.claim(n)
+        leaves = [c.leaf_data for c in self.claims]
+        shown = []
+        for i, c in enumerate(self.claims):
+            if c.key in names:
+                shown.append(DisclosedClaim(key=c.key, value=c.value, salt=c.salt, index=i,
+                                            path=tuple(merkle.inclusion_proof(leaves, i))))
+        return Disclosure(total=len(self.claims), claims=tuple(shown))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": RECORD_FORMAT, "chain_id": self.chain_id, "record_id": self.record_id.hex(),
+                "issuer": self.issuer, "holder": self.holder, "type": self.rtype, "expires": self.expires,
+                "commitment": self.commitment.hex(),
+                "anchor_tx": self.anchor_tx.hex() if self.anchor_tx else None,
+                "claims": [c.to_json() for c in self.claims]}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> RecordDocument:
+        fields = {"format", "chain_id", "record_id", "issuer", "holder", "type", "expires", "commitment",
+                  "anchor_tx", "claims"}
+        if not isinstance(obj, dict) or obj.get("format") != RECORD_FORMAT:
+            raise DecodeError(f"not a {RECORD_FORMAT} record file")
+        if set(obj) != fields:
+            odd = sorted(set(obj) ^ fields)
+            raise DecodeError(f"record file: unexpected or missing field {odd[0]!r}")
+        record_id = hex_bytes(obj["record_id"], RECORD_ID_BYTES, "record file: record_id")
+        anchor = hex_bytes(obj["anchor_tx"], 32, "record file: anchor_tx") if obj["anchor_tx"] else None
+        if not isinstance(obj["claims"], list):
+            raise DecodeError("record file: claims must be a list")
+        expires = obj["expires"]
+        if expires is not None and (not isinstance(expires, int) or isinstance(expires, bool)):
+            raise DecodeError("record file: expires must be an integer (ms) or null")
+        doc = cls(chain_id=obj["chain_id"], record_id=record_id, issuer=obj["issuer"], holder=obj["holder"],
+                  rtype=obj["type"], expires=expires,
+                  claims=tuple(Claim.from_json(c) for c in obj["claims"]), anchor_tx=anchor)
+        if doc.commitment.hex() != obj["commitment"]:
+            raise DecodeError("record file: the claims do not match its commitment (altered?)")
+        return doc
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> RecordDocument:
+        try:
+            raw = Path(path).read_bytes()
+        except OSError as exc:
+            raise DecodeError(f"cannot read record file {path}: {exc.strerror}") from None
+        if len(raw) > 4 * 1024 * 1024:
+            raise DecodeError(f"{path} is too large for a record file")
+        try:
+            obj = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DecodeError(f"{path} is not valid JSON: {exc}") from None
+        return cls.from_json(obj)
+
+
+@dataclass(frozen=True, slots=True)
+class DisclosedClaim:
+    key: str
+    value: Any
+    salt: bytes
+    index: int  # position among all the record's claims, sorted by key
+    path: tuple[bytes, ...]  # RFC 6962 inclusion path of the claim's leaf in the commitment
+
+    @property
+    def leaf_data(self) -> bytes:
+        return codec.encode([self.key, self.value, self.salt])
+
+
+@dataclass(frozen=True, slots=True)
+class Disclosure:
+    """Revealed claims with their inclusion paths in a commitment over `total` claims."""
+
+    total: int
+    claims: tuple[DisclosedClaim, ...]
+
+    def verify(self, commitment_root: bytes) -> list[str]:
+        """Problems found (empty when every revealed claim is proven part of the commitment)."""
+        problems = []
+        if not 1 <= self.total <= MAX_CLAIMS:
+            return [f"claim count {self.total} is out of range"]
+        seen_idx: set[int] = set()
+        prev_key: bytes | None = None
+        for c in self.claims:
+            if c.index in seen_idx:
+                problems.append(f"claim position {c.index} is revealed twice")
+            seen_idx.add(c.index)
+            kb = c.key.encode("utf-8")
+            if prev_key is not None and kb <= prev_key:
+                problems.append("revealed claims are not in ascending key order")
+            prev_key = kb
+            if not merkle.verify_inclusion(merkle.leaf_hash(c.leaf_data), c.index, self.total,
+                                           list(c.path), commitment_root):
+                problems.append(f"claim {c.key!r} is not part of the record's commitment")
+        return problems
+
+    def hidden_count(self) -> int:
+        return self.total - len(self.claims)
+
+    def values(self) -> dict[str, Any]:
+        return {c.key: c.value for c in self.claims}
+
+    def to_obj(self) -> dict[str, Any]:
+        return {"total": self.total, "claims": [
+            {"key": c.key, "value": c.value, "salt": c.salt, "index": c.index, "path": list(c.path)}
+            for c in self.claims]}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"total": self.total, "claims": [
+            {"key": c.key, "value": c.value, "salt": c.salt.hex(), "index": c.index,
+             "path": [p.hex() for p in c.path]} for c in self.claims]}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> Disclosure:
+        if not isinstance(obj, dict) or set(obj) != {"total", "claims"}:
+            raise DecodeError("disclosure: expected an object with total and claims")
+        total = obj["total"]
+        if not isinstance(total, int) or isinstance(total, bool) or not 1 <= total <= MAX_CLAIMS:
+            raise DecodeError("disclosure.total: expected an integer from 1 to %d" % MAX_CLAIMS)
+        if not isinstance(obj["claims"], list) or len(obj["claims"]) > total:
+            raise DecodeError("disclosure.claims: expected a list no longer than total")
+        out = []
+        for i, c in enumerate(obj["claims"]):
+            where = f"disclosure.claims[{i}]"
+            if not isinstance(c, dict) or set(c) != {"key", "value", "salt", "index", "path"}:
+                raise DecodeError(f"{where}: expected key, value, salt, index and path")
+            key, value, index, path = c["key"], c["value"], c["index"], c["path"]
+            if not isinstance(key, str) or not key or len(key) > MAX_CLAIM_KEY:
+                raise DecodeError(f"{where}.key: expected a string of 1-{MAX_CLAIM_KEY} characters")
+            _check_value(value, repr(key))
+            if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < total:
+                raise DecodeError(f"{where}.index: out of range")
+            if not isinstance(path, list) or len(path) > 16:
+                raise DecodeError(f"{where}.path: expected a list of at most 16 hashes")
+            try:
+                salt = _hex(c["salt"], SALT_BYTES)
+                hashes = tuple(_hex(p, 32) for p in path)
+            except DecodeError as exc:
+                raise DecodeError(f"{where}: {exc}") from None
+            out.append(DisclosedClaim(key=key, value=value, salt=salt, index=index, path=hashes))
+        return cls(total=total, claims=tuple(out))
+
+
+def _hex(v: Any, size: int) -> bytes:
+    return hex_bytes(v, size, "value")

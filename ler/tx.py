@@ -1,0 +1,272 @@
+"""Signed transactions: the five kinds of change a ledger accepts.
+
+A transaction is a map {chain, type, signer, nonce, body, sig}. `sig` is the signer's Ed25519 signature
+over keys.signing_bytes("tx", chain, {type, signer, nonce, body}); its id is SHA-256 of the canonical
+encoding of the whole map, signature included. The nonce lets one signer send the same action twice
+as two distinct transactions; the ledger applies any id at most once.
+
+Types and bodies (docs/PROTOCOL.md, "Transactions"):
+  gov.vote       {action}                                   an authority votes for a governance action
+  issuer.rotate  {issuer, new_key, new_key_sig}             an issuer moves to a new signing key
+  record.anchor  {record, issuer, holder, rtype, commitment, expires}
+  record.revoke  {record, reason}
+  record.endorse {record, digest}
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, ClassVar, Self
+
+from ler import codec, keys
+from ler.errors import DecodeError
+from ler.keys import KeyPair, sha256
+from ler.wire import Wire, b32, b64, limit
+
+MAX_TX_BYTES = 4096
+RECORD_ID_BYTES = 16
+
+ACTION_KINDS = ("accredit", "suspend", "reinstate", "withdraw", "add_authority", "remove_authority")
+_RTYPE = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}(\.[a-z0-9][a-z0-9_-]{0,39}){0,7}")
+_CHAIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def check_record_type(rtype: str, what: str = "record type") -> None:
+    """Record types (and scopes) are dot-separated lowercase segments: "degree", "degree.bachelor"."""
+    if not isinstance(rtype, str) or not _RTYPE.fullmatch(rtype):
+        raise DecodeError(f"{what} {rtype!r} must be dot-separated segments of a-z, 0-9, '-' or '_'")
+
+
+def check_chain_id(chain_id: str) -> None:
+    if not isinstance(chain_id, str) or not _CHAIN.fullmatch(chain_id):
+        raise DecodeError(f"chain id {chain_id!r} must be 1-64 characters of A-Z, a-z, 0-9, '.', '_', '-'")
+
+
+def scope_covers(scope: str, rtype: str) -> bool:
+    """A scope is a record-type prefix: "degree" covers "degree" and "degree.bachelor", not "degrees"."""
+    return rtype == scope or rtype.startswith(scope + ".")
+
+
+def _check_did(did: str, what: str) -> None:
+    try:
+        keys.public_key_from_did(did)
+    except DecodeError as exc:
+        raise DecodeError(f"{what}: {exc}") from None
+
+
+# --- governance -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Action(Wire):
+    """A governance action. It executes when more than 2/3 of the authorities voted for the same one."""
+
+    kind: str = limit(max=32)
+    subject: str = limit(max=64)          # the issuer's or authority's did:key
+    name: str | None = limit(max=200)     # accredit, add_authority
+    scopes: tuple[str, ...] = limit(max=16)  # accredit: record-type prefixes
+    until: int | None = None               # accredit: valid for blocks with time <= until (ms)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ACTION_KINDS:
+            raise DecodeError(f"unknown action kind {self.kind!r} (one of {', '.join(ACTION_KINDS)})")
+        _check_did(self.subject, "action subject")
+        if self.kind == "accredit":
+            if not self.name or not self.scopes:
+                raise DecodeError("accredit needs a name and at least one scope")
+            for s in self.scopes:
+                check_record_type(s, "scope")
+            if len(set(self.scopes)) != len(self.scopes) or list(self.scopes) != sorted(self.scopes):
+                raise DecodeError("scopes must be sorted and distinct")
+        elif self.kind == "add_authority":
+            if not self.name or self.scopes or self.until is not None:
+                raise DecodeError("add_authority takes a name only")
+        elif self.name is not None or self.scopes or self.until is not None:
+            raise DecodeError(f"{self.kind} takes only a subject")
+
+    @property
+    def action_id(self) -> bytes:
+        return sha256(self.encode())
+
+
+@dataclass(frozen=True, slots=True)
+class GovVote(Wire):
+    TYPE: ClassVar[str] = "gov.vote"
+    action: Action
+
+
+@dataclass(frozen=True, slots=True)
+class IssuerRotate(Wire):
+    """Rotate an issuer's signing key. Signed by the current key; `new_key_sig` proves the new key is held."""
+
+    TYPE: ClassVar[str] = "issuer.rotate"
+    issuer: str = limit(max=64)
+    new_key: bytes = b32()
+    new_key_sig: bytes = b64()
+
+    def __post_init__(self) -> None:
+        _check_did(self.issuer, "issuer")
+
+    @staticmethod
+    def possession_payload(issuer: str, new_key: bytes) -> dict[str, Any]:
+        return {"issuer": issuer, "new_key": new_key}
+
+
+# --- records --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class RecordAnchor(Wire):
+    """Anchor a record's commitment. No personal data: the claims stay with the holder."""
+
+    TYPE: ClassVar[str] = "record.anchor"
+    record: bytes = limit(size=RECORD_ID_BYTES)
+    issuer: str = limit(max=64)
+    holder: str = limit(max=64)
+    rtype: str = limit(max=200)
+    commitment: bytes = b32()
+    expires: int | None = None  # ms since the epoch; the record reads as expired after it
+
+    def __post_init__(self) -> None:
+        _check_did(self.issuer, "issuer")
+        _check_did(self.holder, "holder")
+        check_record_type(self.rtype)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordRevoke(Wire):
+    TYPE: ClassVar[str] = "record.revoke"
+    record: bytes = limit(size=RECORD_ID_BYTES)
+    reason: str = limit(max=200)
+
+    def __post_init__(self) -> None:
+        if not self.reason.strip():
+            raise DecodeError("a revocation needs a reason")
+
+
+@dataclass(frozen=True, slots=True)
+class RecordEndorse(Wire):
+    """Any did:key vouches for a record; `digest` may commit to an off-chain statement the holder keeps."""
+
+    TYPE: ClassVar[str] = "record.endorse"
+    record: bytes = limit(size=RECORD_ID_BYTES)
+    digest: bytes | None = b32(default=None)
+
+
+Body = GovVote | IssuerRotate | RecordAnchor | RecordRevoke | RecordEndorse
+BODY_TYPES: dict[str, type[Wire]] = {
+    cls.TYPE: cls for cls in (GovVote, IssuerRotate, RecordAnchor, RecordRevoke, RecordEndorse)
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Tx:
+    """A signed transaction. `raw` is its canonical encoding; `tx_id` is SHA-256(raw)."""
+
+    chain: str
+    type: str
+    signer: bytes
+    nonce: int
+    body: Any  # one of the Body classes, matching `type`
+    sig: bytes
+    raw: bytes
+    tx_id: bytes
+
+    _FIELDS: ClassVar[frozenset[str]] = frozenset({"chain", "type", "signer", "nonce", "body", "sig"})
+
+    @property
+    def signer_did(self) -> str:
+        return keys.did_from_public_key(self.signer)
+
+    def signed_payload(self) -> dict[str, Any]:
+        return {"type": self.type, "signer": self.signer, "nonce": self.nonce, "body": self.body.to_obj()}
+
+    def signature_valid(self) -> bool:
+        return keys.verify_signed(self.signer, "tx", self.chain, self.signed_payload(), self.sig)
+
+    def to_obj(self) -> dict[str, Any]:
+        return {"chain": self.chain, "type": self.type, "signer": self.signer, "nonce": self.nonce,
+                "body": self.body.to_obj(), "sig": self.sig}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.tx_id.hex(), "chain": self.chain, "type": self.type, "signer": self.signer_did,
+                "nonce": self.nonce, "body": self.body.to_json(), "sig": self.sig.hex()}
+
+    @classmethod
+    def from_obj(cls, obj: Any, raw: bytes | None = None) -> Self:
+        if not isinstance(obj, dict):
+            raise DecodeError("transaction: expected a map")
+        extra = set(obj) - cls._FIELDS
+        if extra:
+            raise DecodeError(f"transaction: unknown field {sorted(extra)[0]!r}")
+        missing = cls._FIELDS - set(obj)
+        if missing:
+            raise DecodeError(f"transaction: missing field {sorted(missing)[0]!r}")
+        chain, ttype, signer, nonce, sig = obj["chain"], obj["type"], obj["signer"], obj["nonce"], obj["sig"]
+        if not isinstance(chain, str):
+            raise DecodeError("transaction.chain: expected a string")
+        check_chain_id(chain)
+        body_cls = BODY_TYPES.get(ttype) if isinstance(ttype, str) else None
+        if body_cls is None:
+            raise DecodeError(f"transaction.type: unknown type {str(ttype)[:40]!r} "
+                              f"(one of {', '.join(BODY_TYPES)})")
+        if not isinstance(signer, bytes) or len(signer) != 32:
+            raise DecodeError("transaction.signer: expected a 32-byte Ed25519 public key")
+        if not isinstance(nonce, int) or isinstance(nonce, bool) or not 0 <= nonce < 2**64:
+            raise DecodeError("transaction.nonce: expected an unsigned 64-bit integer")
+        if not isinstance(sig, bytes) or len(sig) != 64:
+            raise DecodeError("transaction.sig: expected a 64-byte signature")
+        body = body_cls.from_obj(obj["body"], f"transaction.body ({ttype})")
+        if raw is None:
+            raw = codec.encode(obj)
+        if len(raw) > MAX_TX_BYTES:
+            raise DecodeError(f"transaction of {len(raw)} bytes exceeds {MAX_TX_BYTES}")
+        return cls(chain, ttype, signer, nonce, body, sig, raw, sha256(raw))
+
+    @classmethod
+    def decode(cls, data: bytes) -> Self:
+        return cls.from_obj(codec.decode(data, MAX_TX_BYTES), raw=bytes(data))
+
+    @classmethod
+    def from_json(cls, obj: Any) -> Self:
+        """Parse the JSON form (bytes as hex, signer as did:key; an "id" field, if present, must match)."""
+        if not isinstance(obj, dict):
+            raise DecodeError("transaction: expected a JSON object")
+        obj = dict(obj)
+        claimed_id = obj.pop("id", None)
+        ttype = obj.get("type")
+        body_cls = BODY_TYPES.get(ttype) if isinstance(ttype, str) else None
+        if body_cls is None:
+            raise DecodeError(f"transaction.type: unknown type {str(ttype)[:40]!r}")
+        try:
+            signer = keys.public_key_from_did(obj.get("signer"))  # type: ignore[arg-type]
+            sig = bytes.fromhex(obj["sig"]) if isinstance(obj.get("sig"), str) else None
+        except (DecodeError, ValueError) as exc:
+            raise DecodeError(f"transaction: {exc}") from None
+        body = body_cls.from_json(obj.get("body"), f"transaction.body ({ttype})")
+        m = dict(obj, signer=signer, sig=sig, body=body.to_obj())
+        tx = cls.from_obj(m)
+        if claimed_id is not None and claimed_id != tx.tx_id.hex():
+            raise DecodeError("transaction: the id given does not match its content")
+        return tx
+
+
+def sign_tx(key: KeyPair, chain_id: str, body: Wire, nonce: int | None = None) -> Tx:
+    """Build and sign a transaction with `key`."""
+    import secrets
+
+    check_chain_id(chain_id)
+    ttype = type(body).TYPE  # type: ignore[attr-defined]
+    if nonce is None:
+        nonce = secrets.randbits(63)
+    payload = {"type": ttype, "signer": key.public_key, "nonce": nonce, "body": body.to_obj()}
+    sig = key.sign_payload("tx", chain_id, payload)
+    obj = {"chain": chain_id, "type": ttype, "signer": key.public_key, "nonce": nonce,
+           "body": body.to_obj(), "sig": sig}
+    return Tx.from_obj(obj)
+
+
+def rotation_body(issuer: str, current_chain: str, new_key: KeyPair) -> IssuerRotate:
+    """An issuer.rotate body, with the new key's proof of possession."""
+    new_sig = new_key.sign_payload("rotate", current_chain,
+                                   IssuerRotate.possession_payload(issuer, new_key.public_key))
+    return IssuerRotate(issuer=issuer, new_key=new_key.public_key, new_key_sig=new_sig)

@@ -1,0 +1,1 @@
+"""The node daemon: configuration, HTTP API, mempool, block production, CLI."""

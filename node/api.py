@@ -1,0 +1,366 @@
+"""The public HTTP API under /v1 (aiohttp). JSON in and out; msgpack accepted for transaction batches.
+
+Every refusal is a 4xx with {"error": reason}; no input reaches a 500. Bytes are lowercase hex, identities
+did:key strings. The OpenAPI document at /v1/openapi.json (node/openapi.py) describes every route.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from ler import codec, keys
+from ler.bundle import verify_bundle
+from ler.errors import DecodeError, LerError
+from ler.record import Disclosure
+from ler.state import EndorsementEntry, IssuerEntry, RecordEntry
+from ler.tx import MAX_TX_BYTES, RECORD_ID_BYTES, Tx
+from ler.wire import hex_bytes
+from node import openapi
+from node.service import COMMITTED, PENDING, REJECTED, NodeService, now_ms
+from storage.bundles import BundleError, build_bundle
+
+log = logging.getLogger("ler.api")
+
+VERSION = "0.1.0"
+MAX_BATCH = 10_000
+JSON_DUMPS = json.dumps
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=JSON_DUMPS)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return _json({"error": exc.reason}, exc.status)
+    except LerError as exc:
+        return _json({"error": str(exc)}, 400)
+    except web.HTTPRequestEntityTooLarge as exc:
+        return _json({"error": f"request body too large (limit {exc.max_size} bytes)"}, 413)
+    except web.HTTPException as exc:
+        if exc.status >= 400:
+            return _json({"error": exc.reason or exc.text or "request refused"}, exc.status)
+        raise
+    except Exception:  # a bug, never the client's fault; say so without leaking internals
+        log.exception("event=internal_error path=%s", request.path)
+        return _json({"error": "internal error; the node logged the details"}, 500)
+
+
+async def _read_json(request: web.Request) -> Any:
+    raw = await request.read()
+    if not raw:
+        raise ApiError(400, "empty request body; expected JSON")
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiError(400, f"malformed JSON: {exc}") from None
+
+
+def _hex_id(text: str, size: int, what: str) -> bytes:
+    try:
+        return hex_bytes(text, size, what)
+    except DecodeError as exc:
+        raise ApiError(400, str(exc)) from None
+
+
+def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        v = int(raw)
+    except ValueError:
+        raise ApiError(400, f"query parameter {name} must be an integer") from None
+    if not lo <= v <= hi:
+        raise ApiError(400, f"query parameter {name} must be between {lo} and {hi}")
+    return v
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    return request.query.get(name, "").lower() in ("1", "true", "yes")
+
+
+# --- JSON views of ledger entries --------------------------------------------------------------------
+
+def issuer_json(e: IssuerEntry) -> dict[str, Any]:
+    return {"did": e.did, "name": e.name, "scopes": list(e.scopes), "status": e.status, "until": e.until,
+            "accredited": e.accredited, "changed": e.changed,
+            "keys": [{"did": keys.did_from_public_key(k.key), "since": k.since} for k in e.keys]}
+
+
+def endorsement_json(e: EndorsementEntry) -> dict[str, Any]:
+    return {"endorser": keys.did_from_public_key(e.endorser), "height": e.height,
+            "digest": e.digest.hex() if e.digest else None}
+
+
+def record_json(svc: NodeService, record_id: bytes, e: RecordEntry) -> dict[str, Any]:
+    issuer = svc.store.get_issuer(e.issuer)
+    if e.revoked is not None:
+        status = "revoked"
+    elif e.expires is not None and e.expires < now_ms():
+        status = "expired"
+    else:
+        status = "active"
+    return {"record_id": record_id.hex(), "issuer": e.issuer, "issuer_name": issuer.name if issuer else None,
+            "holder": e.holder, "type": e.rtype, "commitment": e.commitment.hex(), "standing": e.standing,
+            "anchored": e.anchored, "tx": e.tx.hex(), "expires": e.expires,
+            "signer": keys.did_from_public_key(e.signer),
+            "revoked": {"height": e.revoked.height, "reason": e.revoked.reason} if e.revoked else None,
+            "status": status,
+            "endorsements": [endorsement_json(x) for x in svc.store.endorsements(record_id)]}
+
+
+def block_json(svc: NodeService, h: int) -> dict[str, Any]:
+    block = svc.store.block(h)
+    if block is None:
+        raise ApiError(404, f"no block at height {h} (latest is {svc.store.height})")
+    cert = svc.store.cert(h)
+    ids = [keys.sha256(raw).hex() for raw in block.txs]
+    return {"hash": block.hash.hex(), "header": block.header.to_json(), "txs": ids,
+            "last_cert": block.last_cert.to_json() if block.last_cert else None,
+            "cert": cert.to_json() if cert else None}
+
+
+# --- handlers ----------------------------------------------------------------------------------------
+
+class Api:
+    def __init__(self, svc: NodeService) -> None:
+        self.svc = svc
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/v1/openapi.json", self.openapi),
+            web.get("/v1/status", self.status),
+            web.get("/v1/genesis", self.genesis),
+            web.post("/v1/txs", self.submit),
+            web.get("/v1/txs/{id}", self.tx),
+            web.get("/v1/blocks/latest", self.latest_block),
+            web.get("/v1/blocks/{height}", self.block),
+            web.get("/v1/records", self.records),
+            web.get("/v1/records/{id}", self.record),
+            web.post("/v1/records/{id}/bundle", self.bundle),
+            web.post("/v1/bundles", self.bundles),
+            web.post("/v1/verify", self.verify),
+            web.get("/v1/issuers", self.issuers),
+            web.get("/v1/issuers/{did}", self.issuer),
+            web.get("/v1/authorities", self.authorities),
+            web.get("/health", self.health),
+        ]
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return _json(openapi.document(VERSION))
+
+    async def health(self, request: web.Request) -> web.Response:
+        return _json({"ok": True, "height": self.svc.store.height})
+
+    async def status(self, request: web.Request) -> web.Response:
+        s = self.svc
+        head = s.store.latest_header()
+        return _json({
+            "chain_id": s.chain_id, "genesis_hash": s.genesis.hash.hex(), "height": s.store.height,
+            "latest_block": head.hash.hex() if head else None, "latest_time": head.time if head else None,
+            "node": s.key.did, "role": s.config.role, "producing": s.is_producer,
+            "mempool": {"txs": len(s.mempool), "bytes": s.mempool.bytes}, "version": VERSION})
+
+    async def genesis(self, request: web.Request) -> web.Response:
+        return _json(self.svc.genesis.to_json())
+
+    async def submit(self, request: web.Request) -> web.Response:
+        ctype = request.content_type
+        raw = await request.read()
+        if not raw:
+            raise ApiError(400, "empty request body; expected transactions")
+        items: list[Tx | LerError] = []
+        if ctype in ("application/msgpack", "application/x-msgpack"):
+            items = _decode_msgpack_batch(raw)
+        elif ctype in ("application/json", "") or ctype.endswith("+json"):
+            try:
+                doc = json.loads(raw)
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise ApiError(400, f"malformed JSON: {exc}") from None
+            objs = doc.get("txs") if isinstance(doc, dict) and set(doc) == {"txs"} else [doc]
+            if not isinstance(objs, list) or not objs:
+                raise ApiError(400, 'expected {"txs": [transaction, ...]} or one transaction object')
+            if len(objs) > MAX_BATCH:
+                raise ApiError(413, f"at most {MAX_BATCH} transactions per request")
+            for obj in objs:
+                try:
+                    items.append(Tx.from_json(obj))
+                except LerError as exc:
+                    items.append(exc)
+        else:
+            raise ApiError(415, f"unsupported content type {ctype!r}; use application/json or "
+                                "application/msgpack")
+        results = await self.svc.submit(items)
+        wait = _flag(request, "wait")
+        if wait:
+            timeout = min(float(_int_param(request, "timeout", int(self.svc.config.limits.wait_timeout_s),
+                                           0, 3600)), self.svc.config.limits.wait_timeout_s)
+            ids = [r.tx_id for r in results if r.status == PENDING and r.tx_id]
+            if ids:
+                await self.svc.wait_for(ids, timeout)
+            results = [self.svc.status_of(r.tx_id) if r.status == PENDING and r.tx_id else r for r in results]
+        body = {"results": [r.to_json() for r in results]}
+        if all(r.status == REJECTED for r in results):
+            return _json(body, 400)
+        if wait and all(r.status in (COMMITTED, REJECTED) for r in results):
+            return _json(body, 200)
+        return _json(body, 202)
+
+    async def tx(self, request: web.Request) -> web.Response:
+        tx_id = _hex_id(request.match_info["id"], 32, "transaction id")
+        res = self.svc.status_of(tx_id)
+        if res.status == "unknown":
+            raise ApiError(404, f"no transaction {tx_id.hex()} is known to this node")
+        body = res.to_json()
+        tx = self.svc.store.get_tx(tx_id) if res.status == COMMITTED else self.svc.mempool.get(tx_id)
+        body["tx"] = tx.to_json() if tx is not None else None
+        return _json(body)
+
+    async def latest_block(self, request: web.Request) -> web.Response:
+        if self.svc.store.height == 0:
+            raise ApiError(404, "no block committed yet")
+        return _json(block_json(self.svc, self.svc.store.height))
+
+    async def block(self, request: web.Request) -> web.Response:
+        text = request.match_info["height"]
+        if not text.isdigit() or len(text) > 18:
+            raise ApiError(400, "block height must be a positive integer")
+        return _json(block_json(self.svc, int(text)))
+
+    async def record(self, request: web.Request) -> web.Response:
+        record_id = _hex_id(request.match_info["id"], RECORD_ID_BYTES, "record id")
+        entry = self.svc.store.get_record(record_id)
+        if entry is None:
+            raise ApiError(404, f"no record {record_id.hex()} on the ledger")
+        return _json(record_json(self.svc, record_id, entry))
+
+    async def records(self, request: web.Request) -> web.Response:
+        issuer, holder = request.query.get("issuer"), request.query.get("holder")
+        if (issuer is None) == (holder is None):
+            raise ApiError(400, "give exactly one of ?issuer=DID or ?holder=DID")
+        did = issuer or holder or ""
+        try:
+            keys.public_key_from_did(did)
+        except DecodeError as exc:
+            raise ApiError(400, str(exc)) from None
+        limit = _int_param(request, "limit", 100, 1, 1000)
+        after_text = request.query.get("after")
+        after = _hex_id(after_text, RECORD_ID_BYTES, "after") if after_text else None
+        lister = self.svc.store.records_by_issuer if issuer else self.svc.store.records_by_holder
+        ids = lister(did, limit, after)
+        out = []
+        for rid in ids:
+            e = self.svc.store.get_record(rid)
+            if e is not None:
+                out.append(record_json(self.svc, rid, e))
+        return _json({"records": out})
+
+    async def _bundle_for(self, items: list[tuple[bytes, Disclosure]]) -> web.Response:
+        try:
+            bundle = await asyncio.to_thread(build_bundle, self.svc.store, items)
+        except BundleError as exc:
+            raise ApiError(404, str(exc)) from None
+        return web.Response(text=bundle.dumps(), content_type="application/json")
+
+    async def bundle(self, request: web.Request) -> web.Response:
+        record_id = _hex_id(request.match_info["id"], RECORD_ID_BYTES, "record id")
+        doc = await _read_json(request)
+        if not isinstance(doc, dict) or set(doc) != {"disclosure"}:
+            raise ApiError(400, 'expected {"disclosure": {...}} (the holder computes it from the record file)')
+        return await self._bundle_for([(record_id, Disclosure.from_json(doc["disclosure"]))])
+
+    async def bundles(self, request: web.Request) -> web.Response:
+        doc = await _read_json(request)
+        recs = doc.get("records") if isinstance(doc, dict) and set(doc) == {"records"} else None
+        if not isinstance(recs, list) or not 1 <= len(recs) <= 64:
+            raise ApiError(400, 'expected {"records": [{"record_id": hex, "disclosure": {...}}, ...]} (1-64)')
+        items = []
+        for r in recs:
+            if not isinstance(r, dict) or set(r) != {"record_id", "disclosure"}:
+                raise ApiError(400, "each record needs record_id and disclosure")
+            items.append((_hex_id(r["record_id"], RECORD_ID_BYTES, "record_id"),
+                          Disclosure.from_json(r["disclosure"])))
+        return await self._bundle_for(items)
+
+    async def verify(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        if not raw:
+            raise ApiError(400, "empty request body; expected a proof bundle")
+        result = await asyncio.to_thread(verify_bundle, raw, self.svc.genesis)
+        return _json(result.to_json())
+
+    async def issuers(self, request: web.Request) -> web.Response:
+        return _json({"issuers": [issuer_json(e) for e in self.svc.store.list_issuers()]})
+
+    async def issuer(self, request: web.Request) -> web.Response:
+        did = request.match_info["did"]
+        try:
+            keys.public_key_from_did(did)
+        except DecodeError as exc:
+            raise ApiError(400, str(exc)) from None
+        e = self.svc.store.get_issuer(did)
+        if e is None:
+            raise ApiError(404, f"{did} is not a registered issuer")
+        return _json(issuer_json(e))
+
+    async def authorities(self, request: web.Request) -> web.Response:
+        aset = self.svc.store.get_authorities()
+        proposals = []
+        for p in self.svc.store.proposals():
+            proposals.append({"action": p.action.to_json(), "votes": [keys.did_from_public_key(v) for v in p.votes],
+                              "opened": p.opened})
+        return _json({"authorities": [{"did": keys.did_from_public_key(a.key), "name": a.name}
+                                      for a in aset.members],
+                      "validators": [keys.did_from_public_key(v)
+                                     for v in self.svc.store.validators(self.svc.store.height + 1)],
+                      "proposals": proposals})
+
+
+def _decode_msgpack_batch(raw: bytes) -> list[Tx | LerError]:
+    """A msgpack body is a canonical array of transactions, each as its canonical bytes (bin)."""
+    try:
+        outer = codec.decode(raw)
+    except DecodeError as exc:
+        raise ApiError(400, f"malformed msgpack batch: {exc}") from None
+    if not isinstance(outer, list) or not outer:
+        raise ApiError(400, "a msgpack batch is a non-empty array of transactions, each as bin")
+    if len(outer) > MAX_BATCH:
+        raise ApiError(413, f"at most {MAX_BATCH} transactions per request")
+    items: list[Tx | LerError] = []
+    for item in outer:
+        if not isinstance(item, bytes) or len(item) > MAX_TX_BYTES:
+            items.append(DecodeError("each batch item must be a transaction's canonical bytes (bin, "
+                                     f"at most {MAX_TX_BYTES} bytes)"))
+            continue
+        try:
+            items.append(Tx.decode(item))
+        except LerError as exc:
+            items.append(exc)
+    return items
+
+
+def make_app(svc: NodeService) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], client_max_size=svc.config.limits.max_body_bytes)
+    api = Api(svc)
+    app.add_routes(api.routes())
+    app["api"] = api
+    return app
+

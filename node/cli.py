@@ -1,0 +1,1238 @@
+"""`ler`: the command line for authorities, issuers, holders and verifiers.
+
+Exit status: 0 success; 1 a negative result (a bundle that does not verify as valid, a refused
+transaction, a node that cannot be reached); 2 bad usage (bad flags, unreadable or invalid input files,
+a malformed did). Every error is one line on stderr starting "error: ", never a traceback (set
+LER_DEBUG=1 to see one for an unexpected failure). Output is for people; `--json` gives scripts one
+JSON object where they need it.
+
+Everything a command can check locally (files, dids, claims, keys and passphrases) is checked before it
+contacts a node, so a mistake costs nothing on the ledger. Text that comes from a node or a bundle is
+printed with control characters escaped: a bundle cannot rewrite a verifier's terminal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mimetypes
+import os
+import re
+import secrets
+import sys
+import time
+import unicodedata
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ler import keys
+from ler.block import GENESIS_FORMAT, Genesis, GenesisAuthority, GenesisIssuer
+from ler.bundle import (
+    EXPIRED,
+    REVOKED,
+    SELF_ASSERTED_V,
+    TAMPERED,
+    UNACCREDITED,
+    VALID,
+    WRONG_CHAIN,
+    Check,
+    ProofBundle,
+    VerificationResult,
+    verify_bundle,
+)
+from ler.errors import DecodeError, KeyFileError, LerError
+from ler.keys import PASSPHRASE_ENV, KeyPair
+from ler.record import RecordDocument, evidence_value, make_claims
+from ler.tx import (
+    RECORD_ID_BYTES,
+    Action,
+    GovVote,
+    RecordAnchor,
+    RecordEndorse,
+    RecordRevoke,
+    Tx,
+    check_chain_id,
+    check_record_type,
+    rotation_body,
+    sign_tx,
+)
+from node.client import DEFAULT_NODE, NODE_ENV, ClientError, NodeClient, check_node_url
+
+EXIT_OK, EXIT_NEGATIVE, EXIT_USAGE = 0, 1, 2
+DEBUG_ENV = "LER_DEBUG"
+GENESIS_ENV = "LER_GENESIS"
+DEFAULT_WAIT_S = 30.0
+
+
+# --- failures ------------------------------------------------------------------------------------------
+
+class Failure(click.ClickException):
+    """A command's failure: one "error: ..." line on stderr and its exit status."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_NEGATIVE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {clean(self.message)}", err=True)
+
+
+def bad_input(message: str) -> Failure:
+    return Failure(message, EXIT_USAGE)
+
+
+def negative(message: str) -> Failure:
+    return Failure(message, EXIT_NEGATIVE)
+
+
+class LerGroup(click.Group):
+    """The root group: turns every failure into one line on stderr with the documented exit status."""
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as exc:
+            hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+            click.echo(f"error: {clean(exc.format_message())}{hint}", err=True)
+            sys.exit(EXIT_USAGE)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("error: aborted", err=True)
+            sys.exit(EXIT_NEGATIVE)
+        except BrokenPipeError:
+            sys.exit(EXIT_NEGATIVE)
+        except Exception as exc:
+            if os.environ.get(DEBUG_ENV):
+                raise
+            reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+            click.echo(f"error: unexpected failure ({type(exc).__name__}): {clean(str(reason))} "
+                       f"(set {DEBUG_ENV}=1 for details)", err=True)
+            sys.exit(EXIT_NEGATIVE)
+        sys.exit(rv if isinstance(rv, int) else EXIT_OK)
+
+
+# --- small helpers ---------------------------------------------------------------------------------------
+
+def clean(text: str) -> str:
+    """`text` with control and format characters (ANSI escapes, bidi overrides, newlines) escaped."""
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp"):
+            out.append(f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def say(text: str = "", err: bool = False) -> None:
+    click.echo(clean(text), err=err)
+
+
+def emit_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, sort_keys=False))
+
+
+def fmt_time(ms: int | None) -> str:
+    if ms is None:
+        return "unknown time"
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+_DATE_ONLY = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def parse_time_ms(value: str, what: str) -> int:
+    """Milliseconds since the epoch from digits (ms) or an ISO 8601 date or date-time.
+
+    A date alone means the end of that day, UTC (a record "valid until 2027-06-30" is valid that day);
+    a date-time without a zone is UTC.
+    """
+    v = value.strip()
+    if v.isdigit():
+        return int(v)
+    try:
+        dt = datetime.fromisoformat(v)
+    except ValueError:
+        raise bad_input(f"{what} {value!r} must be an ISO date or date-time (2027-06-30, "
+                        "2027-06-30T12:00:00Z) or milliseconds since the epoch") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    if _DATE_ONLY.fullmatch(v):
+        dt += timedelta(days=1, milliseconds=-1)
+    ms = int(dt.timestamp()) * 1000 + dt.microsecond // 1000
+    if ms < 0:
+        raise bad_input(f"{what} {value!r} is before 1970")
+    return ms
+
+
+def check_did(value: str, what: str) -> str:
+    try:
+        keys.public_key_from_did(value)
+    except DecodeError as exc:
+        raise bad_input(f"{what}: {exc}") from None
+    return value
+
+
+def did_or_key_file(value: str, what: str) -> str:
+    """A did:key given as itself or as the path of a key file holding it (no passphrase needed)."""
+    if value.startswith("did:"):
+        return check_did(value, what)
+    if not Path(value).exists():
+        raise bad_input(f"{what} {value!r} is neither a did:key nor an existing key file")
+    try:
+        return keys.read_key_file_did(value)
+    except (KeyFileError, DecodeError) as exc:
+        raise bad_input(f"{what}: {exc}") from None
+
+
+def record_id_arg(value: str) -> bytes:
+    v = value.strip().lower()
+    if not re.fullmatch(r"[0-9a-f]+", v) or len(v) != 2 * RECORD_ID_BYTES:
+        raise bad_input(f"record id {value!r} must be {2 * RECORD_ID_BYTES} hex digits")
+    return bytes.fromhex(v)
+
+
+def passphrase_for(path: str | os.PathLike[str], *, new: bool = False) -> str:
+    """$LER_KEY_PASSPHRASE, or a hidden prompt on the terminal (confirmed twice for a new key)."""
+    env = os.environ.get(PASSPHRASE_ENV)
+    if env is not None:
+        return env
+    prompt = f"Passphrase for the new key {path}" if new else f"Passphrase for {path}"
+    try:
+        value: str = click.prompt(prompt, hide_input=True, confirmation_prompt=new, err=True)
+    except click.Abort:
+        raise bad_input(f"no passphrase given for {path} (type it at the prompt or set "
+                        f"${PASSPHRASE_ENV})") from None
+    return value
+
+
+def load_key(path: str) -> KeyPair:
+    """Read a signing key, asking for its passphrase if it is encrypted. Failures are bad input (2)."""
+    try:
+        passphrase = passphrase_for(path) if keys.is_encrypted(path) else None
+        return keys.read_key_file(path, passphrase)
+    except (KeyFileError, DecodeError) as exc:
+        raise bad_input(exc.reason) from None
+
+
+def refuse_existing(path: str, what: str, force: bool = False) -> None:
+    if not force and os.path.lexists(path):
+        raise bad_input(f"{path} already exists; refusing to overwrite {what}")
+
+
+def read_json_file(path: str, what: str, max_bytes: int = 4 * 1024 * 1024, **hooks: Any) -> Any:
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise bad_input(f"cannot read {what} {path}: {exc.strerror}") from None
+    if len(raw) > max_bytes:
+        raise bad_input(f"{what} {path} is larger than {max_bytes} bytes")
+    try:
+        return json.loads(raw, **hooks)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise bad_input(f"{what} {path} is not valid JSON: {exc}") from None
+
+
+def split_list(values: Iterable[str]) -> list[str]:
+    """Repeatable options that also take comma-separated lists: --scope a --scope b,c -> [a, b, c]."""
+    return [item.strip() for v in values for item in v.split(",") if item.strip()]
+
+
+# --- node access -----------------------------------------------------------------------------------------
+
+def _check_url_option(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    try:
+        return check_node_url(value)
+    except ClientError as exc:
+        raise click.BadParameter(exc.reason) from None
+
+
+def node_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--node", "node_url", envvar=NODE_ENV, default=DEFAULT_NODE, show_default=True,
+                        metavar="URL", callback=_check_url_option,
+                        help=f"The node's API (default from ${NODE_ENV}).")(f)
+
+
+def wait_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--timeout", "wait_s", type=click.FloatRange(min=0.1), default=DEFAULT_WAIT_S,
+                        show_default=True, metavar="SECONDS",
+                        help="How long to wait for the transaction to be committed.")(f)
+
+
+def make_client(url: str) -> NodeClient:
+    """The client every command uses (a seam for tests)."""
+    return NodeClient(url)
+
+
+def node_call(fn: Callable[[], Any], what: str = "") -> Any:
+    """Run one request; a failure is a negative result (exit 1) with the node's reason."""
+    try:
+        return fn()
+    except ClientError as exc:
+        raise negative(f"{what}: {exc.reason}" if what and not exc.unreachable else exc.reason) from None
+
+
+def chain_id_of(client: NodeClient) -> str:
+    status = node_call(client.status)
+    chain_id = status.get("chain_id")
+    try:
+        check_chain_id(chain_id)
+    except DecodeError:
+        raise negative(f"node at {client.url} reported no valid chain id") from None
+    return str(chain_id)
+
+
+def submit_and_wait(client: NodeClient, tx: Tx, wait_s: float) -> dict[str, Any]:
+    """Submit one transaction and wait for it to settle; the last result (maybe still pending)."""
+    deadline = time.monotonic() + wait_s
+    results = node_call(lambda: client.submit([tx], wait=True, timeout=wait_s))
+    result: dict[str, Any] = results[0]
+    if result.get("status") not in ("committed", "rejected"):
+        remaining = deadline - time.monotonic()
+        if remaining > 0:
+            result = node_call(lambda: client.wait_tx(tx.tx_id.hex(), timeout=remaining))
+    return result
+
+
+def rejection(result: dict[str, Any]) -> str:
+    error = str(result.get("error") or "no reason given")
+    rule = result.get("rule")
+    if rule and not error.startswith(str(rule)):
+        error = f"{error} [{rule}]"
+    return f"transaction rejected: {error}"
+
+
+def require_committed(result: dict[str, Any], tx: Tx, wait_s: float) -> int:
+    """The commit height, or a negative result saying why there is none."""
+    status = result.get("status")
+    if status == "rejected":
+        raise negative(rejection(result))
+    if status != "committed":
+        raise negative(f"transaction {tx.tx_id.hex()} was not committed within {wait_s:g} s; it may still "
+                       "be; ask the node later (GET /v1/txs/ID)")
+    height = result.get("height")
+    return int(height) if isinstance(height, int) else 0
+
+
+# --- the root -------------------------------------------------------------------------------------------
+
+@click.group(cls=LerGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="ler-ledger", prog_name="ler")
+def cli() -> None:
+    """LER Ledger: anchor, prove and verify learning and employment records.
+
+    \b
+    Exit status: 0 success, 1 negative result (not valid, rejected, node unreachable), 2 bad usage.
+    Node commands take --node URL (or $LER_NODE); encrypted keys take their passphrase from a
+    prompt or $LER_KEY_PASSPHRASE.
+    """
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """The console script `ler`."""
+    cli.main(args=list(argv) if argv is not None else None, prog_name="ler")
+
+
+# --- keys ------------------------------------------------------------------------------------------------
+
+@cli.group("keys")
+def keys_group() -> None:
+    """Create and inspect Ed25519 keys (did:key identities)."""
+
+
+@keys_group.command("new")
+@click.option("--out", required=True, metavar="FILE", help="Where to write the key (mode 0600; never overwritten).")
+@click.option("--encrypt", is_flag=True,
+              help=f"Encrypt the key with a passphrase (from ${PASSPHRASE_ENV} or a prompt).")
+def keys_new(out: str, encrypt: bool) -> None:
+    """Create a key and print its did:key."""
+    refuse_existing(out, "a key")
+    passphrase = passphrase_for(out, new=True) if encrypt else None
+    key = KeyPair.generate()
+    try:
+        keys.write_key_file(out, key, passphrase)
+    except KeyFileError as exc:
+        raise bad_input(exc.reason) from None
+    click.echo(key.did)
+    say(f"wrote {out} (mode 0600{', encrypted' if encrypt else ''})", err=True)
+
+
+@keys_group.command("show")
+@click.option("--key", "key_path", required=True, metavar="FILE", help="A key file.")
+def keys_show(key_path: str) -> None:
+    """Print the did:key of a key file (no passphrase needed)."""
+    try:
+        did = keys.read_key_file_did(key_path)
+    except (KeyFileError, DecodeError) as exc:
+        raise bad_input(exc.reason) from None
+    click.echo(did)
+
+
+# --- genesis ---------------------------------------------------------------------------------------------
+
+@cli.group("genesis")
+def genesis_group() -> None:
+    """Create a network's genesis file (its trust root)."""
+
+
+def parse_issuer_spec(spec: str) -> GenesisIssuer:
+    """DID:NAME:SCOPE1,SCOPE2 (DID may be a key file path instead; NAME may hold ':')."""
+    head, sep, scopes_part = spec.rpartition(":")
+    if not sep:
+        raise bad_input(f"--issuer {spec!r} must be DID:NAME:SCOPE1,SCOPE2")
+    if head.startswith("did:"):
+        parts = head.split(":", 3)
+        if len(parts) < 4:
+            raise bad_input(f"--issuer {spec!r} must be DID:NAME:SCOPE1,SCOPE2")
+        who, name = ":".join(parts[:3]), parts[3]
+    else:
+        who, sep, name = head.partition(":")
+        if not sep:
+            raise bad_input(f"--issuer {spec!r} must be DID:NAME:SCOPE1,SCOPE2")
+    did = did_or_key_file(who, "--issuer")
+    scopes = sorted(set(split_list([scopes_part])))
+    if not name.strip():
+        raise bad_input(f"--issuer {spec!r} has no name")
+    if not scopes:
+        raise bad_input(f"--issuer {spec!r} has no scope")
+    for s in scopes:
+        try:
+            check_record_type(s, "scope")
+        except DecodeError as exc:
+            raise bad_input(f"--issuer {spec!r}: {exc}") from None
+    try:
+        return GenesisIssuer(did=did, name=name.strip(), scopes=tuple(scopes))
+    except DecodeError as exc:
+        raise bad_input(f"--issuer {spec!r}: {exc}") from None
+
+
+@genesis_group.command("new")
+@click.option("--chain-id", required=True, metavar="ID", help="The network's name, e.g. ler-local.")
+@click.option("--authority", "authorities", multiple=True, required=True, metavar="KEYFILE_OR_DID",
+              help="A first authority (repeat for each).")
+@click.option("--name", "names", multiple=True, metavar="NAME",
+              help="The authorities' names, in the order given (default: Authority 1, Authority 2, ...).")
+@click.option("--issuer", "issuer_specs", multiple=True, metavar="DID:NAME:SCOPE1,SCOPE2",
+              help="An issuer accredited from the start (repeatable).")
+@click.option("--out", required=True, metavar="FILE", help="Where to write the genesis file.")
+@click.option("--time", "genesis_time", metavar="ISO-or-ms",
+              help="Genesis time (default: now).")
+@click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
+def genesis_new(chain_id: str, authorities: tuple[str, ...], names: tuple[str, ...],
+                issuer_specs: tuple[str, ...], out: str, genesis_time: str | None, force: bool) -> None:
+    """Write a genesis file: chain id, start time, first authorities and issuers."""
+    refuse_existing(out, "a genesis file", force)
+    try:
+        check_chain_id(chain_id)
+    except DecodeError as exc:
+        raise bad_input(str(exc)) from None
+    if len(names) > len(authorities):
+        raise bad_input(f"{len(names)} --name given for {len(authorities)} --authority")
+    dids = [did_or_key_file(a, "--authority") for a in authorities]
+    auth_names = [*names, *(f"Authority {i + 1}" for i in range(len(names), len(dids)))]
+    issuers = [parse_issuer_spec(s) for s in issuer_specs]
+    try:
+        genesis = Genesis(
+            format=GENESIS_FORMAT, chain_id=chain_id,
+            genesis_time=parse_time_ms(genesis_time, "--time") if genesis_time else now_ms(),
+            authorities=tuple(GenesisAuthority(did=d, name=n) for d, n in zip(dids, auth_names, strict=True)),
+            issuers=tuple(issuers))
+        Genesis.from_json(genesis.to_json())  # the limits a reader will apply (name lengths, counts)
+    except DecodeError as exc:
+        raise bad_input(str(exc)) from None
+    try:
+        genesis.save(out)
+    except OSError as exc:
+        raise bad_input(f"cannot write {out}: {exc.strerror}") from None
+    say(f"wrote {out}")
+    say(f"  chain:        {genesis.chain_id}")
+    say(f"  genesis hash: {genesis.hash.hex()}")
+    say(f"  time:         {fmt_time(genesis.genesis_time)}")
+    for a in genesis.authorities:
+        say(f"  authority:    {a.name} ({a.did})")
+    for i in genesis.issuers:
+        say(f"  issuer:       {i.name} ({i.did}) for {', '.join(i.scopes)}")
+
+
+# --- node ------------------------------------------------------------------------------------------------
+
+@cli.group("node")
+def node_group() -> None:
+    """Set up and run a node."""
+
+
+@node_group.command("init")
+@click.option("--genesis", "genesis_path", required=True, metavar="FILE", help="The network's genesis file.")
+@click.option("--key", "key_path", required=True, metavar="FILE", help="The node's key (copied, mode 0600).")
+@click.option("--data", required=True, metavar="DIR", help="The node's data folder (created).")
+@click.option("--listen", default="127.0.0.1:8701", show_default=True, metavar="HOST:PORT",
+              help="Where the HTTP API listens.")
+@click.option("--role", type=click.Choice(["authority", "observer"]), default="authority", show_default=True)
+@click.option("--peer", "peers", multiple=True, metavar="URL", help="Another node of the network (repeatable).")
+def node_init(genesis_path: str, key_path: str, data: str, listen: str, role: str,
+              peers: tuple[str, ...]) -> None:
+    """Create a node's data folder: config.toml, genesis.json and node.key."""
+    from node.config import ConfigError, init_data_dir
+
+    for p in peers:
+        try:
+            check_node_url(p)
+        except ClientError as exc:
+            raise bad_input(f"--peer: {exc.reason}") from None
+    try:
+        config = init_data_dir(data, genesis_path, key_path, listen, role, tuple(p.rstrip("/") for p in peers))
+        genesis = config.load_genesis()
+        did = keys.read_key_file_did(config.key_path)
+        encrypted = keys.is_encrypted(config.key_path)
+    except (ConfigError, LerError) as exc:
+        raise bad_input(exc.reason) from None
+    except OSError as exc:
+        raise bad_input(f"cannot create {data}: {exc.strerror or exc}") from None
+    say(f"initialised node data folder {config.data}")
+    say(f"  config.toml   listen {config.host}:{config.port}, role {config.role}, {len(config.peers)} peer(s)")
+    say(f"  genesis.json  chain {genesis.chain_id}, genesis hash {genesis.hash.hex()}")
+    say(f"  node.key      {did} ({'encrypted' if encrypted else 'not encrypted'}, mode 0600)")
+    if role == "authority" and did not in {a.did for a in genesis.authorities}:
+        say(f"note: {did} is not a genesis authority; it takes part in consensus only once the "
+            "authorities vote it in (ler authority add)", err=True)
+    say(f"start it with: ler node run --data {data}")
+
+
+@node_group.command("run")
+@click.option("--data", required=True, metavar="DIR", help="A data folder made by `ler node init`.")
+def node_run(data: str) -> None:
+    """Run a node until interrupted (SIGINT/SIGTERM stop it cleanly). Logs go to stderr."""
+    from node.config import ConfigError, load_config
+
+    try:
+        config = load_config(data)
+        passphrase = passphrase_for(config.key_path) if keys.is_encrypted(config.key_path) else None
+        config.load_key(passphrase)  # a wrong passphrase fails here, before anything starts
+        config.load_genesis()
+    except (ConfigError, LerError) as exc:
+        raise bad_input(exc.reason) from None
+    try:
+        from node import daemon
+    except ImportError as exc:
+        raise negative(f"the node daemon is not available: {exc}") from None
+    try:
+        daemon.run_node(config, passphrase)
+    except KeyboardInterrupt:
+        return
+    except Exception as exc:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+        raise negative(f"the node stopped: {reason}") from None
+
+
+# --- governance ------------------------------------------------------------------------------------------
+
+def cast_vote(node_url: str, key_path: str, make_action: Callable[[], Action], wait_s: float) -> None:
+    """Sign and submit an authority's gov.vote, then say whether the action executed."""
+    try:
+        action = make_action()
+    except DecodeError as exc:
+        raise bad_input(str(exc)) from None
+    key = load_key(key_path)
+    client = make_client(node_url)
+    chain_id = chain_id_of(client)
+    tx = sign_tx(key, chain_id, GovVote(action=action))
+    height = require_committed(submit_and_wait(client, tx, wait_s), tx, wait_s)
+    say(f"vote by {key.did} for {action.kind} {action.subject} committed at block {height}")
+    say(vote_outcome(client, action))
+
+
+def vote_outcome(client: NodeClient, action: Action) -> str:
+    """Whether the action executed, or how many votes it has so far. The vote itself is already
+    committed, so a failure to find out is a note, not an error."""
+    try:
+        auth = client.authorities()
+    except ClientError as exc:
+        return f"could not read the open proposals ({exc.reason}); {_in_effect_note(client, action)}"
+    members = auth.get("authorities") or []
+    n = len(members)
+    for p in auth.get("proposals") or []:
+        try:
+            pending = Action.from_json(p.get("action"))
+        except (DecodeError, AttributeError):
+            continue
+        if pending.action_id == action.action_id:
+            votes = len(p.get("votes") or [])
+            need = 2 * n // 3 + 1
+            return (f"vote recorded: {votes} of {n} authorities have voted for it; the action executes when "
+                    f"more than 2/3 of the {n} authorities have voted ({need} votes)")
+    if action.kind in ("add_authority", "remove_authority"):
+        dids = {m.get("did") for m in members if isinstance(m, dict)}
+        if (action.subject in dids) == (action.kind == "add_authority"):
+            now = "is now an authority" if action.kind == "add_authority" else "is no longer an authority"
+            return f"executed: {action.subject} {now} ({n} authorities)"
+        return "the vote counted, but the action is neither pending nor in effect (overtaken by another?)"
+    return "executed: " + _in_effect_note(client, action)
+
+
+def _in_effect_note(client: NodeClient, action: Action) -> str:
+    """What the ledger now says about the action's subject."""
+    if action.kind in ("add_authority", "remove_authority"):
+        return "check the authority set with GET /v1/authorities"
+    try:
+        return describe_issuer(client.issuer(action.subject))
+    except ClientError as exc:
+        if exc.status == 404:
+            return f"{action.subject} is not a registered issuer yet (the action has not executed)"
+        return f"could not read the issuer back: {exc.reason}"
+
+
+def describe_issuer(issuer: dict[str, Any]) -> str:
+    name, status = issuer.get("name"), issuer.get("status")
+    scopes = ", ".join(str(s) for s in issuer.get("scopes") or [])
+    text = f"{name} ({issuer.get('did')}) is {status}"
+    if scopes:
+        text += f" for {scopes}"
+    if isinstance(issuer.get("until"), int):
+        text += f" until {fmt_time(issuer['until'])}"
+    return text
+
+
+def authority_key_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--key", "key_path", required=True, metavar="FILE",
+                        help="The voting authority's key file.")(f)
+
+
+@cli.command("accredit")
+@node_option
+@authority_key_option
+@click.option("--issuer", required=True, metavar="DID", help="The issuer's did (or its key file).")
+@click.option("--name", required=True, help="The issuer's name as verifiers will see it.")
+@click.option("--scope", "scopes", multiple=True, required=True, metavar="SCOPE",
+              help="A record-type prefix it may issue, e.g. degree (repeatable, or comma-separated).")
+@click.option("--until", metavar="ISO-DATE-or-ms", help="End of the accreditation (a date: end of that day, UTC).")
+@wait_option
+def accredit(node_url: str, key_path: str, issuer: str, name: str, scopes: tuple[str, ...], until: str | None,
+             wait_s: float) -> None:
+    """Vote to accredit an issuer (or change its accreditation)."""
+    did = did_or_key_file(issuer, "--issuer")
+    scope_list = sorted(set(split_list(scopes)))
+    until_ms = parse_time_ms(until, "--until") if until else None
+    cast_vote(node_url, key_path, lambda: Action(kind="accredit", subject=did, name=name,
+                                                 scopes=tuple(scope_list), until=until_ms), wait_s)
+
+
+def _issuer_vote_command(kind: str, summary: str) -> None:
+    @cli.command(kind, help=summary)
+    @node_option
+    @authority_key_option
+    @click.option("--issuer", required=True, metavar="DID", help="The issuer's did (or its key file).")
+    @wait_option
+    def command(node_url: str, key_path: str, issuer: str, wait_s: float) -> None:
+        did = did_or_key_file(issuer, "--issuer")
+        cast_vote(node_url, key_path, lambda: Action(kind=kind, subject=did, name=None, scopes=(), until=None),
+                  wait_s)
+
+
+_issuer_vote_command("suspend", "Vote to suspend an issuer (its records stay valid; new ones are refused).")
+_issuer_vote_command("reinstate", "Vote to reinstate a suspended issuer.")
+_issuer_vote_command("withdraw", "Vote to withdraw an issuer's accreditation.")
+
+
+@cli.group("authority")
+def authority_group() -> None:
+    """Vote on the authority set."""
+
+
+@authority_group.command("add")
+@node_option
+@authority_key_option
+@click.option("--did", required=True, metavar="DID", help="The new authority's did (or its key file).")
+@click.option("--name", required=True, help="The new authority's name.")
+@wait_option
+def authority_add(node_url: str, key_path: str, did: str, name: str, wait_s: float) -> None:
+    """Vote to add an authority (a validator from two blocks after it executes)."""
+    subject = did_or_key_file(did, "--did")
+    cast_vote(node_url, key_path, lambda: Action(kind="add_authority", subject=subject, name=name, scopes=(),
+                                                 until=None), wait_s)
+
+
+@authority_group.command("remove")
+@node_option
+@authority_key_option
+@click.option("--did", required=True, metavar="DID", help="The authority's did (or its key file).")
+@wait_option
+def authority_remove(node_url: str, key_path: str, did: str, wait_s: float) -> None:
+    """Vote to remove an authority."""
+    subject = did_or_key_file(did, "--did")
+    cast_vote(node_url, key_path, lambda: Action(kind="remove_authority", subject=subject, name=None,
+                                                 scopes=(), until=None), wait_s)
+
+
+# --- issuing ---------------------------------------------------------------------------------------------
+
+def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise DecodeError(f"the key {k!r} appears twice")
+        out[k] = v
+    return out
+
+
+def _find_float(value: Any, where: str) -> str | None:
+    if isinstance(value, float):
+        return where
+    if isinstance(value, list):
+        for i, v in enumerate(value):
+            found = _find_float(v, f"{where}[{i}]")
+            if found:
+                return found
+    if isinstance(value, dict):
+        for k, v in value.items():
+            found = _find_float(v, f"{where}.{k}")
+            if found:
+                return found
+    return None
+
+
+def read_claims(path: str) -> dict[str, Any]:
+    """A claims file: a JSON object of claim name -> value (no floats: they have no canonical form)."""
+    try:
+        obj = read_json_file(path, "claims file", object_pairs_hook=_reject_duplicate_keys)
+    except DecodeError as exc:
+        raise bad_input(f"claims file {path}: {exc}") from None
+    if not isinstance(obj, dict):
+        raise bad_input(f"claims file {path} must hold a JSON object of claim name: value")
+    for k, v in obj.items():
+        found = _find_float(v, repr(k))
+        if found:
+            raise bad_input(f"claims file {path}: claim {found} is a decimal number; claim values cannot be "
+                            "floats (write it as a string such as \"3.7\", or as an integer)")
+    return obj
+
+
+def parse_evidence(spec: str) -> tuple[str, dict[str, Any]]:
+    """KEY=PATH[:MEDIA_TYPE] -> (KEY, evidence claim value)."""
+    key, sep, rest = spec.partition("=")
+    if not sep or not key.strip() or not rest:
+        raise bad_input(f"--evidence {spec!r} must be KEY=PATH or KEY=PATH:MEDIA_TYPE")
+    path, media = rest, None
+    head, sep, tail = rest.rpartition(":")
+    if sep and "/" in tail and not Path(rest).exists():
+        path, media = head, tail
+    if media is None:
+        media = mimetypes.guess_type(path)[0] or "application/octet-stream"
+    try:
+        return key.strip(), evidence_value(path, media)
+    except OSError as exc:
+        raise bad_input(f"--evidence {spec!r}: cannot read {path}: {exc.strerror}") from None
+
+
+@cli.command("issue")
+@node_option
+@click.option("--key", "key_path", required=True, metavar="FILE", help="The issuer's signing key.")
+@click.option("--holder", required=True, metavar="DID", help="The holder's did (a fresh one per record is best).")
+@click.option("--type", "rtype", required=True, metavar="RTYPE", help="Record type, e.g. degree.bachelor.")
+@click.option("--claims", "claims_path", required=True, metavar="FILE",
+              help="A JSON object of claim name: value (strings, integers, booleans, null, lists, objects).")
+@click.option("--out", required=True, metavar="FILE", help="Where to write the holder's record file.")
+@click.option("--expires", metavar="ISO-or-ms", help="When the record expires (a date: end of that day, UTC).")
+@click.option("--issuer", metavar="DID", help="The issuer's identity, if not the key's did (after a key rotation).")
+@click.option("--evidence", "evidence_specs", multiple=True, metavar="KEY=PATH[:MEDIA_TYPE]",
+              help="Add a claim committing to a file's SHA-256 (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@wait_option
+def issue(node_url: str, key_path: str, holder: str, rtype: str, claims_path: str, out: str,
+          expires: str | None, issuer: str | None, evidence_specs: tuple[str, ...], as_json: bool,
+          wait_s: float) -> None:
+    """Anchor a record and write the holder's record file."""
+    refuse_existing(out, "a record file")
+    values = read_claims(claims_path)
+    for spec in evidence_specs:
+        k, v = parse_evidence(spec)
+        if k in values:
+            raise bad_input(f"--evidence {k!r}: the claims file has a claim of that name already")
+        values[k] = v
+    try:
+        claims = make_claims(values)
+        check_record_type(rtype)
+    except DecodeError as exc:
+        raise bad_input(str(exc)) from None
+    holder_did = did_or_key_file(holder, "--holder")
+    expires_ms = parse_time_ms(expires, "--expires") if expires else None
+    if expires_ms is not None and expires_ms <= now_ms():
+        raise bad_input(f"--expires {expires} is already past")
+    key = load_key(key_path)
+    issuer_did = did_or_key_file(issuer, "--issuer") if issuer else key.did
+
+    client = make_client(node_url)
+    chain_id = chain_id_of(client)
+    doc = RecordDocument(chain_id=chain_id, record_id=secrets.token_bytes(RECORD_ID_BYTES), issuer=issuer_did,
+                         holder=holder_did, rtype=rtype, expires=expires_ms, claims=claims)
+    tx = sign_tx(key, chain_id, RecordAnchor(record=doc.record_id, issuer=issuer_did, holder=holder_did,
+                                             rtype=rtype, commitment=doc.commitment, expires=expires_ms))
+    doc = RecordDocument(chain_id=doc.chain_id, record_id=doc.record_id, issuer=doc.issuer, holder=doc.holder,
+                         rtype=doc.rtype, expires=doc.expires, claims=doc.claims, anchor_tx=tx.tx_id)
+    result = submit_and_wait(client, tx, wait_s)
+    if result.get("status") == "rejected":
+        raise negative(rejection(result))
+    if result.get("status") != "committed":
+        # It may still commit: keep the claims and salts, without which the record could never be shown.
+        _save_record(doc, out)
+        raise negative(f"transaction {tx.tx_id.hex()} was not committed within {wait_s:g} s; the record "
+                       f"file was written to {out} in case it still is (ask the node: GET /v1/txs/ID)")
+    height = result.get("height")
+    _save_record(doc, out)
+
+    standing, issuer_name, note = None, None, None
+    try:
+        info = client.record(doc.record_id.hex())
+        standing, issuer_name = info.get("standing"), info.get("issuer_name")
+    except ClientError as exc:
+        note = f"could not read the record back: {exc.reason}"
+    if as_json:
+        emit_json({"record_id": doc.record_id.hex(), "tx": tx.tx_id.hex(), "height": height,
+                   "standing": standing, "issuer": issuer_did, "holder": holder_did, "type": rtype,
+                   "out": out})
+    else:
+        say(f"anchored record {doc.record_id.hex()} at block {height}")
+        say(f"  type:     {rtype}")
+        say(f"  issuer:   {issuer_label(issuer_name, issuer_did, holder_did)}")
+        say(f"  holder:   {holder_did}")
+        say(f"  standing: {standing or 'unknown'}")
+        say(f"  tx:       {tx.tx_id.hex()}")
+        say(f"wrote {out}: give it to the holder (it holds every claim and its salt; keep it private)")
+    if note:
+        say(f"note: {note}", err=True)
+    elif standing == "unaccredited":
+        say(f"note: {issuer_did} is not accredited for {rtype!r}; verifiers will see the record as "
+            "unaccredited", err=True)
+
+
+def issuer_label(name: str | None, did: str, holder: str | None) -> str:
+    if name:
+        return f"{name} ({did})"
+    if did == holder:
+        return f"the holder themselves ({did})"
+    return f"unregistered issuer ({did})"
+
+
+def _save_record(doc: RecordDocument, out: str) -> None:
+    try:
+        doc.save(out)
+    except OSError as exc:
+        raise negative(f"the record was anchored but {out} could not be written ({exc.strerror}); its "
+                       "claims are lost: revoke record " + doc.record_id.hex()) from None
+
+
+def record_target(record_path: str | None, record_id: str | None) -> bytes:
+    """--record FILE or --record-id HEX, exactly one."""
+    if (record_path is None) == (record_id is None):
+        raise bad_input("give the record as --record FILE or --record-id HEX (one of them)")
+    if record_id is not None:
+        return record_id_arg(record_id)
+    assert record_path is not None
+    try:
+        return RecordDocument.load(record_path).record_id
+    except DecodeError as exc:
+        raise bad_input(str(exc)) from None
+
+
+@cli.command("revoke")
+@node_option
+@click.option("--key", "key_path", required=True, metavar="FILE", help="The issuer's current key.")
+@click.option("--record", "record_path", metavar="FILE", help="The record file.")
+@click.option("--record-id", metavar="HEX", help="The record id.")
+@click.option("--reason", required=True, help="Why (shown to every verifier).")
+@wait_option
+def revoke(node_url: str, key_path: str, record_path: str | None, record_id: str | None, reason: str,
+           wait_s: float) -> None:
+    """Revoke a record (only its issuer can)."""
+    rid = record_target(record_path, record_id)
+    try:
+        body = RecordRevoke(record=rid, reason=reason)
+        RecordRevoke.from_obj(body.to_obj())  # length limits
+    except DecodeError as exc:
+        raise bad_input(str(exc)) from None
+    key = load_key(key_path)
+    client = make_client(node_url)
+    tx = sign_tx(key, chain_id_of(client), body)
+    height = require_committed(submit_and_wait(client, tx, wait_s), tx, wait_s)
+    say(f"revoked record {rid.hex()} at block {height}: {reason}")
+
+
+@cli.command("endorse")
+@node_option
+@click.option("--key", "key_path", required=True, metavar="FILE", help="The endorser's key (any did:key).")
+@click.option("--record", "record_path", metavar="FILE", help="The record file.")
+@click.option("--record-id", metavar="HEX", help="The record id.")
+@click.option("--statement", metavar="FILE", help="Commit to this statement file (its SHA-256) too.")
+@click.option("--digest", metavar="HEX", help="Commit to this SHA-256 digest (instead of --statement).")
+@wait_option
+def endorse(node_url: str, key_path: str, record_path: str | None, record_id: str | None,
+            statement: str | None, digest: str | None, wait_s: float) -> None:
+    """Vouch for a record as yourself (shown with your did, never as accreditation)."""
+    rid = record_target(record_path, record_id)
+    if statement and digest:
+        raise bad_input("give --statement or --digest, not both")
+    digest_bytes = None
+    if statement:
+        try:
+            digest_bytes = hashlib.sha256(Path(statement).read_bytes()).digest()
+        except OSError as exc:
+            raise bad_input(f"cannot read {statement}: {exc.strerror}") from None
+    elif digest:
+        if not re.fullmatch(r"[0-9a-fA-F]{64}", digest):
+            raise bad_input("--digest must be 64 hex digits (a SHA-256)")
+        digest_bytes = bytes.fromhex(digest)
+    key = load_key(key_path)
+    client = make_client(node_url)
+    tx = sign_tx(key, chain_id_of(client), RecordEndorse(record=rid, digest=digest_bytes))
+    height = require_committed(submit_and_wait(client, tx, wait_s), tx, wait_s)
+    say(f"{key.did} endorsed record {rid.hex()} at block {height}")
+
+
+@cli.command("rotate-key")
+@node_option
+@click.option("--key", "key_path", required=True, metavar="FILE", help="The issuer's current key.")
+@click.option("--new-key", "new_key_path", required=True, metavar="FILE",
+              help="The new key (make it with `ler keys new`).")
+@click.option("--issuer", metavar="DID", help="The issuer's identity (default: the current key's did).")
+@wait_option
+def rotate_key(node_url: str, key_path: str, new_key_path: str, issuer: str | None, wait_s: float) -> None:
+    """Move an issuer to a new signing key (effective from the next block)."""
+    key = load_key(key_path)
+    new_key = load_key(new_key_path)
+    if new_key.did == key.did:
+        raise bad_input("--new-key is the same key as --key")
+    issuer_did = did_or_key_file(issuer, "--issuer") if issuer else key.did
+    client = make_client(node_url)
+    chain_id = chain_id_of(client)
+    tx = sign_tx(key, chain_id, rotation_body(issuer_did, chain_id, new_key))
+    height = require_committed(submit_and_wait(client, tx, wait_s), tx, wait_s)
+    say(f"issuer {issuer_did} rotated to {new_key.did} at block {height}; "
+        f"the new key signs from block {height + 1}")
+
+
+# --- proving and verifying -------------------------------------------------------------------------------
+
+@cli.command("prove")
+@node_option
+@click.option("--record", "record_path", required=True, metavar="FILE", help="The holder's record file.")
+@click.option("--reveal", "reveal", multiple=True, metavar="K1,K2",
+              help="Claims to reveal (repeatable or comma-separated); the rest stay hidden.")
+@click.option("--reveal-none", is_flag=True, help="Reveal no claim (prove only that the record exists).")
+@click.option("--out", required=True, metavar="FILE", help="Where to write the proof bundle.")
+@click.option("--genesis", "genesis_path", metavar="FILE",
+              help="Also verify the bundle against this genesis file before writing it.")
+def prove(node_url: str, record_path: str, reveal: tuple[str, ...], reveal_none: bool, out: str,
+          genesis_path: str | None) -> None:
+    """Make a proof bundle revealing chosen claims of a record."""
+    try:
+        doc = RecordDocument.load(record_path)
+    except DecodeError as exc:
+        raise bad_input(str(exc)) from None
+    names = split_list(reveal)
+    known = ", ".join(c.key for c in doc.claims)
+    if names and reveal_none:
+        raise bad_input("give --reveal or --reveal-none, not both")
+    if not names and not reveal_none:
+        raise bad_input(f"say which claims to reveal with --reveal (the record has: {known}), "
+                        "or --reveal-none")
+    try:
+        disclosure = doc.disclose(names)
+    except DecodeError as exc:
+        raise bad_input(str(exc)) from None
+    genesis = load_genesis(genesis_path) if genesis_path else None
+
+    client = make_client(node_url)
+    obj = node_call(lambda: client.bundle(doc.record_id.hex(), disclosure.to_json()), "making the bundle")
+    try:
+        bundle = ProofBundle.from_json(obj)
+    except DecodeError as exc:
+        raise negative(f"the node returned an invalid bundle: {exc}") from None
+    if bundle.chain_id != doc.chain_id:
+        raise negative(f"the node is on chain {bundle.chain_id!r}, the record on {doc.chain_id!r}")
+    if [r.record_id for r in bundle.records] != [doc.record_id] or bundle.records[0].disclosure != disclosure:
+        raise negative("the node returned a bundle for something other than what was asked")
+    verdict = None
+    if genesis is not None:
+        result = verify_bundle(bundle, genesis)
+        verdict = result.verdict
+        if verdict in (TAMPERED, WRONG_CHAIN):
+            raise negative(f"the bundle does not verify against {genesis_path}: {verdict_line(result, genesis)}")
+    try:
+        Path(out).write_text(bundle.dumps())
+    except OSError as exc:
+        raise bad_input(f"cannot write {out}: {exc.strerror}") from None
+    shown = ", ".join(names) if names else "nothing"
+    say(f"wrote {out}: record {doc.record_id.hex()} as of block {bundle.head.header.height}, revealing "
+        f"{shown} ({disclosure.hidden_count()} claim(s) hidden)")
+    if genesis is not None:
+        say(f"checked against {genesis_path}: {verdict}")
+
+
+def load_genesis(path: str) -> Genesis:
+    try:
+        return Genesis.load(path)
+    except DecodeError as exc:
+        raise bad_input(str(exc) if "genesis" in str(exc) else f"genesis file {path}: {exc}") from None
+
+
+_HEADLINE = {VALID: "VALID", SELF_ASSERTED_V: "SELF-ASSERTED", UNACCREDITED: "UNACCREDITED",
+             EXPIRED: "EXPIRED", REVOKED: "REVOKED", WRONG_CHAIN: "WRONG NETWORK", TAMPERED: "TAMPERED"}
+
+
+def verdict_line(res: VerificationResult, genesis: Genesis) -> str:
+    """One line a person can act on: the verdict, why, and as of when."""
+    head = _HEADLINE.get(res.verdict, res.verdict.upper())
+    when = (f"as of block {res.head_height} ({fmt_time(res.head_time)})"
+            if res.head_height is not None else "")
+    worst = [r for r in res.records if r.verdict == res.verdict]
+    n = len(res.records)
+    if res.verdict == VALID:
+        what = "accredited record, not revoked" if n == 1 else f"{n} accredited records, none revoked"
+        return f"{head}: {what}, {when}"
+    if res.verdict == SELF_ASSERTED_V:
+        return (f"{head}: the holder recorded this about themselves; no accredited issuer vouches for it; "
+                f"{when}")
+    if res.verdict == UNACCREDITED:
+        return f"{head}: the issuer is not accredited for this type of record; {when}"
+    if res.verdict == EXPIRED:
+        r = worst[0] if worst else None
+        return f"{head}: the record expired on {fmt_time(r.expires if r else None)}; {when}"
+    if res.verdict == REVOKED:
+        rev = (worst[0].revoked if worst else None) or {}
+        return f"{head}: revoked by its issuer at block {rev.get('height')}: {rev.get('reason')}; {when}"
+    if res.verdict == WRONG_CHAIN:
+        return (f"{head}: the bundle was made for chain {res.chain_id!r}, not for the network of this "
+                f"genesis file ({genesis.chain_id!r})")
+    failed = [c for c in res.checks if not c.ok]
+    why = failed[0].detail if failed else "the bundle does not verify"
+    return f"{head}: {why}"
+
+
+def render_value(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and set(value) == {"sha256", "media_type", "name"}:
+        return f"file {value['name']} ({value['media_type']}), sha256 {value['sha256']}"
+    return json.dumps(value, ensure_ascii=False)
+
+
+def render_result(res: VerificationResult, genesis: Genesis, extra_checks: list[Check]) -> list[str]:
+    lines = [verdict_line(res, genesis)]
+    n = len(res.records)
+    for i, r in enumerate(res.records):
+        lines.append("")
+        lines.append(f"Record {r.record_id}" + (f" ({i + 1} of {n})" if n > 1 else "") + f": {r.verdict}")
+        if r.type is not None:
+            lines.append(f"  type:      {r.type}")
+        if r.issuer is not None:
+            lines.append(f"  issuer:    {issuer_label(r.issuer_name, r.issuer, r.holder)}")
+        if r.issuer_status_now not in (None, "active"):
+            lines.append(f"             accreditation now {r.issuer_status_now}")
+        if r.holder is not None:
+            lines.append(f"  holder:    {r.holder}")
+        if r.anchored_height is not None:
+            lines.append(f"  anchored:  block {r.anchored_height} ({fmt_time(r.anchored_time)})")
+        if r.standing is not None:
+            lines.append(f"  standing:  {r.standing}")
+        if r.expires is not None:
+            lines.append(f"  expires:   {fmt_time(r.expires)}")
+        if r.disclosed:
+            lines.append("  disclosed:")
+            lines.extend(f"    {k}: {render_value(v)}" for k, v in r.disclosed.items())
+        if r.anchored_height is not None:
+            lines.append(f"  hidden:    {r.hidden} claim(s) (not disclosed)")
+            if r.endorsements:
+                lines.append("  endorsements:")
+                for e in r.endorsements:
+                    digest = f", statement sha256 {e['digest']}" if e.get("digest") else ""
+                    lines.append(f"    by {e['endorser']} at block {e['height']}{digest}")
+            else:
+                lines.append("  endorsements: none")
+        if r.revoked:
+            lines.append(f"  REVOKED at block {r.revoked.get('height')}: {r.revoked.get('reason')}")
+    lines.append("")
+    lines.append("Checks:")
+    for c in [*res.checks, *extra_checks]:
+        where = f" (record {c.record + 1})" if c.record is not None and n > 1 else ""
+        lines.append(f"  [{'ok' if c.ok else 'FAIL'}] {c.name}{where}: {c.detail}")
+    return lines
+
+
+def check_evidence(res: VerificationResult, specs: tuple[str, ...]) -> list[Check]:
+    """Compare files the holder handed over with the evidence claims the bundle disclosed."""
+    checks = []
+    for spec in specs:
+        key, sep, path = spec.partition("=")
+        if not sep or not key or not path:
+            raise bad_input(f"--evidence {spec!r} must be KEY=PATH")
+        try:
+            digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        except OSError as exc:
+            raise bad_input(f"cannot read evidence file {path}: {exc.strerror}") from None
+        claims = [(i, r.disclosed[key]) for i, r in enumerate(res.records) if key in r.disclosed]
+        name = f"evidence {key}"
+        if not claims:
+            checks.append(Check(name, False, f"no disclosed claim named {key!r} to compare {path} with"))
+            continue
+        for i, value in claims:
+            want = value.get("sha256") if isinstance(value, dict) else None
+            if want == digest:
+                checks.append(Check(name, True, f"{path} matches the committed SHA-256", i))
+            else:
+                checks.append(Check(name, False, f"{path} does not match the file the record commits to", i))
+    return checks
+
+
+@cli.command("verify")
+@click.argument("bundle_path", metavar="BUNDLE")
+@click.option("--genesis", "genesis_path", required=True, envvar=GENESIS_ENV, metavar="FILE",
+              help=f"The network's genesis file (default from ${GENESIS_ENV}).")
+@click.option("--evidence", "evidence_specs", multiple=True, metavar="KEY=PATH",
+              help="Check a file against a disclosed evidence claim (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print the full result as one JSON object.")
+def verify(bundle_path: str, genesis_path: str, evidence_specs: tuple[str, ...], as_json: bool) -> None:
+    """Verify a proof bundle offline, with nothing but the genesis file.
+
+    Exit status 0 only when the verdict is valid (and every --evidence file matches).
+    """
+    genesis = load_genesis(genesis_path)
+    try:
+        data = Path(bundle_path).read_bytes()
+    except OSError as exc:
+        res = VerificationResult(TAMPERED, [Check("format", False, f"cannot read {bundle_path}: "
+                                                                   f"{exc.strerror}")], [])
+    else:
+        res = verify_bundle(data, genesis)
+    extra = check_evidence(res, evidence_specs)
+    if as_json:
+        obj = res.to_json()
+        if extra:
+            obj["evidence"] = [c.to_json() for c in extra]
+        emit_json(obj)
+    else:
+        for line in render_result(res, genesis, extra):
+            say(line)
+    if not res.ok or not all(c.ok for c in extra):
+        sys.exit(EXIT_NEGATIVE)
+
+
+# --- local test network -----------------------------------------------------------------------------------
+
+@cli.group("testnet")
+def testnet_group() -> None:
+    """Run a local test network on 127.0.0.1 (node processes started in the background)."""
+
+
+def _testnet() -> Any:
+    from node import testnet
+
+    return testnet
+
+
+def _testnet_call(fn: Callable[[], Any]) -> Any:
+    testnet = _testnet()
+    try:
+        return fn()
+    except testnet.TestnetError as exc:
+        raise negative(str(exc)) from None
+    except (LerError, OSError) as exc:
+        raise negative(getattr(exc, "reason", None) or str(exc)) from None
+
+
+@testnet_group.command("up")
+@click.option("--dir", "directory", required=True, metavar="DIR", help="Where the network lives.")
+@click.option("--authorities", type=click.IntRange(min=1, max=64), default=1, show_default=True)
+@click.option("--observers", type=click.IntRange(min=0, max=64), default=0, show_default=True)
+@click.option("--base-port", type=click.IntRange(min=1024, max=65000), default=8701, show_default=True)
+@click.option("--chain-id", default="ler-testnet", show_default=True)
+@click.option("--seed", "seed_demo", is_flag=True, help="Accredit a demo issuer and anchor demo records.")
+def testnet_up(directory: str, authorities: int, observers: int, base_port: int, chain_id: str,
+               seed_demo: bool) -> None:
+    """Create (the first time) and start a local network; returns once every node answers."""
+    try:
+        check_chain_id(chain_id)
+    except DecodeError as exc:
+        raise bad_input(str(exc)) from None
+    tn = _testnet()
+    manifest = _testnet_call(lambda: tn.up(directory, authorities=authorities, observers=observers,
+                                           base_port=base_port, chain_id=chain_id))
+    for n in manifest["nodes"]:
+        say(f"{n['name']:<12} {n['role']:<9} {n['url']}  pid {n['pid']}  log {n['data']}/node.log")
+    say(f"genesis: {manifest['genesis']}")
+    if seed_demo:
+        seeded = _testnet_call(lambda: tn.seed_demo(directory))
+        say(f"demo issuer {seeded['issuer']} accredited; {len(seeded['records'])} new demo record(s)")
+        for r in seeded["records"]:
+            say(f"  {r}")
+    say(f"stop it with: ler testnet down --dir {directory}")
+
+
+@testnet_group.command("down")
+@click.option("--dir", "directory", required=True, metavar="DIR", help="Where the network lives.")
+def testnet_down(directory: str) -> None:
+    """Stop every node of a local network."""
+    tn = _testnet()
+    stopped = _testnet_call(lambda: tn.down(directory))
+    say(f"stopped {', '.join(stopped)}" if stopped else "no node was running")
+
+
+@testnet_group.command("status")
+@click.option("--dir", "directory", required=True, metavar="DIR", help="Where the network lives.")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+def testnet_status(directory: str, as_json: bool) -> None:
+    """Show each node of a local network."""
+    tn = _testnet()
+    rows = _testnet_call(lambda: tn.status(directory))
+    if as_json:
+        emit_json(rows)
+        return
+    for r in rows:
+        state = f"height {r['height']}, mempool {r['mempool']}" if "height" in r else r.get("error", "")
+        say(f"{r['name']:<12} {r['role']:<9} {r['url']}  {'running' if r['running'] else 'stopped'}  {state}")
+    if not all(r["running"] and "height" in r for r in rows):
+        sys.exit(EXIT_NEGATIVE)
+
+
+# --- status ----------------------------------------------------------------------------------------------
+
+@cli.command("status")
+@node_option
+@click.option("--json", "as_json", is_flag=True, help="Print the node's status JSON.")
+def status(node_url: str, as_json: bool) -> None:
+    """Show a node's chain, height, latest block and mempool."""
+    client = make_client(node_url)
+    st = node_call(client.status)
+    if as_json:
+        emit_json(st)
+        return
+    mem = st.get("mempool") or {}
+    role = st.get("role") or "?"
+    say(f"node:         {client.url} ({st.get('node')}, {role}, version {st.get('version')})")
+    say(f"chain:        {st.get('chain_id')} (genesis {st.get('genesis_hash')})")
+    say(f"height:       {st.get('height')}")
+    latest = st.get("latest_block")
+    if latest:
+        say(f"latest block: {latest} at {fmt_time(st.get('latest_time'))}")
+    else:
+        say("latest block: none yet (only genesis)")
+    say(f"mempool:      {mem.get('txs', 0)} transaction(s), {mem.get('bytes', 0)} bytes")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""The mempool: transactions whose signature this node has checked, waiting for a block.
+
+Bounded by count and bytes, deduplicated by tx id, and fair: each signer has its own queue (first in,
+first out, so one signer's dependent transactions keep their order), blocks draw from the signers in
+turn, and no signer may hold more than a quarter of the pool. One busy issuer cannot starve the others.
+A transaction is in the pool only after its signature verified, so block validation skips it there.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Iterable
+
+from ler.errors import LerError
+from ler.tx import Tx
+
+
+class MempoolFull(LerError):
+    """The pool (or this signer's share of it) is full; try again after the next block."""
+
+
+class Mempool:
+    def __init__(self, max_txs: int, max_bytes: int) -> None:
+        self.max_txs = max(1, max_txs)
+        self.max_bytes = max(1, max_bytes)
+        self.per_signer = max(1, self.max_txs // 4)
+        self._txs: dict[bytes, Tx] = {}
+        self._queues: OrderedDict[bytes, deque[bytes]] = OrderedDict()
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._txs)
+
+    def __contains__(self, tx_id: object) -> bool:
+        return tx_id in self._txs
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
+
+    def get(self, tx_id: bytes) -> Tx | None:
+        return self._txs.get(tx_id)
+
+    def add(self, tx: Tx) -> bool:
+        """Add a checked transaction; False if it is here already. Raises MempoolFull."""
+        if tx.tx_id in self._txs:
+            return False
+        if len(self._txs) >= self.max_txs or self._bytes + len(tx.raw) > self.max_bytes:
+            raise MempoolFull("the node's mempool is full; retry after the next block")
+        queue = self._queues.get(tx.signer)
+        if queue is not None and len(queue) >= self.per_signer:
+            raise MempoolFull("this signer already has its share of the mempool pending; retry shortly")
+        if queue is None:
+            queue = self._queues[tx.signer] = deque()
+        queue.append(tx.tx_id)
+        self._txs[tx.tx_id] = tx
+        self._bytes += len(tx.raw)
+        return True
+
+    def take(self, limit: int, max_bytes: int | None = None) -> list[Tx]:
+        """Up to `limit` transactions, round-robin over signers, each signer's in arrival order.
+
+        They stay in the pool until `remove` (after their block commits or they are refused)."""
+        out: list[Tx] = []
+        size = 0
+        cursors = {signer: iter(list(q)) for signer, q in self._queues.items()}
+        while cursors and len(out) < limit:
+            for signer in list(cursors):
+                tx_id = next(cursors[signer], None)
+                if tx_id is None:
+                    del cursors[signer]
+                    continue
+                tx = self._txs[tx_id]
+                if max_bytes is not None and size + len(tx.raw) > max_bytes:
+                    return out
+                out.append(tx)
+                size += len(tx.raw)
+                if len(out) >= limit:
+                    break
+        return out
+
+    def remove(self, tx_ids: Iterable[bytes]) -> None:
+        touched: set[bytes] = set()
+        for tx_id in tx_ids:
+            tx = self._txs.pop(tx_id, None)
+            if tx is None:
+                continue
+            self._bytes -= len(tx.raw)
+            touched.add(tx.signer)
+        for signer in touched:
+            queue = self._queues[signer]
+            kept = deque(t for t in queue if t in self._txs)
+            if kept:
+                self._queues[signer] = kept
+            else:
+                del self._queues[signer]
+
+    def all_ids(self) -> list[bytes]:
+        return list(self._txs)

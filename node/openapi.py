@@ -1,0 +1,146 @@
+"""The OpenAPI 3.1 document the node serves at /v1/openapi.json (kept next to the routes in node/api.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+HEX32 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+HEX16 = {"type": "string", "pattern": "^[0-9a-f]{32}$"}
+DID = {"type": "string", "pattern": "^did:key:z6Mk[1-9A-HJ-NP-Za-km-z]+$", "maxLength": 64}
+ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _resp(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"description": description}
+    body["content"] = {"application/json": {"schema": schema or {"type": "object"}}}
+    return body
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {400: "Bad request (reason in error)", 404: "Not found", 413: "Payload too large",
+            415: "Unsupported content type"}
+    return {str(c): _resp(text[c], ERROR) for c in codes}
+
+
+def _param(name: str, where: str, schema: dict[str, Any], required: bool, description: str) -> dict[str, Any]:
+    return {"name": name, "in": where, "required": required, "schema": schema, "description": description}
+
+
+def document(version: str) -> dict[str, Any]:
+    tx_schema = {"$ref": "#/components/schemas/Transaction"}
+    results = {"$ref": "#/components/schemas/SubmitResults"}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "LER Ledger node API", "version": version,
+                 "description": "Submit signed learning and employment record transactions, read blocks, "
+                                "records and issuers, and get or check proof bundles. Errors are 4xx JSON "
+                                "objects with a reason."},
+        "paths": {
+            "/v1/status": {"get": {"summary": "Node and chain status", "operationId": "status",
+                                   "responses": {"200": _resp("Status")}}},
+            "/v1/genesis": {"get": {"summary": "The genesis document this node runs", "operationId": "genesis",
+                                    "responses": {"200": _resp("Genesis")}}},
+            "/v1/txs": {"post": {
+                "summary": "Submit one transaction or a batch",
+                "operationId": "submitTxs",
+                "parameters": [
+                    _param("wait", "query", {"type": "string", "enum": ["0", "1", "true", "false"]}, False,
+                           "Wait until the transactions are committed or refused"),
+                    _param("timeout", "query", {"type": "integer", "minimum": 0, "maximum": 3600}, False,
+                           "Longest wait in seconds (capped by the node's setting)")],
+                "requestBody": {"required": True, "content": {
+                    "application/json": {"schema": {"oneOf": [
+                        {"type": "object", "required": ["txs"], "additionalProperties": False,
+                         "properties": {"txs": {"type": "array", "items": tx_schema, "minItems": 1,
+                                                "maxItems": 10000}}},
+                        tx_schema]}},
+                    "application/msgpack": {"schema": {"type": "string", "format": "binary",
+                                                       "description": "Canonical msgpack array of "
+                                                                      "transactions, each as bin"}}}},
+                "responses": {"200": _resp("All settled (with wait)", results),
+                              "202": _resp("Accepted, pending", results),
+                              **_errors(400, 413, 415)}}},
+            "/v1/txs/{id}": {"get": {
+                "summary": "A transaction's status", "operationId": "getTx",
+                "parameters": [_param("id", "path", HEX32, True, "Transaction id")],
+                "responses": {"200": _resp("Status"), **_errors(400, 404)}}},
+            "/v1/blocks/latest": {"get": {"summary": "The latest committed block", "operationId": "latestBlock",
+                                          "responses": {"200": _resp("Block"), **_errors(404)}}},
+            "/v1/blocks/{height}": {"get": {
+                "summary": "A committed block", "operationId": "getBlock",
+                "parameters": [_param("height", "path", {"type": "integer", "minimum": 1}, True, "Height")],
+                "responses": {"200": _resp("Block"), **_errors(400, 404)}}},
+            "/v1/records": {"get": {
+                "summary": "Records by issuer or by holder", "operationId": "listRecords",
+                "parameters": [_param("issuer", "query", DID, False, "Issuer did"),
+                               _param("holder", "query", DID, False, "Holder did"),
+                               _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 1000},
+                                      False, "Most records to return"),
+                               _param("after", "query", HEX16, False, "Continue after this record id")],
+                "responses": {"200": _resp("Records"), **_errors(400)}}},
+            "/v1/records/{id}": {"get": {
+                "summary": "A record's ledger entry and status", "operationId": "getRecord",
+                "parameters": [_param("id", "path", HEX16, True, "Record id")],
+                "responses": {"200": _resp("Record"), **_errors(400, 404)}}},
+            "/v1/records/{id}/bundle": {"post": {
+                "summary": "A proof bundle for a record with the holder's chosen disclosure",
+                "operationId": "recordBundle",
+                "parameters": [_param("id", "path", HEX16, True, "Record id")],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["disclosure"], "additionalProperties": False,
+                    "properties": {"disclosure": {"$ref": "#/components/schemas/Disclosure"}}}}}},
+                "responses": {"200": _resp("Proof bundle"), **_errors(400, 404)}}},
+            "/v1/bundles": {"post": {
+                "summary": "One proof bundle stacking several records", "operationId": "stackBundle",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["records"], "additionalProperties": False,
+                    "properties": {"records": {"type": "array", "minItems": 1, "maxItems": 64, "items": {
+                        "type": "object", "required": ["record_id", "disclosure"],
+                        "additionalProperties": False,
+                        "properties": {"record_id": HEX16,
+                                       "disclosure": {"$ref": "#/components/schemas/Disclosure"}}}}}}}}},
+                "responses": {"200": _resp("Proof bundle"), **_errors(400, 404)}}},
+            "/v1/verify": {"post": {
+                "summary": "Verify a proof bundle against this node's genesis (verifiers can do this offline)",
+                "operationId": "verifyBundle",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}},
+                "responses": {"200": _resp("Verification result with verdict and checks"), **_errors(400, 413)}}},
+            "/v1/issuers": {"get": {"summary": "The issuer registry", "operationId": "listIssuers",
+                                    "responses": {"200": _resp("Issuers")}}},
+            "/v1/issuers/{did}": {"get": {
+                "summary": "One issuer's accreditation", "operationId": "getIssuer",
+                "parameters": [_param("did", "path", DID, True, "Issuer did")],
+                "responses": {"200": _resp("Issuer"), **_errors(400, 404)}}},
+            "/v1/authorities": {"get": {"summary": "Authorities, validators and open proposals",
+                                        "operationId": "authorities",
+                                        "responses": {"200": _resp("Authorities")}}},
+            "/health": {"get": {"summary": "Liveness", "operationId": "health",
+                                "responses": {"200": _resp("Alive")}}},
+        },
+        "components": {"schemas": {
+            "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+            "Transaction": {
+                "type": "object", "required": ["chain", "type", "signer", "nonce", "body", "sig"],
+                "properties": {
+                    "id": HEX32, "chain": {"type": "string"},
+                    "type": {"type": "string", "enum": ["gov.vote", "issuer.rotate", "record.anchor",
+                                                        "record.revoke", "record.endorse"]},
+                    "signer": DID, "nonce": {"type": "integer", "minimum": 0},
+                    "body": {"type": "object"}, "sig": {"type": "string", "pattern": "^[0-9a-f]{128}$"}}},
+            "SubmitResults": {"type": "object", "properties": {"results": {"type": "array", "items": {
+                "type": "object", "properties": {
+                    "id": {"type": ["string", "null"]},
+                    "status": {"type": "string", "enum": ["pending", "committed", "rejected"]},
+                    "height": {"type": ["integer", "null"]}, "index": {"type": ["integer", "null"]},
+                    "error": {"type": ["string", "null"]}, "rule": {"type": ["string", "null"]}}}}}},
+            "Disclosure": {
+                "type": "object", "required": ["total", "claims"], "additionalProperties": False,
+                "properties": {"total": {"type": "integer", "minimum": 1, "maximum": 256},
+                               "claims": {"type": "array", "items": {
+                                   "type": "object", "required": ["key", "value", "salt", "index", "path"],
+                                   "properties": {"key": {"type": "string"}, "value": {},
+                                                  "salt": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+                                                  "index": {"type": "integer", "minimum": 0},
+                                                  "path": {"type": "array", "items": HEX32}}}}}},
+        }},
+    }

@@ -1,0 +1,223 @@
+"""A local test network on 127.0.0.1: make keys and genesis, start node processes, seed demo data.
+
+`ler testnet up --dir DIR` returns once every node answers and writes DIR/testnet.json;
+`ler testnet down --dir DIR` stops them (SIGTERM, then SIGKILL after a grace period);
+`ler testnet status --dir DIR` reports each node. `scripts/testnet` runs `up`, seeds demo data, prints
+where to look and stops everything on Ctrl-C. Each node's log is DIR/<name>/node.log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ler import keys
+from ler.block import GENESIS_FORMAT, Genesis, GenesisAuthority
+from ler.keys import KeyPair, write_key_file
+from ler.record import RecordDocument, make_claims
+from ler.tx import Action, GovVote, RecordAnchor, sign_tx
+from node.client import ClientError, NodeClient
+from node.config import init_data_dir
+
+MANIFEST = "testnet.json"
+DEMO_TYPE = "degree"
+
+
+class TestnetError(Exception):
+    pass
+
+
+def _free_ports(n: int, start: int) -> list[int]:
+    import socket
+
+    ports: list[int] = []
+    p = start
+    while len(ports) < n and p < 65000:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", p))
+                ports.append(p)
+            except OSError:
+                pass
+        p += 1
+    return ports
+
+
+def up(directory: str | os.PathLike[str], authorities: int = 1, observers: int = 0, base_port: int = 8701,
+       chain_id: str = "ler-testnet", timeout: float = 60.0) -> dict[str, Any]:
+    """Create (first time) and start the network; return the manifest."""
+    d = Path(directory).resolve()
+    manifest_path = d / MANIFEST
+    if manifest_path.exists():
+        manifest = json.loads(manifest_path.read_text())
+        if any(_alive(n.get("pid")) for n in manifest["nodes"]):
+            raise TestnetError(f"a testnet is already running from {d}; `ler testnet down --dir {d}` first")
+    else:
+        manifest = _create(d, authorities, observers, base_port, chain_id)
+    for node in manifest["nodes"]:
+        node["pid"] = _start_node(Path(node["data"]))
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    deadline = time.monotonic() + timeout
+    for node in manifest["nodes"]:
+        client = NodeClient(node["url"], timeout=2.0)
+        while True:
+            try:
+                client.status()
+                break
+            except ClientError:
+                if not _alive(node["pid"]):
+                    raise TestnetError(f"node {node['name']} exited; see {node['data']}/node.log") from None
+                if time.monotonic() > deadline:
+                    raise TestnetError(f"node {node['name']} did not answer within {timeout:.0f} s") from None
+                time.sleep(0.1)
+    return manifest
+
+
+def _create(d: Path, authorities: int, observers: int, base_port: int, chain_id: str) -> dict[str, Any]:
+    if authorities < 1 or observers < 0:
+        raise TestnetError("a testnet needs at least one authority")
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "keys").mkdir(exist_ok=True)
+    names = [f"authority{i + 1}" for i in range(authorities)] + [f"observer{i + 1}" for i in range(observers)]
+    node_keys = {}
+    for name in names:
+        key = KeyPair.generate()
+        write_key_file(d / "keys" / f"{name}.key", key, overwrite=True)
+        node_keys[name] = key
+    issuer = KeyPair.generate()
+    write_key_file(d / "keys" / "demo-issuer.key", issuer, overwrite=True)
+    genesis = Genesis(format=GENESIS_FORMAT, chain_id=chain_id, genesis_time=int(time.time() * 1000),
+                      authorities=tuple(GenesisAuthority(node_keys[n].did, f"Demo Authority {i + 1}")
+                                        for i, n in enumerate(names[:authorities])),
+                      issuers=())
+    genesis.save(d / "genesis.json")
+    ports = _free_ports(len(names), base_port)
+    urls = [f"http://127.0.0.1:{p}" for p in ports]
+    nodes = []
+    for i, name in enumerate(names):
+        role = "authority" if i < authorities else "observer"
+        peers = tuple(u for j, u in enumerate(urls) if j != i)
+        init_data_dir(d / name, d / "genesis.json", d / "keys" / f"{name}.key", f"127.0.0.1:{ports[i]}",
+                      role=role, peers=peers)
+        nodes.append({"name": name, "url": urls[i], "role": role, "pid": None, "data": str(d / name),
+                      "key": str(d / "keys" / f"{name}.key")})
+    return {"chain_id": chain_id, "genesis": str(d / "genesis.json"), "nodes": nodes,
+            "demo_issuer_key": str(d / "keys" / "demo-issuer.key"), "demo_record_type": DEMO_TYPE}
+
+
+def _start_node(data: Path) -> int:
+    log = open(data / "node.log", "ab")  # noqa: SIM115 - handed to the child process
+    proc = subprocess.Popen([sys.executable, "-m", "node.cli", "node", "run", "--data", str(data)],
+                            stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+    log.close()
+    return proc.pid
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still "exists"; treat it as dead.
+    with contextlib.suppress(ChildProcessError, OSError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    return True
+
+
+def down(directory: str | os.PathLike[str], grace: float = 10.0) -> list[str]:
+    d = Path(directory).resolve()
+    manifest = load(d)
+    stopped = []
+    for node in manifest["nodes"]:
+        pid = node.get("pid")
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            stopped.append(node["name"])
+    deadline = time.monotonic() + grace
+    for node in manifest["nodes"]:
+        while _alive(node.get("pid")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _alive(node.get("pid")):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(node["pid"], signal.SIGKILL)
+        node["pid"] = None
+    (d / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return stopped
+
+
+def load(d: Path) -> dict[str, Any]:
+    try:
+        return json.loads((d / MANIFEST).read_text())
+    except FileNotFoundError:
+        raise TestnetError(f"no testnet in {d} (no {MANIFEST}); `ler testnet up --dir {d}` makes one") from None
+
+
+def status(directory: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    d = Path(directory).resolve()
+    out = []
+    for node in load(d)["nodes"]:
+        row: dict[str, Any] = {"name": node["name"], "url": node["url"], "role": node["role"],
+                               "pid": node.get("pid"), "running": _alive(node.get("pid"))}
+        try:
+            s = NodeClient(node["url"], timeout=2.0).status()
+            row.update(height=s["height"], mempool=s["mempool"]["txs"])
+        except ClientError as exc:
+            row["error"] = exc.reason
+        out.append(row)
+    return out
+
+
+def seed_demo(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """Accredit the demo issuer (votes from the authorities) and anchor two demo records."""
+    d = Path(directory).resolve()
+    manifest = load(d)
+    client = NodeClient(manifest["nodes"][0]["url"], timeout=30.0)
+    chain = manifest["chain_id"]
+    issuer = keys.read_key_file(manifest["demo_issuer_key"])
+    if client.issuer_or_none(issuer.did) is None:
+        action = Action(kind="accredit", subject=issuer.did, name="Demo University", scopes=(DEMO_TYPE,),
+                        until=None)
+        votes = []
+        for node in manifest["nodes"]:
+            if node["role"] == "authority":
+                votes.append(sign_tx(keys.read_key_file(node["key"]), chain, GovVote(action=action)))
+        _submit(client, votes[: len(votes) * 2 // 3 + 1])
+    demo = d / "demo"
+    demo.mkdir(exist_ok=True)
+    made = []
+    samples = [("holder-veteran", {"degree": "BSc", "field": "Logistics", "awarded": "2009"}),
+               ("holder-programmer", {"degree": "MSc", "field": "Computer Science", "awarded": "2021"})]
+    for name, claims in samples:
+        out = demo / f"{name}.record.json"
+        if out.exists():
+            continue
+        holder = KeyPair.generate()
+        write_key_file(demo / f"{name}.key", holder, overwrite=True)
+        doc = RecordDocument(chain_id=chain, record_id=os.urandom(16), issuer=issuer.did, holder=holder.did,
+                             rtype=DEMO_TYPE, expires=None, claims=make_claims(claims))
+        tx = sign_tx(issuer, chain, RecordAnchor(record=doc.record_id, issuer=issuer.did, holder=holder.did,
+                                                 rtype=DEMO_TYPE, commitment=doc.commitment, expires=None))
+        _submit(client, [tx])
+        RecordDocument(**{**{f: getattr(doc, f) for f in doc.__slots__}, "anchor_tx": tx.tx_id}).save(out)
+        made.append(str(out))
+    return {"issuer": issuer.did, "records": made}
+
+
+def _submit(client: NodeClient, txs: list[Any]) -> None:
+    for r in client.submit(txs, wait=True, timeout=30):
+        if r["status"] != "committed":
+            raise TestnetError(f"demo transaction not committed: {r.get('error') or r['status']}")

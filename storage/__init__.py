@@ -1,0 +1,1 @@
+"""Persistence: LevelDB block store, indexes and the authenticated state."""

@@ -1,0 +1,834 @@
+"""The chain store: blocks, certificates, indexes and the authenticated state, in one LevelDB.
+
+Layout (all keys ASCII prefixes; heights as 8-byte big-endian so they sort):
+  meta/genesis            -> genesis hash (32)          meta/height -> last committed height (8)
+  meta/genesis_state      -> state root after genesis (32)
+  b/<h>                   -> Block (canonical msgpack)  c/<h> -> CommitCertificate of block h
+  bh/<block hash>         -> h
+  tx/<tx id>              -> [height, index] (canonical msgpack)
+  n/<node hash>           -> sparse Merkle tree node (storage.smt encoding)
+  hist/<level:1><index:8> -> hash of a perfect subtree of the history tree (see storage/history.py)
+  val/<h>                 -> validator keys for height h, written only where the set changes
+  ri/<issuer did>\x00<h><record id>, rh/<holder did>\x00<h><record id> -> b"" (record indexes)
+  is/<issuer did>         -> b"" (every did that ever had an issuer entry)
+  en/<record id><endorser key> -> b"" (endorsement index)
+  pr/<action id>          -> b"" (governance proposals open in the latest state)
+  pending/<tx id>         -> raw tx accepted but not yet committed (survives a crash)
+
+Every committed block is one LevelDB write batch written with sync=True: after `commit_block` returns,
+a kill -9 loses nothing of it, and before, the block is absent as a whole. The genesis state is written
+the same way when a data folder is first opened, so a folder either belongs to one chain entirely or is
+empty.
+
+The state is never stored as a plain map: every value lives in a sparse Merkle tree node (n/), and the
+state at height h is the tree under header(h).state_root. Nodes are content-addressed and never deleted,
+so the state at any committed height stays readable and provable.
+
+Validator sets: validators(1) = validators(2) = the genesis authorities, and a set change committed in
+block h takes effect at h + 2 (val/<h+2>), so next_validators_hash in block h + 1 announces it. The few
+val/ entries are held in memory.
+
+One writer at a time: `execute`, `make_block`, `validate_block` and `commit_block` are meant to be called
+by one consensus or sync task. Reads may come from other threads; they only ever see whole blocks,
+because the cached height moves only after a block's batch is durable.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Container, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import plyvel
+
+from ler import codec
+from ler.block import MAX_BLOCK_TXS, Block, CommitCertificate, Genesis, Header, tx_root, validators_hash
+from ler.errors import DecodeError, ProofError, RuleError
+from ler.ledger import Context, MemoryState, Overlay, apply_genesis, apply_tx, check_tx, get_authorities
+from ler.merkle import inclusion_proof
+from ler.smt import EMPTY, StateProof
+from ler.state import (
+    AuthoritySet,
+    EndorsementEntry,
+    IssuerEntry,
+    Proposal,
+    RecordEntry,
+    authorities_key,
+    endorsement_key,
+    issuer_key,
+    proposal_key,
+    record_key,
+)
+from ler.tx import GovVote, IssuerRotate, RecordAnchor, RecordEndorse, Tx
+from ler.wire import Wire
+from storage.history import HistoryError, HistoryTree, StagedWrites
+from storage.smt import MemoryNodeStore, NodeStoreError, SparseMerkleTree
+
+META_GENESIS = b"meta/genesis"
+META_GENESIS_STATE = b"meta/genesis_state"
+META_HEIGHT = b"meta/height"
+HISTORY_PREFIX = b"hist/"
+NODE_PREFIX = b"n/"
+PENDING_PREFIX = b"pending/"
+VALIDATORS_PREFIX = b"val/"
+ISSUER_INDEX_PREFIX = b"is/"
+ENDORSEMENT_INDEX_PREFIX = b"en/"
+PROPOSAL_INDEX_PREFIX = b"pr/"
+
+#: Room for a block's transactions: the decode limit every peer applies, less ample space for the
+#: header and the parent's certificate (128 signatures are under 15 KiB).
+MAX_BLOCK_TX_BYTES = codec.MAX_MESSAGE_BYTES - 64 * 1024
+_TX_OVERHEAD = 5  # the msgpack bin header in front of each raw tx in the block's array
+_HEADER_CACHE_SIZE = 1024
+_W = TypeVar("_W", bound=Wire)
+
+
+def _h8(h: int) -> bytes:
+    return h.to_bytes(8, "big")
+
+
+def _block_key(h: int) -> bytes:
+    return b"b/" + _h8(h)
+
+
+def _cert_key(h: int) -> bytes:
+    return b"c/" + _h8(h)
+
+
+def _block_hash_key(block_hash: bytes) -> bytes:
+    return b"bh/" + block_hash
+
+
+def _tx_key(tx_id: bytes) -> bytes:
+    return b"tx/" + tx_id
+
+
+def _val_key(h: int) -> bytes:
+    return VALIDATORS_PREFIX + _h8(h)
+
+
+def _show(v: object) -> str:
+    return v.hex() if isinstance(v, bytes) else repr(v)
+
+
+def _by_issuer_prefix(did: str) -> bytes:
+    return b"ri/" + did.encode("utf-8") + b"\x00"
+
+
+def _by_holder_prefix(did: str) -> bytes:
+    return b"rh/" + did.encode("utf-8") + b"\x00"
+
+
+class StoreError(Exception):
+    """The store cannot do what was asked: another chain's folder, a damaged database, a block out of order.
+
+    `reason` says why in words fit for a log line or an operator.
+    """
+
+    @property
+    def reason(self) -> str:
+        return str(self)
+
+
+class InvalidBlock(StoreError):
+    """A block that breaks a validity rule. `rule` names it: "header.<field>", "block.last_cert",
+    "tx.decode", "tx.duplicate", "tx.chain", "tx.signature", or a ledger rule such as "anchor.duplicate"."""
+
+    def __init__(self, rule: str, reason: str) -> None:
+        super().__init__(f"{rule}: {reason}")
+        self.rule = rule
+
+
+@dataclass(slots=True)
+class ExecutionResult:
+    """What applying a block's transactions to the latest state gives; nothing of it is written yet."""
+
+    height: int
+    time: int
+    state_root: bytes
+    applied: list[Tx]                        # in block order
+    rejected: list[tuple[Tx, RuleError]]     # only when drop_invalid=True
+    state_writes: dict[bytes, bytes | None]  # state key -> new value (None = deleted)
+    node_writes: dict[bytes, bytes]          # new SMT nodes (hash -> encoding) to persist
+    authorities_after: tuple[bytes, ...]     # authority keys in state after this block
+
+
+class _DbNodes:
+    """The SMT's node store read from the database (n/ keys). Writes go through a block's batch only."""
+
+    __slots__ = ("db",)
+
+    def __init__(self, db: plyvel.DB) -> None:
+        self.db = db
+
+    def get_node(self, h: bytes) -> bytes | None:
+        result: bytes | None = self.db.get(NODE_PREFIX + h)
+        return result
+
+    def put_node(self, h: bytes, data: bytes) -> None:
+        raise TypeError("state nodes reach the database only through a block's write batch")
+
+
+class _StagingNodes:
+    """New nodes of one block's update, in memory, layered over the stored ones."""
+
+    __slots__ = ("base", "nodes")
+
+    def __init__(self, base: _DbNodes | MemoryNodeStore) -> None:
+        self.base = base
+        self.nodes: dict[bytes, bytes] = {}
+
+    def get_node(self, h: bytes) -> bytes | None:
+        data = self.nodes.get(h)
+        return data if data is not None else self.base.get_node(h)
+
+    def put_node(self, h: bytes, data: bytes) -> None:
+        self.nodes[h] = data
+
+
+class _TreeState:
+    """A read-only StateView of the tree at one root, remembering what it read (the root never moves)."""
+
+    __slots__ = ("cache", "root", "tree")
+
+    def __init__(self, tree: SparseMerkleTree, root: bytes) -> None:
+        self.tree = tree
+        self.root = root
+        self.cache: dict[bytes, bytes | None] = {}
+
+    def get(self, key: bytes) -> bytes | None:
+        if key in self.cache:
+            return self.cache[key]
+        value = self.tree.get(self.root, key)
+        self.cache[key] = value
+        return value
+
+    def set(self, key: bytes, value: bytes | None) -> None:
+        raise TypeError("the committed state is read-only; write through an Overlay")
+
+
+class ChainStore:
+    """The node's durable chain: open one per data folder (LevelDB allows one process at a time)."""
+
+    def __init__(self, path: str | os.PathLike[str], genesis: Genesis) -> None:
+        self.genesis = genesis
+        self._genesis_hash = genesis.hash
+        self._path = Path(path)
+        self._write_lock = threading.Lock()
+        self._headers: OrderedDict[int, Header] = OrderedDict()
+        try:
+            self._path.mkdir(parents=True, exist_ok=True)
+            self._db = plyvel.DB(str(self._path), create_if_missing=True)
+        except plyvel.IOError as exc:
+            raise StoreError(f"cannot open the data folder {self._path}: {exc} "
+                             "(is another node using it?)") from None
+        except plyvel.CorruptionError as exc:
+            raise StoreError(f"the database in {self._path} is corrupt: {exc}") from None
+        except OSError as exc:
+            raise StoreError(f"cannot open the data folder {self._path}: {exc.strerror}") from None
+        try:
+            self._nodes = _DbNodes(self._db)
+            self._tree = SparseMerkleTree(self._nodes)
+            self._history = HistoryTree(self._db, HISTORY_PREFIX)
+            if next(self._db.iterator(include_value=False), None) is None:
+                self._write_genesis()
+            self._load()
+        except BaseException:
+            self._db.close()
+            raise
+
+    # --- opening ------------------------------------------------------------------------------------------
+    def _write_genesis(self) -> None:
+        """Initialise an empty folder with the genesis state, in one durable batch."""
+        state = MemoryState()
+        apply_genesis(state, self.genesis)
+        staging = _StagingNodes(MemoryNodeStore())
+        root = SparseMerkleTree(staging).update_many(EMPTY, dict(state.data))
+        staged = StagedWrites(self._db)
+        staged.put(META_GENESIS, self._genesis_hash)
+        staged.put(META_GENESIS_STATE, root)
+        staged.put(META_HEIGHT, _h8(0))
+        staged.put(_val_key(1), codec.encode(list(self.genesis.validators)))
+        for h, data in staging.nodes.items():
+            staged.put(NODE_PREFIX + h, data)
+        for gi in self.genesis.issuers:
+            staged.put(ISSUER_INDEX_PREFIX + gi.did.encode("utf-8"), b"")
+        HistoryTree(staged, HISTORY_PREFIX).append(0, self._genesis_hash)
+        self._write(staged)
+
+    def _load(self) -> None:
+        """Check the folder belongs to this chain and is whole, then cache what every call needs."""
+        stored = self._db.get(META_GENESIS)
+        if stored is None:
+            raise StoreError(f"the database in {self._path} is corrupt: it has data but no meta/genesis")
+        if stored != self._genesis_hash:
+            raise StoreError(f"this data folder belongs to another chain: it was created for genesis "
+                             f"{stored.hex()}, not {self._genesis_hash.hex()} ({self.genesis.chain_id})")
+        gstate = self._db.get(META_GENESIS_STATE)
+        if gstate is None or len(gstate) != 32:
+            raise StoreError(f"the database in {self._path} is corrupt: meta/genesis_state is missing")
+        raw_height = self._db.get(META_HEIGHT)
+        if raw_height is None or len(raw_height) != 8:
+            raise StoreError(f"the database in {self._path} is corrupt: meta/height is missing")
+        self._genesis_state: bytes = gstate
+        heights: list[int] = []
+        sets: list[tuple[bytes, ...]] = []
+        for key, value in self._db.iterator(prefix=VALIDATORS_PREFIX):
+            try:
+                members = codec.decode(value)
+                if not isinstance(members, list) or not all(isinstance(k, bytes) for k in members):
+                    raise DecodeError("not a list of keys")
+            except DecodeError as exc:
+                raise StoreError(f"the database in {self._path} is corrupt: {key!r}: {exc}") from None
+            heights.append(int.from_bytes(key[len(VALIDATORS_PREFIX):], "big"))
+            sets.append(tuple(members))
+        if not heights or heights[0] != 1:
+            raise StoreError(f"the database in {self._path} is corrupt: the genesis validator set is missing")
+        self._val_heights, self._val_sets = heights, sets
+        height = int.from_bytes(raw_height, "big")
+        latest: Header | None = None
+        if height > 0:
+            latest = self._read_header(height)
+            if latest is None:
+                raise StoreError(f"the database in {self._path} is corrupt: "
+                                 f"meta/height is {height} but that block is missing")
+        self._tip: tuple[int, Header | None] = (height, latest)
+
+    def _write(self, staged: StagedWrites) -> None:
+        """One durable batch: after this returns the writes survive a crash; before, none of them exist."""
+        batch = self._db.write_batch(sync=True)
+        staged.write_to(batch)
+        batch.write()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> ChainStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- chain ----------------------------------------------------------------------------------------------
+    @property
+    def chain_id(self) -> str:
+        return self.genesis.chain_id
+
+    @property
+    def height(self) -> int:
+        """The last committed height (0 when only genesis is there)."""
+        return self._tip[0]
+
+    def genesis_hash(self) -> bytes:
+        return self._genesis_hash
+
+    def block(self, h: int) -> Block | None:
+        raw = self._db.get(_block_key(h)) if h >= 1 else None
+        if raw is None:
+            return None
+        try:
+            return Block.decode(raw)
+        except DecodeError as exc:
+            raise StoreError(f"stored block {h} is corrupt: {exc}") from None
+
+    def _read_header(self, h: int) -> Header | None:
+        cached = self._headers.get(h)
+        if cached is not None:
+            return cached
+        block = self.block(h)
+        if block is None:
+            return None
+        # Committed headers never change, so a bounded cache of them is always right; it spares decoding a
+        # whole block for every state root, block hash or proof that needs one header.
+        self._headers[h] = block.header
+        if len(self._headers) > _HEADER_CACHE_SIZE:
+            self._headers.popitem(last=False)
+        return block.header
+
+    def header(self, h: int) -> Header | None:
+        if not 1 <= h <= self.height:
+            return None
+        return self._read_header(h)
+
+    def cert(self, h: int) -> CommitCertificate | None:
+        raw = self._db.get(_cert_key(h)) if h >= 1 else None
+        if raw is None:
+            return None
+        try:
+            return CommitCertificate.decode(raw)
+        except DecodeError as exc:
+            raise StoreError(f"stored certificate {h} is corrupt: {exc}") from None
+
+    def block_hash(self, h: int) -> bytes | None:
+        """The hash of block h; of the genesis document for h == 0 (what block 1's `prev` names)."""
+        if h == 0:
+            return self._genesis_hash
+        header = self.header(h)
+        return header.hash if header is not None else None
+
+    def height_of(self, block_hash: bytes) -> int | None:
+        """The height of a committed block by its hash (0 for the genesis hash)."""
+        if block_hash == self._genesis_hash:
+            return 0
+        raw = self._db.get(_block_hash_key(block_hash))
+        return int.from_bytes(raw, "big") if raw is not None else None
+
+    def latest_header(self) -> Header | None:
+        return self._tip[1]
+
+    def find_tx(self, tx_id: bytes) -> tuple[int, int] | None:
+        """Where a committed transaction is: (height, index in its block)."""
+        raw = self._db.get(_tx_key(tx_id))
+        if raw is None:
+            return None
+        try:
+            height, index = codec.decode(raw)
+            return int(height), int(index)
+        except (DecodeError, TypeError, ValueError) as exc:
+            raise StoreError(f"stored index of transaction {tx_id.hex()} is corrupt: {exc}") from None
+
+    def get_tx(self, tx_id: bytes) -> Tx | None:
+        where = self.find_tx(tx_id)
+        if where is None:
+            return None
+        block = self.block(where[0])
+        if block is None or where[1] >= len(block.txs):
+            raise StoreError(f"transaction {tx_id.hex()} is indexed at {where} but not stored there")
+        return Tx.decode(block.txs[where[1]])
+
+    # --- state ----------------------------------------------------------------------------------------------
+    def _check_height(self, h: int) -> None:
+        if not 0 <= h <= self.height:
+            raise ValueError(f"height {h} is not committed (the latest is {self.height})")
+
+    def state_root(self, h: int) -> bytes:
+        """The state root after block h (after genesis for h == 0). ValueError for an uncommitted height."""
+        self._check_height(h)
+        if h == 0:
+            return self._genesis_state
+        header = self._read_header(h)
+        if header is None:
+            raise StoreError(f"the database is corrupt: committed block {h} is missing")
+        return header.state_root
+
+    def state_get(self, key: bytes, height: int | None = None) -> bytes | None:
+        """The state's value at `key` after block `height` (the latest when None)."""
+        root = self.state_root(self.height if height is None else height)
+        try:
+            return self._tree.get(root, key)
+        except NodeStoreError as exc:
+            raise StoreError(f"the state database is corrupt: {exc}") from None
+
+    def prove_state(self, key: bytes, height: int) -> StateProof:
+        """A proof of what the state holds at `key` under header(height).state_root (genesis root for 0)."""
+        root = self.state_root(height)
+        try:
+            return self._tree.prove(root, key)
+        except NodeStoreError as exc:
+            raise StoreError(f"the state database is corrupt: {exc}") from None
+
+    def _state_entry(self, cls: type[_W], key: bytes, height: int | None, what: str) -> _W | None:
+        raw = self.state_get(key, height)
+        if raw is None:
+            return None
+        try:
+            return cls.decode(raw)
+        except DecodeError as exc:
+            raise StoreError(f"stored {what} is corrupt: {exc}") from None
+
+    def get_record(self, record_id: bytes, height: int | None = None) -> RecordEntry | None:
+        return self._state_entry(RecordEntry, record_key(record_id), height, "record")
+
+    def get_issuer(self, did: str, height: int | None = None) -> IssuerEntry | None:
+        return self._state_entry(IssuerEntry, issuer_key(did), height, "issuer")
+
+    def get_authorities(self, height: int | None = None) -> AuthoritySet:
+        aset = self._state_entry(AuthoritySet, authorities_key(), height, "authority set")
+        if aset is None:
+            raise StoreError("the database is corrupt: the state has no authority set")
+        return aset
+
+    def get_endorsement(self, record_id: bytes, endorser: bytes,
+                        height: int | None = None) -> EndorsementEntry | None:
+        return self._state_entry(EndorsementEntry, endorsement_key(record_id, endorser), height,
+                                 "endorsement")
+
+    # --- indexes --------------------------------------------------------------------------------------------
+    def list_issuers(self) -> list[IssuerEntry]:
+        """Every issuer the state has ever held (any standing), as it is now, in did order."""
+        out = []
+        for key in self._db.iterator(prefix=ISSUER_INDEX_PREFIX, include_value=False):
+            entry = self.get_issuer(key[len(ISSUER_INDEX_PREFIX):].decode("utf-8"))
+            if entry is not None:
+                out.append(entry)
+        return out
+
+    def _records_by(self, prefix: bytes, limit: int, after: bytes | None) -> list[bytes]:
+        if limit <= 0:
+            return []
+        stop = prefix[:-1] + b"\x01"  # just past every key under prefix (which ends in \x00)
+        start = prefix
+        include_start = True
+        if after is not None:
+            entry = self.get_record(after)
+            if entry is None:
+                raise ValueError(f"no record {after.hex()} to continue after")
+            start = prefix + _h8(entry.anchored) + after
+            include_start = False
+        out: list[bytes] = []
+        for key in self._db.iterator(start=start, stop=stop, include_start=include_start,
+                                     include_value=False):
+            out.append(key[len(prefix) + 8:])
+            if len(out) >= limit:
+                break
+        return out
+
+    def records_by_issuer(self, did: str, limit: int = 100, after: bytes | None = None) -> list[bytes]:
+        """Ids of records anchored in `did`'s name, by anchoring height (by record id within a block).
+
+        `after` continues a listing after that record id.
+        """
+        return self._records_by(_by_issuer_prefix(did), limit, after)
+
+    def records_by_holder(self, did: str, limit: int = 100, after: bytes | None = None) -> list[bytes]:
+        """Ids of records whose holder is `did`, ordered and continued as in `records_by_issuer`."""
+        return self._records_by(_by_holder_prefix(did), limit, after)
+
+    def endorsements(self, record_id: bytes) -> list[EndorsementEntry]:
+        """The latest state's endorsements of a record, in endorser-key order."""
+        prefix = ENDORSEMENT_INDEX_PREFIX + record_id
+        out = []
+        for key in self._db.iterator(prefix=prefix, include_value=False):
+            entry = self.get_endorsement(record_id, key[len(prefix):])
+            if entry is not None:
+                out.append(entry)
+        return out
+
+    def proposals(self) -> list[Proposal]:
+        """The governance proposals open in the latest state (voted for, not yet executed), by action id."""
+        out = []
+        for key in self._db.iterator(prefix=PROPOSAL_INDEX_PREFIX, include_value=False):
+            entry = self._state_entry(Proposal, proposal_key(key[len(PROPOSAL_INDEX_PREFIX):]), None, "proposal")
+            if entry is not None:
+                out.append(entry)
+        return out
+
+    # --- validators -----------------------------------------------------------------------------------------
+    def validators(self, h: int) -> tuple[bytes, ...]:
+        """The validator keys (ascending) of height h >= 1; known up to height + 2."""
+        if not 1 <= h <= self.height + 2:
+            raise ValueError(f"the validators of height {h} are not known yet "
+                             f"(the latest height is {self.height})")
+        i = bisect.bisect_right(self._val_heights, h) - 1
+        return self._val_sets[i]
+
+    def validator_change_heights(self, upto: int) -> list[int]:
+        """Heights h in 2..upto where validators(h) != validators(h - 1): the steps a light client checks."""
+        end = bisect.bisect_right(self._val_heights, upto)
+        return [h for h in self._val_heights[:end] if h >= 2]
+
+    # --- history and tx proofs ------------------------------------------------------------------------------
+    def _history_size_ok(self, size: int) -> None:
+        # Leaves 0..height are stored (genesis, then one per committed block).
+        if not 0 <= size <= self.height + 1:
+            raise ValueError(f"the history tree has {self.height + 1} leaves, not {size}")
+
+    def history_root(self, size: int) -> bytes:
+        """MTH over [genesis hash, block 1 hash, ..., block size-1 hash]: header(size).history_root."""
+        self._history_size_ok(size)
+        try:
+            return self._history.root(size)
+        except HistoryError as exc:
+            raise StoreError(f"the history tree is corrupt: {exc}") from None
+
+    def history_inclusion(self, index: int, size: int) -> list[bytes]:
+        """Audit path of leaf `index` (block_hash(index)) in history_root(size)."""
+        self._history_size_ok(size)
+        try:
+            return self._history.inclusion_proof(index, size)
+        except HistoryError as exc:
+            raise StoreError(f"the history tree is corrupt: {exc}") from None
+
+    def history_consistency(self, old_size: int, new_size: int) -> list[bytes]:
+        """Consistency proof from history_root(old_size) to history_root(new_size)."""
+        self._history_size_ok(new_size)
+        try:
+            return self._history.consistency_proof(old_size, new_size)
+        except HistoryError as exc:
+            raise StoreError(f"the history tree is corrupt: {exc}") from None
+
+    def tx_inclusion(self, h: int, index: int) -> list[bytes]:
+        """Audit path of the tx id at `index` in block h's tx_root (leaves are the tx ids)."""
+        block = self.block(h)
+        if block is None:
+            raise ValueError(f"no committed block at height {h}")
+        return inclusion_proof([Tx.decode(raw).tx_id for raw in block.txs], index)
+
+    # --- building and checking blocks -----------------------------------------------------------------------
+    def execute(self, txs: Sequence[Tx], time: int, *, drop_invalid: bool) -> ExecutionResult:
+        """Apply `txs` (signatures already checked) to the latest state as block height + 1 at `time`.
+
+        Each transaction runs in its own overlay, so a refused one leaves no trace. With drop_invalid the
+        refused ones are returned in `rejected`; without, the first refusal raises InvalidBlock. Nothing is
+        written to the database: the result carries every write for `commit_block`.
+        """
+        return self._execute(txs, time, drop_invalid, full=None)
+
+    def _execute(self, txs: Sequence[Tx], time: int, drop_invalid: bool,
+                 full: Callable[[Tx], bool] | None) -> ExecutionResult:
+        """`execute`, stopping before the first tx for which `full` says the block has no room left."""
+        height = self.height + 1
+        root = self.state_root(self.height)
+        block_state = Overlay(_TreeState(self._tree, root))
+        in_block: set[bytes] = set()
+        db = self._db
+
+        def seen(tx_id: bytes) -> bool:
+            return tx_id in in_block or db.get(_tx_key(tx_id)) is not None
+
+        ctx = Context(chain_id=self.chain_id, height=height, time=time, seen=seen)
+        applied: list[Tx] = []
+        rejected: list[tuple[Tx, RuleError]] = []
+        try:
+            for i, tx in enumerate(txs):
+                if full is not None and full(tx):
+                    break
+                tx_state = Overlay(block_state)
+                try:
+                    apply_tx(tx_state, ctx, tx)
+                except RuleError as exc:
+                    if drop_invalid:
+                        rejected.append((tx, exc))
+                        continue
+                    raise InvalidBlock(exc.rule,
+                                       f"transaction {i} ({tx.tx_id.hex()}): {exc.reason}") from None
+                tx_state.commit()
+                in_block.add(tx.tx_id)
+                applied.append(tx)
+            authorities_after = get_authorities(block_state).keys
+            staging = _StagingNodes(self._nodes)
+            new_root = SparseMerkleTree(staging).update_many(root, block_state.writes)
+        except NodeStoreError as exc:
+            raise StoreError(f"the state database is corrupt: {exc}") from None
+        return ExecutionResult(height=height, time=time, state_root=new_root, applied=applied,
+                               rejected=rejected, state_writes=dict(block_state.writes),
+                               node_writes=staging.nodes, authorities_after=authorities_after)
+
+    def _parent_time(self, h: int) -> int:
+        if h == 1:
+            return self.genesis.genesis_time
+        parent = self.header(h - 1)
+        if parent is None:
+            raise StoreError(f"the database is corrupt: committed block {h - 1} is missing")
+        return parent.time
+
+    def make_block(self, txs: Sequence[Tx], time: int, round_: int, proposer: bytes,
+                   last_cert: CommitCertificate | None) -> tuple[Block, ExecutionResult]:
+        """A proposal for height + 1 holding the transactions of `txs` that apply, in their order.
+
+        Those a rule refuses are returned in the result's `rejected`. The block stops short of
+        MAX_BLOCK_TXS transactions or MAX_BLOCK_TX_BYTES of them, so every peer can decode it; the
+        transactions after that point are neither applied nor rejected and wait for a later block.
+        """
+        count = size = 0
+
+        def full(tx: Tx) -> bool:
+            nonlocal count, size
+            if count + 1 > MAX_BLOCK_TXS or size + len(tx.raw) + _TX_OVERHEAD > MAX_BLOCK_TX_BYTES:
+                return True
+            count += 1
+            size += len(tx.raw) + _TX_OVERHEAD
+            return False
+
+        result = self._execute(txs, time, drop_invalid=True, full=full)
+        h = result.height
+        prev = self.block_hash(h - 1)
+        assert prev is not None  # h - 1 is committed (or genesis)
+        header = Header(
+            chain=self.chain_id, height=h, round=round_, time=time, prev=prev,
+            tx_count=len(result.applied), tx_root=tx_root([tx.tx_id for tx in result.applied]),
+            state_root=result.state_root, history_root=self.history_root(h),
+            validators_hash=validators_hash(self.validators(h)),
+            next_validators_hash=validators_hash(self.validators(h + 1)), proposer=proposer)
+        return Block(header=header, txs=tuple(tx.raw for tx in result.applied), last_cert=last_cert), result
+
+    def validate_block(self, block: Block, verified: Container[bytes] = frozenset()) -> ExecutionResult:
+        """Check `block` as the next block of this chain; InvalidBlock names the first rule it breaks.
+
+        `verified` holds tx ids whose signatures this node already checked (e.g. in its mempool): each
+        signature is verified once per node.
+        """
+        hd = block.header
+        h = self.height + 1
+
+        def expect(name: str, got: object, want: object) -> None:
+            if got != want:
+                raise InvalidBlock(f"header.{name}", f"is {_show(got)}, expected {_show(want)}")
+
+        # Every field but `round` is determined by the chain and the block's content; the round is the
+        # proposer's, and the certificate that commits the block binds it.
+        expect("chain", hd.chain, self.chain_id)
+        expect("height", hd.height, h)
+        expect("prev", hd.prev, self.block_hash(h - 1))
+        parent_time = self._parent_time(h)
+        if hd.time <= parent_time:
+            raise InvalidBlock("header.time", f"{hd.time} is not later than the parent's time {parent_time}")
+        validators = self.validators(h)
+        if hd.proposer not in validators:
+            raise InvalidBlock("header.proposer", f"{hd.proposer.hex()} is not a validator of height {h}")
+        expect("validators_hash", hd.validators_hash, validators_hash(validators))
+        expect("next_validators_hash", hd.next_validators_hash, validators_hash(self.validators(h + 1)))
+        expect("history_root", hd.history_root, self.history_root(h))
+        expect("tx_count", hd.tx_count, len(block.txs))
+        if len(block.txs) > MAX_BLOCK_TXS:
+            raise InvalidBlock("block.size", f"{len(block.txs)} transactions; at most {MAX_BLOCK_TXS}")
+        tx_bytes = sum(len(raw) + _TX_OVERHEAD for raw in block.txs)
+        if tx_bytes > MAX_BLOCK_TX_BYTES:
+            raise InvalidBlock("block.size", f"{tx_bytes} bytes of transactions; at most {MAX_BLOCK_TX_BYTES}")
+        self._check_last_cert(block.last_cert, h)
+
+        txs: list[Tx] = []
+        ids: set[bytes] = set()
+        for i, raw in enumerate(block.txs):
+            try:
+                tx = Tx.decode(raw)
+            except DecodeError as exc:
+                raise InvalidBlock("tx.decode", f"transaction {i}: {exc}") from None
+            if tx.tx_id in ids:
+                raise InvalidBlock("tx.duplicate", f"transaction {i} ({tx.tx_id.hex()}) appears twice")
+            ids.add(tx.tx_id)
+            txs.append(tx)
+        expect("tx_root", hd.tx_root, tx_root([tx.tx_id for tx in txs]))
+        for i, tx in enumerate(txs):
+            if tx.tx_id in verified:
+                continue
+            try:
+                check_tx(tx, self.chain_id)
+            except RuleError as exc:
+                raise InvalidBlock(exc.rule, f"transaction {i} ({tx.tx_id.hex()}): {exc.reason}") from None
+        result = self.execute(txs, hd.time, drop_invalid=False)
+        expect("state_root", hd.state_root, result.state_root)
+        return result
+
+    def _check_last_cert(self, cert: CommitCertificate | None, h: int) -> None:
+        if h == 1:
+            if cert is not None:
+                raise InvalidBlock("block.last_cert", "block 1 carries no parent certificate")
+            return
+        if cert is None:
+            raise InvalidBlock("block.last_cert", f"block {h} lacks the certificate of block {h - 1}")
+        if cert.height != h - 1:
+            raise InvalidBlock("block.last_cert", f"certificate is for height {cert.height}, not {h - 1}")
+        if cert.block != self.block_hash(h - 1):
+            raise InvalidBlock("block.last_cert", f"certificate is for another block than block {h - 1}")
+        try:
+            cert.verify(self.chain_id, self.validators(h - 1))
+        except ProofError as exc:
+            raise InvalidBlock("block.last_cert", str(exc)) from None
+
+    # --- committing -----------------------------------------------------------------------------------------
+    def commit_block(self, block: Block, cert: CommitCertificate,
+                     result: ExecutionResult | None = None) -> None:
+        """Make `block` durable as height + 1, with its certificate, in one synced write batch.
+
+        `result` is the block's validate_block result when the caller has it; otherwise the block is
+        validated here (a block is never stored unchecked).
+        """
+        with self._write_lock:
+            self._commit(block, cert, result)
+
+    def _commit(self, block: Block, cert: CommitCertificate, result: ExecutionResult | None) -> None:
+        h = self.height + 1
+        block_hash = block.hash
+        if block.header.height != h:
+            raise StoreError(f"out-of-order commit: block {block.header.height} given, the next is {h}")
+        if cert.height != h:
+            raise StoreError(f"the certificate is for height {cert.height}, not {h}")
+        if cert.block != block_hash:
+            raise StoreError(f"the certificate is for block {cert.block.hex()}, not {block_hash.hex()}")
+        try:
+            cert.verify(self.chain_id, self.validators(h))
+        except ProofError as exc:
+            raise StoreError(f"certificate of block {h} refused: {exc}") from None
+        if result is None:
+            result = self.validate_block(block)
+        elif (result.height != h or result.state_root != block.header.state_root
+              or [tx.raw for tx in result.applied] != list(block.txs)):
+            raise StoreError(f"the execution result given is not that of block {h}")
+
+        staged = StagedWrites(self._db)
+        staged.put(_block_key(h), block.encode())
+        staged.put(_cert_key(h), cert.encode())
+        staged.put(_block_hash_key(block_hash), _h8(h))
+        for node_hash, data in result.node_writes.items():
+            staged.put(NODE_PREFIX + node_hash, data)
+        for index, tx in enumerate(result.applied):
+            staged.put(_tx_key(tx.tx_id), codec.encode([h, index]))
+            staged.delete(PENDING_PREFIX + tx.tx_id)
+            self._index_tx(staged, tx, h, result)
+        HistoryTree(staged, HISTORY_PREFIX).append(h, block_hash)
+        new_validators = tuple(sorted(result.authorities_after))
+        changes_validators = new_validators != self.validators(h + 1)
+        if changes_validators:
+            staged.put(_val_key(h + 2), codec.encode(list(new_validators)))
+        staged.put(META_HEIGHT, _h8(h))
+        self._write(staged)
+
+        # The batch is durable: only now may readers see the new height.
+        if changes_validators:
+            self._val_heights.append(h + 2)
+            self._val_sets.append(new_validators)
+        self._headers[h] = block.header
+        self._tip = (h, block.header)
+
+    @staticmethod
+    def _index_tx(staged: StagedWrites, tx: Tx, h: int, result: ExecutionResult) -> None:
+        """The secondary indexes a transaction adds (they are conveniences; the state is authoritative)."""
+        body = tx.body
+        if isinstance(body, RecordAnchor):
+            suffix = _h8(h) + body.record
+            staged.put(_by_issuer_prefix(body.issuer) + suffix, b"")
+            staged.put(_by_holder_prefix(body.holder) + suffix, b"")
+        elif isinstance(body, RecordEndorse):
+            staged.put(ENDORSEMENT_INDEX_PREFIX + body.record + tx.signer, b"")
+        elif isinstance(body, GovVote | IssuerRotate):
+            did = body.action.subject if isinstance(body, GovVote) else body.issuer
+            if result.state_writes.get(issuer_key(did)) is not None:
+                staged.put(ISSUER_INDEX_PREFIX + did.encode("utf-8"), b"")
+        if isinstance(body, GovVote):
+            # The block's final write decides: a proposal opened and executed in one block never shows.
+            aid = body.action.action_id
+            pkey = proposal_key(aid)
+            if pkey in result.state_writes:
+                if result.state_writes[pkey] is None:
+                    staged.delete(PROPOSAL_INDEX_PREFIX + aid)
+                else:
+                    staged.put(PROPOSAL_INDEX_PREFIX + aid, b"")
+
+    # --- pending transactions -------------------------------------------------------------------------------
+    def add_pending(self, raws: Sequence[tuple[bytes, bytes]]) -> None:
+        """Remember accepted, uncommitted transactions (tx id, raw) so a restart does not lose them."""
+        if not raws:
+            return
+        staged = StagedWrites(self._db)
+        for tx_id, raw in raws:
+            staged.put(PENDING_PREFIX + tx_id, raw)
+        self._write(staged)
+
+    def remove_pending(self, tx_ids: Sequence[bytes]) -> None:
+        if not tx_ids:
+            return
+        staged = StagedWrites(self._db)
+        for tx_id in tx_ids:
+            staged.delete(PENDING_PREFIX + tx_id)
+        self._write(staged)
+
+    def pending(self) -> list[bytes]:
+        """Raw transactions accepted before a restart and not yet committed (in tx id order)."""
+        return [raw for _, raw in self._db.iterator(prefix=PENDING_PREFIX)]
+

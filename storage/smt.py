@@ -1,0 +1,208 @@
+"""The compressed sparse Merkle tree of the ledger state, over a pluggable content-addressed node store.
+
+Hashing and the proof format are `ler.smt`'s; this module builds, reads and proves the tree. Nodes are
+stored under their hash and never changed or deleted, so an update writes only the new nodes on the
+changed paths, and every root the tree ever had can still be read and proved.
+
+Stored node encodings:
+- inner node: 0x01 || left (32) || right (32), under node_hash(left, right) (the SHA-256 of the encoding);
+- leaf:       0x00 || key (32) || value, under leaf_hash(key, value). The full value is kept so the value
+  at any historical root can be read back.
+The empty subtree is EMPTY and is never stored.
+
+An update walks down to where the changed keys leave the existing tree and rebuilds only those paths, so it
+costs O(depth) hashes and writes, depth being about log2(number of keys), not 256.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+from ler.smt import (
+    EMPTY,
+    KEY_SIZE,
+    MAX_VALUE_BYTES,
+    StateProof,
+    bit,
+    leaf_hash,
+    node_hash,
+    value_hash,
+)
+
+_LEAF = 0x00
+_NODE = 0x01
+_NODE_LEN = 1 + 32 + 32
+_LEAF_MIN_LEN = 1 + KEY_SIZE
+
+# An edited subtree as (hash, is_leaf). is_leaf is None for a subtree left untouched: whether it is a
+# single leaf is looked up only when a collapse depends on it, so untouched siblings cost no read.
+_Sub = tuple[bytes, bool | None]
+
+
+class NodeStore(Protocol):
+    """Where tree nodes live, keyed by their hash. Writes may be staged: the tree never reads back a node
+    it wrote during the same update."""
+
+    def get_node(self, h: bytes) -> bytes | None: ...
+
+    def put_node(self, h: bytes, data: bytes) -> None: ...
+
+
+class MemoryNodeStore:
+    """A NodeStore in a dict: for tests, and for staging a block's writes before they are committed."""
+
+    __slots__ = ("nodes",)
+
+    def __init__(self) -> None:
+        self.nodes: dict[bytes, bytes] = {}
+
+    def get_node(self, h: bytes) -> bytes | None:
+        return self.nodes.get(h)
+
+    def put_node(self, h: bytes, data: bytes) -> None:
+        self.nodes[h] = data
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+
+class NodeStoreError(Exception):
+    """A node the tree needs is missing or malformed: a root the store never held, or a damaged store."""
+
+
+def _check_key(key: bytes) -> None:
+    if not isinstance(key, bytes) or len(key) != KEY_SIZE:
+        raise ValueError("a state key is 32 bytes")
+
+
+class SparseMerkleTree:
+    """Reads, updates and proves trees by root. Holds no root of its own: callers keep the roots."""
+
+    __slots__ = ("store",)
+
+    def __init__(self, store: NodeStore) -> None:
+        self.store = store
+
+    # --- reading --------------------------------------------------------------------------------------
+    def _load(self, h: bytes) -> bytes:
+        data = self.store.get_node(h)
+        if data is None:
+            raise NodeStoreError(f"state node {h.hex()} is not in the store")
+        if not ((data[:1] == b"\x01" and len(data) == _NODE_LEN)
+                or (data[:1] == b"\x00" and len(data) >= _LEAF_MIN_LEN)):
+            raise NodeStoreError(f"state node {h.hex()} is malformed")
+        return data
+
+    def _is_leaf(self, sub: _Sub) -> bool:
+        h, is_leaf = sub
+        if is_leaf is not None:
+            return is_leaf
+        return h != EMPTY and self._load(h)[0] == _LEAF
+
+    def get(self, root: bytes, key: bytes) -> bytes | None:
+        """The value at `key` under `root`, or None if the key is absent."""
+        _check_key(key)
+        h, depth = root, 0
+        while h != EMPTY:
+            data = self._load(h)
+            if data[0] == _LEAF:
+                return data[1 + KEY_SIZE:] if data[1:1 + KEY_SIZE] == key else None
+            h = data[33:65] if bit(key, depth) else data[1:33]
+            depth += 1
+        return None
+
+    def prove(self, root: bytes, key: bytes) -> StateProof:
+        """The shortest proof of what `root` holds at `key`: its value, or its absence."""
+        _check_key(key)
+        siblings: list[bytes] = []
+        h = root
+        while h != EMPTY:
+            data = self._load(h)
+            if data[0] == _LEAF:
+                leaf_key, value = data[1:1 + KEY_SIZE], data[1 + KEY_SIZE:]
+                if leaf_key == key:
+                    return StateProof(key, value, tuple(siblings), None, None)
+                return StateProof(key, None, tuple(siblings), leaf_key, value_hash(value))
+            left, right = data[1:33], data[33:65]
+            if bit(key, len(siblings)):
+                siblings.append(left)
+                h = right
+            else:
+                siblings.append(right)
+                h = left
+        return StateProof(key, None, tuple(siblings), None, None)
+
+    # --- writing --------------------------------------------------------------------------------------
+    def update(self, root: bytes, key: bytes, value: bytes | None) -> bytes:
+        """The root after setting `key` to `value` (None deletes). `root` itself stays valid."""
+        return self.update_many(root, {key: value})
+
+    def update_many(self, root: bytes, items: Mapping[bytes, bytes | None]) -> bytes:
+        """The root after applying every (key, value) in `items` (value None deletes), in one pass.
+
+        Doing them together writes each new node once, instead of once per item for nodes near the root.
+        """
+        for key, value in items.items():
+            _check_key(key)
+            if value is not None:
+                if not isinstance(value, bytes):
+                    raise ValueError("a state value is bytes")
+                if len(value) > MAX_VALUE_BYTES:
+                    raise ValueError(f"a state value is at most {MAX_VALUE_BYTES} bytes")
+        if not items:
+            return root
+        return self._update((root, None), 0, sorted(items.items()))[0]
+
+    def _update(self, sub: _Sub, depth: int, items: list[tuple[bytes, bytes | None]]) -> _Sub:
+        """`sub`, the subtree at `depth`, after applying `items` (sorted by key, all under this subtree)."""
+        if not items:
+            return sub
+        h = sub[0]
+        if h == EMPTY:
+            return self._build(depth, {k: v for k, v in items if v is not None})
+        data = self._load(h)
+        if data[0] == _LEAF:
+            # The subtree is one leaf: merge it with the items and rebuild it from scratch.
+            old_key, old_value = data[1:1 + KEY_SIZE], data[1 + KEY_SIZE:]
+            entries = {old_key: old_value}
+            for k, v in items:
+                if v is None:
+                    entries.pop(k, None)
+                else:
+                    entries[k] = v
+            if entries == {old_key: old_value}:
+                return h, True
+            return self._build(depth, entries)
+        left, right = data[1:33], data[33:65]
+        # Items are sorted, so those going left (bit 0 at this depth) come first.
+        cut = next((i for i, (k, _) in enumerate(items) if bit(k, depth)), len(items))
+        new_left = self._update((left, None), depth + 1, items[:cut])
+        new_right = self._update((right, None), depth + 1, items[cut:])
+        if new_left[0] == left and new_right[0] == right:
+            return h, False
+        return self._join(new_left, new_right)
+
+    def _build(self, depth: int, entries: dict[bytes, bytes]) -> _Sub:
+        """A fresh subtree at `depth` holding exactly `entries` (keys sharing their first `depth` bits)."""
+        if not entries:
+            return EMPTY, False
+        if len(entries) == 1:
+            ((key, value),) = entries.items()
+            h = leaf_hash(key, value)
+            self.store.put_node(h, b"\x00" + key + value)
+            return h, True
+        left = {k: v for k, v in entries.items() if not bit(k, depth)}
+        right = {k: v for k, v in entries.items() if bit(k, depth)}
+        # Two or more keys always part within 256 bits, so this recursion ends by depth 255.
+        return self._join(self._build(depth + 1, left), self._build(depth + 1, right))
+
+    def _join(self, left: _Sub, right: _Sub) -> _Sub:
+        """The subtree with these two children, compressed: no leaves is EMPTY, one leaf is that leaf."""
+        if left[0] == EMPTY and (right[0] == EMPTY or self._is_leaf(right)):
+            return right[0], right[0] != EMPTY
+        if right[0] == EMPTY and self._is_leaf(left):
+            return left[0], True
+        h = node_hash(left[0], right[0])
+        self.store.put_node(h, b"\x01" + left[0] + right[0])
+        return h, False
