@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import time
+
+import rfc8785
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,8 +126,9 @@ class ProofBundle:
                 "head": self.head.to_json(True), "transitions": [t.to_json(True) for t in self.transitions],
                 "records": [r.to_json() for r in self.records]}
 
-    def dumps(self) -> str:
-        return json.dumps(self.to_json(), indent=1, ensure_ascii=False) + "\n"
+    def dumps(self) -> bytes:
+        """The bundle file: RFC 8785 (JCS) canonical JSON, so every byte of it is significant."""
+        return rfc8785.dumps(self.to_json())
 
     @classmethod
     def from_json(cls, obj: Any) -> ProofBundle:
@@ -151,11 +154,22 @@ class ProofBundle:
     def loads(cls, data: bytes | str) -> ProofBundle:
         if len(data) > MAX_BUNDLE_BYTES:
             raise DecodeError(f"bundle larger than {MAX_BUNDLE_BYTES} bytes")
+        raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
         try:
-            obj = json.loads(data)
+            obj = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise DecodeError(f"bundle is not valid JSON: {exc}") from None
-        return cls.from_json(obj)
+        bundle = cls.from_json(obj)
+        # Only the canonical form is accepted (one trailing newline allowed): a bundle is a signed-off
+        # artefact, and an edit that keeps the meaning (spacing, key order, escapes) is still an edit.
+        body = raw[:-1] if raw.endswith(b"\n") else raw
+        try:
+            canonical = rfc8785.dumps(obj)
+        except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:
+            raise DecodeError(f"bundle cannot be canonicalised: {exc}") from None
+        if body != canonical:
+            raise DecodeError("bundle is not in canonical JSON form (RFC 8785): it was edited after it was made")
+        return bundle
 
 
 def _exact(obj: Any, fields: set[str], where: str) -> None:
@@ -409,8 +423,8 @@ def _verify_record(rp: RecordProof, head: Header, genesis: Genesis, now_ms: int,
             raise ProofError("the issuer was not accredited for this record type when it was anchored")
         report.issuer_name = issuer_then.name if report.issuer_name is None else report.issuer_name
         scopes = ", ".join(issuer_then.scopes)
-        c.ok("issuer accredited", f"{issuer_then.name} ({body.issuer}) was accredited for {scopes} at "
-                                  f"block {ah.height}, signing with its key of that time", i)
+        c.ok("issuer accredited", f"{issuer_then.name} ({body.issuer}) was accredited for {scopes} when the "
+                                  f"record was anchored (block {ah.height}) and signed with its key of that time", i)
         if issuer_now is not None and issuer_now.status != ACTIVE:
             c.ok("issuer now", f"note: the issuer's accreditation is {issuer_now.status} since block "
                                f"{issuer_now.changed}; records issued before stay valid", i)
@@ -471,6 +485,4 @@ def _fmt_ms(ms: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ms / 1000))
 
 
-def dumps_compact(bundle: ProofBundle) -> bytes:
-    return json.dumps(bundle.to_json(), separators=(",", ":")).encode()
 

@@ -32,6 +32,7 @@ MAX_CLAIMS = 256
 MAX_CLAIM_KEY = 100
 MAX_CLAIM_VALUE_BYTES = 4096
 RECORD_FORMAT = "ler-record/1"
+MAX_SAFE_INT = 2**53 - 1
 
 
 def _check_value(value: Any, where: str) -> None:
@@ -43,6 +44,19 @@ def _check_value(value: Any, where: str) -> None:
         raise DecodeError(f"claim {where}: value larger than {MAX_CLAIM_VALUE_BYTES} bytes")
     if _has_bytes(value):
         raise DecodeError(f"claim {where}: values are JSON values (no raw bytes)")
+    if _has_unsafe_int(value):
+        raise DecodeError(f"claim {where}: integers must be within +/-(2**53 - 1), so every JSON reader "
+                          "keeps them exact")
+
+
+def _has_unsafe_int(v: Any) -> bool:
+    if isinstance(v, int) and not isinstance(v, bool):
+        return abs(v) > MAX_SAFE_INT
+    if isinstance(v, list | tuple):
+        return any(_has_unsafe_int(x) for x in v)
+    if isinstance(v, dict):
+        return any(_has_unsafe_int(x) for x in v.values())
+    return False
 
 
 def _has_bytes(v: Any) -> bool:

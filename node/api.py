@@ -278,7 +278,7 @@ class Api:
             bundle = await asyncio.to_thread(build_bundle, self.svc.store, items)
         except BundleError as exc:
             raise ApiError(404, str(exc)) from None
-        return web.Response(text=bundle.dumps(), content_type="application/json")
+        return web.Response(body=bundle.dumps(), content_type="application/json")
 
     async def bundle(self, request: web.Request) -> web.Response:
         record_id = _hex_id(request.match_info["id"], RECORD_ID_BYTES, "record id")
