@@ -71,22 +71,26 @@ DEFAULT_WAIT_S = 30.0
 # --- failures ------------------------------------------------------------------------------------------
 
 class Failure(click.ClickException):
-    """A command's failure: one "error: ..." line on stderr and its exit status."""
+    """A negative result: one "error: ..." line on stderr, exit status 1."""
 
-    def __init__(self, message: str, exit_code: int = EXIT_NEGATIVE) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+    exit_code = EXIT_NEGATIVE
 
     def show(self, file: Any = None) -> None:
         click.echo(f"error: {clean(self.message)}", err=True)
 
 
+class BadInput(Failure):
+    """Bad usage or unusable input: exit status 2."""
+
+    exit_code = EXIT_USAGE
+
+
 def bad_input(message: str) -> Failure:
-    return Failure(message, EXIT_USAGE)
+    return BadInput(message)
 
 
 def negative(message: str) -> Failure:
-    return Failure(message, EXIT_NEGATIVE)
+    return Failure(message)
 
 
 class LerGroup(click.Group):
@@ -973,8 +977,14 @@ def prove(node_url: str, record_path: str, reveal: tuple[str, ...], reveal_none:
         verdict = result.verdict
         if verdict in (TAMPERED, WRONG_CHAIN):
             raise negative(f"the bundle does not verify against {genesis_path}: {verdict_line(result, genesis)}")
+    data = bundle.dumps()
+    data = data.encode("utf-8") if isinstance(data, str) else data
     try:
-        Path(out).write_text(bundle.dumps())
+        ProofBundle.loads(data)  # exactly what a verifier will read back
+    except DecodeError as exc:
+        raise negative(f"the bundle would not read back: {exc}") from None
+    try:
+        Path(out).write_bytes(data)
     except OSError as exc:
         raise bad_input(f"cannot write {out}: {exc.strerror}") from None
     shown = ", ".join(names) if names else "nothing"

@@ -1,0 +1,877 @@
+"""The `ler` command line without a running node daemon.
+
+Real files in tmp_path; node interactions go either to an unreachable URL or to a tiny in-process stub
+that answers the /v1 contract with canned JSON. Bundles for `ler verify` come from a real one-block
+chain built with storage.ChainStore, so the verifier's output is checked against genuine proofs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+import rfc8785
+from click.testing import CliRunner, Result
+
+from ler import keys
+from ler.block import PRECOMMIT, CertSig, CommitCertificate, Genesis, Vote
+from ler.keys import KeyPair, write_key_file
+from ler.record import RecordDocument, make_claims
+from ler.tx import Action, RecordAnchor, Tx, sign_tx
+from node.cli import Failure, cli, parse_time_ms
+from node.client import ClientError, NodeClient
+
+UNREACHABLE = "http://127.0.0.1:9"
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("LER_KEY_PASSPHRASE", "LER_NODE", "LER_GENESIS", "LER_DEBUG"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def run(*args: str, input: str | None = None, env: dict[str, str] | None = None) -> Result:
+    return CliRunner().invoke(cli, list(args), input=input, env=env, catch_exceptions=False)
+
+
+def new_key(path: Path, passphrase: str | None = None) -> KeyPair:
+    key = KeyPair.generate()
+    write_key_file(path, key, passphrase)
+    return key
+
+
+def one_line_error(result: Result) -> str:
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: "), lines[0]
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+# --- keys ------------------------------------------------------------------------------------------------
+
+def test_keys_new_writes_0600_and_prints_did(tmp_path: Path) -> None:
+    out = tmp_path / "a.key"
+    r = run("keys", "new", "--out", str(out))
+    assert r.exit_code == 0, r.output
+    did = r.stdout.strip()
+    assert did.startswith("did:key:z6Mk")
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert keys.read_key_file(out).did == did
+    assert not keys.is_encrypted(out)
+
+    r = run("keys", "show", "--key", str(out))
+    assert r.exit_code == 0 and r.stdout.strip() == did
+
+
+def test_keys_new_refuses_to_overwrite(tmp_path: Path) -> None:
+    out = tmp_path / "a.key"
+    run("keys", "new", "--out", str(out))
+    before = out.read_bytes()
+    r = run("keys", "new", "--out", str(out))
+    assert r.exit_code == 2
+    assert "already exists" in one_line_error(r)
+    assert out.read_bytes() == before
+
+
+def test_keys_new_encrypted_from_env_round_trip(tmp_path: Path) -> None:
+    out = tmp_path / "enc.key"
+    r = run("keys", "new", "--out", str(out), "--encrypt", env={"LER_KEY_PASSPHRASE": "correct horse"})
+    assert r.exit_code == 0, r.output
+    did = r.stdout.strip()
+    assert keys.is_encrypted(out)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert keys.read_key_file(out, "correct horse").did == did
+    # show needs no passphrase
+    r = run("keys", "show", "--key", str(out))
+    assert r.exit_code == 0 and r.stdout.strip() == did
+
+
+def test_wrong_passphrase_is_one_clear_error(tmp_path: Path) -> None:
+    genesis, _ = make_genesis_files(tmp_path)
+    enc = tmp_path / "node-enc.key"
+    new_key(enc, "right")
+    data = tmp_path / "node"
+    assert run("node", "init", "--genesis", str(genesis), "--key", str(enc), "--data", str(data)).exit_code == 0
+    r = run("node", "run", "--data", str(data), env={"LER_KEY_PASSPHRASE": "wrong"})
+    assert r.exit_code == 2
+    assert "wrong passphrase" in one_line_error(r)
+
+
+def test_keys_new_encrypt_prompts_with_confirmation(tmp_path: Path) -> None:
+    out = tmp_path / "p.key"
+    r = run("keys", "new", "--out", str(out), "--encrypt", input="s3cret\ns3cret\n")
+    assert r.exit_code == 0, r.output
+    did = r.stdout.strip().splitlines()[-1]
+    assert "s3cret" not in r.output  # hidden input is not echoed
+    assert keys.read_key_file(out, "s3cret").did == did
+
+
+def test_keys_new_encrypt_prompt_mismatch_then_eof_writes_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "p.key"
+    r = run("keys", "new", "--out", str(out), "--encrypt", input="one\ntwo\n")
+    assert r.exit_code == 2
+    assert "no passphrase" in r.stderr
+    assert not out.exists()
+
+
+def test_keys_show_of_a_non_key_file_is_bad_input(tmp_path: Path) -> None:
+    f = tmp_path / "x.json"
+    f.write_text("{}")
+    r = run("keys", "show", "--key", str(f))
+    assert r.exit_code == 2
+    assert "not a ler-key/1 key file" in one_line_error(r)
+    r = run("keys", "show", "--key", str(tmp_path / "missing.key"))
+    assert r.exit_code == 2 and "not found" in one_line_error(r)
+
+
+# --- genesis ---------------------------------------------------------------------------------------------
+
+def make_genesis_files(tmp_path: Path, issuer: KeyPair | None = None) -> tuple[Path, Path]:
+    auth = tmp_path / "auth.key"
+    new_key(auth)
+    out = tmp_path / "genesis.json"
+    args = ["genesis", "new", "--chain-id", "test-chain", "--authority", str(auth), "--out", str(out)]
+    if issuer is not None:
+        args += ["--issuer", f"{issuer.did}:Example University:degree"]
+    r = run(*args)
+    assert r.exit_code == 0, r.output
+    return out, auth
+
+
+def test_genesis_new_names_and_issuers(tmp_path: Path) -> None:
+    a1, a2, a3 = new_key(tmp_path / "a1.key"), KeyPair.generate(), KeyPair.generate()
+    i1, i2 = KeyPair.generate(), new_key(tmp_path / "i2.key")
+    out = tmp_path / "g.json"
+    r = run("genesis", "new", "--chain-id", "ler-local", "--authority", str(tmp_path / "a1.key"),
+            "--authority", a2.did, "--authority", a3.did, "--name", "First Body", "--name", "Second Body",
+            "--issuer", f"{i1.did}:Uni: of Somewhere:degree.bachelor,course,degree",
+            "--issuer", f"{tmp_path / 'i2.key'}:Training Co:military-training",
+            "--time", "1700000000000", "--out", str(out))
+    assert r.exit_code == 0, r.output
+    g = Genesis.load(out)
+    assert g.format == "ler-genesis/1" and g.chain_id == "ler-local" and g.genesis_time == 1700000000000
+    assert [(a.did, a.name) for a in g.authorities] == [
+        (a1.did, "First Body"), (a2.did, "Second Body"), (a3.did, "Authority 3")]
+    assert [(i.did, i.name, i.scopes) for i in g.issuers] == [
+        (i1.did, "Uni: of Somewhere", ("course", "degree", "degree.bachelor")),
+        (i2.did, "Training Co", ("military-training",))]
+    assert g.hash.hex() in r.stdout
+
+
+def test_genesis_time_defaults_to_now(tmp_path: Path) -> None:
+    import time
+
+    out, _ = make_genesis_files(tmp_path)
+    assert abs(Genesis.load(out).genesis_time - time.time() * 1000) < 60_000
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--authority", "did:key:zNotAKey"], "--authority"),
+    (["--authority", "no-such-file.key"], "neither a did:key nor an existing key file"),
+    (["--issuer", "did:key:z6MkBad:Name:degree"], "--issuer"),
+    (["--issuer", "{did}:Name:Not A Scope"], "scope"),
+    (["--issuer", "{did}:Name:"], "no scope"),
+    (["--issuer", "{did}:degree"], "DID:NAME:SCOPE"),
+    (["--authority", "{did}"], "twice"),
+    (["--name", "A", "--name", "B"], "2 --name given for 1 --authority"),
+])
+def test_genesis_new_bad_input_exits_2(tmp_path: Path, extra: list[str], message: str) -> None:
+    key = KeyPair.generate()
+    args = ["genesis", "new", "--chain-id", "c1", "--authority", key.did, "--out", str(tmp_path / "g.json")]
+    r = run(*args, *[e.format(did=key.did) for e in extra])
+    assert r.exit_code == 2, r.output
+    assert message in one_line_error(r)
+    assert not (tmp_path / "g.json").exists()
+
+
+def test_genesis_new_bad_chain_id_and_overwrite(tmp_path: Path) -> None:
+    did = KeyPair.generate().did
+    out = tmp_path / "g.json"
+    r = run("genesis", "new", "--chain-id", "bad chain!", "--authority", did, "--out", str(out))
+    assert r.exit_code == 2 and "chain id" in one_line_error(r)
+    assert run("genesis", "new", "--chain-id", "c1", "--authority", did, "--out", str(out)).exit_code == 0
+    r = run("genesis", "new", "--chain-id", "c2", "--authority", did, "--out", str(out))
+    assert r.exit_code == 2 and "already exists" in one_line_error(r)
+    assert Genesis.load(out).chain_id == "c1"
+    r = run("genesis", "new", "--chain-id", "c2", "--authority", did, "--out", str(out), "--force")
+    assert r.exit_code == 0 and Genesis.load(out).chain_id == "c2"
+
+
+# --- node init / run -------------------------------------------------------------------------------------
+
+def test_node_init_creates_the_folder_and_refuses_twice(tmp_path: Path) -> None:
+    from node.config import load_config
+
+    genesis, auth = make_genesis_files(tmp_path)
+    data = tmp_path / "n1"
+    r = run("node", "init", "--genesis", str(genesis), "--key", str(auth), "--data", str(data),
+            "--listen", "127.0.0.1:18999", "--role", "observer", "--peer", "http://127.0.0.1:18998/")
+    assert r.exit_code == 0, r.output
+    for name in ("config.toml", "genesis.json", "node.key"):
+        assert (data / name).exists(), name
+        assert name in r.stdout
+    assert stat.S_IMODE((data / "node.key").stat().st_mode) == 0o600
+    assert (data / "genesis.json").read_bytes() == genesis.read_bytes()
+    cfg = load_config(data)
+    assert (cfg.host, cfg.port, cfg.role, cfg.peers) == ("127.0.0.1", 18999, "observer", ("http://127.0.0.1:18998",))
+    assert keys.read_key_file_did(cfg.key_path) == keys.read_key_file_did(auth)
+
+    config_before = (data / "config.toml").read_text()
+    r = run("node", "init", "--genesis", str(genesis), "--key", str(auth), "--data", str(data))
+    assert r.exit_code == 2
+    assert "already initialised" in one_line_error(r)
+    assert (data / "config.toml").read_text() == config_before
+
+
+def test_node_init_notes_a_key_that_is_not_a_genesis_authority(tmp_path: Path) -> None:
+    genesis, _ = make_genesis_files(tmp_path)
+    other = tmp_path / "other.key"
+    new_key(other)
+    r = run("node", "init", "--genesis", str(genesis), "--key", str(other), "--data", str(tmp_path / "n"))
+    assert r.exit_code == 0
+    assert "not a genesis authority" in r.stderr
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--listen", "nonsense", "HOST:PORT"),
+    ("--genesis", "missing.json", "genesis"),
+    ("--key", "missing.key", "not found"),
+    ("--peer", "ftp://x", "http://HOST:PORT"),
+])
+def test_node_init_bad_input(tmp_path: Path, flag: str, value: str, message: str) -> None:
+    genesis, auth = make_genesis_files(tmp_path)
+    args = {"--genesis": str(genesis), "--key": str(auth), "--data": str(tmp_path / "n")}
+    extra: list[str] = []
+    if flag in args:
+        args[flag] = str(tmp_path / value)
+    else:
+        extra = [flag, value]
+    r = run("node", "init", *[x for kv in args.items() for x in kv], *extra)
+    assert r.exit_code == 2, r.output
+    assert message in one_line_error(r)
+    assert not (tmp_path / "n" / "config.toml").exists()
+
+
+def test_node_run_without_a_data_folder_is_bad_usage(tmp_path: Path) -> None:
+    r = run("node", "run", "--data", str(tmp_path / "nowhere"))
+    assert r.exit_code == 2
+    assert "ler node init" in one_line_error(r)
+
+
+def test_node_run_passes_config_and_passphrase_to_the_daemon(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import node.daemon
+
+    genesis, _ = make_genesis_files(tmp_path)
+    enc = tmp_path / "enc.key"
+    key = new_key(enc, "pw")
+    data = tmp_path / "n"
+    assert run("node", "init", "--genesis", str(genesis), "--key", str(enc), "--data", str(data)).exit_code == 0
+    seen: dict[str, Any] = {}
+
+    def fake_run_node(config: Any, passphrase: str | None = None) -> None:
+        seen.update(config=config, passphrase=passphrase, did=config.load_key(passphrase).did)
+
+    monkeypatch.setattr(node.daemon, "run_node", fake_run_node)
+    r = run("node", "run", "--data", str(data), input="pw\n")
+    assert r.exit_code == 0, r.output
+    assert seen["passphrase"] == "pw" and seen["did"] == key.did
+    assert seen["config"].data == data.resolve()
+
+
+# --- help ------------------------------------------------------------------------------------------------
+
+def _all_commands(group: click.Group, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    for name, cmd in group.commands.items():
+        yield (*prefix, name)
+        if isinstance(cmd, click.Group):
+            yield from _all_commands(cmd, (*prefix, name))
+
+
+ALL_COMMANDS = [(), *_all_commands(cli)]
+
+
+@pytest.mark.parametrize("path", ALL_COMMANDS, ids=lambda p: " ".join(p) or "ler")
+def test_help_for_every_command(path: tuple[str, ...]) -> None:
+    r = run(*path, "--help")
+    assert r.exit_code == 0, r.output
+    assert "Usage:" in r.stdout
+
+
+def test_the_documented_commands_exist() -> None:
+    names = {" ".join(p) for p in ALL_COMMANDS}
+    for want in ("keys new", "keys show", "genesis new", "node init", "node run", "accredit", "suspend",
+                 "reinstate", "withdraw", "authority add", "authority remove", "issue", "revoke", "endorse",
+                 "rotate-key", "prove", "verify", "status"):
+        assert want in names, want
+
+
+def test_bad_flags_exit_2_with_one_line() -> None:
+    r = run("keys", "new", "--no-such-flag")
+    assert r.exit_code == 2
+    assert "--no-such-flag" in one_line_error(r)
+    r = run("no-such-command")
+    assert r.exit_code == 2
+
+
+# --- verify ----------------------------------------------------------------------------------------------
+
+def test_verify_with_missing_genesis_is_bad_usage(tmp_path: Path) -> None:
+    bundle = tmp_path / "b.json"
+    bundle.write_text("{}")
+    r = run("verify", str(bundle), "--genesis", str(tmp_path / "missing.json"))
+    assert r.exit_code == 2
+    assert "genesis" in one_line_error(r)
+
+
+def test_verify_garbage_bundle_is_tampered(tmp_path: Path) -> None:
+    genesis, _ = make_genesis_files(tmp_path)
+    bundle = tmp_path / "b.json"
+    bundle.write_bytes(b"\x00\xffnot json at all")
+    r = run("verify", str(bundle), "--genesis", str(genesis))
+    assert r.exit_code == 1
+    assert r.stdout.splitlines()[0].startswith("TAMPERED:")
+    assert "tampered" in r.output.lower()
+    assert "[FAIL] format" in r.stdout
+
+    r = run("verify", str(bundle), "--genesis", str(genesis), "--json")
+    assert r.exit_code == 1
+    obj = json.loads(r.stdout)
+    assert obj["verdict"] == "tampered" and obj["valid"] is False
+
+
+def test_verify_missing_bundle_file_is_tampered_not_usage(tmp_path: Path) -> None:
+    genesis, _ = make_genesis_files(tmp_path)
+    r = run("verify", str(tmp_path / "nope.json"), "--genesis", str(genesis))
+    assert r.exit_code == 1
+    assert "TAMPERED" in r.stdout and "cannot read" in r.stdout
+
+
+def test_verify_genesis_from_env(tmp_path: Path) -> None:
+    genesis, _ = make_genesis_files(tmp_path)
+    bundle = tmp_path / "b.json"
+    bundle.write_text("[]")
+    r = run("verify", str(bundle), env={"LER_GENESIS": str(genesis)})
+    assert r.exit_code == 1 and "TAMPERED" in r.stdout
+
+
+class Chain:
+    """A one-block chain (one authority, one genesis issuer) with one anchored record."""
+
+    def __init__(self, tmp_path: Path, claims: dict[str, Any], revoke: str | None = None) -> None:
+        from storage.bundles import build_bundle
+        from storage.chain import ChainStore
+
+        self.authority, self.issuer, self.holder = KeyPair.generate(), KeyPair.generate(), KeyPair.generate()
+        self.genesis_path = tmp_path / "chain-genesis.json"
+        r = run("genesis", "new", "--chain-id", "chain-1", "--authority", self.authority.did,
+                "--name", "The Accreditor", "--issuer", f"{self.issuer.did}:Example University:degree",
+                "--time", "1700000000000", "--out", str(self.genesis_path))
+        assert r.exit_code == 0, r.output
+        self.genesis = Genesis.load(self.genesis_path)
+        self.doc = RecordDocument(chain_id="chain-1", record_id=os.urandom(16), issuer=self.issuer.did,
+                                  holder=self.holder.did, rtype="degree.bachelor", expires=None,
+                                  claims=make_claims(claims))
+        anchor = sign_tx(self.issuer, "chain-1", RecordAnchor(
+            record=self.doc.record_id, issuer=self.issuer.did, holder=self.holder.did, rtype="degree.bachelor",
+            commitment=self.doc.commitment, expires=None))
+        txs: list[list[Tx]] = [[anchor]]
+        if revoke:
+            from ler.tx import RecordRevoke
+
+            txs.append([sign_tx(self.issuer, "chain-1", RecordRevoke(record=self.doc.record_id, reason=revoke))])
+        self.store = ChainStore(tmp_path / "db", self.genesis)
+        last_cert = None
+        for h, batch in enumerate(txs, start=1):
+            block, result = self.store.make_block(batch, 1700000000000 + h * 1000, 0,
+                                                  self.authority.public_key, last_cert)
+            assert len(result.applied) == len(batch), result.rejected
+            vote = Vote.make(self.authority, "chain-1", PRECOMMIT, h, 0, block.hash)
+            last_cert = CommitCertificate(height=h, round=0, block=block.hash,
+                                          sigs=(CertSig(validator=self.authority.public_key, sig=vote.sig),))
+            self.store.commit_block(block, last_cert, result)
+        self._build = build_bundle
+
+    def bundle_file(self, path: Path, reveal: list[str]) -> Path:
+        bundle = self._build(self.store, [(self.doc.record_id, self.doc.disclose(reveal))])
+        data = bundle.dumps()
+        path.write_bytes(data.encode() if isinstance(data, str) else data)
+        return path
+
+    def close(self) -> None:
+        self.store.close()
+
+
+@pytest.fixture
+def chain_factory(tmp_path: Path) -> Iterator[Callable[..., Chain]]:
+    made: list[Chain] = []
+
+    def make(claims: dict[str, Any], revoke: str | None = None) -> Chain:
+        sub = tmp_path / f"chain{len(made)}"
+        sub.mkdir()
+        c = Chain(sub, claims, revoke)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.close()
+
+
+def test_verify_valid_bundle_human_output(tmp_path: Path, chain_factory: Callable[..., Chain]) -> None:
+    evidence = tmp_path / "thesis.pdf"
+    evidence.write_bytes(b"%PDF-1.4 a thesis")
+    from ler.record import evidence_value
+
+    chain = chain_factory({"degree": "Bachelor of Science", "awarded": 2009, "honours": True,
+                           "thesis": evidence_value(evidence, "application/pdf")})
+    bundle = chain.bundle_file(tmp_path / "b.json", ["degree", "honours", "thesis"])
+    r = run("verify", str(bundle), "--genesis", str(chain.genesis_path), "--evidence", f"thesis={evidence}")
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert lines[0] == "VALID: accredited record, not revoked, as of block 1 (2023-11-14 22:13:21 UTC)"
+    out = r.stdout
+    assert "type:      degree.bachelor" in out
+    assert f"Example University ({chain.issuer.did})" in out
+    assert chain.holder.did in out
+    assert "anchored:  block 1" in out
+    assert "    degree: Bachelor of Science" in out
+    assert "    honours: true" in out
+    assert "    thesis: file thesis.pdf (application/pdf)" in out
+    assert "hidden:    1 claim(s) (not disclosed)" in out
+    assert "2009" not in out
+    assert "  [ok] head committed:" in out
+    assert "  [ok] evidence thesis:" in out
+    assert "[FAIL]" not in out
+
+    r = run("verify", str(bundle), "--genesis", str(chain.genesis_path), "--json")
+    assert r.exit_code == 0
+    obj = json.loads(r.stdout)
+    assert obj["verdict"] == "valid" and obj["as_of"]["height"] == 1
+    assert obj["records"][0]["disclosed"]["degree"] == "Bachelor of Science"
+
+    other = tmp_path / "other.pdf"
+    other.write_bytes(b"not the thesis")
+    r = run("verify", str(bundle), "--genesis", str(chain.genesis_path), "--evidence", f"thesis={other}")
+    assert r.exit_code == 1
+    assert "[FAIL] evidence thesis" in r.stdout
+
+
+def test_verify_tampered_revoked_and_wrong_network(tmp_path: Path, chain_factory: Callable[..., Chain]) -> None:
+    chain = chain_factory({"degree": "BSc", "awarded": 2009})
+    bundle = chain.bundle_file(tmp_path / "b.json", ["degree"])
+    obj = json.loads(bundle.read_text())
+    obj["records"][0]["disclosure"]["claims"][0]["value"] = "PhD"
+    forged = tmp_path / "forged.json"
+    forged.write_bytes(rfc8785.dumps(obj))  # well-formed, canonical, but the value is not the committed one
+    r = run("verify", str(forged), "--genesis", str(chain.genesis_path))
+    assert r.exit_code == 1
+    assert r.stdout.startswith("TAMPERED: ")
+    assert "[FAIL] record" in r.stdout
+    forged.write_text(json.dumps(obj))
+    r = run("verify", str(forged), "--genesis", str(chain.genesis_path))
+    assert r.exit_code == 1 and r.stdout.startswith("TAMPERED: ")
+
+    other_genesis, _ = make_genesis_files(tmp_path)
+    r = run("verify", str(bundle), "--genesis", str(other_genesis))
+    assert r.exit_code == 1
+    assert r.stdout.startswith("WRONG NETWORK: ")
+
+    revoked = chain_factory({"degree": "BSc"}, revoke="issued in error")
+    rb = revoked.bundle_file(tmp_path / "rb.json", ["degree"])
+    r = run("verify", str(rb), "--genesis", str(revoked.genesis_path))
+    assert r.exit_code == 1
+    assert r.stdout.startswith("REVOKED: revoked by its issuer at block 2: issued in error")
+    assert "  REVOKED at block 2: issued in error" in r.stdout
+    assert "  [FAIL] not revoked" in r.stdout
+
+
+def test_verify_escapes_control_characters(tmp_path: Path, chain_factory: Callable[..., Chain]) -> None:
+    chain = chain_factory({"degree": "BSc\x1b[2J\u202eevil\nVALID: fake"})
+    bundle = chain.bundle_file(tmp_path / "b.json", ["degree"])
+    r = run("verify", str(bundle), "--genesis", str(chain.genesis_path))
+    assert r.exit_code == 0
+    assert "\x1b" not in r.stdout and "\u202e" not in r.stdout
+    assert "BSc\\x1b[2J\\u202eevil\\x0aVALID: fake" in r.stdout
+    assert sum(ln.startswith("VALID") for ln in r.stdout.splitlines()) == 1
+
+
+# --- issue and prove, before any node is contacted --------------------------------------------------------
+
+def issuer_setup(tmp_path: Path) -> tuple[Path, str]:
+    key = tmp_path / "issuer.key"
+    new_key(key)
+    return key, KeyPair.generate().did
+
+
+@pytest.mark.parametrize("claims, what", [
+    ({"gpa": 3.7, "degree": "BSc"}, "claim 'gpa' is a decimal number"),
+    ({"scores": {"math": [90, 85.5]}}, "claim 'scores'.math[1] is a decimal number"),
+    ({"ok": 1e5}, "claim 'ok' is a decimal number"),
+])
+def test_issue_rejects_floats_without_contacting_a_node(tmp_path: Path, claims: dict[str, Any],
+                                                        what: str) -> None:
+    key, holder = issuer_setup(tmp_path)
+    cf = tmp_path / "claims.json"
+    cf.write_text(json.dumps(claims))
+    out = tmp_path / "record.json"
+    r = run("issue", "--node", UNREACHABLE, "--key", str(key), "--holder", holder, "--type", "degree",
+            "--claims", str(cf), "--out", str(out))
+    assert r.exit_code == 2, r.output
+    err = one_line_error(r)
+    assert what in err and "floats" in err
+    assert "reach" not in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("content, what", [
+    ('{"a": 1, "a": 2}', "appears twice"),
+    ("[1, 2]", "JSON object"),
+    ("{}", "non-empty"),
+    ("{nope", "not valid JSON"),
+    ('{"n": NaN}', "decimal number"),
+    ('{"big": 123456789012345678901234567890}', "64-bit"),
+])
+def test_issue_rejects_bad_claims_files(tmp_path: Path, content: str, what: str) -> None:
+    key, holder = issuer_setup(tmp_path)
+    cf = tmp_path / "claims.json"
+    cf.write_text(content)
+    r = run("issue", "--node", UNREACHABLE, "--key", str(key), "--holder", holder, "--type", "degree",
+            "--claims", str(cf), "--out", str(tmp_path / "r.json"))
+    assert r.exit_code == 2, r.output
+    assert what in one_line_error(r)
+
+
+@pytest.mark.parametrize("flag, value, what", [
+    ("--holder", "did:example:123", "--holder"),
+    ("--type", "Not A Type", "record type"),
+    ("--expires", "2001-01-01", "already past"),
+    ("--expires", "next tuesday", "ISO date"),
+    ("--evidence", "file=missing.bin", "cannot read"),
+    ("--evidence", "degree=claims.json", "already"),
+    ("--node", "localhost:8701", "http://HOST:PORT"),
+])
+def test_issue_rejects_bad_arguments_before_the_node(tmp_path: Path, flag: str, value: str, what: str) -> None:
+    key, holder = issuer_setup(tmp_path)
+    cf = tmp_path / "claims.json"
+    cf.write_text('{"degree": "BSc"}')
+    args = {"--node": UNREACHABLE, "--key": str(key), "--holder": holder, "--type": "degree",
+            "--claims": str(cf), "--out": str(tmp_path / "r.json")}
+    if flag == "--evidence":
+        value = value.replace("=", f"={tmp_path}/", 1)
+    extra = [flag, value] if flag not in args else []
+    if flag in args:
+        args[flag] = value
+    r = run("issue", *[x for kv in args.items() for x in kv], *extra)
+    assert r.exit_code == 2, r.output
+    assert what in one_line_error(r)
+
+
+def test_issue_refuses_existing_out_and_reports_unreachable_node(tmp_path: Path) -> None:
+    key, holder = issuer_setup(tmp_path)
+    cf = tmp_path / "claims.json"
+    cf.write_text('{"degree": "BSc"}')
+    out = tmp_path / "record.json"
+    out.write_text("precious")
+    args = ["issue", "--node", UNREACHABLE, "--key", str(key), "--holder", holder, "--type", "degree",
+            "--claims", str(cf), "--out", str(out)]
+    r = run(*args)
+    assert r.exit_code == 2 and "already exists" in one_line_error(r)
+    assert out.read_text() == "precious"
+    out.unlink()
+    r = run(*args)
+    assert r.exit_code == 1
+    assert "cannot reach node at http://127.0.0.1:9" in one_line_error(r)
+    assert not out.exists()
+
+
+def saved_record(tmp_path: Path, claims: dict[str, Any] | None = None) -> Path:
+    doc = RecordDocument(chain_id="c1", record_id=os.urandom(16), issuer=KeyPair.generate().did,
+                         holder=KeyPair.generate().did, rtype="degree", expires=None,
+                         claims=make_claims(claims or {"degree": "BSc", "awarded": 2009, "field": "CS"}))
+    path = tmp_path / "record.json"
+    doc.save(path)
+    return path
+
+
+def test_prove_unknown_claim_is_bad_usage(tmp_path: Path) -> None:
+    rec = saved_record(tmp_path)
+    r = run("prove", "--node", UNREACHABLE, "--record", str(rec), "--reveal", "degree,gpa",
+            "--out", str(tmp_path / "b.json"))
+    assert r.exit_code == 2
+    err = one_line_error(r)
+    assert "'gpa'" in err and "awarded, degree, field" in err
+    assert not (tmp_path / "b.json").exists()
+
+
+def test_prove_needs_reveal_or_reveal_none(tmp_path: Path) -> None:
+    rec = saved_record(tmp_path)
+    base = ["prove", "--node", UNREACHABLE, "--record", str(rec), "--out", str(tmp_path / "b.json")]
+    r = run(*base)
+    assert r.exit_code == 2 and "--reveal-none" in one_line_error(r)
+    r = run(*base, "--reveal", "")
+    assert r.exit_code == 2
+    r = run(*base, "--reveal", "degree", "--reveal-none")
+    assert r.exit_code == 2 and "not both" in one_line_error(r)
+    r = run(*base, "--reveal-none")  # passes local checks, then fails on the node
+    assert r.exit_code == 1 and "cannot reach node" in one_line_error(r)
+
+
+def test_prove_altered_record_file_is_bad_input(tmp_path: Path) -> None:
+    rec = saved_record(tmp_path)
+    obj = json.loads(rec.read_text())
+    obj["claims"][0]["value"] = 2010
+    rec.write_text(json.dumps(obj))
+    r = run("prove", "--node", UNREACHABLE, "--record", str(rec), "--reveal", "degree",
+            "--out", str(tmp_path / "b.json"))
+    assert r.exit_code == 2 and "altered" in one_line_error(r)
+
+
+# --- other commands' local checks ------------------------------------------------------------------------
+
+def test_status_unreachable_is_negative() -> None:
+    r = run("status", "--node", UNREACHABLE)
+    assert r.exit_code == 1
+    assert "cannot reach node at http://127.0.0.1:9" in one_line_error(r)
+
+
+def test_node_url_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    r = run("status", env={"LER_NODE": UNREACHABLE})
+    assert r.exit_code == 1 and "127.0.0.1:9" in one_line_error(r)
+
+
+@pytest.mark.parametrize("args, what", [
+    (["revoke", "--reason", "x"], "--record FILE or --record-id HEX"),
+    (["revoke", "--record-id", "abc", "--reason", "x"], "32 hex digits"),
+    (["revoke", "--record-id", "00" * 16, "--reason", "  "], "needs a reason"),
+    (["endorse", "--record-id", "00" * 16, "--digest", "xyz"], "64 hex digits"),
+    (["accredit", "--issuer", "did:key:bad", "--name", "U", "--scope", "degree"], "--issuer"),
+    (["accredit", "--issuer", "{did}", "--name", "U", "--scope", "Bad Scope"], "scope"),
+    (["accredit", "--issuer", "{did}", "--name", "U", "--scope", "degree", "--until", "soon"], "ISO date"),
+    (["suspend", "--issuer", "nope"], "neither a did:key"),
+    (["authority", "add", "--did", "{did}", "--name", ""], "name"),
+    (["rotate-key", "--new-key", "{key}"], "same key"),
+])
+def test_commands_check_input_before_the_node(tmp_path: Path, args: list[str], what: str) -> None:
+    key = tmp_path / "k.key"
+    did = new_key(key).did
+    full = [a.format(did=did, key=key) for a in args]
+    r = run(*full[:1] if full[0] != "authority" else full[:2], "--node", UNREACHABLE, "--key", str(key),
+            *(full[1:] if full[0] != "authority" else full[2:]))
+    assert r.exit_code == 2, r.output
+    assert what in one_line_error(r)
+
+
+def test_parse_time_ms() -> None:
+    assert parse_time_ms("1700000000000", "t") == 1700000000000
+    assert parse_time_ms("2023-11-14T22:13:20Z", "t") == 1700000000000
+    assert parse_time_ms("2023-11-14T22:13:20", "t") == 1700000000000
+    assert parse_time_ms("2023-11-14T23:13:20+01:00", "t") == 1700000000000
+    assert parse_time_ms("2023-11-14", "t") == parse_time_ms("2023-11-15T00:00:00Z", "t") - 1
+    with pytest.raises(Failure) as exc:
+        parse_time_ms("yesterday", "--expires")
+    assert exc.value.exit_code == 2
+
+
+# --- against a stub node ---------------------------------------------------------------------------------
+
+class StubNode:
+    """An HTTP server answering a few /v1 routes with canned JSON; records what it was sent."""
+
+    def __init__(self) -> None:
+        self.routes: dict[tuple[str, str], Callable[[Any], tuple[int, Any]]] = {}
+        self.requests: list[tuple[str, str, Any]] = []
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _handle(self, method: str) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length)) if length else None
+                path = self.path.split("?")[0]
+                stub.requests.append((method, self.path, body))
+                fn = stub.routes.get((method, path)) or next(
+                    (f for (m, p), f in stub.routes.items() if m == method and p.endswith("*")
+                     and path.startswith(p[:-1])), None)
+                status, obj = fn(body) if fn else (404, {"error": f"no route {path}"})
+                data = json.dumps(obj).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                self._handle("GET")
+
+            def do_POST(self) -> None:
+                self._handle("POST")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.routes[("GET", "/v1/status")] = lambda _: (200, {
+            "chain_id": "stub-1", "genesis_hash": "00" * 32, "height": 6, "latest_block": "ab" * 32,
+            "latest_time": 1700000000000, "node": KeyPair.generate().did, "role": "authority",
+            "mempool": {"txs": 2, "bytes": 900}, "version": "0.1.0"})
+
+    def submitted(self) -> list[Tx]:
+        return [Tx.from_json(t) for m, p, b in self.requests if p.startswith("/v1/txs") and m == "POST"
+                for t in b["txs"]]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def stub() -> Iterator[StubNode]:
+    s = StubNode()
+    yield s
+    s.close()
+
+
+def committed(height: int) -> Callable[[Any], tuple[int, Any]]:
+    def answer(body: Any) -> tuple[int, Any]:
+        return 200, {"results": [{"id": t["id"], "status": "committed", "height": height, "index": 0,
+                                  "error": None, "rule": None} for t in body["txs"]]}
+    return answer
+
+
+def test_issue_against_stub_writes_the_anchored_record(tmp_path: Path, stub: StubNode) -> None:
+    key, holder = issuer_setup(tmp_path)
+    issuer_did = keys.read_key_file_did(key)
+    cf = tmp_path / "claims.json"
+    cf.write_text('{"degree": "BSc", "awarded": 2009}')
+    ev = tmp_path / "portfolio.zip"
+    ev.write_bytes(b"PK\x03\x04")
+    stub.routes[("POST", "/v1/txs")] = committed(7)
+    stub.routes[("GET", "/v1/records/*")] = lambda _: (200, {"standing": "accredited",
+                                                             "issuer_name": "Example University"})
+    out = tmp_path / "record.json"
+    r = run("issue", "--node", stub.url, "--key", str(key), "--holder", holder, "--type", "degree.bachelor",
+            "--claims", str(cf), "--out", str(out), "--evidence", f"portfolio={ev}:application/zip",
+            "--expires", "2099-12-31", "--json")
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.stdout)
+    [tx] = stub.submitted()
+    assert tx.signature_valid() and tx.chain == "stub-1" and isinstance(tx.body, RecordAnchor)
+    doc = RecordDocument.load(out)
+    assert doc.anchor_tx == tx.tx_id and doc.record_id == tx.body.record
+    assert doc.commitment == tx.body.commitment and doc.holder == holder and doc.issuer == issuer_did
+    assert doc.expires == tx.body.expires == parse_time_ms("2099-12-31", "t")
+    assert doc.claim("portfolio").value["media_type"] == "application/zip"
+    assert result == {"record_id": doc.record_id.hex(), "tx": tx.tx_id.hex(), "height": 7,
+                      "standing": "accredited", "issuer": issuer_did, "holder": holder,
+                      "type": "degree.bachelor", "out": str(out)}
+    assert any("wait=1" in p for _, p, _ in stub.requests)
+
+
+def test_issue_rejected_writes_nothing(tmp_path: Path, stub: StubNode) -> None:
+    key, holder = issuer_setup(tmp_path)
+    cf = tmp_path / "claims.json"
+    cf.write_text('{"degree": "BSc"}')
+    stub.routes[("POST", "/v1/txs")] = lambda body: (400, {"results": [{
+        "id": body["txs"][0]["id"], "status": "rejected", "height": None, "index": None,
+        "error": "anchor.standing: the issuer's accreditation is suspended", "rule": "anchor.standing"}]})
+    out = tmp_path / "record.json"
+    r = run("issue", "--node", stub.url, "--key", str(key), "--holder", holder, "--type", "degree",
+            "--claims", str(cf), "--out", str(out))
+    assert r.exit_code == 1
+    assert "transaction rejected: anchor.standing: the issuer's accreditation is suspended" in one_line_error(r)
+    assert not out.exists()
+
+
+def test_accredit_reports_votes_so_far(tmp_path: Path, stub: StubNode) -> None:
+    key = tmp_path / "auth.key"
+    voter = new_key(key)
+    issuer = KeyPair.generate().did
+    stub.routes[("POST", "/v1/txs")] = committed(9)
+    others = [KeyPair.generate().did for _ in range(3)]
+
+    def authorities(_: Any) -> tuple[int, Any]:
+        [tx] = stub.submitted()
+        return 200, {"authorities": [{"did": d, "name": d[-4:]} for d in [voter.did, *others]],
+                     "proposals": [{"action": tx.body.action.to_json(), "votes": [voter.did], "opened": 9}]}
+
+    stub.routes[("GET", "/v1/authorities")] = authorities
+    r = run("accredit", "--node", stub.url, "--key", str(key), "--issuer", issuer, "--name", "Uni",
+            "--scope", "degree,course", "--scope", "degree", "--until", "2030-01-01")
+    assert r.exit_code == 0, r.output
+    [tx] = stub.submitted()
+    assert tx.body.action == Action(kind="accredit", subject=issuer, name="Uni", scopes=("course", "degree"),
+                                    until=parse_time_ms("2030-01-01", "t"))
+    assert "committed at block 9" in r.stdout
+    assert ("vote recorded: 1 of 4 authorities have voted for it; the action executes when more than 2/3 "
+            "of the 4 authorities have voted (3 votes)") in r.stdout
+
+
+def test_suspend_reports_execution(tmp_path: Path, stub: StubNode) -> None:
+    key = tmp_path / "auth.key"
+    voter = new_key(key)
+    issuer = KeyPair.generate().did
+    stub.routes[("POST", "/v1/txs")] = committed(3)
+    stub.routes[("GET", "/v1/authorities")] = lambda _: (200, {
+        "authorities": [{"did": voter.did, "name": "A"}], "proposals": []})
+    stub.routes[("GET", f"/v1/issuers/{issuer}")] = lambda _: (200, {
+        "did": issuer, "name": "Uni", "scopes": ["degree"], "status": "suspended", "until": None,
+        "accredited": 1, "changed": 3, "keys": []})
+    r = run("suspend", "--node", stub.url, "--key", str(key), "--issuer", issuer)
+    assert r.exit_code == 0, r.output
+    assert f"executed: Uni ({issuer}) is suspended for degree" in r.stdout
+
+
+def test_node_error_reason_is_shown(stub: StubNode) -> None:
+    stub.routes[("GET", "/v1/status")] = lambda _: (503, {"error": "the node is still syncing"})
+    r = run("status", "--node", stub.url)
+    assert r.exit_code == 1
+    assert one_line_error(r) == "error: the node is still syncing"
+
+
+def test_status_human_and_json(stub: StubNode) -> None:
+    r = run("status", "--node", stub.url)
+    assert r.exit_code == 0, r.output
+    assert "stub-1" in r.stdout and "height:       6" in r.stdout and "2 transaction(s)" in r.stdout
+    r = run("status", "--node", stub.url, "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["chain_id"] == "stub-1"
+
+
+def test_client_errors(stub: StubNode) -> None:
+    client = NodeClient(stub.url, timeout=5)
+    with pytest.raises(ClientError) as exc:
+        client.record("00" * 16)
+    assert exc.value.status == 404 and "no route" in exc.value.reason
+    assert client.issuer_or_none(KeyPair.generate().did) is None
+    with pytest.raises(ClientError) as exc:
+        NodeClient(UNREACHABLE).status()
+    assert exc.value.unreachable and "cannot reach node at http://127.0.0.1:9" in exc.value.reason
+    with pytest.raises(ClientError):
+        NodeClient("127.0.0.1:8701")
+
+
+def test_issue_not_committed_in_time_keeps_the_record_file(tmp_path: Path, stub: StubNode) -> None:
+    key, holder = issuer_setup(tmp_path)
+    cf = tmp_path / "claims.json"
+    cf.write_text('{"degree": "BSc"}')
+    pending = {"status": "pending", "height": None, "index": None, "error": None, "rule": None}
+    stub.routes[("POST", "/v1/txs")] = lambda body: (202, {"results": [{"id": body["txs"][0]["id"], **pending}]})
+    stub.routes[("GET", "/v1/txs/*")] = lambda _: (200, {"id": "x", "tx": None, **pending})
+    out = tmp_path / "record.json"
+    r = run("issue", "--node", stub.url, "--key", str(key), "--holder", holder, "--type", "degree",
+            "--claims", str(cf), "--out", str(out), "--timeout", "0.3")
+    assert r.exit_code == 1
+    assert "not committed within 0.3 s" in one_line_error(r)
+    [tx] = stub.submitted()
+    assert RecordDocument.load(out).anchor_tx == tx.tx_id  # the salts are not lost if it commits later
