@@ -203,6 +203,8 @@ class Genesis(Wire):
             raise DecodeError(f"{path} is too large for a genesis file")
         try:
             obj = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, a number too long
             raise DecodeError(f"{path} is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise DecodeError(f"{path} is not valid JSON: nested too deeply") from None
         return cls.from_json(obj, "genesis")

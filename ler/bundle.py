@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import json
 import time
-
-import rfc8785
 from dataclasses import dataclass, field
 from typing import Any
+
+import rfc8785
 
 from ler import keys, merkle, smt
 from ler.block import CommitCertificate, Genesis, Header, validators_hash
@@ -61,12 +61,14 @@ class ValidatorTransition(Wire):
     header: Header
     cert: CommitCertificate
     validators: tuple[bytes, ...] = limit(max=128)
+    history_path: tuple[bytes, ...] = limit(max=64)  # header.hash in the head's history_root
 
 
 @dataclass(frozen=True, slots=True)
 class HeadProof(Wire):
     header: Header
     cert: CommitCertificate
+    genesis_path: tuple[bytes, ...] = limit(max=64)  # the genesis hash as leaf 0 of header.history_root
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +91,7 @@ class RecordProof:
     endorsements: tuple[StateProof, ...] = ()  # endorsement entries at the head
 
     def to_json(self) -> dict[str, Any]:
-        return {"record_id": b64url(self.record_id), "disclosure": _disclosure_json(self.disclosure),
+        return {"record_id": b64url(self.record_id), "disclosure": self.disclosure.to_json(b64=True),
                 "anchor": self.anchor.to_json(True), "record_state": self.record_state.to_json(True),
                 "issuer_then": self.issuer_then.to_json(True), "issuer_now": self.issuer_now.to_json(True),
                 "endorsements": [e.to_json(True) for e in self.endorsements]}
@@ -104,7 +106,7 @@ class RecordProof:
             raise DecodeError(f"{where}.endorsements: expected a list of at most 64 proofs")
         return cls(
             record_id=b64url_bytes(obj["record_id"], RECORD_ID_BYTES, f"{where}.record_id"),
-            disclosure=_disclosure_from_json(obj["disclosure"], f"{where}.disclosure"),
+            disclosure=_disclosure(obj["disclosure"], f"{where}.disclosure"),
             anchor=AnchorProof.from_json(obj["anchor"], f"{where}.anchor", b64=True),
             record_state=StateProof.from_json(obj["record_state"], f"{where}.record_state", b64=True),
             issuer_then=StateProof.from_json(obj["issuer_then"], f"{where}.issuer_then", b64=True),
@@ -154,11 +156,13 @@ class ProofBundle:
     def loads(cls, data: bytes | str) -> ProofBundle:
         if len(data) > MAX_BUNDLE_BYTES:
             raise DecodeError(f"bundle larger than {MAX_BUNDLE_BYTES} bytes")
-        raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
         try:
+            raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
             obj = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except ValueError as exc:  # JSONDecodeError, UnicodeError, a number too long
             raise DecodeError(f"bundle is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise DecodeError("bundle is not valid JSON: nested too deeply") from None
         bundle = cls.from_json(obj)
         # Only the canonical form is accepted (one trailing newline allowed): a bundle is a signed-off
         # artefact, and an edit that keeps the meaning (spacing, key order, escapes) is still an edit.
@@ -172,35 +176,19 @@ class ProofBundle:
         return bundle
 
 
+def _disclosure(obj: Any, where: str) -> Disclosure:
+    try:
+        return Disclosure.from_json(obj, b64=True)
+    except DecodeError as exc:
+        raise DecodeError(f"{where}: {exc}") from None
+
+
 def _exact(obj: Any, fields: set[str], where: str) -> None:
     if not isinstance(obj, dict):
         raise DecodeError(f"{where}: expected an object")
     if set(obj) != fields:
         odd = sorted(set(obj) ^ fields)
         raise DecodeError(f"{where}: unexpected or missing field {odd[0]!r}")
-
-
-def _disclosure_json(d: Disclosure) -> dict[str, Any]:
-    return {"total": d.total, "claims": [
-        {"key": c.key, "value": c.value, "salt": b64url(c.salt), "index": c.index,
-         "path": [b64url(p) for p in c.path]} for c in d.claims]}
-
-
-def _disclosure_from_json(obj: Any, where: str) -> Disclosure:
-    """Disclosure JSON inside a bundle uses base64url; convert to the hex form Disclosure parses."""
-    if not isinstance(obj, dict) or not isinstance(obj.get("claims"), list):
-        raise DecodeError(f"{where}: expected an object with total and claims")
-    claims = []
-    for i, c in enumerate(obj["claims"]):
-        w = f"{where}.claims[{i}]"
-        if not isinstance(c, dict) or not isinstance(c.get("path"), list):
-            raise DecodeError(f"{w}: expected key, value, salt, index and path")
-        claims.append({**c, "salt": b64url_bytes(c.get("salt"), 16, f"{w}.salt").hex(),
-                       "path": [b64url_bytes(p, 32, f"{w}.path").hex() for p in c["path"]]})
-    try:
-        return Disclosure.from_json({**obj, "claims": claims})
-    except DecodeError as exc:
-        raise DecodeError(f"{where}: {exc}") from None
 
 
 # --- verification ----------------------------------------------------------------------------------
@@ -233,6 +221,7 @@ class RecordReport:
     revoked: dict[str, Any] | None = None
     disclosed: dict[str, Any] = field(default_factory=dict)
     hidden: int = 0
+    hidden_claims: list[str] = field(default_factory=list)
     endorsements: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -309,6 +298,9 @@ def verify_bundle(bundle_data: bytes | str | ProofBundle, genesis: Genesis,
         if cert.height != head.height or cert.block != head.hash:
             raise ProofError("the head certificate is for another block")
         cert.verify(genesis.chain_id, vals)
+        if not merkle.verify_inclusion(merkle.leaf_hash(genesis.hash), 0, head.height,
+                                       list(bundle.head.genesis_path), head.history_root):
+            raise ProofError("the head's history does not start at this genesis")
         c.ok("head committed", f"block {head.height} is signed by {len(cert.sigs)} of {len(vals)} "
                                "authorities (more than 2/3 needed)")
     except (ProofError, DecodeError) as exc:
@@ -345,6 +337,10 @@ def _walk_validators(bundle: ProofBundle, genesis: Genesis, c: _Checker) -> tupl
             raise ProofError(f"validator transition at height {h.height} is not signed by the set in force")
         if t.cert.height != h.height or t.cert.block != h.hash:
             raise ProofError(f"the certificate of the transition at height {h.height} is for another block")
+        head = bundle.head.header
+        if not merkle.verify_inclusion(merkle.leaf_hash(h.hash), h.height, head.height,
+                                       list(t.history_path), head.history_root):
+            raise ProofError(f"the transition at height {h.height} is not part of the head's history")
         t.cert.verify(genesis.chain_id, vals)
         new = tuple(sorted(set(t.validators)))
         if len(new) != len(t.validators) or not new or h.next_validators_hash != validators_hash(new):
@@ -377,9 +373,11 @@ def _verify_record(rp: RecordProof, head: Header, genesis: Genesis, now_ms: int,
         raise ProofError("disclosed claims do not match the record: " + "; ".join(problems))
     report.disclosed = rp.disclosure.values()
     report.hidden = rp.disclosure.hidden_count()
+    report.hidden_claims = rp.disclosure.hidden_names()
     shown = ", ".join(report.disclosed) or "none"
+    hidden = f"hidden by the holder: {', '.join(report.hidden_claims)}" if report.hidden_claims else "none hidden"
     c.ok("disclosed claims", f"{len(report.disclosed)} claim(s) shown ({shown}) and proven part of the "
-                             f"record; {report.hidden} hidden", i)
+                             f"record; {hidden}", i)
 
     # 3. the transaction is in the anchoring block, and that block is in the head's history
     if ah.chain != genesis.chain_id or not merkle.verify_inclusion(

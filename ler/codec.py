@@ -57,7 +57,11 @@ def _canonical(value: Any, depth: int = 0) -> Any:
 
 def encode(value: Any) -> bytes:
     """Encode `value` canonically. Raises DecodeError for values outside the canonical model."""
-    return msgpack.packb(_canonical(value), use_bin_type=True)
+    try:
+        return msgpack.packb(_canonical(value), use_bin_type=True)
+    except UnicodeEncodeError:
+        # A str holding a lone surrogate (JSON's "\ud800" parses to one) has no UTF-8 form.
+        raise DecodeError("a string is not valid Unicode (lone surrogate)") from None
 
 
 def decode(data: bytes, max_size: int = MAX_MESSAGE_BYTES) -> Any:
@@ -84,7 +88,7 @@ def decode(data: bytes, max_size: int = MAX_MESSAGE_BYTES) -> Any:
     except UnicodeDecodeError:
         raise DecodeError("a string is not valid UTF-8") from None
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        raise DecodeError(f"malformed msgpack: {exc or type(exc).__name__}") from None
+        raise DecodeError(f"malformed msgpack: {str(exc) or type(exc).__name__}") from None
     except RecursionError:
         raise DecodeError("nesting too deep") from None
     try:

@@ -166,7 +166,10 @@ def read_key_file_did(path: str | os.PathLike[str]) -> str:
     """The did a key file declares, without decrypting it."""
     doc = _load_key_doc(path)
     did = doc.get("did")
-    public_key_from_did(did)
+    try:
+        public_key_from_did(did)  # type: ignore[arg-type]
+    except DecodeError as exc:
+        raise KeyFileError(f"{path}: the key file's did is not valid: {exc}") from None
     return str(did)
 
 
@@ -217,7 +220,7 @@ def _load_key_doc(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise KeyFileError(f"{path} is too large to be a key file")
     try:
         doc = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, a number too long, too deep
         raise KeyFileError(f"{path} is not a key file (not JSON)") from None
     if not isinstance(doc, dict) or doc.get("format") != KEY_FORMAT:
         raise KeyFileError(f"{path} is not a {KEY_FORMAT} key file")

@@ -15,11 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from ler import keys
-from ler.block import Genesis
+from ler.block import MAX_VALIDATORS, Genesis
 from ler.errors import RuleError
 from ler.state import (
     ACCREDITED,
     ACTIVE,
+    MAX_ISSUER_KEYS,
     SELF_ASSERTED,
     SUSPENDED,
     UNACCREDITED,
@@ -191,6 +192,9 @@ def check_action(state: StateView, action: Action) -> None:
         key = keys.public_key_from_did(action.subject)
         if action.kind == "add_authority" and key in members:
             raise RuleError("vote.action", f"{action.subject} is already an authority")
+        if action.kind == "add_authority" and len(members) >= MAX_VALIDATORS:
+            # A larger set could not be decoded again (AuthoritySet, Genesis and certificates hold 128).
+            raise RuleError("vote.action", f"there are already {MAX_VALIDATORS} authorities, the most allowed")
         if action.kind == "remove_authority":
             if key not in members:
                 raise RuleError("vote.action", f"{action.subject} is not an authority")
@@ -255,6 +259,9 @@ def apply_rotate(state: StateView, ctx: Context, tx: Tx, body: IssuerRotate) -> 
         raise RuleError("rotate.pending", "a rotation for this issuer is already pending in this block")
     if any(e.key == body.new_key for e in issuer.keys):
         raise RuleError("rotate.reused", "the new key was used by this issuer before")
+    if len(issuer.keys) >= MAX_ISSUER_KEYS:
+        # One more key would make an entry that no longer decodes, locking the issuer and its records.
+        raise RuleError("rotate.limit", f"an issuer may rotate its key at most {MAX_ISSUER_KEYS - 1} times")
     if not keys.verify_signed(body.new_key, "rotate", ctx.chain_id,
                               IssuerRotate.possession_payload(body.issuer, body.new_key), body.new_key_sig):
         raise RuleError("rotate.possession", "new_key_sig does not prove possession of the new key")

@@ -1,10 +1,14 @@
 """Record documents, claim commitments and selective disclosure.
 
-A record document is a set of claims (key -> value). Each claim gets a fresh 16-byte random salt; its
-leaf data is the canonical encoding of [key, value, salt], and the record's commitment is the RFC 6962
-root over the leaf data of all claims sorted by key (ascending UTF-8 bytes). Only the commitment goes on
-the ledger. A disclosure reveals some claims with their salts and inclusion paths, and proves nothing
-about the others beyond their number; the salts keep a hidden "awarded: 2009" from being guessed.
+A record document is a set of claims (key -> value). Each claim gets a fresh 16-byte random salt. A
+claim's digest is SHA-256(enc([value, salt])), its leaf data enc([key, digest]), and the record's
+commitment is the RFC 6962 root over the leaf data of all claims sorted by key (ascending UTF-8 bytes).
+Only the commitment goes on the ledger.
+
+A disclosure covers every claim once: revealed claims with value and salt, hidden claims with their
+name and digest only. The verifier rebuilds the whole leaf list, so the commitment pins down exactly
+which claims exist, and it can say "awarded: hidden" by name; the salt keeps a hidden "2009" from being
+guessed from its digest. Claim names are therefore visible to a verifier: sensitive facts belong in values.
 
 Claim values are JSON values without floats (strings, integers, booleans, null, arrays, objects).
 An evidence claim's value is {"sha256": hex, "media_type": str, "name": str}: the file stays with the
@@ -25,7 +29,7 @@ from typing import Any
 from ler import codec, merkle
 from ler.errors import DecodeError
 from ler.tx import RECORD_ID_BYTES, check_chain_id, check_record_type
-from ler.wire import hex_bytes
+from ler.wire import b64url, b64url_bytes, hex_bytes
 
 SALT_BYTES = 16
 MAX_CLAIMS = 256
@@ -60,7 +64,7 @@ def _has_unsafe_int(v: Any) -> bool:
 
 
 def _has_bytes(v: Any) -> bool:
-    if isinstance(v, bytes):
+    if isinstance(v, bytes | bytearray | memoryview):
         return True
     if isinstance(v, list | tuple):
         return any(_has_bytes(x) for x in v)
@@ -83,8 +87,16 @@ class Claim:
         _check_value(self.value, repr(self.key))
 
     @property
+    def digest(self) -> bytes:
+        """SHA-256(enc([value, salt])): what a disclosure shows of the claim when it is hidden."""
+        return hashlib.sha256(codec.encode([self.value, self.salt])).digest()
+
+    @property
     def leaf_data(self) -> bytes:
-        return codec.encode([self.key, self.value, self.salt])
+        return codec.encode([self.key, self.digest])
+
+    def hidden(self) -> HiddenClaim:
+        return HiddenClaim(self.key, self.digest)
 
     def to_json(self) -> dict[str, Any]:
         return {"key": self.key, "value": self.value, "salt": self.salt.hex()}
@@ -163,17 +175,12 @@ class RecordDocument:
         raise DecodeError(f"the record has no claim {key!r} (it has: {', '.join(c.key for c in self.claims)})")
 
     def disclose(self, reveal: list[str] | tuple[str, ...]) -> Disclosure:
-        """A disclosure of the named claims; every other claim stays hidden."""
-        names = list(dict.fromkeys(reveal))
+        """A disclosure showing the named claims; every other claim shows only its name."""
+        names = set(reveal)
         for n in names:
             self.claim(n)
-        leaves = [c.leaf_data for c in self.claims]
-        shown = []
-        for i, c in enumerate(self.claims):
-            if c.key in names:
-                shown.append(DisclosedClaim(key=c.key, value=c.value, salt=c.salt, index=i,
-                                            path=tuple(merkle.inclusion_proof(leaves, i))))
-        return Disclosure(total=len(self.claims), claims=tuple(shown))
+        return Disclosure(revealed=tuple(c for c in self.claims if c.key in names),
+                          hidden=tuple(c.hidden() for c in self.claims if c.key not in names))
 
     def to_json(self) -> dict[str, Any]:
         return {"format": RECORD_FORMAT, "chain_id": self.chain_id, "record_id": self.record_id.hex(),
@@ -206,7 +213,12 @@ class RecordDocument:
         return doc
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        Path(path).write_text(json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n")
+        """Write the record file with mode 0600: it holds every claim and salt, personal data."""
+        data = (json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(path, 0o600)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> RecordDocument:
@@ -218,97 +230,86 @@ class RecordDocument:
             raise DecodeError(f"{path} is too large for a record file")
         try:
             obj = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, a number too long
             raise DecodeError(f"{path} is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise DecodeError(f"{path} is not valid JSON: nested too deeply") from None
         return cls.from_json(obj)
 
 
 @dataclass(frozen=True, slots=True)
-class DisclosedClaim:
+class HiddenClaim:
     key: str
-    value: Any
-    salt: bytes
-    index: int  # position among all the record's claims, sorted by key
-    path: tuple[bytes, ...]  # RFC 6962 inclusion path of the claim's leaf in the commitment
+    digest: bytes
 
     @property
     def leaf_data(self) -> bytes:
-        return codec.encode([self.key, self.value, self.salt])
+        return codec.encode([self.key, self.digest])
 
 
 @dataclass(frozen=True, slots=True)
 class Disclosure:
-    """Revealed claims with their inclusion paths in a commitment over `total` claims."""
+    """Every claim of a record: the revealed ones in full, the hidden ones as name and digest."""
 
-    total: int
-    claims: tuple[DisclosedClaim, ...]
+    revealed: tuple[Claim, ...]
+    hidden: tuple[HiddenClaim, ...]
 
     def verify(self, commitment_root: bytes) -> list[str]:
-        """Problems found (empty when every revealed claim is proven part of the commitment)."""
-        problems = []
-        if not 1 <= self.total <= MAX_CLAIMS:
-            return [f"claim count {self.total} is out of range"]
-        seen_idx: set[int] = set()
-        prev_key: bytes | None = None
-        for c in self.claims:
-            if c.index in seen_idx:
-                problems.append(f"claim position {c.index} is revealed twice")
-            seen_idx.add(c.index)
-            kb = c.key.encode("utf-8")
-            if prev_key is not None and kb <= prev_key:
-                problems.append("revealed claims are not in ascending key order")
-            prev_key = kb
-            if not merkle.verify_inclusion(merkle.leaf_hash(c.leaf_data), c.index, self.total,
-                                           list(c.path), commitment_root):
-                problems.append(f"claim {c.key!r} is not part of the record's commitment")
-        return problems
+        """Problems found (empty when the claims rebuild exactly the record's commitment)."""
+        leaves = sorted([(c.key.encode("utf-8"), c.leaf_data) for c in self.revealed]
+                        + [(h.key.encode("utf-8"), h.leaf_data) for h in self.hidden])
+        if not leaves:
+            return ["the disclosure lists no claims"]
+        for (a, _), (b, _) in itertools.pairwise(leaves):
+            if a == b:
+                return [f"claim {a.decode('utf-8', 'replace')!r} appears twice"]
+        if merkle.root([leaf for _, leaf in leaves]) != commitment_root:
+            return ["the claims do not rebuild the record's commitment (altered, added or left out)"]
+        return []
 
     def hidden_count(self) -> int:
-        return self.total - len(self.claims)
+        return len(self.hidden)
+
+    def hidden_names(self) -> list[str]:
+        return [h.key for h in self.hidden]
 
     def values(self) -> dict[str, Any]:
-        return {c.key: c.value for c in self.claims}
+        return {c.key: c.value for c in self.revealed}
 
-    def to_obj(self) -> dict[str, Any]:
-        return {"total": self.total, "claims": [
-            {"key": c.key, "value": c.value, "salt": c.salt, "index": c.index, "path": list(c.path)}
-            for c in self.claims]}
-
-    def to_json(self) -> dict[str, Any]:
-        return {"total": self.total, "claims": [
-            {"key": c.key, "value": c.value, "salt": c.salt.hex(), "index": c.index,
-             "path": [p.hex() for p in c.path]} for c in self.claims]}
+    def to_json(self, b64: bool = False) -> dict[str, Any]:
+        enc = b64url if b64 else bytes.hex
+        return {"revealed": [{"key": c.key, "value": c.value, "salt": enc(c.salt)} for c in self.revealed],
+                "hidden": [{"key": h.key, "digest": enc(h.digest)} for h in self.hidden]}
 
     @classmethod
-    def from_json(cls, obj: Any) -> Disclosure:
-        if not isinstance(obj, dict) or set(obj) != {"total", "claims"}:
-            raise DecodeError("disclosure: expected an object with total and claims")
-        total = obj["total"]
-        if not isinstance(total, int) or isinstance(total, bool) or not 1 <= total <= MAX_CLAIMS:
-            raise DecodeError("disclosure.total: expected an integer from 1 to %d" % MAX_CLAIMS)
-        if not isinstance(obj["claims"], list) or len(obj["claims"]) > total:
-            raise DecodeError("disclosure.claims: expected a list no longer than total")
-        out = []
-        for i, c in enumerate(obj["claims"]):
-            where = f"disclosure.claims[{i}]"
-            if not isinstance(c, dict) or set(c) != {"key", "value", "salt", "index", "path"}:
-                raise DecodeError(f"{where}: expected key, value, salt, index and path")
-            key, value, index, path = c["key"], c["value"], c["index"], c["path"]
-            if not isinstance(key, str) or not key or len(key) > MAX_CLAIM_KEY:
-                raise DecodeError(f"{where}.key: expected a string of 1-{MAX_CLAIM_KEY} characters")
-            _check_value(value, repr(key))
-            if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < total:
-                raise DecodeError(f"{where}.index: out of range")
-            if not isinstance(path, list) or len(path) > 16:
-                raise DecodeError(f"{where}.path: expected a list of at most 16 hashes")
+    def from_json(cls, obj: Any, b64: bool = False) -> Disclosure:
+        """Parse the JSON form (bytes hex, or base64url inside bundles); claims must be sorted by key."""
+        parse = b64url_bytes if b64 else hex_bytes
+        if not isinstance(obj, dict) or set(obj) != {"revealed", "hidden"}:
+            raise DecodeError("disclosure: expected an object with exactly revealed and hidden")
+        rev, hid = obj["revealed"], obj["hidden"]
+        if not isinstance(rev, list) or not isinstance(hid, list) or not 1 <= len(rev) + len(hid) <= MAX_CLAIMS:
+            raise DecodeError(f"disclosure: revealed and hidden are lists of 1 to {MAX_CLAIMS} claims in all")
+        revealed = []
+        for i, c in enumerate(rev):
+            where = f"disclosure.revealed[{i}]"
+            if not isinstance(c, dict) or set(c) != {"key", "value", "salt"}:
+                raise DecodeError(f"{where}: expected exactly key, value and salt")
             try:
-                salt = _hex(c["salt"], SALT_BYTES)
-                hashes = tuple(_hex(p, 32) for p in path)
+                revealed.append(Claim(c["key"], c["value"], parse(c["salt"], SALT_BYTES, "salt")))
             except DecodeError as exc:
                 raise DecodeError(f"{where}: {exc}") from None
-            out.append(DisclosedClaim(key=key, value=value, salt=salt, index=index, path=hashes))
-        return cls(total=total, claims=tuple(out))
-
-
-def _hex(v: Any, size: int) -> bytes:
-    return hex_bytes(v, size, "value")
+        hidden = []
+        for i, h in enumerate(hid):
+            where = f"disclosure.hidden[{i}]"
+            if not isinstance(h, dict) or set(h) != {"key", "digest"}:
+                raise DecodeError(f"{where}: expected exactly key and digest")
+            key = h["key"]
+            if not isinstance(key, str) or not key or len(key) > MAX_CLAIM_KEY:
+                raise DecodeError(f"{where}.key: expected a string of 1-{MAX_CLAIM_KEY} characters")
+            hidden.append(HiddenClaim(key, parse(h["digest"], 32, f"{where}.digest")))
+        for seq in (revealed, hidden):
+            names = [x.key.encode("utf-8") for x in seq]
+            if names != sorted(names):
+                raise DecodeError("disclosure: claims must be listed in ascending key order")
+        return cls(revealed=tuple(revealed), hidden=tuple(hidden))

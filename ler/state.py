@@ -23,6 +23,8 @@ from ler.wire import Wire, b32, limit
 
 ACTIVE, SUSPENDED, WITHDRAWN = "active", "suspended", "withdrawn"
 ACCREDITED, SELF_ASSERTED, UNACCREDITED = "accredited", "self-asserted", "unaccredited"
+#: The most signing keys an issuer entry holds (its first key and every rotation since).
+MAX_ISSUER_KEYS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +59,7 @@ class IssuerEntry(Wire):
     until: int | None                   # accreditation covers blocks with time <= until (ms)
     accredited: int = limit()           # height of the (latest) accreditation
     changed: int = limit()              # height of the latest status change
-    keys: tuple[KeyEpoch, ...] = limit(max=64)
+    keys: tuple[KeyEpoch, ...] = limit(max=MAX_ISSUER_KEYS)
 
     def key_at(self, height: int) -> bytes:
         """The key that signs for this issuer at `height`."""

@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Self
 from ler import codec, keys
 from ler.errors import DecodeError
 from ler.keys import KeyPair, sha256
-from ler.wire import Wire, b32, b64, limit
+from ler.wire import Wire, b32, b64, hex_bytes, limit
 
 MAX_TX_BYTES = 4096
 RECORD_ID_BYTES = 16
@@ -239,7 +239,7 @@ class Tx:
             raise DecodeError(f"transaction.type: unknown type {str(ttype)[:40]!r}")
         try:
             signer = keys.public_key_from_did(obj.get("signer"))  # type: ignore[arg-type]
-            sig = bytes.fromhex(obj["sig"]) if isinstance(obj.get("sig"), str) else None
+            sig = hex_bytes(obj["sig"], 64, "transaction.sig") if isinstance(obj.get("sig"), str) else None
         except (DecodeError, ValueError) as exc:
             raise DecodeError(f"transaction: {exc}") from None
         body = body_cls.from_json(obj.get("body"), f"transaction.body ({ttype})")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -52,8 +53,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return _json({"error": exc.reason}, exc.status)
     except LerError as exc:
         return _json({"error": str(exc)}, 400)
-    except web.HTTPRequestEntityTooLarge as exc:
-        return _json({"error": f"request body too large (limit {exc.max_size} bytes)"}, 413)
+    except web.HTTPRequestEntityTooLarge:
+        # (aiohttp's exception does not keep the limit as an attribute; the request knows it)
+        return _json({"error": f"request body too large (limit {request.client_max_size} bytes)"}, 413)
     except web.HTTPException as exc:
         if exc.status >= 400:
             return _json({"error": exc.reason or exc.text or "request refused"}, exc.status)
@@ -67,10 +69,16 @@ async def _read_json(request: web.Request) -> Any:
     raw = await request.read()
     if not raw:
         raise ApiError(400, "empty request body; expected JSON")
+    return _parse_json(raw)
+
+
+def _parse_json(raw: bytes) -> Any:
     try:
         return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of more than 4300 digits
         raise ApiError(400, f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "malformed JSON: nested too deeply") from None
 
 
 def _hex_id(text: str, size: int, what: str) -> bytes:
@@ -84,10 +92,9 @@ def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) 
     raw = request.query.get(name)
     if raw is None:
         return default
-    try:
-        v = int(raw)
-    except ValueError:
-        raise ApiError(400, f"query parameter {name} must be an integer") from None
+    if not re.fullmatch(r"-?[0-9]{1,18}", raw):  # int() would also take " 1", "1_0" and non-ASCII digits
+        raise ApiError(400, f"query parameter {name} must be an integer")
+    v = int(raw)
     if not lo <= v <= hi:
         raise ApiError(400, f"query parameter {name} must be between {lo} and {hi}")
     return v
@@ -187,14 +194,15 @@ class Api:
         raw = await request.read()
         if not raw:
             raise ApiError(400, "empty request body; expected transactions")
+        # Query parameters are checked before anything is accepted: a 400 must mean nothing was taken.
+        wait = _flag(request, "wait")
+        limit_s = self.svc.config.limits.wait_timeout_s
+        timeout = min(float(_int_param(request, "timeout", int(limit_s), 0, 3600)), limit_s)
         items: list[Tx | LerError] = []
         if ctype in ("application/msgpack", "application/x-msgpack"):
             items = _decode_msgpack_batch(raw)
         elif ctype in ("application/json", "") or ctype.endswith("+json"):
-            try:
-                doc = json.loads(raw)
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise ApiError(400, f"malformed JSON: {exc}") from None
+            doc = _parse_json(raw)
             objs = doc.get("txs") if isinstance(doc, dict) and set(doc) == {"txs"} else [doc]
             if not isinstance(objs, list) or not objs:
                 raise ApiError(400, 'expected {"txs": [transaction, ...]} or one transaction object')
@@ -209,10 +217,7 @@ class Api:
             raise ApiError(415, f"unsupported content type {ctype!r}; use application/json or "
                                 "application/msgpack")
         results = await self.svc.submit(items)
-        wait = _flag(request, "wait")
         if wait:
-            timeout = min(float(_int_param(request, "timeout", int(self.svc.config.limits.wait_timeout_s),
-                                           0, 3600)), self.svc.config.limits.wait_timeout_s)
             ids = [r.tx_id for r in results if r.status == PENDING and r.tx_id]
             if ids:
                 await self.svc.wait_for(ids, timeout)
@@ -241,7 +246,8 @@ class Api:
 
     async def block(self, request: web.Request) -> web.Response:
         text = request.match_info["height"]
-        if not text.isdigit() or len(text) > 18:
+        # ASCII digits only: str.isdigit() also admits "²", which int() then refuses.
+        if not (text.isascii() and text.isdigit()) or len(text) > 18:
             raise ApiError(400, "block height must be a positive integer")
         return _json(block_json(self.svc, int(text)))
 

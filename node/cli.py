@@ -989,7 +989,7 @@ def prove(node_url: str, record_path: str, reveal: tuple[str, ...], reveal_none:
         raise bad_input(f"cannot write {out}: {exc.strerror}") from None
     shown = ", ".join(names) if names else "nothing"
     say(f"wrote {out}: record {doc.record_id.hex()} as of block {bundle.head.header.height}, revealing "
-        f"{shown} ({disclosure.hidden_count()} claim(s) hidden)")
+        f"{shown}; hidden: {', '.join(disclosure.hidden_names()) or 'none'}")
     if genesis is not None:
         say(f"checked against {genesis_path}: {verdict}")
 
@@ -1066,7 +1066,8 @@ def render_result(res: VerificationResult, genesis: Genesis, extra_checks: list[
             lines.append("  disclosed:")
             lines.extend(f"    {k}: {render_value(v)}" for k, v in r.disclosed.items())
         if r.anchored_height is not None:
-            lines.append(f"  hidden:    {r.hidden} claim(s) (not disclosed)")
+            hidden = ", ".join(clean(n) for n in r.hidden_claims) if r.hidden_claims else "none"
+            lines.append(f"  hidden:    {hidden} (not disclosed by the holder)")
             if r.endorsements:
                 lines.append("  endorsements:")
                 for e in r.endorsements:
@@ -1169,7 +1170,7 @@ def _testnet_call(fn: Callable[[], Any]) -> Any:
 @click.option("--dir", "directory", required=True, metavar="DIR", help="Where the network lives.")
 @click.option("--authorities", type=click.IntRange(min=1, max=64), default=1, show_default=True)
 @click.option("--observers", type=click.IntRange(min=0, max=64), default=0, show_default=True)
-@click.option("--base-port", type=click.IntRange(min=1024, max=65000), default=8701, show_default=True)
+@click.option("--base-port", type=click.IntRange(min=1024, max=65000), default=8711, show_default=True)
 @click.option("--chain-id", default="ler-testnet", show_default=True)
 @click.option("--seed", "seed_demo", is_flag=True, help="Accredit a demo issuer and anchor demo records.")
 def testnet_up(directory: str, authorities: int, observers: int, base_port: int, chain_id: str,

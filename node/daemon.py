@@ -50,6 +50,8 @@ async def serve(config: NodeConfig, key: KeyPair, stop: asyncio.Event) -> None:
                 log.info("event=node_stopping height=%d", svc.store.height)
                 # No cancel: a block being written finishes its one atomic batch; the loop then returns.
                 svc.stop()
+            # No block comes after this: clients still waiting on pending txs get their answer now.
+            await svc.release_waiters()
         finally:
             await runner.cleanup()
     finally:

@@ -116,6 +116,8 @@ def document(version: str) -> dict[str, Any]:
                                         "responses": {"200": _resp("Authorities")}}},
             "/health": {"get": {"summary": "Liveness", "operationId": "health",
                                 "responses": {"200": _resp("Alive")}}},
+            "/v1/openapi.json": {"get": {"summary": "This document", "operationId": "openapi",
+                                         "responses": {"200": _resp("OpenAPI 3.1 document")}}},
         },
         "components": {"schemas": {
             "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},

@@ -178,11 +178,13 @@ class NodeService:
         return SubmitResult(tx.tx_id, PENDING)
 
     async def wait_for(self, tx_ids: Sequence[bytes], timeout: float) -> None:
-        """Return once every tx is committed or refused, or the timeout passes."""
+        """Return once every tx is committed or refused, or the timeout passes, or the node stops."""
         deadline = time.monotonic() + timeout
 
         def settled() -> bool:
-            return all(i not in self.mempool for i in tx_ids)
+            # Stopping: no block will come; answer now (the txs stay pending, durably) rather than
+            # hold the shutdown up for the rest of the client's wait.
+            return self._stopping or all(i not in self.mempool for i in tx_ids)
 
         async with self._committed:
             while not settled():
@@ -261,3 +263,8 @@ class NodeService:
     def stop(self) -> None:
         self._stopping = True
         self._wake.set()
+
+    async def release_waiters(self) -> None:
+        """After stop(): wake every ?wait request so it answers with what it has."""
+        async with self._committed:
+            self._committed.notify_all()

@@ -50,7 +50,7 @@ def _free_ports(n: int, start: int) -> list[int]:
     return ports
 
 
-def up(directory: str | os.PathLike[str], authorities: int = 1, observers: int = 0, base_port: int = 8701,
+def up(directory: str | os.PathLike[str], authorities: int = 1, observers: int = 0, base_port: int = 8711,
        chain_id: str = "ler-testnet", timeout: float = 60.0) -> dict[str, Any]:
     """Create (first time) and start the network; return the manifest."""
     d = Path(directory).resolve()

@@ -17,7 +17,7 @@ STAMP="$VENV/.ler-installed"
 if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
     echo "installing LER Ledger and its dependencies into $VENV ..." >&2
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip >&2 || true
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[test,dev]" >&2
+    "$VENV/bin/python" -m pip install --quiet --quiet --disable-pip-version-check -e "$ROOT[test,dev]" >&2
     touch "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"

@@ -32,7 +32,8 @@ def build_bundle(store: ChainStore, items: Sequence[tuple[bytes, Disclosure]],
         th, tc = store.header(h - 1), store.cert(h - 1)
         if th is None or tc is None:
             raise BundleError(f"block {h - 1} or its certificate is missing from the store")
-        transitions.append(ValidatorTransition(header=th, cert=tc, validators=store.validators(h)))
+        transitions.append(ValidatorTransition(header=th, cert=tc, validators=store.validators(h),
+                                               history_path=tuple(store.history_inclusion(h - 1, head_h))))
     records = []
     for record_id, disclosure in items:
         entry = store.get_record(record_id, head_h)
@@ -55,6 +56,6 @@ def build_bundle(store: ChainStore, items: Sequence[tuple[bytes, Disclosure]],
             issuer_then=store.prove_state(issuer_key(entry.issuer), height),
             issuer_now=store.prove_state(issuer_key(entry.issuer), head_h),
             endorsements=endorsements))
-    return ProofBundle(chain_id=store.chain_id, genesis_hash=store.genesis_hash(),
-                       head=HeadProof(header=head, cert=cert), transitions=tuple(transitions),
-                       records=tuple(records))
+    head_proof = HeadProof(header=head, cert=cert, genesis_path=tuple(store.history_inclusion(0, head_h)))
+    return ProofBundle(chain_id=store.chain_id, genesis_hash=store.genesis_hash(), head=head_proof,
+                       transitions=tuple(transitions), records=tuple(records))

@@ -1,8 +1,9 @@
 """The `ler` command line without a running node daemon.
 
-Real files in tmp_path; node interactions go either to an unreachable URL or to a tiny in-process stub
-that answers the /v1 contract with canned JSON. Bundles for `ler verify` come from a real one-block
-chain built with storage.ChainStore, so the verifier's output is checked against genuine proofs.
+Real files in tmp_path; node interactions go to an unreachable URL (what each command checks before it
+contacts a node). Bundles for `ler verify` come from a real one-block chain built with storage.ChainStore,
+so the verifier's output is checked against genuine proofs. Commands against a running node are in
+tests/test_e2e_cli.py, with real node processes.
 """
 
 from __future__ import annotations
@@ -10,9 +11,7 @@ from __future__ import annotations
 import json
 import os
 import stat
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +24,8 @@ from ler import keys
 from ler.block import PRECOMMIT, CertSig, CommitCertificate, Genesis, Vote
 from ler.keys import KeyPair, write_key_file
 from ler.record import RecordDocument, make_claims
-from ler.tx import Action, RecordAnchor, Tx, sign_tx
+from ler.tx import RecordAnchor, Tx, sign_tx
 from node.cli import Failure, cli, parse_time_ms
-from node.client import ClientError, NodeClient
 
 UNREACHABLE = "http://127.0.0.1:9"
 
@@ -447,7 +445,7 @@ def test_verify_valid_bundle_human_output(tmp_path: Path, chain_factory: Callabl
     assert "    degree: Bachelor of Science" in out
     assert "    honours: true" in out
     assert "    thesis: file thesis.pdf (application/pdf)" in out
-    assert "hidden:    1 claim(s) (not disclosed)" in out
+    assert "hidden:    awarded (not disclosed by the holder)" in out
     assert "2009" not in out
     assert "  [ok] head committed:" in out
     assert "  [ok] evidence thesis:" in out
@@ -470,7 +468,7 @@ def test_verify_tampered_revoked_and_wrong_network(tmp_path: Path, chain_factory
     chain = chain_factory({"degree": "BSc", "awarded": 2009})
     bundle = chain.bundle_file(tmp_path / "b.json", ["degree"])
     obj = json.loads(bundle.read_text())
-    obj["records"][0]["disclosure"]["claims"][0]["value"] = "PhD"
+    obj["records"][0]["disclosure"]["revealed"][0]["value"] = "PhD"
     forged = tmp_path / "forged.json"
     forged.write_bytes(rfc8785.dumps(obj))  # well-formed, canonical, but the value is not the committed one
     r = run("verify", str(forged), "--genesis", str(chain.genesis_path))
@@ -680,198 +678,3 @@ def test_parse_time_ms() -> None:
     with pytest.raises(Failure) as exc:
         parse_time_ms("yesterday", "--expires")
     assert exc.value.exit_code == 2
-
-
-# --- against a stub node ---------------------------------------------------------------------------------
-
-class StubNode:
-    """An HTTP server answering a few /v1 routes with canned JSON; records what it was sent."""
-
-    def __init__(self) -> None:
-        self.routes: dict[tuple[str, str], Callable[[Any], tuple[int, Any]]] = {}
-        self.requests: list[tuple[str, str, Any]] = []
-        stub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _handle(self, method: str) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length)) if length else None
-                path = self.path.split("?")[0]
-                stub.requests.append((method, self.path, body))
-                fn = stub.routes.get((method, path)) or next(
-                    (f for (m, p), f in stub.routes.items() if m == method and p.endswith("*")
-                     and path.startswith(p[:-1])), None)
-                status, obj = fn(body) if fn else (404, {"error": f"no route {path}"})
-                data = json.dumps(obj).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self) -> None:
-                self._handle("GET")
-
-            def do_POST(self) -> None:
-                self._handle("POST")
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        self.routes[("GET", "/v1/status")] = lambda _: (200, {
-            "chain_id": "stub-1", "genesis_hash": "00" * 32, "height": 6, "latest_block": "ab" * 32,
-            "latest_time": 1700000000000, "node": KeyPair.generate().did, "role": "authority",
-            "mempool": {"txs": 2, "bytes": 900}, "version": "0.1.0"})
-
-    def submitted(self) -> list[Tx]:
-        return [Tx.from_json(t) for m, p, b in self.requests if p.startswith("/v1/txs") and m == "POST"
-                for t in b["txs"]]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def stub() -> Iterator[StubNode]:
-    s = StubNode()
-    yield s
-    s.close()
-
-
-def committed(height: int) -> Callable[[Any], tuple[int, Any]]:
-    def answer(body: Any) -> tuple[int, Any]:
-        return 200, {"results": [{"id": t["id"], "status": "committed", "height": height, "index": 0,
-                                  "error": None, "rule": None} for t in body["txs"]]}
-    return answer
-
-
-def test_issue_against_stub_writes_the_anchored_record(tmp_path: Path, stub: StubNode) -> None:
-    key, holder = issuer_setup(tmp_path)
-    issuer_did = keys.read_key_file_did(key)
-    cf = tmp_path / "claims.json"
-    cf.write_text('{"degree": "BSc", "awarded": 2009}')
-    ev = tmp_path / "portfolio.zip"
-    ev.write_bytes(b"PK\x03\x04")
-    stub.routes[("POST", "/v1/txs")] = committed(7)
-    stub.routes[("GET", "/v1/records/*")] = lambda _: (200, {"standing": "accredited",
-                                                             "issuer_name": "Example University"})
-    out = tmp_path / "record.json"
-    r = run("issue", "--node", stub.url, "--key", str(key), "--holder", holder, "--type", "degree.bachelor",
-            "--claims", str(cf), "--out", str(out), "--evidence", f"portfolio={ev}:application/zip",
-            "--expires", "2099-12-31", "--json")
-    assert r.exit_code == 0, r.output
-    result = json.loads(r.stdout)
-    [tx] = stub.submitted()
-    assert tx.signature_valid() and tx.chain == "stub-1" and isinstance(tx.body, RecordAnchor)
-    doc = RecordDocument.load(out)
-    assert doc.anchor_tx == tx.tx_id and doc.record_id == tx.body.record
-    assert doc.commitment == tx.body.commitment and doc.holder == holder and doc.issuer == issuer_did
-    assert doc.expires == tx.body.expires == parse_time_ms("2099-12-31", "t")
-    assert doc.claim("portfolio").value["media_type"] == "application/zip"
-    assert result == {"record_id": doc.record_id.hex(), "tx": tx.tx_id.hex(), "height": 7,
-                      "standing": "accredited", "issuer": issuer_did, "holder": holder,
-                      "type": "degree.bachelor", "out": str(out)}
-    assert any("wait=1" in p for _, p, _ in stub.requests)
-
-
-def test_issue_rejected_writes_nothing(tmp_path: Path, stub: StubNode) -> None:
-    key, holder = issuer_setup(tmp_path)
-    cf = tmp_path / "claims.json"
-    cf.write_text('{"degree": "BSc"}')
-    stub.routes[("POST", "/v1/txs")] = lambda body: (400, {"results": [{
-        "id": body["txs"][0]["id"], "status": "rejected", "height": None, "index": None,
-        "error": "anchor.standing: the issuer's accreditation is suspended", "rule": "anchor.standing"}]})
-    out = tmp_path / "record.json"
-    r = run("issue", "--node", stub.url, "--key", str(key), "--holder", holder, "--type", "degree",
-            "--claims", str(cf), "--out", str(out))
-    assert r.exit_code == 1
-    assert "transaction rejected: anchor.standing: the issuer's accreditation is suspended" in one_line_error(r)
-    assert not out.exists()
-
-
-def test_accredit_reports_votes_so_far(tmp_path: Path, stub: StubNode) -> None:
-    key = tmp_path / "auth.key"
-    voter = new_key(key)
-    issuer = KeyPair.generate().did
-    stub.routes[("POST", "/v1/txs")] = committed(9)
-    others = [KeyPair.generate().did for _ in range(3)]
-
-    def authorities(_: Any) -> tuple[int, Any]:
-        [tx] = stub.submitted()
-        return 200, {"authorities": [{"did": d, "name": d[-4:]} for d in [voter.did, *others]],
-                     "proposals": [{"action": tx.body.action.to_json(), "votes": [voter.did], "opened": 9}]}
-
-    stub.routes[("GET", "/v1/authorities")] = authorities
-    r = run("accredit", "--node", stub.url, "--key", str(key), "--issuer", issuer, "--name", "Uni",
-            "--scope", "degree,course", "--scope", "degree", "--until", "2030-01-01")
-    assert r.exit_code == 0, r.output
-    [tx] = stub.submitted()
-    assert tx.body.action == Action(kind="accredit", subject=issuer, name="Uni", scopes=("course", "degree"),
-                                    until=parse_time_ms("2030-01-01", "t"))
-    assert "committed at block 9" in r.stdout
-    assert ("vote recorded: 1 of 4 authorities have voted for it; the action executes when more than 2/3 "
-            "of the 4 authorities have voted (3 votes)") in r.stdout
-
-
-def test_suspend_reports_execution(tmp_path: Path, stub: StubNode) -> None:
-    key = tmp_path / "auth.key"
-    voter = new_key(key)
-    issuer = KeyPair.generate().did
-    stub.routes[("POST", "/v1/txs")] = committed(3)
-    stub.routes[("GET", "/v1/authorities")] = lambda _: (200, {
-        "authorities": [{"did": voter.did, "name": "A"}], "proposals": []})
-    stub.routes[("GET", f"/v1/issuers/{issuer}")] = lambda _: (200, {
-        "did": issuer, "name": "Uni", "scopes": ["degree"], "status": "suspended", "until": None,
-        "accredited": 1, "changed": 3, "keys": []})
-    r = run("suspend", "--node", stub.url, "--key", str(key), "--issuer", issuer)
-    assert r.exit_code == 0, r.output
-    assert f"executed: Uni ({issuer}) is suspended for degree" in r.stdout
-
-
-def test_node_error_reason_is_shown(stub: StubNode) -> None:
-    stub.routes[("GET", "/v1/status")] = lambda _: (503, {"error": "the node is still syncing"})
-    r = run("status", "--node", stub.url)
-    assert r.exit_code == 1
-    assert one_line_error(r) == "error: the node is still syncing"
-
-
-def test_status_human_and_json(stub: StubNode) -> None:
-    r = run("status", "--node", stub.url)
-    assert r.exit_code == 0, r.output
-    assert "stub-1" in r.stdout and "height:       6" in r.stdout and "2 transaction(s)" in r.stdout
-    r = run("status", "--node", stub.url, "--json")
-    assert r.exit_code == 0 and json.loads(r.stdout)["chain_id"] == "stub-1"
-
-
-def test_client_errors(stub: StubNode) -> None:
-    client = NodeClient(stub.url, timeout=5)
-    with pytest.raises(ClientError) as exc:
-        client.record("00" * 16)
-    assert exc.value.status == 404 and "no route" in exc.value.reason
-    assert client.issuer_or_none(KeyPair.generate().did) is None
-    with pytest.raises(ClientError) as exc:
-        NodeClient(UNREACHABLE).status()
-    assert exc.value.unreachable and "cannot reach node at http://127.0.0.1:9" in exc.value.reason
-    with pytest.raises(ClientError):
-        NodeClient("127.0.0.1:8701")
-
-
-def test_issue_not_committed_in_time_keeps_the_record_file(tmp_path: Path, stub: StubNode) -> None:
-    key, holder = issuer_setup(tmp_path)
-    cf = tmp_path / "claims.json"
-    cf.write_text('{"degree": "BSc"}')
-    pending = {"status": "pending", "height": None, "index": None, "error": None, "rule": None}
-    stub.routes[("POST", "/v1/txs")] = lambda body: (202, {"results": [{"id": body["txs"][0]["id"], **pending}]})
-    stub.routes[("GET", "/v1/txs/*")] = lambda _: (200, {"id": "x", "tx": None, **pending})
-    out = tmp_path / "record.json"
-    r = run("issue", "--node", stub.url, "--key", str(key), "--holder", holder, "--type", "degree",
-            "--claims", str(cf), "--out", str(out), "--timeout", "0.3")
-    assert r.exit_code == 1
-    assert "not committed within 0.3 s" in one_line_error(r)
-    [tx] = stub.submitted()
-    assert RecordDocument.load(out).anchor_tx == tx.tx_id  # the salts are not lost if it commits later

@@ -1,0 +1,276 @@
+"""Crash and restart with real processes: what a node acknowledged survives kill -9, nothing is applied
+twice, and the chain it restarts from is whole. SIGTERM stops it cleanly while transactions flow.
+
+A client thread keeps submitting small batches (some with ?wait=1) and notes every transaction the node
+acknowledged (202 pending or 200 committed) and the highest committed height it was told about. The node
+is killed at a seeded random point (after a random number of acknowledgements), restarted with
+`ler node run --data DIR`, and checked.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from node_proc import LER, Chain, NodeProc, Reply, http, init_node, make_chain, tx_json_body, wait_until
+
+from ler.block import CommitCertificate, Header
+from ler.bundle import verify_bundle
+from ler.keys import KeyPair
+from ler.record import RecordDocument, make_claims
+from ler.tx import RecordAnchor, Tx, sign_tx
+from storage.chain import ChainStore
+
+pytestmark = pytest.mark.slow
+
+SEED = 20240611
+ROUNDS = 4
+
+
+@dataclass
+class Client:
+    """Submits anchors in a loop until told to stop; remembers what the node acknowledged."""
+
+    chain: Chain
+    url: str
+    rng: random.Random
+    signers: list[KeyPair]
+    acked: dict[bytes, str] = field(default_factory=dict)      # tx id -> status when acknowledged
+    docs: dict[bytes, RecordDocument] = field(default_factory=dict)  # tx id -> the record it anchors
+    max_committed: int = 0
+    errors: int = 0
+    failure: BaseException | None = None  # what ended the loop early (re-raised by check())
+    stop: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def make_tx(self) -> Tx:
+        key = self.rng.choice(self.signers)
+        doc = RecordDocument(chain_id=self.chain.chain_id, record_id=os.urandom(16), issuer=key.did,
+                             holder=KeyPair.generate().did, rtype="degree", expires=None,
+                             claims=make_claims({"degree": "BSc", "n": self.rng.randrange(10**9)}))
+        tx = sign_tx(key, self.chain.chain_id, RecordAnchor(record=doc.record_id, issuer=key.did,
+                                                            holder=doc.holder, rtype="degree",
+                                                            commitment=doc.commitment, expires=None))
+        self.docs[tx.tx_id] = doc
+        return tx
+
+    def run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:
+            self.failure = exc
+
+    def check(self) -> None:
+        if self.failure is not None:
+            raise AssertionError(f"the client failed: {self.failure!r}") from self.failure
+
+    def _loop(self) -> None:
+        while not self.stop.is_set():
+            txs = [self.make_tx() for _ in range(self.rng.choice((1, 1, 2, 5, 20)))]
+            wait = self.rng.random() < 0.3
+            try:
+                r = http(self.url, "POST", "/v1/txs?wait=1&timeout=5" if wait else "/v1/txs", tx_json_body(txs),
+                         "application/json", timeout=15)
+            except OSError:  # refused or cut off mid-request: the node is down; nothing was acknowledged
+                self.errors += 1
+                if self.stop.wait(0.01):
+                    return
+                continue
+            if r.status not in (200, 202):
+                raise AssertionError(f"a good batch was refused: {r}")
+            with self.lock:
+                for res in r.json()["results"]:
+                    assert res["status"] in ("pending", "committed"), res
+                    self.acked[bytes.fromhex(res["id"])] = res["status"]
+                    if res["status"] == "committed":
+                        self.max_committed = max(self.max_committed, res["height"])
+
+    def ack_count(self) -> int:
+        self.check()
+        with self.lock:
+            return len(self.acked)
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[tuple[Chain, Path, list[NodeProc]]]:
+    chain = make_chain(tmp_path, chain_id="crash-test")
+    data = init_node(chain, tmp_path / "node")
+    procs: list[NodeProc] = []
+    yield chain, data, procs
+    for p in procs:
+        p.close()
+
+
+def start(data: Path, procs: list[NodeProc], via_script: bool) -> NodeProc:
+    """`python -m node.cli node run` the first time, the `ler` console script after a crash."""
+    node = NodeProc(data, [str(LER), "node", "run", "--data", str(data)] if via_script else None)
+    procs.append(node)
+    return node.start()
+
+
+def last_start(node: NodeProc) -> tuple[int, int]:
+    """(height, pending_reloaded) from the node's last event=node_started log line."""
+    line = [ln for ln in node.log(tail=None).splitlines() if "event=node_started" in ln][-1]
+    fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+    return int(fields["height"]), int(fields["pending_reloaded"])
+
+
+def committed_tx_ids(node: NodeProc, chain: Chain) -> list[bytes]:
+    """Every tx id of blocks 1..height, in order; each block's certificate and parent link checked."""
+    height = node.height()
+    ids: list[bytes] = []
+    prev = chain.genesis.hash
+    for h in range(1, height + 1):
+        block = node.get_json(f"/v1/blocks/{h}")
+        header = Header.from_json(block["header"])
+        assert header.height == h and header.prev == prev, f"block {h} does not extend block {h - 1}"
+        cert = CommitCertificate.from_json(block["cert"])
+        assert cert.height == h and cert.block == header.hash
+        cert.verify(chain.chain_id, chain.genesis.validators)
+        prev = header.hash
+        ids.extend(bytes.fromhex(i) for i in block["txs"])
+    return ids
+
+
+def test_kill_9_at_random_points_loses_no_acknowledged_transaction(setup: tuple[Chain, Path, list[NodeProc]]
+                                                                   ) -> None:
+    chain, data, procs = setup
+    rng = random.Random(SEED)
+    signers = [chain.issuer, KeyPair.generate(), KeyPair.generate()]
+    all_acked: dict[bytes, str] = {}
+    docs: dict[bytes, RecordDocument] = {}
+    max_seen = 0
+    node = start(data, procs, via_script=False)
+    for rnd in range(ROUNDS):
+        client = Client(chain, node.url, random.Random(rng.random()), signers)
+        worker = threading.Thread(target=client.run, name=f"client-{rnd}")
+        worker.start()
+        try:
+            target = rng.randrange(5, 150)
+
+            def enough(c: Client = client, t: int = target) -> bool:
+                return c.ack_count() >= t
+
+            wait_until(enough, 60, f"{target} acknowledged transactions")
+            node.kill()  # SIGKILL: mid-request, mid-block, wherever the node happens to be
+        finally:
+            client.stop.set()
+            worker.join(30)
+        assert not worker.is_alive()
+        client.check()
+        all_acked.update(client.acked)
+        docs.update(client.docs)
+        max_seen = max(max_seen, client.max_committed)
+
+        node = start(data, procs, via_script=True)  # it must start: nothing was left half-written
+        assert node.height() >= max_seen, "the node restarted behind a height it had reported committed"
+        done = node.wait_committed(all_acked, timeout=60)  # acknowledged before the kill -> committed after
+        # Every block since the restart holds exactly the transactions it reloaded from its pending set.
+        started_at, reloaded = last_start(node)
+        assert started_at >= max_seen
+        after = [tx_id for h in range(started_at + 1, node.height() + 1)
+                 for tx_id in node.get_json(f"/v1/blocks/{h}")["txs"]]
+        assert len(after) == reloaded
+        assert {i.hex() for i, st in done.items() if st["height"] > started_at} <= set(after)
+
+    ids = committed_tx_ids(node, chain)
+    assert len(ids) == len(set(ids)), "a transaction was committed twice"
+    assert set(all_acked) <= set(ids)
+    for tx_id in rng.sample(sorted(all_acked), 20):
+        st = node.tx_status(tx_id)
+        assert st is not None and st["status"] == "committed"
+        assert bytes.fromhex(node.get_json(f"/v1/blocks/{st['height']}")["txs"][st["index"]]) == tx_id
+
+    # A record of the last block proves itself with nothing but the genesis file.
+    last = node.get_json(f"/v1/blocks/{node.height()}")
+    tx_id = next(bytes.fromhex(i) for i in last["txs"] if bytes.fromhex(i) in docs)
+    doc = docs[tx_id]
+    r = node.post_json(f"/v1/records/{doc.record_id.hex()}/bundle", {"disclosure": doc.disclose(["degree"]).to_json()})
+    assert r.status == 200, r
+    result = verify_bundle(r.body, chain.genesis)
+    assert result.verdict in ("valid", "unaccredited"), [c for c in result.checks if not c.ok]
+    assert result.records[0].disclosed == {"degree": "BSc"}
+    assert (result.verdict == "valid") == (doc.issuer == chain.issuer.did)
+    assert node.terminate() == 0
+
+
+def test_sigterm_stops_cleanly_while_transactions_flow(setup: tuple[Chain, Path, list[NodeProc]]) -> None:
+    chain, data, procs = setup
+    node = start(data, procs, via_script=False)
+    client = Client(chain, node.url, random.Random(SEED + 1), [chain.issuer, KeyPair.generate()])
+    worker = threading.Thread(target=client.run, name="client")
+    worker.start()
+    try:
+        wait_until(lambda: client.ack_count() >= 100 and client.max_committed >= 2, 60, "traffic")
+        code = node.terminate(timeout=10)  # fails the test if it takes longer
+    finally:
+        client.stop.set()
+        worker.join(30)
+    client.check()
+    assert code == 0, node.log()
+    assert "event=node_stopped" in node.log()
+
+    # What the node left on disk: a whole chain at its last block (read with the node stopped).
+    with ChainStore(data / "db", chain.genesis) as store:
+        last = store.height
+        assert last >= client.max_committed
+        assert store.cert(last) is not None and store.block(last) is not None
+
+    node = start(data, procs, via_script=True)
+    assert node.height() >= last
+    status = node.get_json("/v1/status")
+    assert status["height"] >= last and status["producing"] is True
+    if node.height() == last:  # nothing was pending: the head is the block it stopped at
+        assert status["latest_block"] == node.get_json(f"/v1/blocks/{last}")["hash"]
+    node.wait_committed(client.acked, timeout=60)
+    ids = committed_tx_ids(node, chain)
+    assert len(ids) == len(set(ids))
+    assert node.terminate() == 0
+    wait_until(lambda: not node.running(), 5, "the process to be gone")
+
+
+def test_sigterm_answers_waiting_clients_and_keeps_their_transactions(tmp_path: Path) -> None:
+    """A client waiting (?wait=1) on transactions the last block could not take is answered at shutdown
+    (pending), not held until its wait times out; the transactions commit after the restart.
+
+    block_txs 2 and batch_ms 3000: the producer sleeps 3 s before each block and takes at most 2
+    transactions, so after SIGTERM it makes one last block and leaves the rest pending.
+    """
+    chain = make_chain(tmp_path, chain_id="stop-test")
+    data = init_node(chain, tmp_path / "node", limits={"block_txs": 2, "wait_timeout_s": 30},
+                     blocks={"batch_ms": 3000})
+    node = NodeProc(data).start()
+    try:
+        first = Client(chain, node.url, random.Random(1), [chain.issuer]).make_tx()
+        assert node.submit([first]).status == 202  # the producer now sleeps batch_ms
+        node.send_signal_term()
+        wait_until(lambda: "event=node_stopping" in node.log(), 10, "the node to begin stopping")
+        later = [Client(chain, node.url, random.Random(2), [chain.issuer]).make_tx() for _ in range(3)]
+        answers: list[Reply] = []
+        waiter = threading.Thread(target=lambda: answers.append(node.submit(later, wait=True, timeout=30)))
+        waiter.start()  # accepted while the last block is being made
+        wait_until(lambda: node.tx_status(later[-1].tx_id), 5, "the late transactions to be accepted")
+        assert node.proc is not None
+        try:
+            code = node.proc.wait(10)  # well before the 30 s the client asked to wait
+        except subprocess.TimeoutExpired:
+            pytest.fail("a waiting client held the node's shutdown up")
+        waiter.join(10)
+        assert code == 0, node.log()
+        [r] = answers
+        assert r.status == 202, r
+        statuses = [x["status"] for x in r.json()["results"]]
+        assert statuses.count("pending") >= 2, statuses
+    finally:
+        node.close()
+    node = NodeProc(data, [str(LER), "node", "run", "--data", str(data)]).start()
+    try:
+        node.wait_committed([first.tx_id, *(t.tx_id for t in later)], timeout=30)
+    finally:
+        assert node.terminate() == 0

@@ -1,0 +1,431 @@
+"""The `ler` command line against real node processes, as a user runs it.
+
+The walk-through: keys, genesis, a node started with `ler node run`, an accredited university issuing a
+degree, a holder proving part of it, an employer verifying it offline (and catching every tampered byte),
+a revocation, an unaccredited issuer and a self-asserted record. Each command is the `ler` console
+script in a subprocess with the test folder as its working directory.
+
+The rest checks what each command reports for what a real node answers (anchored, rejected, votes
+so far, executed, pending at timeout, the node's own reasons), and the HTTP client's errors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+from node_proc import LER, Chain, NodeProc, free_port, init_node, make_chain
+
+from ler import keys
+from ler.bundle import verify_bundle
+from ler.keys import KeyPair, write_key_file
+from ler.record import RecordDocument
+from ler.tx import Action
+from node.cli import parse_time_ms
+from node.client import ClientError, NodeClient
+
+pytestmark = pytest.mark.slow
+
+UNREACHABLE = "http://127.0.0.1:9"
+
+
+def ler(*args: str, cwd: Path, env: dict[str, str] | None = None, check: int | None = 0
+        ) -> subprocess.CompletedProcess[str]:
+    """Run the `ler` console script; assert its exit status (unless check is None)."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("LER_")}
+    r = subprocess.run([str(LER), *args], cwd=cwd, env=base | (env or {}), capture_output=True, text=True,
+                       timeout=120)
+    if check is not None:
+        assert r.returncode == check, f"ler {' '.join(args)} -> {r.returncode}\n{r.stdout}\n{r.stderr}"
+    assert "Traceback" not in r.stderr, r.stderr
+    return r
+
+
+def one_line_error(r: subprocess.CompletedProcess[str]) -> str:
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    return lines[0]
+
+
+# --- the walk-through ------------------------------------------------------------------------------
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+README_PORT = "127.0.0.1:8701"
+
+
+def readme_walkthrough() -> list[tuple[str, int]]:
+    """The README's walk-through block as (command line, expected exit status), in order.
+
+    Continuation lines are joined; a trailing "# exit N" comment gives the expected status (default 0).
+    """
+    text = README.read_text()
+    assert "Then paste, line by line:" in text, "the README has no walk-through block"
+    block = text.split("Then paste, line by line:", 1)[1].split("```", 2)[1]
+    commands: list[tuple[str, int]] = []
+    pending = ""
+    for raw in block.splitlines():
+        comment = re.search(r"\s#\s*(.*)$", raw)
+        line = raw[:comment.start()] if comment else raw
+        line = line.rstrip()
+        if line.endswith("\\"):
+            pending += line[:-1].strip() + " "
+            continue
+        line = (pending + line.strip()).strip()
+        pending = ""
+        if not line:
+            continue
+        status = re.match(r"exit (\d)", comment.group(1)) if comment else None
+        commands.append((line, int(status.group(1)) if status else 0))
+    return commands
+
+
+class Shell:
+    """Runs the README's lines the way bash would, one at a time, with the test folder as cwd."""
+
+    def __init__(self, cwd: Path, port: int) -> None:
+        self.cwd, self.port = cwd, port
+        self.vars: dict[str, str] = {}
+        self.node: NodeProc | None = None
+        self.results: list[tuple[str, subprocess.CompletedProcess[str]]] = []
+
+    def expand(self, line: str) -> str:
+        line = line.replace(README_PORT, f"127.0.0.1:{self.port}")
+        return re.sub(r"\$(\w+)", lambda m: self.vars[m.group(1)], line)
+
+    def run(self, line: str, status: int) -> None:
+        line = self.expand(line)
+        if m := re.fullmatch(r"(\w+)=\$\((.*)\)", line):  # VAR=$(command)
+            self.vars[m.group(1)] = self.ler(m.group(2), 0).stdout.strip()
+        elif m := re.fullmatch(r"echo '(.*)' > (\S+)", line):
+            (self.cwd / m.group(2)).write_text(m.group(1) + "\n")
+        elif m := re.fullmatch(r"ler node run --data (\S+) 2> (\S+) &", line):
+            self.node = NodeProc(Path(m.group(1)), [str(LER), "node", "run", "--data", m.group(1)],
+                                 cwd=self.cwd, log_path=self.cwd / m.group(2))
+            self.node.start()
+        elif line == "kill %1":
+            assert self.node is not None
+            assert self.node.terminate() == 0, self.node.log()
+        else:
+            assert line.startswith("ler "), f"the walk-through has a line this test cannot run: {line}"
+            self.results.append((line, self.ler(line, status)))
+
+    def ler(self, line: str, status: int) -> subprocess.CompletedProcess[str]:
+        args = shlex.split(line)
+        assert args[0] == "ler", line
+        return ler(*args[1:], cwd=self.cwd, check=status)
+
+    def output(self, prefix: str) -> subprocess.CompletedProcess[str]:
+        """The last result of a command line starting with `prefix`."""
+        return [r for line, r in self.results if line.startswith(prefix)][-1]
+
+
+def test_readme_walkthrough(tmp_path: Path) -> None:
+    commands = readme_walkthrough()
+    assert [c for c, _ in commands if c.startswith("ler ")][:3] == [
+        "ler keys new --out authority.key",
+        "ler genesis new --chain-id demo --authority authority.key --out genesis.json",
+        "ler node init --genesis genesis.json --key authority.key --data node1 --listen 127.0.0.1:8701"]
+    assert commands[-1][0] == "kill %1"
+    sh = Shell(tmp_path, free_port())
+    try:
+        for line, status in commands[:-1]:
+            sh.run(line, status)
+        node_url = f"http://127.0.0.1:{sh.port}"
+        university, holder = sh.vars["UNIVERSITY"], sh.vars["HOLDER"]
+        assert university.startswith("did:key:z6Mk") and holder.startswith("did:key:z6Mk") and university != holder
+        r = sh.output("ler accredit")
+        assert f"executed: Example University ({university}) is active for degree" in r.stdout
+        r = sh.output("ler issue")
+        assert "standing: accredited" in r.stdout and "Example University" in r.stdout
+
+        r = sh.output("ler verify bundle.json")  # exit 0 (checked as the README says)
+        assert r.stdout.startswith("VALID: ")
+        assert "BSc" in r.stdout and "Logistics" in r.stdout and "2009" not in r.stdout
+        assert "2009" not in (tmp_path / "bundle.json").read_text()
+        r = ler("verify", "--json", "bundle.json", "--genesis", "genesis.json", cwd=tmp_path)
+        obj = json.loads(r.stdout)
+        assert obj["verdict"] == "valid" and obj["valid"] is True and obj["checks"]
+        assert all(c["pass"] for c in obj["checks"])
+        assert_every_flip_is_caught(tmp_path, tmp_path / "bundle.json")
+
+        revoked_at = int(sh.output("ler revoke").stdout.split(" at block ")[1].split(":")[0])
+        r = sh.output("ler verify bundle2.json")  # exit 1
+        assert r.stdout.startswith(f"REVOKED: revoked by its issuer at block {revoked_at}: issued in error")
+        r = ler("verify", "bundle2.json", "--genesis", "genesis.json", "--json", cwd=tmp_path, check=1)
+        obj = json.loads(r.stdout)
+        assert obj["verdict"] == "revoked"
+        assert obj["records"][0]["revoked"] == {"height": revoked_at, "reason": "issued in error"}
+
+        more_after_the_readme(tmp_path, node_url, holder)
+    finally:
+        if sh.node is not None and sh.node.running():
+            sh.run(*commands[-1])  # kill %1: SIGTERM, and it must exit 0
+    assert sh.node is not None and not sh.node.running()
+    assert "event=node_stopped" in (tmp_path / "node1.log").read_text()
+
+
+def more_after_the_readme(tmp_path: Path, node_url: str, holder: str) -> None:
+    """An unaccredited signer and a self-asserted record, in the same folder, on the same node."""
+    run = partial(ler, cwd=tmp_path)
+    node = ["--node", node_url]
+    # A signer nobody accredited can anchor a record, but it never verifies as valid.
+    run("keys", "new", "--out", "stranger.key")
+    r = run("issue", *node, "--key", "stranger.key", "--holder", holder, "--type", "degree",
+            "--claims", "claims.json", "--out", "stranger-record.json")
+    assert "standing: unaccredited" in r.stdout and "not accredited" in r.stderr
+    run("prove", *node, "--record", "stranger-record.json", "--reveal", "degree", "--out", "stranger-bundle.json")
+    r = run("verify", "stranger-bundle.json", "--genesis", "genesis.json", check=1)
+    assert r.stdout.startswith("UNACCREDITED: ")
+    r = run("verify", "stranger-bundle.json", "--genesis", "genesis.json", "--json", check=1)
+    assert json.loads(r.stdout)["verdict"] == "unaccredited"
+
+    # The holder records something about themselves: shown as self-asserted, never as valid.
+    r = run("issue", *node, "--key", "holder.key", "--holder", holder, "--type", "degree",
+            "--claims", "claims.json", "--out", "self-record.json")
+    assert "standing: self-asserted" in r.stdout and "the holder themselves" in r.stdout
+    run("prove", *node, "--record", "self-record.json", "--reveal", "degree", "--out", "self-bundle.json")
+    r = run("verify", "self-bundle.json", "--genesis", "genesis.json", check=1)
+    assert r.stdout.startswith("SELF-ASSERTED: ")
+    r = run("verify", "self-bundle.json", "--genesis", "genesis.json", "--json", check=1)
+    assert json.loads(r.stdout)["verdict"] == "self-asserted"
+
+
+def assert_every_flip_is_caught(cwd: Path, bundle: Path, samples: int = 30) -> None:
+    """Flip one bit at each of `samples` positions spread over the file: `ler verify` never says valid."""
+    data = bundle.read_bytes()
+    positions = sorted({round(i * (len(data) - 1) / (samples - 1)) for i in range(samples)})
+    procs = []
+    base = {k: v for k, v in os.environ.items() if not k.startswith("LER_")}
+    for batch_start in range(0, len(positions), 8):  # a few at a time: the machine has few cores
+        batch = []
+        for pos in positions[batch_start:batch_start + 8]:
+            flipped = bytearray(data)
+            flipped[pos] ^= 0x01
+            path = cwd / f"tampered-{pos}.json"
+            path.write_bytes(bytes(flipped))
+            batch.append((pos, subprocess.Popen([str(LER), "verify", path.name, "--genesis", "genesis.json"],
+                                                cwd=cwd, env=base, stdout=subprocess.PIPE,
+                                                stderr=subprocess.PIPE, text=True)))
+        for pos, p in batch:
+            out, err = p.communicate(timeout=60)
+            procs.append((pos, p.returncode, out, err))
+    for pos, code, out, err in procs:
+        assert code == 1, f"flipping byte {pos} ({data[pos:pos + 1]!r}) still verifies (exit {code}):\n{out}{err}"
+        headline = out.splitlines()[0] if out else ""
+        assert headline.split(":")[0] in ("TAMPERED", "WRONG NETWORK", "REVOKED", "EXPIRED", "UNACCREDITED",
+                                          "SELF-ASSERTED"), (pos, out, err)
+        assert "Traceback" not in err
+
+
+# --- commands against a real node ---------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Chain, NodeProc]]:
+    chain = make_chain(tmp_path_factory.mktemp("cli"), chain_id="cli-test")
+    node = NodeProc(init_node(chain, chain.root / "node")).start()
+    yield chain, node
+    assert node.terminate() == 0, node.log()
+
+
+def test_issue_writes_the_anchored_record(tmp_path: Path, net: tuple[Chain, NodeProc]) -> None:
+    chain, node = net
+    holder = KeyPair.generate().did
+    (tmp_path / "claims.json").write_text('{"degree": "BSc", "awarded": 2009}')
+    (tmp_path / "portfolio.zip").write_bytes(b"PK\x03\x04")
+    r = ler("issue", "--node", node.url, "--key", str(chain.root / "issuer.key"), "--holder", holder,
+            "--type", "degree.bachelor", "--claims", "claims.json", "--out", "record.json",
+            "--evidence", "portfolio=portfolio.zip:application/zip", "--expires", "2099-12-31", "--json",
+            cwd=tmp_path)
+    result = json.loads(r.stdout)
+    doc = RecordDocument.load(tmp_path / "record.json")
+    assert doc.anchor_tx is not None
+    st = node.tx_status(doc.anchor_tx)
+    assert st is not None and st["status"] == "committed"
+    body = st["tx"]["body"]
+    assert st["tx"]["type"] == "record.anchor" and st["tx"]["signer"] == chain.issuer.did
+    assert body["record"] == doc.record_id.hex() and body["commitment"] == doc.commitment.hex()
+    assert body["holder"] == holder and body["issuer"] == chain.issuer.did
+    assert doc.expires == body["expires"] == parse_time_ms("2099-12-31", "t")
+    assert doc.claim("portfolio").value["media_type"] == "application/zip"
+    assert result == {"record_id": doc.record_id.hex(), "tx": doc.anchor_tx.hex(), "height": st["height"],
+                      "standing": "accredited", "issuer": chain.issuer.did, "holder": holder,
+                      "type": "degree.bachelor", "out": "record.json"}
+    rec = node.get_json(f"/v1/records/{doc.record_id.hex()}")
+    assert rec["standing"] == "accredited" and rec["expires"] == doc.expires
+
+
+def test_suspended_issuer_is_refused_and_nothing_is_written(tmp_path: Path, net: tuple[Chain, NodeProc]) -> None:
+    chain, node = net
+    uni = KeyPair.generate()
+    write_key_file(tmp_path / "uni.key", uni)
+    auth = str(chain.authority_key_path)
+    r = ler("accredit", "--node", node.url, "--key", auth, "--issuer", "uni.key", "--name", "Uni",
+            "--scope", "degree", cwd=tmp_path)
+    assert f"executed: Uni ({uni.did}) is active for degree" in r.stdout
+    r = ler("suspend", "--node", node.url, "--key", auth, "--issuer", uni.did, cwd=tmp_path)
+    assert f"executed: Uni ({uni.did}) is suspended for degree" in r.stdout
+    assert node.get_json(f"/v1/issuers/{uni.did}")["status"] == "suspended"
+
+    (tmp_path / "claims.json").write_text('{"degree": "BSc"}')
+    r = ler("issue", "--node", node.url, "--key", "uni.key", "--holder", KeyPair.generate().did,
+            "--type", "degree", "--claims", "claims.json", "--out", "record.json", cwd=tmp_path, check=1)
+    assert one_line_error(r) == (f"error: transaction rejected: anchor.standing: {uni.did}'s accreditation "
+                                 "is suspended")
+    assert not (tmp_path / "record.json").exists()
+
+
+def test_accredit_reports_votes_so_far(tmp_path: Path) -> None:
+    """Two authorities (the second voted in at block 1): one vote of two leaves the proposal open.
+
+    Its own node: from block 3 the two authorities are the validators, and one node alone stops there.
+    """
+    chain = make_chain(tmp_path / "chain", chain_id="vote-test")
+    node = NodeProc(init_node(chain, tmp_path / "node")).start()
+    try:
+        second = KeyPair.generate()
+        write_key_file(tmp_path / "second.key", second)
+        auth = str(chain.authority_key_path)
+        r = ler("authority", "add", "--node", node.url, "--key", auth, "--did", "second.key",
+                "--name", "Second Body", cwd=tmp_path)
+        assert "committed at block 1" in r.stdout
+        assert f"executed: {second.did} is now an authority (2 authorities)" in r.stdout
+
+        issuer = KeyPair.generate().did
+        r = ler("accredit", "--node", node.url, "--key", auth, "--issuer", issuer, "--name", "Uni",
+                "--scope", "degree,course", "--scope", "degree", "--until", "2030-01-01", cwd=tmp_path)
+        assert "committed at block 2" in r.stdout
+        assert ("vote recorded: 1 of 2 authorities have voted for it; the action executes when more than 2/3 "
+                "of the 2 authorities have voted (2 votes)") in r.stdout
+        [proposal] = node.get_json("/v1/authorities")["proposals"]
+        assert Action.from_json(proposal["action"]) == Action(
+            kind="accredit", subject=issuer, name="Uni", scopes=("course", "degree"),
+            until=parse_time_ms("2030-01-01", "t"))
+        assert proposal["votes"] == [chain.authority.did]
+    finally:
+        assert node.terminate() == 0, node.log()
+
+
+def test_the_nodes_reason_is_shown(tmp_path: Path, net: tuple[Chain, NodeProc]) -> None:
+    chain, node = net
+    # A record file for a record this chain never anchored: the node says so, the CLI passes it on.
+    (tmp_path / "claims.json").write_text('{"degree": "BSc"}')
+    doc = RecordDocument(chain_id=chain.chain_id, record_id=os.urandom(16), issuer=chain.issuer.did,
+                         holder=KeyPair.generate().did, rtype="degree", expires=None,
+                         claims=RecordDocument.load(_any_record(tmp_path, chain, node)).claims)
+    doc.save(tmp_path / "ghost.json")
+    r = ler("prove", "--node", node.url, "--record", "ghost.json", "--reveal", "degree", "--out", "b.json",
+            cwd=tmp_path, check=1)
+    api = node.post_json(f"/v1/records/{doc.record_id.hex()}/bundle",
+                         {"disclosure": doc.disclose(["degree"]).to_json()})
+    assert api.status == 404
+    assert one_line_error(r) == f"error: making the bundle: {api.json()['error']}"
+    assert not (tmp_path / "b.json").exists()
+
+    r = ler("revoke", "--node", node.url, "--key", str(chain.root / "issuer.key"), "--record-id",
+            doc.record_id.hex(), "--reason", "x", cwd=tmp_path, check=1)
+    assert one_line_error(r) == (f"error: transaction rejected: revoke.unknown: no record {doc.record_id.hex()} "
+                                 "on the ledger")
+
+
+def _any_record(tmp_path: Path, chain: Chain, node: NodeProc) -> Path:
+    out = tmp_path / "real.json"
+    ler("issue", "--node", node.url, "--key", str(chain.root / "issuer.key"), "--holder",
+        KeyPair.generate().did, "--type", "degree", "--claims", "claims.json", "--out", out.name, cwd=tmp_path)
+    return out
+
+
+def test_status_human_and_json(tmp_path: Path, net: tuple[Chain, NodeProc]) -> None:
+    chain, node = net
+    height = node.height()
+    r = ler("status", "--node", node.url, cwd=tmp_path)
+    assert f"chain:        cli-test (genesis {chain.genesis.hash.hex()})" in r.stdout
+    assert f"height:       {height}" in r.stdout
+    assert f"({chain.authority.did}, authority, version " in r.stdout
+    assert "transaction(s)" in r.stdout
+    r = ler("status", "--json", cwd=tmp_path, env={"LER_NODE": node.url})
+    st = json.loads(r.stdout)
+    assert st["chain_id"] == "cli-test" and st["height"] == height
+
+
+def test_client_errors(net: tuple[Chain, NodeProc]) -> None:
+    _, node = net
+    client = NodeClient(node.url, timeout=5)
+    with pytest.raises(ClientError) as exc:
+        client.record("00" * 16)
+    assert exc.value.status == 404 and exc.value.reason == f"no record {'00' * 16} on the ledger"
+    with pytest.raises(ClientError) as exc:
+        client.record("xyz")
+    assert exc.value.status == 400 and "record id" in exc.value.reason
+    assert client.issuer_or_none(KeyPair.generate().did) is None
+    assert client.status()["chain_id"] == "cli-test"
+    with pytest.raises(ClientError) as exc:
+        NodeClient(UNREACHABLE).status()
+    assert exc.value.unreachable and "cannot reach node at http://127.0.0.1:9" in exc.value.reason
+    with pytest.raises(ClientError):
+        NodeClient("127.0.0.1:8701")
+
+
+def test_issue_not_committed_in_time_keeps_the_record_file(tmp_path: Path) -> None:
+    """A node that waits 2.5 s before each block: `--timeout 0.3` ends with the tx still pending."""
+    chain = make_chain(tmp_path / "chain", chain_id="slow-test")
+    node = NodeProc(init_node(chain, tmp_path / "node", blocks={"batch_ms": 2500})).start()
+    try:
+        (tmp_path / "claims.json").write_text('{"degree": "BSc"}')
+        r = ler("issue", "--node", node.url, "--key", str(chain.root / "issuer.key"), "--holder",
+                KeyPair.generate().did, "--type", "degree", "--claims", "claims.json", "--out", "record.json",
+                "--timeout", "0.3", cwd=tmp_path, check=1)
+        assert "not committed within 0.3 s" in one_line_error(r)
+        doc = RecordDocument.load(tmp_path / "record.json")  # the salts are not lost if it commits later
+        assert doc.anchor_tx is not None
+        node.wait_committed([doc.anchor_tx])
+        rec = node.get_json(f"/v1/records/{doc.record_id.hex()}")
+        assert rec["commitment"] == doc.commitment.hex()
+    finally:
+        assert node.terminate() == 0, node.log()
+
+
+def test_node_run_with_an_encrypted_key(tmp_path: Path) -> None:
+    """The passphrase from $LER_KEY_PASSPHRASE unlocks the node key; the node signs as that key."""
+    chain = make_chain(tmp_path / "chain", chain_id="enc-test")
+    write_key_file(tmp_path / "enc.key", chain.authority, "pw")
+    port = free_port()
+    ler("node", "init", "--genesis", str(chain.genesis_path), "--key", "enc.key", "--data", "node",
+        "--listen", f"127.0.0.1:{port}", cwd=tmp_path)
+    assert keys.is_encrypted(tmp_path / "node" / "node.key")
+    node = NodeProc(tmp_path / "node", [str(LER), "node", "run", "--data", "node"], cwd=tmp_path,
+                    env={"LER_KEY_PASSPHRASE": "pw"})
+    node.start()
+    try:
+        assert node.get_json("/v1/status")["node"] == chain.authority.did
+        doc_tx = _anchor_via_api(chain, node)
+        block = node.get_json(f"/v1/blocks/{doc_tx['height']}")
+        assert block["header"]["proposer"] == chain.authority.public_key.hex()
+    finally:
+        assert node.terminate() == 0, node.log()
+    r = ler("node", "run", "--data", "node", cwd=tmp_path, env={"LER_KEY_PASSPHRASE": "wrong"}, check=2)
+    assert "wrong passphrase" in one_line_error(r)
+
+
+def _anchor_via_api(chain: Chain, node: NodeProc) -> dict[str, Any]:
+    from ler.record import make_claims
+    from ler.tx import RecordAnchor, sign_tx
+
+    holder = KeyPair.generate().did
+    doc = RecordDocument(chain_id=chain.chain_id, record_id=os.urandom(16), issuer=chain.issuer.did, holder=holder,
+                         rtype="degree", expires=None, claims=make_claims({"degree": "BSc"}))
+    tx = sign_tx(chain.issuer, chain.chain_id, RecordAnchor(record=doc.record_id, issuer=chain.issuer.did,
+                                                            holder=holder, rtype="degree",
+                                                            commitment=doc.commitment, expires=None))
+    [res] = node.commit([tx])
+    bundle = node.post_json(f"/v1/records/{doc.record_id.hex()}/bundle",
+                            {"disclosure": doc.disclose(["degree"]).to_json()})
+    assert verify_bundle(bundle.body, chain.genesis).verdict == "valid"
+    return res
