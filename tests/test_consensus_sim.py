@@ -381,6 +381,27 @@ def random_scenario(n: int, seed: int) -> Scenario:
     return sc
 
 
+def harsh_scenario(n: int, seed: int) -> Scenario:
+    """Everything at once: an equivocator, f crashes, a partition, heavy loss, delays beyond the timeouts."""
+    rng = random.Random(f"harsh/{n}/{seed}")
+    f = (n - 1) // 3
+    byzantine = rng.randrange(n)
+    sc = Scenario(n=n, seed=seed, heights=4, loss=rng.choice([0.2, 0.35]), delay=(0.01, rng.choice([0.5, 1.5])),
+                  byzantine=byzantine, observer=rng.random() < 0.5, bad_value_rate=rng.choice([0.0, 0.3, 0.6]))
+    members = list(range(n + (1 if sc.observer else 0)))
+    rng.shuffle(members)
+    cut, start = rng.randrange(1, n), rng.uniform(0, 3)
+    sc.partition = (frozenset(members[:cut]), frozenset(members[cut:]))
+    sc.partition_span = (start, start + rng.uniform(2, 15))
+    honest = [i for i in range(n) if i != byzantine]
+    crashes = []
+    for idx in rng.sample(honest, f):
+        at = rng.uniform(0, 5)
+        crashes.append((idx, at, at + rng.uniform(0.5, 8), rng.random() < 0.5))
+    sc.crashes = tuple(crashes)
+    return sc
+
+
 SEEDS = range(40)
 
 
@@ -388,6 +409,13 @@ SEEDS = range(40)
 @pytest.mark.parametrize("seed", SEEDS)
 def test_random_networks_agree_and_progress(n: int, seed: int) -> None:
     sim = Sim(random_scenario(n, seed)).run()
+    sim.check_safety()
+    sim.check_termination()
+
+
+@pytest.mark.parametrize(("n", "seed"), [(4, 0), (4, 1), (4, 2), (7, 0), (7, 1)])
+def test_harsh_networks_agree_and_progress(n: int, seed: int) -> None:
+    sim = Sim(harsh_scenario(n, seed)).run()
     sim.check_safety()
     sim.check_termination()
 
