@@ -11,6 +11,7 @@ another.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -38,14 +39,26 @@ def sha256(data: bytes) -> bytes:
 
 
 def did_from_public_key(public_key: bytes) -> str:
-    if len(public_key) != 32:
+    if not isinstance(public_key, bytes) or len(public_key) != 32:
         raise DecodeError("an Ed25519 public key is 32 bytes")
+    return _did_of(public_key)
+
+
+@functools.lru_cache(maxsize=8192)  # base58 is slow in Python; the same few keys recur everywhere
+def _did_of(public_key: bytes) -> str:
     return DID_KEY_PREFIX + base58.b58encode(ED25519_MULTICODEC + public_key).decode("ascii")
 
 
 def public_key_from_did(did: str) -> bytes:
     """The 32-byte Ed25519 key inside a did:key; DecodeError for any other did."""
-    if not isinstance(did, str) or not did.startswith(DID_KEY_PREFIX):
+    if not isinstance(did, str):
+        raise DecodeError(f"not a did:key identifier: {str(did)[:80]!r}")
+    return _key_of(did)
+
+
+@functools.lru_cache(maxsize=8192)
+def _key_of(did: str) -> bytes:
+    if not did.startswith(DID_KEY_PREFIX):
         raise DecodeError(f"not a did:key identifier: {str(did)[:80]!r}")
     if len(did) > 64:
         raise DecodeError("did:key identifier too long")

@@ -11,11 +11,15 @@ is as in msgpack.
 from __future__ import annotations
 
 import base64
+import binascii
 import dataclasses
 import re
 import types
 import typing
+from collections.abc import Callable
 from typing import Any, ClassVar, Self
+
+import msgpack
 
 from ler import codec
 from ler.errors import DecodeError
@@ -26,6 +30,8 @@ DEFAULT_MAX_ITEMS = 1024
 _U64 = 2**64 - 1
 _HEX = re.compile(r"[0-9a-f]*")
 _B64 = re.compile(r"[A-Za-z0-9_-]*")
+_FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
+_TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
 
 
 def b32(**kw: Any) -> Any:
@@ -71,7 +77,9 @@ class Wire:
         return _from(cls, obj, where or cls.__name__, json_mode="")
 
     def encode(self) -> bytes:
-        return codec.encode(self.to_obj())
+        # Wire objects hold only canonical types, so the generic checker is skipped: maps are built
+        # with their (ASCII) field names already sorted, which is all canonical order needs.
+        return msgpack.packb(_sorted_obj(self), use_bin_type=True)
 
     @classmethod
     def decode(cls, data: bytes, max_size: int = codec.MAX_MESSAGE_BYTES) -> Self:
@@ -95,6 +103,21 @@ def _fields(cls: type) -> list[tuple[str, Any, Any]]:
         cached = [(f.name, hints[f.name], f.metadata) for f in dataclasses.fields(cls)]
         Wire._hints_cache[cls] = cached
     return cached
+
+
+_sorted_names: dict[type, list[str]] = {}
+
+
+def _sorted_obj(v: Any) -> Any:
+    if isinstance(v, Wire):
+        cls = type(v)
+        names = _sorted_names.get(cls)
+        if names is None:
+            names = _sorted_names[cls] = sorted(n for n, _, _ in _fields(cls))
+        return {n: _sorted_obj(getattr(v, n)) for n in names}
+    if isinstance(v, tuple):
+        return [_sorted_obj(x) for x in v]
+    return v
 
 
 def _to_obj(v: Any) -> Any:
@@ -122,29 +145,36 @@ def b64url(data: bytes) -> str:
 
 def b64url_bytes(v: Any, size: int | None, where: str) -> bytes:
     """Parse canonical unpadded base64url (of exactly `size` bytes, if given); DecodeError otherwise."""
-    if not isinstance(v, str) or not _B64.fullmatch(v) or len(v) % 4 == 1:
+    if not isinstance(v, str) or len(v) % 4 == 1 or not _B64.fullmatch(v):
         raise DecodeError(f"{where}: expected unpadded base64url")
-    raw = base64.urlsafe_b64decode(v + "=" * (-len(v) % 4))
-    if b64url(raw) != v:
+    text = v.encode("ascii")
+    raw = binascii.a2b_base64(text.translate(_FROM_URLSAFE) + b"=" * (-len(text) % 4))
+    if binascii.b2a_base64(raw, newline=False).translate(_TO_URLSAFE).rstrip(b"=") != text:
         raise DecodeError(f"{where}: base64url is not in canonical form")
     if size is not None and len(raw) != size:
         raise DecodeError(f"{where}: expected {size} bytes, got {len(raw)}")
     return raw
 
 
+_Parser = Callable[[Any, str], Any]
+_compiled: dict[tuple[type, str], list[tuple[str, _Parser]]] = {}
+
+
 def _from(cls: type, obj: Any, where: str, json_mode: str) -> Any:
     if not isinstance(obj, dict):
         raise DecodeError(f"{where}: expected a map, got {_kind(obj)}")
-    fields = _fields(cls)
-    names = {n for n, _, _ in fields}
-    unknown = [k for k in obj if k not in names]
-    if unknown:
-        raise DecodeError(f"{where}: unknown field {sorted(map(str, unknown))[0]!r}")
-    values: dict[str, Any] = {}
-    for name, tp, meta in fields:
-        if name not in obj:
-            raise DecodeError(f"{where}: missing field {name!r}")
-        values[name] = _value(tp, meta, obj[name], f"{where}.{name}", json_mode)
+    parsers = _compiled.get((cls, json_mode))
+    if parsers is None:
+        parsers = [(name, _compile(tp, meta, json_mode)) for name, tp, meta in _fields(cls)]
+        _compiled[(cls, json_mode)] = parsers
+    if len(obj) != len(parsers) or any(name not in obj for name, _ in parsers):
+        names = {n for n, _ in parsers}
+        unknown = [k for k in obj if k not in names]
+        if unknown:
+            raise DecodeError(f"{where}: unknown field {sorted(map(str, unknown))[0]!r}")
+        missing = [n for n, _ in parsers if n not in obj]
+        raise DecodeError(f"{where}: missing field {missing[0]!r}")
+    values = {name: parse(obj[name], f"{where}.{name}") for name, parse in parsers}
     try:
         return cls(**values)
     except DecodeError:
@@ -153,55 +183,74 @@ def _from(cls: type, obj: Any, where: str, json_mode: str) -> Any:
         raise DecodeError(f"{where}: {exc}") from None
 
 
-def _value(tp: Any, meta: Any, v: Any, where: str, json_mode: str) -> Any:
+def _compile(tp: Any, meta: Any, json_mode: str) -> _Parser:
+    """A parser for one field type: checks the value and converts it (hex/base64url in JSON modes)."""
     origin = typing.get_origin(tp)
     if origin in (types.UnionType, typing.Union):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if v is None:
-            return None
-        return _value(args[0], meta, v, where, json_mode)
+        inner = _compile([a for a in typing.get_args(tp) if a is not type(None)][0], meta, json_mode)
+
+        def optional(v: Any, where: str) -> Any:
+            return None if v is None else inner(v, where)
+        return optional
     if origin is tuple:
-        (item_tp, _ellipsis) = typing.get_args(tp)
-        if not isinstance(v, list):
-            raise DecodeError(f"{where}: expected an array, got {_kind(v)}")
-        if len(v) > meta.get("max", DEFAULT_MAX_ITEMS):
-            raise DecodeError(f"{where}: more than {meta.get('max', DEFAULT_MAX_ITEMS)} items")
-        return tuple(_value(item_tp, {}, x, f"{where}[{i}]", json_mode) for i, x in enumerate(v))
+        item = _compile(typing.get_args(tp)[0], {}, json_mode)
+        mx = meta.get("max", DEFAULT_MAX_ITEMS)
+
+        def array(v: Any, where: str) -> Any:
+            if not isinstance(v, list):
+                raise DecodeError(f"{where}: expected an array, got {_kind(v)}")
+            if len(v) > mx:
+                raise DecodeError(f"{where}: more than {mx} items")
+            return tuple([item(x, f"{where}[{i}]") for i, x in enumerate(v)])
+        return array
     if isinstance(tp, type) and issubclass(tp, Wire):
-        return _from(tp, v, where, json_mode)
+        def nested(v: Any, where: str) -> Any:
+            return _from(tp, v, where, json_mode)
+        return nested
     if tp is bool:
-        if not isinstance(v, bool):
-            raise DecodeError(f"{where}: expected true or false, got {_kind(v)}")
-        return v
+        def boolean(v: Any, where: str) -> Any:
+            if not isinstance(v, bool):
+                raise DecodeError(f"{where}: expected true or false, got {_kind(v)}")
+            return v
+        return boolean
     if tp is int:
-        if not isinstance(v, int) or isinstance(v, bool):
-            raise DecodeError(f"{where}: expected an integer, got {_kind(v)}")
         lo, hi = meta.get("lo", 0), meta.get("hi", _U64)
-        if not lo <= v <= hi:
-            raise DecodeError(f"{where}: {v} is outside [{lo}, {hi}]")
-        return v
+
+        def integer(v: Any, where: str) -> Any:
+            if type(v) is not int:
+                raise DecodeError(f"{where}: expected an integer, got {_kind(v)}")
+            if not lo <= v <= hi:
+                raise DecodeError(f"{where}: {v} is outside [{lo}, {hi}]")
+            return v
+        return integer
     if tp is str:
-        if not isinstance(v, str):
-            raise DecodeError(f"{where}: expected a string, got {_kind(v)}")
         mx = meta.get("max", DEFAULT_MAX_STR)
-        if len(v) > mx:
-            raise DecodeError(f"{where}: longer than {mx} characters")
-        return v
+
+        def string(v: Any, where: str) -> Any:
+            if not isinstance(v, str):
+                raise DecodeError(f"{where}: expected a string, got {_kind(v)}")
+            if len(v) > mx:
+                raise DecodeError(f"{where}: longer than {mx} characters")
+            return v
+        return string
     if tp is bytes:
-        if json_mode == "hex":
-            v = hex_bytes(v, None, where)
-        elif json_mode == "b64":
-            v = b64url_bytes(v, None, where)
-        elif not isinstance(v, bytes):
-            raise DecodeError(f"{where}: expected bytes, got {_kind(v)}")
         size = meta.get("size")
-        if size is not None and len(v) != size:
-            raise DecodeError(f"{where}: expected {size} bytes, got {len(v)}")
         mx = meta.get("max", DEFAULT_MAX_BYTES)
-        if len(v) > mx:
-            raise DecodeError(f"{where}: longer than {mx} bytes")
-        return v
-    raise TypeError(f"unsupported wire type {tp!r} at {where}")  # a programming error, not input
+
+        def raw_bytes(v: Any, where: str) -> Any:
+            if json_mode == "hex":
+                v = hex_bytes(v, None, where)
+            elif json_mode == "b64":
+                v = b64url_bytes(v, None, where)
+            elif not isinstance(v, bytes):
+                raise DecodeError(f"{where}: expected bytes, got {_kind(v)}")
+            if size is not None and len(v) != size:
+                raise DecodeError(f"{where}: expected {size} bytes, got {len(v)}")
+            if len(v) > mx:
+                raise DecodeError(f"{where}: longer than {mx} bytes")
+            return v
+        return raw_bytes
+    raise TypeError(f"unsupported wire type {tp!r}")  # a programming error, not input
 
 
 def _kind(v: Any) -> str:

@@ -582,3 +582,23 @@ def test_parsers_check_the_size(raw: bytes, size: int) -> None:
             hex_bytes(raw.hex(), size, "x")
         with pytest.raises(DecodeError):
             b64url_bytes(b64url(raw), size, "x")
+
+
+# --- the wire fast path equals the generic canonical encoder ---------------------------------------------
+
+@given(st.integers(1, 2**40), st.integers(0, 2**31), st.integers(0, 2**63), st.binary(min_size=32, max_size=32),
+       st.integers(0, 10_000), st.booleans())
+def test_wire_encode_fast_path_is_canonical(height: int, round_: int, t: int, h: bytes, n: int, nil: bool) -> None:
+    from ler.block import CertSig, CommitCertificate, Header, Vote
+    from ler.smt import StateProof
+
+    header = Header(chain="c", height=height, round=round_, time=t, prev=h, tx_count=n, tx_root=h, state_root=h,
+                    history_root=h, validators_hash=h, next_validators_hash=h, proposer=h)
+    vote = Vote(type=2, height=height, round=round_, block=None if nil else h, validator=h, sig=h + h)
+    cert = CommitCertificate(height=height, round=round_, block=h, sigs=(CertSig(h, h + h),) * (n % 3))
+    proof = StateProof(key=h, value=None if nil else h, siblings=(h,) * (n % 5), other_key=None,
+                       other_value_hash=None)
+    for obj in (header, vote, cert, proof):
+        raw = obj.encode()
+        assert raw == codec.encode(obj.to_obj())
+        assert type(obj).decode(raw) == obj
