@@ -1245,5 +1245,11 @@ def status(node_url: str, as_json: bool) -> None:
     say(f"mempool:      {mem.get('txs', 0)} transaction(s), {mem.get('bytes', 0)} bytes")
 
 
+from node import cli_vc as _cli_vc  # noqa: E402,F401  (registers its commands on `cli`)
+
 if __name__ == "__main__":
-    main()
+    # Run as `python -m node.cli`: go through the importable module, on whose `cli` every command
+    # (including those of node.cli_vc) is registered.
+    from node.cli import main as _main
+
+    _main()
