@@ -187,7 +187,7 @@ def _compile(tp: Any, meta: Any, json_mode: str) -> _Parser:
     """A parser for one field type: checks the value and converts it (hex/base64url in JSON modes)."""
     origin = typing.get_origin(tp)
     if origin in (types.UnionType, typing.Union):
-        inner = _compile([a for a in typing.get_args(tp) if a is not type(None)][0], meta, json_mode)
+        inner = _compile(next(a for a in typing.get_args(tp) if a is not type(None)), meta, json_mode)
 
         def optional(v: Any, where: str) -> Any:
             return None if v is None else inner(v, where)

@@ -2,6 +2,9 @@
 
 Every refusal is a 4xx with {"error": reason}; no input reaches a 500. Bytes are lowercase hex, identities
 did:key strings. The OpenAPI document at /v1/openapi.json (node/openapi.py) describes every route.
+Operations: /health (200 while the node serves, with its height and whether it is syncing) and
+/metrics (Prometheus text). The peer endpoints (/peer/v1/...) are node/peers.py's and node/sync.py's,
+added to the same application by `make_app` when the node runs its network side.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -24,6 +27,8 @@ from ler.tx import MAX_TX_BYTES, RECORD_ID_BYTES, Tx
 from ler.wire import hex_bytes
 from node import openapi
 from node.service import COMMITTED, PENDING, REJECTED, NodeService, now_ms
+from node.validator import EVIDENCE_PREFIX, evidence_json
+from node.verify_page import add_verify_page
 from storage.bundles import BundleError, build_bundle
 
 log = logging.getLogger("ler.api")
@@ -147,9 +152,29 @@ def block_json(svc: NodeService, h: int) -> dict[str, Any]:
 
 # --- handlers ----------------------------------------------------------------------------------------
 
+class NetworkView(Protocol):
+    """What the API shows of the network side (node/daemon.py's Node provides it)."""
+
+    @property
+    def round(self) -> int: ...
+
+    @property
+    def peers_connected(self) -> int: ...
+
+    @property
+    def peers_known(self) -> int: ...
+
+    @property
+    def syncing(self) -> bool: ...
+
+    @property
+    def sync_lag(self) -> int: ...
+
+
 class Api:
-    def __init__(self, svc: NodeService) -> None:
+    def __init__(self, svc: NodeService, net: NetworkView | None = None) -> None:
         self.svc = svc
+        self.net = net
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -168,14 +193,50 @@ class Api:
             web.get("/v1/issuers", self.issuers),
             web.get("/v1/issuers/{did}", self.issuer),
             web.get("/v1/authorities", self.authorities),
+            web.get("/v1/evidence", self.evidence),
             web.get("/health", self.health),
+            web.get("/metrics", self.metrics),
         ]
 
     async def openapi(self, request: web.Request) -> web.Response:
         return _json(openapi.document(VERSION))
 
     async def health(self, request: web.Request) -> web.Response:
-        return _json({"ok": True, "height": self.svc.store.height})
+        net = self.net
+        return _json({"ok": True, "height": self.svc.store.height, "role": self.svc.config.role,
+                      "syncing": net.syncing if net else False,
+                      "peers": net.peers_connected if net else 0})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.svc.metrics.render().encode("utf-8"),
+                            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+    def gauges(self) -> dict[str, tuple[str, float]]:
+        """The live gauges /metrics shows (read when scraped)."""
+        s, net = self.svc, self.net
+        return {
+            "ler_height": ("Last committed block height", s.store.height),
+            "ler_round": ("Consensus round of the height in progress (0 between heights)",
+                          net.round if net else 0),
+            "ler_mempool_txs": ("Transactions waiting in the mempool", len(s.mempool)),
+            "ler_mempool_bytes": ("Bytes of transactions waiting in the mempool", s.mempool.bytes),
+            "ler_peers_connected": ("Peers whose last request succeeded", net.peers_connected if net else 0),
+            "ler_peers_known": ("Peers this node sends to", net.peers_known if net else 0),
+            "ler_sync_lag_blocks": ("Blocks the best peer is ahead of this node", net.sync_lag if net else 0),
+            "ler_syncing": ("1 while block sync is fetching", 1 if net and net.syncing else 0),
+            "ler_validator": ("1 if this node is a validator of the next height", 1 if s.is_validator else 0),
+        }
+
+    async def evidence(self, request: web.Request) -> web.Response:
+        limit = _int_param(request, "limit", 100, 1, 1000)
+        rows = await asyncio.to_thread(self.svc.store.list_meta, EVIDENCE_PREFIX, limit, True)
+        out = []
+        for key, value in rows:
+            try:
+                out.append(evidence_json(key, value))
+            except (LerError, KeyError, TypeError) as exc:  # written by this node; say so if unreadable
+                log.warning("event=evidence_unreadable key=%s reason=%r", key.hex(), str(exc))
+        return _json({"evidence": out})
 
     async def status(self, request: web.Request) -> web.Response:
         s = self.svc
@@ -184,6 +245,11 @@ class Api:
             "chain_id": s.chain_id, "genesis_hash": s.genesis.hash.hex(), "height": s.store.height,
             "latest_block": head.hash.hex() if head else None, "latest_time": head.time if head else None,
             "node": s.key.did, "role": s.config.role, "producing": s.is_producer,
+            "validator": s.is_validator,
+            "round": self.net.round if self.net else 0,
+            "syncing": self.net.syncing if self.net else False,
+            "peers": {"connected": self.net.peers_connected if self.net else 0,
+                      "known": self.net.peers_known if self.net else 0},
             "mempool": {"txs": len(s.mempool), "bytes": s.mempool.bytes}, "version": VERSION})
 
     async def genesis(self, request: web.Request) -> web.Response:
@@ -363,10 +429,15 @@ def _decode_msgpack_batch(raw: bytes) -> list[Tx | LerError]:
     return items
 
 
-def make_app(svc: NodeService) -> web.Application:
+def make_app(svc: NodeService, net: NetworkView | None = None,
+             peer_routes: list[web.RouteDef] | None = None) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=svc.config.limits.max_body_bytes)
-    api = Api(svc)
+    api = Api(svc, net)
     app.add_routes(api.routes())
+    add_verify_page(app)
+    if peer_routes:
+        app.add_routes(peer_routes)
+    svc.metrics.gauges = api.gauges
     app["api"] = api
     return app
 

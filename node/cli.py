@@ -1173,16 +1173,19 @@ def _testnet_call(fn: Callable[[], Any]) -> Any:
 @click.option("--base-port", type=click.IntRange(min=1024, max=65000), default=8711, show_default=True)
 @click.option("--chain-id", default="ler-testnet", show_default=True)
 @click.option("--seed", "seed_demo", is_flag=True, help="Accredit a demo issuer and anchor demo records.")
+@click.option("--propose-timeout", type=click.FloatRange(min=0.1, max=60), default=None, metavar="SECONDS",
+              help="Consensus propose timeout of round 0 for a new network (default: the node's, 3 s).")
 def testnet_up(directory: str, authorities: int, observers: int, base_port: int, chain_id: str,
-               seed_demo: bool) -> None:
+               seed_demo: bool, propose_timeout: float | None) -> None:
     """Create (the first time) and start a local network; returns once every node answers."""
     try:
         check_chain_id(chain_id)
     except DecodeError as exc:
         raise bad_input(str(exc)) from None
     tn = _testnet()
+    consensus = {"propose": propose_timeout} if propose_timeout is not None else None
     manifest = _testnet_call(lambda: tn.up(directory, authorities=authorities, observers=observers,
-                                           base_port=base_port, chain_id=chain_id))
+                                           base_port=base_port, chain_id=chain_id, consensus=consensus))
     for n in manifest["nodes"]:
         say(f"{n['name']:<12} {n['role']:<9} {n['url']}  pid {n['pid']}  log {n['data']}/node.log")
     say(f"genesis: {manifest['genesis']}")

@@ -1,11 +1,12 @@
 """Node configuration: DATA/config.toml, written by `ler node init` and read by `ler node run`.
 
 A data folder holds everything a node needs to restart: config.toml, genesis.json, node.key (mode 0600)
-and the LevelDB database in db/.
+and the LevelDB database in db/. Every table and setting is optional; the defaults are shown.
 
     [node]
     listen = "127.0.0.1:8701"
-    role = "authority"            # or "observer"
+    role = "authority"            # or "observer": syncs and serves reads, never votes
+    public_url = ""               # the URL peers reach this node at ("" = http://<listen>)
 
     [limits]
     max_body_bytes = 8388608       # largest HTTP request body
@@ -18,12 +19,44 @@ and the LevelDB database in db/.
     batch_ms = 20                  # after the first pending tx, wait this long to fill a block
     heartbeat_s = 0                # 0: no empty blocks at all while idle
 
-    [peers]                        # for the network (issue: multi-node); empty for a single node
-    urls = []
+    [consensus]                    # Tendermint step timeouts: base + round * increment seconds
+    propose = 3.0                  # room to build, send and check a full block on a busy machine
+    propose_increment = 0.5
+    prevote = 0.5
+    prevote_increment = 0.25
+    precommit = 0.5
+    precommit_increment = 0.25
+    max_drift_ms = 10000           # a proposal's time may be at most this far ahead of our clock
+
+    [gossip]
+    resend_s = 0.5                 # repair tick: re-send what a peer may lack, say hello to quiet peers
+    backoff_max_s = 5.0            # longest pause between retries to an unreachable peer
+    timeout_s = 5.0                # one peer request
+    relay_txs = true               # forward transactions learnt from one peer to the others
+
+    [sync]
+    batch_blocks = 64              # blocks asked for per request
+    poll_s = 1.0                   # how often to ask quiet peers for their height
+
+    [peers]
+    urls = ["http://127.0.0.1:8702"]          # peers known by URL only
+    [[peers.nodes]]                           # peers known by URL and node identity
+    url = "http://127.0.0.1:8703"
+    did = "did:key:z6Mk..."
+
+Who may send this node peer messages: the keys of the authorities in the latest state (and of the
+validators of the next two heights), plus every did listed under [[peers.nodes]]. So authorities need
+not list each other's dids (genesis and governance votes say who they are); an observer, or any node
+that is not an authority, must be listed with its did by the nodes that should accept its messages.
+A peer listed by URL only is still sent messages and asked for blocks (blocks carry their own proof).
+`ler node init --peer URL#DID` writes a [[peers.nodes]] entry; `--peer URL` a urls entry. A node also
+learns an authority's URL from that authority's signed messages, so a newly voted-in authority is
+reached without editing every config.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tomllib
@@ -33,7 +66,7 @@ from typing import Any
 
 from ler.block import Genesis
 from ler.errors import LerError
-from ler.keys import KeyPair, read_key_file, read_key_file_did, write_key_file
+from ler.keys import KeyPair, public_key_from_did, read_key_file, read_key_file_did, write_key_file
 
 CONFIG_FILE = "config.toml"
 GENESIS_FILE = "genesis.json"
@@ -61,6 +94,39 @@ class BlockTiming:
 
 
 @dataclass(frozen=True, slots=True)
+class ConsensusTiming:
+    propose: float = 3.0
+    propose_increment: float = 0.5
+    prevote: float = 0.5
+    prevote_increment: float = 0.25
+    precommit: float = 0.5
+    precommit_increment: float = 0.25
+    max_drift_ms: int = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class GossipSettings:
+    resend_s: float = 0.5
+    backoff_max_s: float = 5.0
+    timeout_s: float = 5.0
+    relay_txs: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class SyncSettings:
+    batch_blocks: int = 64
+    poll_s: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class PeerSpec:
+    """A configured peer: where it listens, and (optionally) the did of its node key."""
+
+    url: str
+    did: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class NodeConfig:
     data: Path
     host: str
@@ -68,7 +134,12 @@ class NodeConfig:
     role: str = "authority"
     limits: Limits = field(default_factory=Limits)
     blocks: BlockTiming = field(default_factory=BlockTiming)
-    peers: tuple[str, ...] = ()
+    peers: tuple[str, ...] = ()  # every configured peer's URL (urls and nodes)
+    peer_nodes: tuple[PeerSpec, ...] = ()  # every configured peer, with its did where known
+    consensus: ConsensusTiming = field(default_factory=ConsensusTiming)
+    gossip: GossipSettings = field(default_factory=GossipSettings)
+    sync: SyncSettings = field(default_factory=SyncSettings)
+    public_url: str = ""
 
     @property
     def genesis_path(self) -> Path:
@@ -85,6 +156,11 @@ class NodeConfig:
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def advertised_url(self) -> str:
+        """The URL this node tells its peers to reach it at."""
+        return self.public_url or self.url
 
     def load_genesis(self) -> Genesis:
         return Genesis.load(self.genesis_path)
@@ -106,10 +182,30 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host, p
 
 
+def parse_peer(text: str) -> PeerSpec:
+    """A peer as given to `ler node init --peer`: "URL" or "URL#DID" (the did of the peer's node key)."""
+    url, sep, did = text.partition("#")
+    url = url.rstrip("/")
+    if not url.startswith(("http://", "https://")) or len(url) <= len("https://"):
+        raise ConfigError(f"peer URL {url!r} must look like http://HOST:PORT")
+    if '"' in url or "\\" in url or any(ord(c) < 0x21 for c in url):
+        raise ConfigError(f"peer URL {url!r} holds a character a URL cannot have")
+    if not sep:
+        return PeerSpec(url)
+    try:
+        public_key_from_did(did)
+    except LerError as exc:
+        raise ConfigError(f"peer {text!r}: {exc}") from None
+    return PeerSpec(url, did)
+
+
 def init_data_dir(data: str | os.PathLike[str], genesis_path: str | os.PathLike[str],
                   key_path: str | os.PathLike[str], listen: str, role: str = "authority",
-                  peers: tuple[str, ...] = ()) -> NodeConfig:
-    """Create a node's data folder: config, a copy of the genesis file, a copy of the node key."""
+                  peers: tuple[str | PeerSpec, ...] = (), consensus: dict[str, float] | None = None) -> NodeConfig:
+    """Create a node's data folder: config, a copy of the genesis file, a copy of the node key.
+
+    `peers` are URLs, "URL#DID" strings or PeerSpecs; `consensus` optional [consensus] settings.
+    """
     d = Path(data)
     if (d / CONFIG_FILE).exists():
         raise ConfigError(f"{d} is already initialised (it has {CONFIG_FILE}); use another folder")
@@ -119,6 +215,10 @@ def init_data_dir(data: str | os.PathLike[str], genesis_path: str | os.PathLike[
         raise ConfigError("role must be authority or observer")
     del did  # read only to check the key file early, before anything is written
     host, port = parse_listen(listen)
+    specs = [p if isinstance(p, PeerSpec) else parse_peer(p) for p in peers]
+    unknown = sorted(set(consensus or {}) - set(ConsensusTiming.__dataclass_fields__))
+    if unknown:
+        raise ConfigError(f"unknown consensus setting {unknown[0]!r}")
     d.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(genesis_path, d / GENESIS_FILE)
     key_dst = d / KEY_FILE
@@ -127,9 +227,13 @@ def init_data_dir(data: str | os.PathLike[str], genesis_path: str | os.PathLike[
     fd = os.open(key_dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(Path(key_path).read_bytes())
-    peer_list = ", ".join(f'"{p}"' for p in peers)
+    url_list = ", ".join(json.dumps(p.url) for p in specs if p.did is None)
+    consensus_lines = "".join(f"{k} = {v!r}\n" for k, v in (consensus or {}).items())
     text = (f'[node]\nlisten = "{host}:{port}"\nrole = "{role}"\n\n[limits]\n\n[blocks]\n\n'
-            f"[peers]\nurls = [{peer_list}]\n")
+            f"[consensus]\n{consensus_lines}\n[gossip]\n\n[sync]\n\n[peers]\nurls = [{url_list}]\n")
+    for p in specs:
+        if p.did is not None:
+            text += f"\n[[peers.nodes]]\nurl = {json.dumps(p.url)}\ndid = {json.dumps(p.did)}\n"
     (d / CONFIG_FILE).write_text(text)
     return load_config(d)
 
@@ -149,13 +253,47 @@ def load_config(data: str | os.PathLike[str]) -> NodeConfig:
     role = node.get("role", "authority")
     if role not in ("authority", "observer"):
         raise ConfigError(f"{path}: role must be authority or observer")
+    public_url = node.get("public_url", "")
+    if not isinstance(public_url, str) or (public_url and not public_url.startswith(("http://", "https://"))):
+        raise ConfigError(f"{path}: public_url must be an http(s) URL")
     limits = Limits(**_known(_table(doc, "limits", path), Limits, path))
     blocks = BlockTiming(**_known(_table(doc, "blocks", path), BlockTiming, path))
-    peers = _table(doc, "peers", path).get("urls", [])
-    if not isinstance(peers, list) or not all(isinstance(p, str) for p in peers):
+    consensus = ConsensusTiming(**_known(_table(doc, "consensus", path), ConsensusTiming, path))
+    gossip = GossipSettings(**_known(_table(doc, "gossip", path), GossipSettings, path))
+    sync = SyncSettings(**_known(_table(doc, "sync", path), SyncSettings, path))
+    if sync.batch_blocks < 1:
+        raise ConfigError(f"{path}: sync.batch_blocks must be at least 1")
+    peers_table = _table(doc, "peers", path)
+    unknown = sorted(set(peers_table) - {"urls", "nodes"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown setting peers.{unknown[0]} (known: urls, nodes)")
+    urls = peers_table.get("urls", [])
+    if not isinstance(urls, list) or not all(isinstance(p, str) for p in urls):
         raise ConfigError(f"{path}: peers.urls must be a list of URLs")
+    nodes = peers_table.get("nodes", [])
+    if not isinstance(nodes, list) or not all(isinstance(n, dict) for n in nodes):
+        raise ConfigError(f"{path}: [[peers.nodes]] entries must be tables with url and did")
+    specs: list[PeerSpec] = []
+    for u in urls:
+        specs.append(_peer_or_error(u, path))
+    for n in nodes:
+        if set(n) != {"url", "did"} or not all(isinstance(v, str) for v in n.values()):
+            raise ConfigError(f"{path}: each [[peers.nodes]] entry needs exactly url and did (strings)")
+        specs.append(_peer_or_error(f"{n['url']}#{n['did']}", path))
+    by_url: dict[str, PeerSpec] = {}
+    for spec in specs:  # a URL listed twice keeps the entry that names its did
+        if spec.url not in by_url or spec.did is not None:
+            by_url[spec.url] = spec
     return NodeConfig(data=d.resolve(), host=host, port=port, role=role, limits=limits, blocks=blocks,
-                      peers=tuple(peers))
+                      peers=tuple(by_url), peer_nodes=tuple(by_url.values()), consensus=consensus,
+                      gossip=gossip, sync=sync, public_url=public_url.rstrip("/"))
+
+
+def _peer_or_error(text: str, path: Path) -> PeerSpec:
+    try:
+        return parse_peer(text)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 def _table(doc: dict[str, Any], name: str, path: Path) -> dict[str, Any]:
@@ -172,7 +310,8 @@ def _known(table: dict[str, Any], cls: type, path: Path) -> dict[str, Any]:
         if k not in fields:
             raise ConfigError(f"{path}: unknown setting {k!r} (known: {', '.join(fields)})")
         default = fields[k].default
-        if not isinstance(v, type(default)) and not (isinstance(default, float) and isinstance(v, int)):
+        if isinstance(v, bool) != isinstance(default, bool) or (
+                not isinstance(v, type(default)) and not (isinstance(default, float) and isinstance(v, int))):
             raise ConfigError(f"{path}: {k} must be a {type(default).__name__}")
         if v < 0:
             raise ConfigError(f"{path}: {k} must not be negative")

@@ -1,7 +1,15 @@
-"""`ler node run`: the asyncio daemon that owns the store, the producer loop and the HTTP server.
+"""`ler node run`: the asyncio daemon that owns the store, consensus, gossip, sync and the HTTP server.
 
-One structured log line per event on stderr (key=value). SIGINT and SIGTERM stop it cleanly: the
-server stops taking requests, the block in progress finishes its one atomic write, the store closes.
+The running parts, each an owned task of one TaskGroup:
+  driver    node/validator.py: Tendermint for this node; the only writer of blocks (consensus and sync)
+  network   node/peers.py: the peer HTTP client, per-peer outbound queues, the gossip repair tick
+  sync      node/sync.py: fetches blocks when a peer is ahead (all an observer does besides serving)
+and the aiohttp server for /v1, /health, /metrics and /peer/v1.
+
+One structured log line per event on stderr (key=value). SIGINT and SIGTERM stop it cleanly: sync
+stops, the driver finishes the height in progress (a block being written completes its one atomic
+batch; a height still collecting its batch is made, within a grace period) and starts no other,
+clients still waiting for a commit are answered, gossip stops, the server stops, the store closes.
 """
 
 from __future__ import annotations
@@ -17,9 +25,14 @@ from aiohttp import web
 from ler.keys import KeyPair
 from node.api import make_app
 from node.config import NodeConfig
+from node.peers import Network
 from node.service import NodeService
+from node.sync import Syncer, block_routes
+from node.validator import ConsensusDriver
 
 log = logging.getLogger("ler.node")
+
+SHUTDOWN_TIMEOUT_S = 5.0  # longest wait for requests still running when the server stops
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -31,25 +44,68 @@ def setup_logging(level: int = logging.INFO) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
+class Node:
+    """The parts of a running node, wired together (also what the API shows of the network side)."""
+
+    def __init__(self, config: NodeConfig, key: KeyPair) -> None:
+        self.svc = NodeService(config, key)
+        self.driver = ConsensusDriver(self.svc)
+        self.network = Network(self.svc, self.driver)
+        self.driver.outbox = self.network
+        self.syncer = Syncer(self.svc, self.driver, self.network)
+
+    # --- NetworkView ----------------------------------------------------------------------------------
+    @property
+    def round(self) -> int:
+        return self.driver.round
+
+    @property
+    def peers_connected(self) -> int:
+        return self.network.connected
+
+    @property
+    def peers_known(self) -> int:
+        return len(self.network.links)
+
+    @property
+    def syncing(self) -> bool:
+        return self.syncer.syncing
+
+    @property
+    def sync_lag(self) -> int:
+        return self.syncer.lag
+
+    def app(self) -> web.Application:
+        return make_app(self.svc, self, [*self.network.routes(), *block_routes(self.svc)])
+
+
 async def serve(config: NodeConfig, key: KeyPair, stop: asyncio.Event) -> None:
-    svc = NodeService(config, key)
+    node = Node(config, key)
+    svc = node.svc
     try:
         reloaded = svc.reload_pending()
-        app = make_app(svc)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(node.app(), access_log=None, handle_signals=False,
+                               shutdown_timeout=SHUTDOWN_TIMEOUT_S)
         await runner.setup()
         site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
         await site.start()
         log.info("event=node_started chain=%s height=%d node=%s role=%s url=%s pending_reloaded=%d "
-                 "producing=%s", svc.chain_id, svc.store.height, key.did, config.role, config.url, reloaded,
-                 svc.is_producer)
+                 "validator=%s peers=%d", svc.chain_id, svc.store.height, key.did, config.role, config.url,
+                 reloaded, svc.is_validator, len(node.network.links))
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(svc.produce_forever(), name="producer")
+                network = tg.create_task(node.network.run(), name="network")
+                sync = tg.create_task(node.syncer.run(), name="sync")
+                driver = tg.create_task(node.driver.run(), name="driver")
                 await stop.wait()
                 log.info("event=node_stopping height=%d", svc.store.height)
-                # No cancel: a block being written finishes its one atomic batch; the loop then returns.
                 svc.stop()
+                sync.cancel()
+                # No cancel for the driver: it returns once the height in progress is done (or its
+                # grace period passed), and a block being written always finishes its atomic batch.
+                node.driver.stop()
+                await driver
+                network.cancel()
             # No block comes after this: clients still waiting on pending txs get their answer now.
             await svc.release_waiters()
         finally:

@@ -4,10 +4,14 @@ Bounded by count and bytes, deduplicated by tx id, and fair: each signer has its
 first out, so one signer's dependent transactions keep their order), blocks draw from the signers in
 turn, and no signer may hold more than a quarter of the pool. One busy issuer cannot starve the others.
 A transaction is in the pool only after its signature verified, so block validation skips it there.
+
+Thread-safe: the HTTP handlers and gossip add on the event loop while the consensus thread takes and
+checks membership (a lock guards every change and every walk over the queues).
 """
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict, deque
 from collections.abc import Iterable
 
@@ -27,6 +31,7 @@ class Mempool:
         self._txs: dict[bytes, Tx] = {}
         self._queues: OrderedDict[bytes, deque[bytes]] = OrderedDict()
         self._bytes = 0
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._txs)
@@ -34,15 +39,15 @@ class Mempool:
     def __contains__(self, tx_id: object) -> bool:
         return tx_id in self._txs
 
-    @property
-    def bytes(self) -> int:
-        return self._bytes
-
     def get(self, tx_id: bytes) -> Tx | None:
         return self._txs.get(tx_id)
 
     def add(self, tx: Tx) -> bool:
         """Add a checked transaction; False if it is here already. Raises MempoolFull."""
+        with self._lock:
+            return self._add(tx)
+
+    def _add(self, tx: Tx) -> bool:
         if tx.tx_id in self._txs:
             return False
         if len(self._txs) >= self.max_txs or self._bytes + len(tx.raw) > self.max_bytes:
@@ -61,6 +66,10 @@ class Mempool:
         """Up to `limit` transactions, round-robin over signers, each signer's in arrival order.
 
         They stay in the pool until `remove` (after their block commits or they are refused)."""
+        with self._lock:
+            return self._take(limit, max_bytes)
+
+    def _take(self, limit: int, max_bytes: int | None) -> list[Tx]:
         out: list[Tx] = []
         size = 0
         cursors = {signer: iter(list(q)) for signer, q in self._queues.items()}
@@ -80,6 +89,10 @@ class Mempool:
         return out
 
     def remove(self, tx_ids: Iterable[bytes]) -> None:
+        with self._lock:
+            self._remove(tx_ids)
+
+    def _remove(self, tx_ids: Iterable[bytes]) -> None:
         touched: set[bytes] = set()
         for tx_id in tx_ids:
             tx = self._txs.pop(tx_id, None)
@@ -96,4 +109,11 @@ class Mempool:
                 del self._queues[signer]
 
     def all_ids(self) -> list[bytes]:
-        return list(self._txs)
+        with self._lock:
+            return list(self._txs)
+
+    # Last in the class: from here on `bytes` in an annotation would name this property, not the type.
+    @property
+    def bytes(self) -> int:
+        """Total size of the pooled transactions."""
+        return self._bytes

@@ -114,8 +114,31 @@ def document(version: str) -> dict[str, Any]:
             "/v1/authorities": {"get": {"summary": "Authorities, validators and open proposals",
                                         "operationId": "authorities",
                                         "responses": {"200": _resp("Authorities")}}},
-            "/health": {"get": {"summary": "Liveness", "operationId": "health",
-                                "responses": {"200": _resp("Alive")}}},
+            "/v1/evidence": {"get": {
+                "summary": "Evidence of equivocation this node has seen (two conflicting signed votes or "
+                           "proposals by one validator), newest first", "operationId": "evidence",
+                "parameters": [_param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 1000},
+                                      False, "Most entries to return")],
+                "responses": {"200": _resp("Evidence", {
+                    "type": "object", "required": ["evidence"], "properties": {"evidence": {
+                        "type": "array", "items": {"type": "object", "properties": {
+                            "kind": {"type": "string", "enum": ["duplicate_vote", "duplicate_proposal"]},
+                            "height": {"type": "integer"}, "round": {"type": "integer"},
+                            "step": {"type": "string"}, "validator": DID,
+                            "messages": {"type": "array", "minItems": 2, "maxItems": 2,
+                                         "items": {"type": "object"}}}}}}}),
+                              **_errors(400)}}},
+            "/health": {"get": {"summary": "Liveness: 200 while the node serves, with its height and whether "
+                                           "it is catching up by block sync", "operationId": "health",
+                                "responses": {"200": _resp("Alive", {
+                                    "type": "object", "required": ["ok", "height", "syncing"],
+                                    "properties": {"ok": {"type": "boolean"}, "height": {"type": "integer"},
+                                                   "role": {"type": "string"}, "syncing": {"type": "boolean"},
+                                                   "peers": {"type": "integer"}}})}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics (text exposition format 0.0.4)",
+                                 "operationId": "metrics",
+                                 "responses": {"200": {"description": "Metrics", "content": {
+                                     "text/plain": {"schema": {"type": "string"}}}}}}},
             "/v1/openapi.json": {"get": {"summary": "This document", "operationId": "openapi",
                                          "responses": {"200": _resp("OpenAPI 3.1 document")}}},
         },

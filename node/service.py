@@ -1,13 +1,15 @@
-"""The node's core, without HTTP: the chain store, the mempool, and block production.
+"""The node's core, without HTTP or consensus: the chain store, the mempool, and what enters and leaves it.
 
 Submission: a transaction is decoded, checked once (chain id, signature), tried against the committed
 state (so a broken rule is answered at once, not after a block), written to the store's durable
 pending set, and only then acknowledged. A node killed after acknowledging reloads it on restart.
+Transactions from peers (gossip) pass the same checks (signature once, dry run) but are not made
+durable: this node acknowledged them to nobody, and the peer that did keeps them.
 
-Production (single authority): when the mempool holds transactions, wait `batch_ms` for more, take a
-fair selection, build and execute the block, sign its commit certificate with the node key and commit it
-in one durable write. No transactions, no block (unless a heartbeat is configured). With more than one
-validator a block needs the BFT round among authorities; this node then only follows.
+Blocks are made and agreed on by the consensus driver (node/validator.py), for one authority as for
+many; block sync (node/sync.py) commits blocks learnt from peers through the same driver. After every
+commit `after_commit` removes the block's transactions from the mempool, re-checks what is left
+against the new state (dropping what the block made invalid) and answers the clients waiting.
 """
 
 from __future__ import annotations
@@ -16,22 +18,27 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ler.block import PRECOMMIT, CertSig, CommitCertificate, Vote
+from ler.block import Block
 from ler.errors import DecodeError, LerError, RuleError
-from ler.keys import KeyPair
+from ler.keys import KeyPair, sha256
 from ler.ledger import Context, Overlay, apply_tx, check_tx
-from ler.tx import Tx
+from ler.tx import MAX_TX_BYTES, Tx
 from node.config import NodeConfig
 from node.mempool import Mempool, MempoolFull
-from storage.chain import ChainStore
+from node.metrics import Metrics
+from storage.chain import ChainStore, ExecutionResult
 
 log = logging.getLogger("ler.node")
 
 PENDING, COMMITTED, REJECTED = "pending", "committed", "rejected"
 _REJECTED_MEMORY = 100_000
+_BULK_VERIFY = 32  # from this many signatures on, verify in a worker thread
+
+#: Called with transactions newly in the mempool and the peer key they came from (None: a client).
+TxListener = Callable[[list[Tx], bytes | None], None]
 
 
 @dataclass(slots=True)
@@ -73,12 +80,12 @@ class NodeService:
         self.store = ChainStore(config.db_path, self.genesis)
         self.chain_id = self.genesis.chain_id
         self.mempool = Mempool(config.limits.mempool_txs, config.limits.mempool_bytes)
-        self._wake = asyncio.Event()
+        self.metrics = Metrics()
+        self.tx_listeners: list[TxListener] = []
         self._committed = asyncio.Condition()
         self._rejected: OrderedDict[bytes, tuple[str, str]] = OrderedDict()
         self._stopping = False
         self.started = time.monotonic()
-        self.blocks_made = 0
         self.last_commit_ms: float | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------------
@@ -86,6 +93,7 @@ class NodeService:
         """Put back into the mempool what was acknowledged before a restart and is not yet committed."""
         n = 0
         stale = []
+        reloaded: list[Tx] = []
         for raw in self.store.pending():
             try:
                 tx = Tx.decode(raw)
@@ -95,12 +103,13 @@ class NodeService:
                     continue
                 if self.mempool.add(tx):
                     n += 1
+                    reloaded.append(tx)
             except (LerError, MempoolFull) as exc:
                 log.warning("event=pending_dropped reason=%r", str(exc))
         if stale:
             self.store.remove_pending(stale)
-        if n:
-            self._wake.set()
+        if reloaded:
+            self._announce(reloaded, None)
         return n
 
     def close(self) -> None:
@@ -108,9 +117,23 @@ class NodeService:
 
     @property
     def is_producer(self) -> bool:
-        """A single-authority chain whose authority is this node: it alone commits blocks."""
+        """Whether this node alone makes the next block (the only validator: no other vote is needed)."""
         vals = self.store.validators(self.store.height + 1)
         return self.config.role == "authority" and vals == (self.key.public_key,)
+
+    @property
+    def is_validator(self) -> bool:
+        """Whether this node votes on the next block (an authority among that height's validators)."""
+        vals = self.store.validators(self.store.height + 1)
+        return self.config.role == "authority" and self.key.public_key in vals
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def _announce(self, txs: list[Tx], source: bytes | None) -> None:
+        for listener in self.tx_listeners:
+            listener(txs, source)
 
     # --- submission --------------------------------------------------------------------------------
     def status_of(self, tx_id: bytes) -> SubmitResult:
@@ -128,10 +151,7 @@ class NodeService:
         """Check and accept transactions. Items that failed to decode arrive as their error."""
         results: list[SubmitResult] = []
         decoded = [t for t in txs if isinstance(t, Tx)]
-        if len(decoded) > 32:
-            sig_ok = await asyncio.to_thread(lambda: [t.signature_valid() for t in decoded])
-        else:
-            sig_ok = [t.signature_valid() for t in decoded]
+        sig_ok = await self._verify_signatures(decoded)
         ok_by_id = {t.tx_id: ok for t, ok in zip(decoded, sig_ok, strict=True)}
         view = _StoreView(self.store)
         ctx = Context(self.chain_id, self.store.height + 1, now_ms(), seen=lambda _i: False)
@@ -152,8 +172,56 @@ class NodeService:
         if accepted:
             # Durable before acknowledged: a crash after this answer loses none of these.
             await asyncio.to_thread(self.store.add_pending, [(t.tx_id, t.raw) for t in accepted])
-            self._wake.set()
+            self._announce(accepted, None)
         return results
+
+    async def ingest(self, raws: Sequence[bytes], source: bytes) -> int:
+        """Transactions gossiped by the peer with node key `source`: the same checks as a submission.
+
+        Known ones (pending, committed, refused here before) cost a hash and a lookup, nothing more.
+        Returns how many entered the mempool.
+        """
+        fresh: list[Tx] = []
+        seen: set[bytes] = set()
+        for raw in raws:
+            if not isinstance(raw, bytes) or len(raw) > MAX_TX_BYTES:
+                continue
+            tx_id = sha256(raw)
+            if tx_id in seen or tx_id in self.mempool or tx_id in self._rejected:
+                continue
+            seen.add(tx_id)
+            try:
+                tx = Tx.decode(raw)
+            except LerError:
+                continue  # a peer relays what a client gave it; a bad one is simply not taken
+            if tx.chain != self.chain_id or self.store.find_tx(tx_id) is not None:
+                continue
+            fresh.append(tx)
+        if not fresh:
+            return 0
+        sig_ok = await self._verify_signatures(fresh)
+        view = _StoreView(self.store)
+        ctx = Context(self.chain_id, self.store.height + 1, now_ms(), seen=lambda _i: False)
+        added: list[Tx] = []
+        for tx, ok in zip(fresh, sig_ok, strict=True):
+            if tx.tx_id in self.mempool or self._accept(tx, ok, view, ctx).status != PENDING:
+                continue
+            try:
+                self.mempool.add(tx)
+            except MempoolFull:
+                self.metrics.gossip_dropped += 1
+                continue
+            added.append(tx)
+        self.metrics.txs_gossiped_in += len(added)
+        if added:
+            self._announce(added, source)
+        return len(added)
+
+    @staticmethod
+    async def _verify_signatures(txs: list[Tx]) -> list[bool]:
+        if len(txs) >= _BULK_VERIFY:
+            return await asyncio.to_thread(lambda: [t.signature_valid() for t in txs])
+        return [t.signature_valid() for t in txs]
 
     def _accept(self, tx: Tx, sig_ok: bool, view: _StoreView, ctx: Context) -> SubmitResult:
         if tx.tx_id in self.mempool:
@@ -201,70 +269,72 @@ class NodeService:
         while len(self._rejected) > _REJECTED_MEMORY:
             self._rejected.popitem(last=False)
 
-    # --- block production --------------------------------------------------------------------------
-    async def produce_forever(self) -> None:
-        heartbeat = self.config.blocks.heartbeat_s
-        while not self._stopping:
-            if not len(self.mempool):
-                self._wake.clear()
-                try:
-                    if heartbeat > 0:
-                        await asyncio.wait_for(self._wake.wait(), heartbeat)
-                    else:
-                        await self._wake.wait()
-                except TimeoutError:
-                    pass
-            if self._stopping:
-                return
-            if not self.is_producer:
-                # More than one validator: blocks come from the BFT round, not from this loop.
-                self._wake.clear()
-                await asyncio.sleep(1.0)
-                continue
-            if len(self.mempool) < self.config.limits.block_txs:
-                await asyncio.sleep(self.config.blocks.batch_ms / 1000)
-            await self.produce_block()
-
-    async def produce_block(self) -> int | None:
-        """Build, certify and commit one block from the mempool; its height, or None if nothing to do."""
-        txs = self.mempool.take(self.config.limits.block_txs, max_bytes=self.config.limits.max_body_bytes)
-        if not txs and self.config.blocks.heartbeat_s <= 0:
-            return None
-        t0 = time.perf_counter()
-        block, result, _cert = await asyncio.to_thread(self._make_and_commit, txs)
-        h = block.header.height
-        for tx, err in result.rejected:
-            self._remember_rejected(tx.tx_id, err.rule, str(err))
-        dropped = [tx.tx_id for tx, _ in result.rejected]
-        self.mempool.remove([t.tx_id for t in result.applied] + dropped)
-        if dropped:
-            await asyncio.to_thread(self.store.remove_pending, dropped)
-        self.blocks_made += 1
-        self.last_commit_ms = (time.perf_counter() - t0) * 1000
-        log.info("event=block_committed height=%d round=%d txs=%d rejected=%d ms=%.1f hash=%s",
-                 h, block.header.round, len(result.applied), len(dropped), self.last_commit_ms,
-                 block.hash.hex()[:16])
+    async def _notify(self) -> None:
         async with self._committed:
             self._committed.notify_all()
-        return h
 
-    def _make_and_commit(self, txs: list[Tx]) -> tuple:  # type: ignore[type-arg]
-        parent = self.store.latest_header()
-        t = max(now_ms(), (parent.time if parent else self.genesis.genesis_time) + 1)
-        h = self.store.height + 1
-        last_cert = self.store.cert(h - 1) if h > 1 else None
-        block, result = self.store.make_block(txs, t, 0, self.key.public_key, last_cert)
-        vote = Vote.make(self.key, self.chain_id, PRECOMMIT, h, 0, block.hash)
-        cert = CommitCertificate(height=h, round=0, block=block.hash,
-                                 sigs=(CertSig(vote.validator, vote.sig),))
-        self.store.commit_block(block, cert, result)
-        return block, result, cert
+    # --- what leaves the mempool ---------------------------------------------------------------------
+    async def refuse(self, refused: Sequence[tuple[Tx, RuleError]]) -> None:
+        """Transactions a block could not take (a rule refuses them now): drop them, answer their waiters."""
+        if not refused:
+            return
+        for tx, err in refused:
+            self._remember_rejected(tx.tx_id, err.rule, str(err))
+        ids = [tx.tx_id for tx, _ in refused]
+        self.mempool.remove(ids)
+        await asyncio.to_thread(self.store.remove_pending, ids)
+        log.info("event=txs_refused count=%d first_rule=%s", len(ids), refused[0][1].rule)
+        await self._notify()
+
+    async def after_commit(self, block: Block, result: ExecutionResult, started: float | None,
+                           source: str) -> None:
+        """Bookkeeping after `block` is durable: mempool, metrics, waiters, one log line."""
+        h = block.header.height
+        self.mempool.remove([t.tx_id for t in result.applied])
+        self.metrics.blocks_committed += 1
+        self.metrics.txs_committed += len(result.applied)
+        if source == "sync":
+            self.metrics.sync_blocks += 1
+        latency = time.monotonic() - started if started is not None else None
+        if latency is not None:
+            self.metrics.commit_latency.observe(latency)
+            self.last_commit_ms = latency * 1000
+        log.info("event=block_committed height=%d round=%d txs=%d source=%s latency_ms=%s hash=%s",
+                 h, block.header.round, len(result.applied), source,
+                 f"{latency * 1000:.1f}" if latency is not None else "-", block.hash.hex()[:16])
+        await self._notify()
+
+    async def recheck_mempool(self, limit: int) -> int:
+        """Dry-run the next `limit` pending transactions against the latest state; refuse what fails.
+
+        A committed block can make a pending transaction invalid (a record anchored by another issuer's
+        transaction, an issuer suspended); without this such transactions would linger, and a node with
+        only dead transactions would keep starting heights for nothing. Returns how many were refused.
+        """
+        candidates = self.mempool.take(limit)
+        if not candidates:
+            return 0
+
+        def check() -> list[tuple[Tx, RuleError]]:
+            view = _StoreView(self.store)
+            ctx = Context(self.chain_id, self.store.height + 1, now_ms(), seen=lambda _i: False)
+            bad: list[tuple[Tx, RuleError]] = []
+            for tx in candidates:
+                try:
+                    apply_tx(Overlay(view), ctx, tx)
+                except RuleError as exc:
+                    bad.append((tx, exc))
+                except DecodeError as exc:
+                    bad.append((tx, RuleError("state.decode", str(exc))))
+            return bad
+
+        bad = await asyncio.to_thread(check)
+        await self.refuse(bad)
+        return len(bad)
 
     def stop(self) -> None:
         self._stopping = True
-        self._wake.set()
 
     async def release_waiters(self) -> None:
         """After stop(): wake every ?wait request so it answers with what it has."""
-        async with self._committed:
-            self._committed.notify_all()
+        await self._notify()

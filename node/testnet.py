@@ -1,6 +1,10 @@
 """A local test network on 127.0.0.1: make keys and genesis, start node processes, seed demo data.
 
-`ler testnet up --dir DIR` returns once every node answers and writes DIR/testnet.json;
+`ler testnet up --dir DIR` returns once every node answers and writes DIR/testnet.json:
+{"chain_id", "genesis": path, "nodes": [{"name", "url", "role", "pid", "data": path, "key": path}],
+"demo_issuer_key": path, "demo_record_type"}. Every node lists every other as a peer with its did
+([[peers.nodes]]), so observers are known to the authorities too. A node restarts with
+`ler node run --data <its data path>`.
 `ler testnet down --dir DIR` stops them (SIGTERM, then SIGKILL after a grace period);
 `ler testnet status --dir DIR` reports each node. `scripts/testnet` runs `up`, seeds demo data, prints
 where to look and stops everything on Ctrl-C. Each node's log is DIR/<name>/node.log.
@@ -24,7 +28,7 @@ from ler.keys import KeyPair, write_key_file
 from ler.record import RecordDocument, make_claims
 from ler.tx import Action, GovVote, RecordAnchor, sign_tx
 from node.client import ClientError, NodeClient
-from node.config import init_data_dir
+from node.config import PeerSpec, init_data_dir
 
 MANIFEST = "testnet.json"
 DEMO_TYPE = "degree"
@@ -51,8 +55,13 @@ def _free_ports(n: int, start: int) -> list[int]:
 
 
 def up(directory: str | os.PathLike[str], authorities: int = 1, observers: int = 0, base_port: int = 8711,
-       chain_id: str = "ler-testnet", timeout: float = 60.0) -> dict[str, Any]:
-    """Create (first time) and start the network; return the manifest."""
+       chain_id: str = "ler-testnet", timeout: float = 60.0,
+       consensus: dict[str, float] | None = None) -> dict[str, Any]:
+    """Create (first time) and start the network; return the manifest.
+
+    `consensus` sets [consensus] timeouts in every node's config when the network is created (tests use
+    short ones); a network that exists keeps its configs.
+    """
     d = Path(directory).resolve()
     manifest_path = d / MANIFEST
     if manifest_path.exists():
@@ -60,7 +69,7 @@ def up(directory: str | os.PathLike[str], authorities: int = 1, observers: int =
         if any(_alive(n.get("pid")) for n in manifest["nodes"]):
             raise TestnetError(f"a testnet is already running from {d}; `ler testnet down --dir {d}` first")
     else:
-        manifest = _create(d, authorities, observers, base_port, chain_id)
+        manifest = _create(d, authorities, observers, base_port, chain_id, consensus)
     for node in manifest["nodes"]:
         node["pid"] = _start_node(Path(node["data"]))
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
@@ -80,7 +89,8 @@ def up(directory: str | os.PathLike[str], authorities: int = 1, observers: int =
     return manifest
 
 
-def _create(d: Path, authorities: int, observers: int, base_port: int, chain_id: str) -> dict[str, Any]:
+def _create(d: Path, authorities: int, observers: int, base_port: int, chain_id: str,
+            consensus: dict[str, float] | None = None) -> dict[str, Any]:
     if authorities < 1 or observers < 0:
         raise TestnetError("a testnet needs at least one authority")
     d.mkdir(parents=True, exist_ok=True)
@@ -103,9 +113,9 @@ def _create(d: Path, authorities: int, observers: int, base_port: int, chain_id:
     nodes = []
     for i, name in enumerate(names):
         role = "authority" if i < authorities else "observer"
-        peers = tuple(u for j, u in enumerate(urls) if j != i)
+        peers = tuple(PeerSpec(u, node_keys[names[j]].did) for j, u in enumerate(urls) if j != i)
         init_data_dir(d / name, d / "genesis.json", d / "keys" / f"{name}.key", f"127.0.0.1:{ports[i]}",
-                      role=role, peers=peers)
+                      role=role, peers=peers, consensus=consensus)
         nodes.append({"name": name, "url": urls[i], "role": role, "pid": None, "data": str(d / name),
                       "key": str(d / "keys" / f"{name}.key")})
     return {"chain_id": chain_id, "genesis": str(d / "genesis.json"), "nodes": nodes,
@@ -113,7 +123,7 @@ def _create(d: Path, authorities: int, observers: int, base_port: int, chain_id:
 
 
 def _start_node(data: Path) -> int:
-    log = open(data / "node.log", "ab")  # noqa: SIM115 - handed to the child process
+    log = open(data / "node.log", "ab")  # handed to the child process, closed here after the fork
     proc = subprocess.Popen([sys.executable, "-m", "node.cli", "node", "run", "--data", str(data)],
                             stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
     log.close()
@@ -129,12 +139,17 @@ def _alive(pid: Any) -> bool:
         return False
     except PermissionError:
         return True
-    # A zombie child still "exists"; treat it as dead.
+    # A zombie (killed, not yet reaped) still "exists"; treat it as dead. Our own child we can reap;
+    # an orphan of an earlier `ler testnet up` only its new parent can, so look at its state.
     with contextlib.suppress(ChildProcessError, OSError):
         done, _ = os.waitpid(pid, os.WNOHANG)
         if done == pid:
             return False
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True  # no /proc here: trust kill(pid, 0)
 
 
 def down(directory: str | os.PathLike[str], grace: float = 10.0) -> list[str]:

@@ -14,6 +14,9 @@ Layout (all keys ASCII prefixes; heights as 8-byte big-endian so they sort):
   en/<record id><endorser key> -> b"" (endorsement index)
   pr/<action id>          -> b"" (governance proposals open in the latest state)
   pending/<tx id>         -> raw tx accepted but not yet committed (survives a crash)
+  consensus/signed        -> the SignedState a validator persisted before sending what it signed
+  consensus/proposal      -> the last Proposal it signed (with its block), to re-propose it after a crash
+  evidence/<h><...>       -> evidence of equivocation (canonical msgpack), kept for the API
 
 Every committed block is one LevelDB write batch written with sync=True: after `commit_block` returns,
 a kill -9 loses nothing of it, and before, the block is absent as a whole. The genesis state is written
@@ -79,6 +82,8 @@ VALIDATORS_PREFIX = b"val/"
 ISSUER_INDEX_PREFIX = b"is/"
 ENDORSEMENT_INDEX_PREFIX = b"en/"
 PROPOSAL_INDEX_PREFIX = b"pr/"
+#: Keys the node may write outside a block (put_meta): what a validator signed, and evidence.
+META_PREFIXES = (b"consensus/", b"evidence/")
 
 #: Room for a block's transactions: the decode limit every peer applies, less ample space for the
 #: header and the parent's certificate (128 signatures are under 15 KiB).
@@ -832,3 +837,50 @@ class ChainStore:
         """Raw transactions accepted before a restart and not yet committed (in tx id order)."""
         return [raw for _, raw in self._db.iterator(prefix=PENDING_PREFIX)]
 
+
+    # --- node bookkeeping outside blocks --------------------------------------------------------------------
+    def put_meta(self, key: bytes, value: bytes) -> None:
+        """One synced write of a consensus/ or evidence/ key (what a validator signed, equivocation evidence).
+
+        Durable when this returns: a validator writes what it signed here before it sends it.
+        """
+        if not key.startswith(META_PREFIXES):
+            raise ValueError(f"put_meta is only for keys under {META_PREFIXES!r}, not {key!r}")
+        self._db.put(key, value, sync=True)
+
+    def put_meta_many(self, items: dict[bytes, bytes]) -> None:
+        """Several put_meta writes in one synced batch (all durable, or none)."""
+        for key in items:
+            if not key.startswith(META_PREFIXES):
+                raise ValueError(f"put_meta is only for keys under {META_PREFIXES!r}, not {key!r}")
+        batch = self._db.write_batch(sync=True)
+        for key, value in items.items():
+            batch.put(key, value)
+        batch.write()
+
+    def get_meta(self, key: bytes) -> bytes | None:
+        if not key.startswith(META_PREFIXES):
+            raise ValueError(f"get_meta is only for keys under {META_PREFIXES!r}, not {key!r}")
+        value: bytes | None = self._db.get(key)
+        return value
+
+    def list_meta(self, prefix: bytes, limit: int, reverse: bool = False) -> list[tuple[bytes, bytes]]:
+        """Up to `limit` (key, value) pairs under a consensus/ or evidence/ prefix, in key order."""
+        if not prefix.startswith(META_PREFIXES):
+            raise ValueError(f"list_meta is only for prefixes under {META_PREFIXES!r}, not {prefix!r}")
+        out: list[tuple[bytes, bytes]] = []
+        for key, value in self._db.iterator(prefix=prefix, reverse=reverse):
+            out.append((key, value))
+            if len(out) >= limit:
+                break
+        return out
+
+    def raw_block(self, h: int) -> bytes | None:
+        """Block h's stored canonical bytes (what block sync serves without decoding it)."""
+        raw: bytes | None = self._db.get(_block_key(h)) if h >= 1 else None
+        return raw
+
+    def raw_cert(self, h: int) -> bytes | None:
+        """Block h's stored certificate bytes."""
+        raw: bytes | None = self._db.get(_cert_key(h)) if h >= 1 else None
+        return raw

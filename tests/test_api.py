@@ -442,6 +442,24 @@ def _noncanonical_tx(chain_id: str) -> bytes:
     return msgpack.packb(dict(reversed(list(obj.items()))), use_bin_type=True)
 
 
+def _replace_all(obj: Any, key: str, value: Any) -> Any:
+    """`obj` with every map entry named `key`, at any depth, set to `value`."""
+    if isinstance(obj, dict):
+        return {k: value if k == key else _replace_all(v, key, value) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_replace_all(v, key, value) for v in obj]
+    return obj
+
+
+def _disclosure_body(disclosure: Any) -> bytes:
+    return json.dumps({"disclosure": disclosure}).encode()
+
+
+# A well-formed disclosure (of a record that is on no ledger), and malformed ones derived from it.
+GOOD_DISCLOSURE: dict[str, Any] = RecordDocument(
+    chain_id="api-test", record_id=bytes(16), issuer=KeyPair.generate().did, holder=KeyPair.generate().did,
+    rtype="degree", expires=None, claims=make_claims(CLAIMS)).disclose(["degree"]).to_json()
+
 J, M = "application/json", "application/msgpack"
 TX = "/v1/txs"
 RID = "00" * 16
@@ -508,27 +526,29 @@ BAD_INPUT: list[tuple[str, str, str, bytes | None, str | None, int]] = [
     ("bundle wrong shape", "POST", f"/v1/records/{RID}/bundle", b'{"reveal": ["degree"]}', J, 400),
     ("bundle not an object", "POST", f"/v1/records/{RID}/bundle", b"[1, 2]", J, 400),
     ("bundle disclosure not an object", "POST", f"/v1/records/{RID}/bundle", b'{"disclosure": "all"}', J, 400),
-    ("bundle disclosure total 0", "POST", f"/v1/records/{RID}/bundle",
-     b'{"disclosure": {"total": 0, "claims": []}}', J, 400),
-    ("bundle disclosure claim incomplete", "POST", f"/v1/records/{RID}/bundle",
-     b'{"disclosure": {"total": 2, "claims": [{"key": "degree"}]}}', J, 400),
+    ("bundle disclosure empty", "POST", f"/v1/records/{RID}/bundle", b'{"disclosure": {}}', J, 400),
+    ("bundle disclosure unknown field", "POST", f"/v1/records/{RID}/bundle",
+     _disclosure_body({**GOOD_DISCLOSURE, "extra": 1}), J, 400),
+    ("bundle disclosure field missing", "POST", f"/v1/records/{RID}/bundle",
+     _disclosure_body(dict(list(GOOD_DISCLOSURE.items())[1:])), J, 400),
     ("bundle disclosure bad salt", "POST", f"/v1/records/{RID}/bundle",
-     b'{"disclosure": {"total": 1, "claims": [{"key": "k", "value": 1, "salt": "zz", "index": 0,'
-     b' "path": []}]}}', J, 400),
-    ("bundle disclosure float", "POST", f"/v1/records/{RID}/bundle",
-     b'{"disclosure": {"total": 1, "claims": [{"key": "k", "value": 1.5, "salt": "' + b"00" * 16 +
-     b'", "index": 0, "path": []}]}}', J, 400),
-    ("bundle unknown record", "POST", f"/v1/records/{RID}/bundle", b'{"disclosure": {"total": 3, "claims": []}}',
-     J, 404),
+     _disclosure_body(_replace_all(GOOD_DISCLOSURE, "salt", "zz")), J, 400),
+    ("bundle disclosure float value", "POST", f"/v1/records/{RID}/bundle",
+     _disclosure_body(_replace_all(GOOD_DISCLOSURE, "value", 1.5)), J, 400),
+    ("bundle disclosure key not a string", "POST", f"/v1/records/{RID}/bundle",
+     _disclosure_body(_replace_all(GOOD_DISCLOSURE, "key", 7)), J, 400),
+    ("bundle unknown record", "POST", f"/v1/records/{RID}/bundle", _disclosure_body(GOOD_DISCLOSURE), J, 404),
     ("bundles not an object", "POST", "/v1/bundles", b"[]", J, 400),
     ("bundles no records", "POST", "/v1/bundles", b'{"records": []}', J, 400),
     ("bundles record not an object", "POST", "/v1/bundles", b'{"records": [1]}', J, 400),
     ("bundles bad record id", "POST", "/v1/bundles",
-     b'{"records": [{"record_id": "x", "disclosure": {"total": 1, "claims": []}}]}', J, 400),
+     json.dumps({"records": [{"record_id": "x", "disclosure": GOOD_DISCLOSURE}]}).encode(), J, 400),
+    ("bundles bad disclosure", "POST", "/v1/bundles",
+     json.dumps({"records": [{"record_id": RID, "disclosure": {}}]}).encode(), J, 400),
     ("bundles too many", "POST", "/v1/bundles", json.dumps({"records": [
-        {"record_id": RID, "disclosure": {"total": 1, "claims": []}}] * 65}).encode(), J, 400),
+        {"record_id": RID, "disclosure": GOOD_DISCLOSURE}] * 65}).encode(), J, 400),
     ("bundles unknown record", "POST", "/v1/bundles",
-     json.dumps({"records": [{"record_id": RID, "disclosure": {"total": 1, "claims": []}}]}).encode(), J, 404),
+     json.dumps({"records": [{"record_id": RID, "disclosure": GOOD_DISCLOSURE}]}).encode(), J, 404),
     ("verify empty body", "POST", "/v1/verify", b"", J, 400),
     ("no such route", "GET", "/v1/nothing-here", None, None, 404),
     ("wrong method", "GET", "/v1/txs", None, None, 405),

@@ -265,27 +265,6 @@ def test_node_run_without_a_data_folder_is_bad_usage(tmp_path: Path) -> None:
     assert "ler node init" in one_line_error(r)
 
 
-def test_node_run_passes_config_and_passphrase_to_the_daemon(tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    import node.daemon
-
-    genesis, _ = make_genesis_files(tmp_path)
-    enc = tmp_path / "enc.key"
-    key = new_key(enc, "pw")
-    data = tmp_path / "n"
-    assert run("node", "init", "--genesis", str(genesis), "--key", str(enc), "--data", str(data)).exit_code == 0
-    seen: dict[str, Any] = {}
-
-    def fake_run_node(config: Any, passphrase: str | None = None) -> None:
-        seen.update(config=config, passphrase=passphrase, did=config.load_key(passphrase).did)
-
-    monkeypatch.setattr(node.daemon, "run_node", fake_run_node)
-    r = run("node", "run", "--data", str(data), input="pw\n")
-    assert r.exit_code == 0, r.output
-    assert seen["passphrase"] == "pw" and seen["did"] == key.did
-    assert seen["config"].data == data.resolve()
-
-
 # --- help ------------------------------------------------------------------------------------------------
 
 def _all_commands(group: click.Group, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:

@@ -1,0 +1,634 @@
+"""Peers and gossip: who this node talks to, the signed envelopes they exchange, and the queues between.
+
+Protocol (all bodies canonical msgpack, ler.codec):
+
+    POST /peer/v1/gossip      an envelope {"from": node key (32), "body": bytes, "sig": (64)}
+                              sig = Ed25519 by `from` over ler.keys.signing_bytes("peer", chain_id, body)
+                              body = {"boot": 8 random bytes per process start, "height": the sender's
+                                      committed height, "url": where the sender listens,
+                                      "proposals": [Proposal bytes], "votes": [Vote bytes],
+                                      "txs": [transaction bytes]}
+                              200 -> {"boot", "height"} of the receiver; 400 malformed, 403 unknown
+                              sender or bad signature, 413 too large, 503 busy (retry later); every
+                              refusal is JSON {"error": reason}.
+    GET  /peer/v1/blocks?from=A&to=B   (node/sync.py) committed blocks with their certificates.
+
+Who is known (may send us envelopes) is explained in node/config.py. An envelope from an unknown key
+or with a bad signature is refused before anything in it is looked at.
+
+Gossip: our own consensus messages go to every validator peer at once; messages of others that the
+engine accepted are relayed by the repair tick (every `resend_s`) to the peers not known to have them
+(a peer has a message if it sent it to us, or took it from us while working on that height; a peer
+that restarts, seen by a new `boot`, is assumed to have nothing). The tick also re-sends our own
+latest votes of the height in progress to everyone, since a peer that was behind may have dropped
+them. Transactions are flooded: a transaction new to our mempool goes to every peer but the one it
+came from (unless `relay_txs` is off for gossiped ones). Consensus messages go only to peers that
+are validators of the message's height (or whose key we do not know yet); transactions to all.
+
+Each peer has two bounded outbound queues (consensus, transactions), each drained by its own task:
+one request in flight per queue, items batched per request, on failure the items go back and the
+task backs off exponentially (to `backoff_max_s`). A slow or dead peer only fills its own queues,
+which drop their oldest items when full; it never delays another peer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+import urllib.parse
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from consensus import Proposal
+from consensus.messages import Message
+from ler import codec, keys
+from ler.block import Vote
+from ler.errors import DecodeError, LerError
+from ler.keys import sha256
+from ler.tx import MAX_TX_BYTES, Tx
+from node.service import NodeService
+from node.validator import ConsensusDriver, Incoming, decode_proposal
+
+log = logging.getLogger("ler.peers")
+
+PEER_DOMAIN = "peer"
+MAX_ENVELOPE = codec.MAX_MESSAGE_BYTES + 256 * 1024  # one largest proposal and some votes
+MAX_ITEMS = 20_000                                   # messages and transactions in one envelope
+SEND_BYTES = 4 * 1024 * 1024                         # aim for envelopes about this size
+SEND_TXS = 5000
+CONSENSUS_QUEUE = 4096                               # items per peer
+TX_QUEUE = 100_000
+TX_QUEUE_BYTES = 32 * 1024 * 1024
+LOG_LIMIT = 4096                                     # messages of the height in progress we keep
+MAX_PEERS = 256
+HELLO_EVERY = 4                                      # resend ticks between hellos to a quiet peer
+OK, RETRY, DROP = "ok", "retry", "drop"              # what became of one envelope
+
+
+class PeerRefusal(Exception):
+    """A peer request this node refuses: HTTP `status` with `reason`."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    height: int
+    digest: bytes
+    kind: str  # "proposals" or "votes"
+    raw: bytes
+
+
+@dataclass(slots=True)
+class _Logged:
+    item: _Item
+    own: bool
+    at: float
+    round: int
+    is_vote: bool
+    nil: bool
+
+
+@dataclass(slots=True)
+class PeerLink:
+    """One peer: where it is, what we know of it, and its two outbound queues."""
+
+    url: str
+    key: bytes | None = None
+    learnt: bool = False  # from the peer's own envelopes, not from our config
+    boot: bytes | None = None
+    height: int | None = None
+    height_at: float = 0.0
+    connected: bool = False
+    ever_connected: bool = False
+    last_sent: float = 0.0
+    last_error: str = ""
+    known: set[bytes] = field(default_factory=set)
+    queued: set[bytes] = field(default_factory=set)
+    cq: deque[_Item] = field(default_factory=deque)
+    tq: deque[bytes] = field(default_factory=deque)
+    tq_bytes: int = 0
+    c_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    t_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set when the peer shows it is up (it sent us something): a sender backing off retries at once.
+    c_revived: asyncio.Event = field(default_factory=asyncio.Event)
+    t_revived: asyncio.Event = field(default_factory=asyncio.Event)
+    hello_due: bool = True
+
+    @property
+    def did(self) -> str:
+        return keys.did_from_public_key(self.key) if self.key else "?"
+
+    def observe(self, boot: bytes | None, height: int) -> None:
+        if boot is not None and boot != self.boot:
+            if self.boot is not None:
+                log.info("event=peer_restarted url=%s", self.url)
+            self.boot = boot
+            self.known.clear()  # a restarted peer remembers nothing of the height in progress
+        self.height = height
+        self.height_at = time.monotonic()
+
+
+class Network:
+    """The peer set and gossip. `run()` owns the HTTP client session and every per-peer task."""
+
+    def __init__(self, svc: NodeService, driver: ConsensusDriver) -> None:
+        self.svc = svc
+        self.store = svc.store
+        self.driver = driver
+        self.chain_id = svc.chain_id
+        cfg = svc.config
+        self.settings = cfg.gossip
+        self.my_key = svc.key.public_key
+        self.my_url = cfg.advertised_url
+        self.boot = os.urandom(8)
+        self.links: dict[str, PeerLink] = {}
+        self.configured_keys: set[bytes] = set()
+        for spec in cfg.peer_nodes:
+            if spec.url == self.my_url:
+                continue
+            key = keys.public_key_from_did(spec.did) if spec.did else None
+            if key == self.my_key:
+                continue
+            self.links[spec.url] = PeerLink(url=spec.url, key=key)
+            if key is not None:
+                self.configured_keys.add(key)
+        self._log: OrderedDict[bytes, _Logged] = OrderedDict()
+        # The last committed height's messages: a peer still deciding it gets them (a commit needs only
+        # the proposal and the precommits), rather than waiting to notice it must fetch the block.
+        self._prev: dict[bytes, _Logged] = {}
+        self._known_cache: tuple[int, frozenset[bytes]] = (-1, frozenset())
+        self._session: aiohttp.ClientSession | None = None
+        self._tg: asyncio.TaskGroup | None = None
+        self._ticks = 0
+        self.on_height_seen: list[Callable[[int], None]] = []  # told each height a peer reports
+        svc.tx_listeners.append(self.broadcast_txs)
+
+    # --- who is who ------------------------------------------------------------------------------------
+    def known_keys(self) -> frozenset[bytes]:
+        """Keys whose envelopes we accept: configured peers, authorities, validators of the next heights."""
+        h = self.store.height
+        if self._known_cache[0] != h:
+            known = set(self.configured_keys)
+            known.update(self.store.get_authorities().keys)
+            known.update(self.store.validators(h + 1))
+            known.update(self.store.validators(h + 2))
+            known.discard(self.my_key)
+            self._known_cache = (h, frozenset(known))
+        return self._known_cache[1]
+
+    def _wants_consensus(self, link: PeerLink, height: int) -> bool:
+        if link.key is None:
+            return True  # might be a validator; we cannot tell before it says who it is
+        if not 1 <= height <= self.store.height + 2:
+            return False
+        return link.key in self.store.validators(height)
+
+    @property
+    def connected(self) -> int:
+        return sum(1 for link in self.links.values() if link.connected)
+
+    def best_height(self) -> int:
+        return max((link.height for link in self.links.values() if link.height is not None), default=0)
+
+    # --- running -------------------------------------------------------------------------------------
+    async def run(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=self.settings.timeout_s)
+        try:
+            async with aiohttp.ClientSession(timeout=timeout) as session, asyncio.TaskGroup() as tg:
+                self._session = session
+                self._tg = tg
+                for link in list(self.links.values()):
+                    self._start_link(link)
+                tg.create_task(self._repair_forever(), name="gossip-repair")
+        finally:
+            self._tg = None
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession | None:
+        return self._session
+
+    def _start_link(self, link: PeerLink) -> None:
+        assert self._tg is not None
+        self._tg.create_task(self._send_forever(link, consensus=True), name=f"gossip-c {link.url}")
+        self._tg.create_task(self._send_forever(link, consensus=False), name=f"gossip-t {link.url}")
+
+    def _add_dynamic(self, url: str, key: bytes) -> PeerLink | None:
+        if len(self.links) >= MAX_PEERS or self._tg is None or url == self.my_url:
+            return None
+        link = PeerLink(url=url, key=key, learnt=True)
+        self.links[url] = link
+        self._start_link(link)
+        log.info("event=peer_learnt url=%s node=%s", url, link.did)
+        return link
+
+    # --- what the driver and the service hand us ---------------------------------------------------
+    def broadcast(self, message: Message, raw: bytes, digest: bytes) -> None:
+        entry = self._remember(message, raw, digest, own=True)
+        for link in self.links.values():
+            if self._wants_consensus(link, message.height):
+                self._enqueue(link, entry.item)
+
+    def accepted(self, message: Message, raw: bytes, digest: bytes) -> None:
+        self._remember(message, raw, digest, own=False)
+
+    def new_height(self, committed: int) -> None:
+        self._prev = {d: e for d, e in self._log.items() if e.item.height == committed}
+        for digest in [d for d, e in self._log.items() if e.item.height <= committed]:
+            del self._log[digest]
+        for link in self.links.values():
+            # What a peer has of the decided height no longer matters, except of the one just decided.
+            link.known = {d for d in link.known if d in self._prev}
+            if link.key is not None and not self._wants_consensus(link, committed + 1):
+                # Observers and non-voting nodes follow by sync: tell them there is a new block.
+                link.hello_due = True
+                link.c_ready.set()
+
+    def broadcast_txs(self, txs: list[Tx], source: bytes | None) -> None:
+        if source is not None and not self.settings.relay_txs:
+            return
+        for link in self.links.values():
+            if source is not None and link.key == source:
+                continue
+            for tx in txs:
+                if len(link.tq) >= TX_QUEUE or link.tq_bytes + len(tx.raw) > TX_QUEUE_BYTES:
+                    self.svc.metrics.gossip_dropped += 1
+                    continue
+                link.tq.append(tx.raw)
+                link.tq_bytes += len(tx.raw)
+            link.t_ready.set()
+
+    def _remember(self, message: Message, raw: bytes, digest: bytes, own: bool) -> _Logged:
+        entry = self._log.get(digest)
+        if entry is None:
+            is_vote = isinstance(message, Vote)
+            entry = _Logged(_Item(message.height, digest, "votes" if is_vote else "proposals", raw), own,
+                            time.monotonic(), message.round, is_vote,
+                            is_vote and message.block is None)  # type: ignore[union-attr]
+            self._log[digest] = entry
+            while len(self._log) > LOG_LIMIT:
+                oldest = next((d for d, e in self._log.items() if not e.own), None)
+                if oldest is None:
+                    break
+                del self._log[oldest]
+        return entry
+
+    def _enqueue(self, link: PeerLink, item: _Item) -> None:
+        if item.digest in link.queued:
+            return
+        if len(link.cq) >= CONSENSUS_QUEUE:
+            old = link.cq.popleft()
+            link.queued.discard(old.digest)
+            self.svc.metrics.gossip_dropped += 1
+        link.cq.append(item)
+        link.queued.add(item.digest)
+        link.c_ready.set()
+
+    # --- the repair tick -------------------------------------------------------------------------------
+    async def _repair_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.resend_s)
+            self._repair()
+
+    def _repair(self) -> None:
+        self._ticks += 1
+        now = time.monotonic()
+        current = self.store.height + 1
+        entries = [e for e in self._log.values() if e.item.height >= current]
+        latest_round = max((e.round for e in entries if e.own), default=-1)
+        own_votes = [e for e in entries if e.own and e.is_vote and (not e.nil or e.round >= latest_round - 1)]
+        for link in self.links.values():
+            if self._prev and link.height == current - 2 and self._wants_consensus(link, current - 1):
+                for e in self._prev.values():  # it is one height behind: help it decide that height
+                    if e.item.digest not in link.known:
+                        self._enqueue(link, e.item)
+            if entries and self._wants_consensus(link, current):
+                for e in entries:
+                    if e.item.digest in link.known:
+                        continue
+                    if e.own or now - e.at >= self.settings.resend_s:
+                        self._enqueue(link, e.item)
+                if self.driver.in_height:
+                    for e in own_votes:  # the peer may have dropped them while it was elsewhere
+                        self._enqueue(link, e.item)
+            if now - link.last_sent >= self.settings.resend_s * HELLO_EVERY:
+                link.hello_due = True
+                link.c_ready.set()
+
+    # --- sending ---------------------------------------------------------------------------------------
+    async def _send_forever(self, link: PeerLink, consensus: bool) -> None:
+        ready = link.c_ready if consensus else link.t_ready
+        revived = link.c_revived if consensus else link.t_revived
+        backoff = 0.0
+        while True:
+            await ready.wait()
+            ready.clear()
+            while True:
+                if consensus:
+                    items = self._take_consensus(link)
+                    if not items and not link.hello_due:
+                        break
+                    link.hello_due = False
+                    outcome = await self._post(link, items, [])
+                    if outcome == RETRY:
+                        self._requeue_consensus(link, items)
+                else:
+                    txs = self._take_txs(link)
+                    if not txs:
+                        break
+                    outcome = await self._post(link, [], txs)
+                    if outcome == RETRY:
+                        self._requeue_txs(link, txs)
+                if outcome == OK:
+                    backoff = 0.0
+                    continue
+                backoff = min(self.settings.backoff_max_s, max(0.05, backoff * 2))
+                revived.clear()
+                try:
+                    await asyncio.wait_for(revived.wait(), backoff)
+                    backoff = 0.0  # it is back: no reason to keep waiting
+                except TimeoutError:
+                    pass
+
+    def _take_consensus(self, link: PeerLink) -> list[_Item]:
+        items: list[_Item] = []
+        size = 0
+        floor = self.store.height  # the last committed height's messages may still help a slower peer
+        while link.cq and len(items) < MAX_ITEMS:
+            item = link.cq[0]
+            if item.height < floor:  # long decided: the peer gets that block by sync if it needs it
+                link.cq.popleft()
+                link.queued.discard(item.digest)
+                continue
+            if items and size + len(item.raw) > SEND_BYTES:
+                break
+            link.cq.popleft()
+            link.queued.discard(item.digest)
+            items.append(item)
+            size += len(item.raw)
+        return items
+
+    def _requeue_consensus(self, link: PeerLink, items: list[_Item]) -> None:
+        for item in reversed(items):
+            if item.digest not in link.queued and len(link.cq) < CONSENSUS_QUEUE:
+                link.cq.appendleft(item)
+                link.queued.add(item.digest)
+
+    def _take_txs(self, link: PeerLink) -> list[bytes]:
+        txs: list[bytes] = []
+        size = 0
+        while link.tq and len(txs) < SEND_TXS:
+            raw = link.tq[0]
+            if txs and size + len(raw) > SEND_BYTES:
+                break
+            link.tq.popleft()
+            link.tq_bytes -= len(raw)
+            txs.append(raw)
+            size += len(raw)
+        return txs
+
+    def _requeue_txs(self, link: PeerLink, txs: list[bytes]) -> None:
+        for raw in reversed(txs):
+            if len(link.tq) < TX_QUEUE:
+                link.tq.appendleft(raw)
+                link.tq_bytes += len(raw)
+
+    def envelope(self, items: Iterable[_Item], txs: list[bytes]) -> bytes:
+        body: dict[str, Any] = {"boot": self.boot, "height": self.store.height, "url": self.my_url,
+                                "proposals": [], "votes": [], "txs": txs}
+        for item in items:
+            body[item.kind].append(item.raw)
+        raw_body = codec.encode(body)
+        sig = self.svc.key.sign_payload(PEER_DOMAIN, self.chain_id, raw_body)
+        return codec.encode({"from": self.my_key, "body": raw_body, "sig": sig})
+
+    async def _post(self, link: PeerLink, items: list[_Item], txs: list[bytes]) -> str:
+        """One envelope to one peer: OK (it took them), RETRY (keep the items) or DROP (give them up)."""
+        session = self._session
+        if session is None:
+            return RETRY
+        data = self.envelope(items, txs)
+        link.last_sent = time.monotonic()
+        try:
+            async with session.post(link.url + "/peer/v1/gossip", data=data,
+                                    headers={"Content-Type": "application/msgpack"}) as resp:
+                payload = await read_response(resp, 64 * 1024)
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+            self._down(link, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+            return RETRY
+        if status == 200:
+            try:
+                reply = codec.decode(payload, 1024)
+                boot, height = reply["boot"], reply["height"]
+                if not isinstance(boot, bytes) or not isinstance(height, int) or isinstance(height, bool):
+                    raise DecodeError("boot and height expected")
+            except (DecodeError, KeyError, TypeError) as exc:
+                self._down(link, f"malformed reply: {exc}")
+                return DROP
+            self._up(link)
+            link.observe(boot, height)
+            self._note_height(height)
+            for item in items:
+                if item.height <= height + 1:
+                    link.known.add(item.digest)
+            return OK
+        reason = _error_text(payload) or f"HTTP {status}"
+        if status < 500 and f"HTTP {status}: {reason}" != link.last_error:
+            # Worth an operator's eye: e.g. the peer does not list this node's did (see node/config.py).
+            log.warning("event=peer_refused_us url=%s status=%d reason=%r", link.url, status, reason)
+        self._down(link, f"HTTP {status}: {reason}")
+        # 5xx (503: busy): the same items may go through later. A 4xx will not change by repeating
+        # it (the peer does not know us, or finds the items malformed): drop them, still back off.
+        return RETRY if status >= 500 else DROP
+
+    def _up(self, link: PeerLink) -> None:
+        if not link.connected:
+            log.info("event=peer_up url=%s", link.url)
+        link.connected = True
+        link.ever_connected = True
+        link.last_error = ""
+
+    def _down(self, link: PeerLink, reason: str) -> None:
+        if link.connected or (not link.last_error and link.ever_connected):
+            log.info("event=peer_down url=%s reason=%r", link.url, reason)
+        elif reason != link.last_error:
+            log.debug("event=peer_unreachable url=%s reason=%r", link.url, reason)
+        link.connected = False
+        link.last_error = reason
+
+    def _note_height(self, height: int) -> None:
+        for callback in self.on_height_seen:
+            callback(height)
+
+    # --- receiving -------------------------------------------------------------------------------------
+    def routes(self) -> list[web.RouteDef]:
+        return [web.post("/peer/v1/gossip", self.handle_gossip)]
+
+    async def handle_gossip(self, request: web.Request) -> web.Response:
+        try:
+            return await self._gossip(request)
+        except PeerRefusal as exc:
+            self.svc.metrics.peer_rejected += 1
+            log.debug("event=peer_refused status=%d reason=%r", exc.status, exc.reason)
+            return web.json_response({"error": exc.reason}, status=exc.status)
+
+    async def _gossip(self, request: web.Request) -> web.Response:
+        raw = await read_limited(request, MAX_ENVELOPE)
+        sender, body_raw, sig = parse_envelope(raw)
+        if sender == self.my_key:
+            raise PeerRefusal(400, "the envelope is from this node's own key")
+        if sender not in self.known_keys():
+            raise PeerRefusal(403, f"{keys.did_from_public_key(sender)} is not a known peer of this node")
+        if not keys.verify_signed(sender, PEER_DOMAIN, self.chain_id, body_raw, sig):
+            raise PeerRefusal(403, "the envelope's signature does not verify for its sender's key")
+        body = parse_body(body_raw)
+        messages = await asyncio.to_thread(decode_messages, body["proposals"], body["votes"])
+        link = self._link_for(sender, body["url"])
+        if link is not None:
+            link.observe(body["boot"], body["height"])
+            if not link.connected:
+                link.c_revived.set()
+                link.t_revived.set()
+            self._up(link)
+        self._note_height(body["height"])
+        for message, item_raw, digest in messages:
+            if not self.driver.offer(Incoming(message, item_raw, digest, sender)):
+                raise PeerRefusal(503, "this node's consensus queue is full; retry shortly")
+            if link is not None:
+                link.known.add(digest)
+            if isinstance(message, Vote):
+                self.svc.metrics.votes_received += 1
+            else:
+                self.svc.metrics.proposals_received += 1
+        if body["txs"]:
+            await self.svc.ingest(body["txs"], sender)
+        return web.Response(body=codec.encode({"boot": self.boot, "height": self.store.height}),
+                            content_type="application/msgpack")
+
+    def _link_for(self, key: bytes, url: str) -> PeerLink | None:
+        for link in self.links.values():
+            if link.key == key:
+                return link
+        by_url = self.links.get(url)
+        if by_url is not None:
+            if by_url.key is None:
+                by_url.key = key  # a peer configured by URL only has now said who it is
+                return by_url
+            return None  # that URL belongs to another key in our config: keep ours
+        return self._add_dynamic(url, key)
+
+
+# --- decoding what peers send (pure functions, so they can be tested without a server) ---------------
+
+async def read_response(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """A peer's whole answer; ValueError past `limit` bytes (a peer cannot make us hold more)."""
+    buf = bytearray()
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        buf += chunk
+        if len(buf) > limit:
+            raise ValueError(f"the answer is larger than {limit} bytes")
+    return bytes(buf)
+
+
+async def read_limited(request: web.Request, limit: int) -> bytes:
+    """The request body, refused with 413 past `limit` bytes (read in chunks; nothing larger is held)."""
+    if request.content_length is not None and request.content_length > limit:
+        raise PeerRefusal(413, f"request body too large (limit {limit} bytes)")
+    data = bytearray()
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        data += chunk
+        if len(data) > limit:
+            raise PeerRefusal(413, f"request body too large (limit {limit} bytes)")
+    if not data:
+        raise PeerRefusal(400, "empty request body; expected a peer envelope (msgpack)")
+    return bytes(data)
+
+
+def parse_envelope(raw: bytes) -> tuple[bytes, bytes, bytes]:
+    try:
+        env = codec.decode(raw, MAX_ENVELOPE)
+    except DecodeError as exc:
+        raise PeerRefusal(400, f"malformed envelope: {exc}") from None
+    if not isinstance(env, dict) or set(env) != {"from", "body", "sig"}:
+        raise PeerRefusal(400, "an envelope is a map of exactly from, body and sig")
+    sender, body, sig = env["from"], env["body"], env["sig"]
+    if not isinstance(sender, bytes) or len(sender) != 32:
+        raise PeerRefusal(400, "envelope.from must be a 32-byte node key")
+    if not isinstance(body, bytes):
+        raise PeerRefusal(400, "envelope.body must be bytes")
+    if not isinstance(sig, bytes) or len(sig) != 64:
+        raise PeerRefusal(400, "envelope.sig must be a 64-byte signature")
+    return sender, body, sig
+
+
+BODY_FIELDS = {"boot", "height", "url", "proposals", "votes", "txs"}
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    try:
+        body = codec.decode(raw, MAX_ENVELOPE)
+    except DecodeError as exc:
+        raise PeerRefusal(400, f"malformed envelope body: {exc}") from None
+    if not isinstance(body, dict) or set(body) != BODY_FIELDS:
+        raise PeerRefusal(400, f"an envelope body is a map of exactly {', '.join(sorted(BODY_FIELDS))}")
+    if not isinstance(body["boot"], bytes) or len(body["boot"]) != 8:
+        raise PeerRefusal(400, "body.boot must be 8 bytes")
+    h = body["height"]
+    if not isinstance(h, int) or isinstance(h, bool) or h < 0:
+        raise PeerRefusal(400, "body.height must be a height")
+    url = body["url"]
+    if not isinstance(url, str) or len(url) > 300 or not _is_http_url(url):
+        raise PeerRefusal(400, "body.url must be the sender's http(s) URL")
+    for name in ("proposals", "votes", "txs"):
+        items = body[name]
+        if not isinstance(items, list) or not all(isinstance(x, bytes) for x in items):
+            raise PeerRefusal(400, f"body.{name} must be a list of byte strings")
+    if len(body["proposals"]) + len(body["votes"]) + len(body["txs"]) > MAX_ITEMS:
+        raise PeerRefusal(413, f"more than {MAX_ITEMS} items in one envelope")
+    if any(len(t) > MAX_TX_BYTES for t in body["txs"]):
+        raise PeerRefusal(400, f"a transaction in body.txs is larger than {MAX_TX_BYTES} bytes")
+    return body
+
+
+def decode_messages(proposals: list[bytes], votes: list[bytes]) -> list[tuple[Message, bytes, bytes]]:
+    """Decode every consensus message (strictly); PeerRefusal 400 naming the first bad one."""
+    out: list[tuple[Message, bytes, bytes]] = []
+    for i, raw in enumerate(proposals):
+        try:
+            p: Proposal = decode_proposal(raw)
+        except (LerError, ValueError) as exc:
+            raise PeerRefusal(400, f"body.proposals[{i}]: {exc}") from None
+        out.append((p, raw, sha256(raw)))
+    for i, raw in enumerate(votes):
+        try:
+            v = Vote.decode(raw)
+        except (LerError, ValueError) as exc:
+            raise PeerRefusal(400, f"body.votes[{i}]: {exc}") from None
+        out.append((v, raw, sha256(raw)))
+    return out
+
+
+def _is_http_url(url: str) -> bool:
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
+def _error_text(payload: bytes) -> str:
+    try:
+        obj = json.loads(payload)
+    except ValueError:
+        return ""
+    return str(obj.get("error", "")) if isinstance(obj, dict) else ""

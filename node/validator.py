@@ -1,0 +1,685 @@
+"""The consensus driver: runs `consensus.engine.Tendermint` for this node, one block height at a time.
+
+The engine decides; this module carries its messages, keeps its time and makes its decisions durable:
+
+- get_value(h, r) builds a block from the mempool (`ChainStore.make_block`); the ExecutionResult is
+  kept by block hash, so the commit does not execute the block again.
+- valid(block) checks the header time (after the parent's, at most `max_drift_ms` ahead of our clock)
+  and `ChainStore.validate_block` with the mempool as the set of already verified transactions: a
+  signature checked on submission or gossip is not checked again. Verdicts are kept by block hash.
+- RecordSigned is written to LevelDB with a synced write (consensus/signed) inside the same engine
+  call, so it is durable before the loop sends any Broadcast that follows it. A restarted node builds
+  its engine with it and never signs a conflicting vote.
+- ScheduleTimeout becomes `loop.call_later`; Decide commits the block with its certificate; Evidence
+  and ConflictingProposals are stored (evidence/...) and served at GET /v1/evidence.
+
+Threads: every engine call and every store write runs on one dedicated worker thread ("consensus"),
+because building or checking a block of thousands of transactions takes far longer than an event
+loop may block. Exactly one call is in flight at a time (this task awaits each), so the engine and the
+store's single writer are never used concurrently; the loop only reads.
+
+Idle: a height is started only when there is something to do: transactions in the mempool (after
+`batch_ms` to let a block fill), a heartbeat due, a peer's message for that height (someone else has
+work), or a restart in the middle of a height we had signed in. Between heights nothing runs: no
+rounds, no timers, no empty blocks. Once started, a height runs until decided; a proposer with an
+empty mempool proposes nothing in round 0 (another validator has the transactions and proposes in a
+later round), and an empty block from round 1 on so a started height always ends.
+
+Block sync hands in blocks with their certificates (`submit_synced`); they are committed by the same
+thread, so consensus and sync never write concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from consensus import (
+    Action,
+    Broadcast,
+    ConflictingProposals,
+    Decide,
+    Evidence,
+    Proposal,
+    RecordSigned,
+    Rejected,
+    ScheduleTimeout,
+    SignedState,
+    Tendermint,
+    TimeoutConfig,
+    proposer_of,
+)
+from consensus.messages import Message, describe
+from ler import codec, keys
+from ler.block import Block, CommitCertificate, Vote
+from ler.errors import DecodeError, ProofError, RuleError
+from ler.keys import sha256
+from ler.tx import Tx
+from node.service import NodeService, now_ms
+from storage.chain import ExecutionResult, InvalidBlock, StoreError
+
+log = logging.getLogger("ler.consensus")
+
+SIGNED_KEY = b"consensus/signed"
+PROPOSAL_KEY = b"consensus/proposal"
+EVIDENCE_PREFIX = b"evidence/"
+MAX_INBOX = 20_000       # queued peer messages before gossip is answered "busy, retry"
+MAX_EARLY = 1024         # messages for the next height kept before that height starts
+MAX_BATCH = 512          # inputs handed to the engine in one thread call
+
+
+class Outbox(Protocol):
+    """What the driver needs from gossip (node/peers.py)."""
+
+    def broadcast(self, message: Message, raw: bytes, digest: bytes) -> None:
+        """Send our own signed message to every peer (now, and again until the height ends)."""
+
+    def accepted(self, message: Message, raw: bytes, digest: bytes) -> None:
+        """A peer's message the engine took: relay it to peers that may lack it."""
+
+    def new_height(self, committed: int) -> None:
+        """The committed height moved: forget the old height's messages, tell peers."""
+
+
+def encode_message(message: Message) -> bytes:
+    return message.encode()
+
+
+def decode_proposal(raw: bytes) -> Proposal:
+    return Proposal.decode(raw, Block)
+
+
+# --- inputs ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A consensus message from a peer, with its bytes and their hash (its identity in gossip)."""
+
+    message: Message
+    raw: bytes
+    digest: bytes
+    peer: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TimeoutFired:
+    step: str
+    height: int
+    round: int
+
+
+@dataclass(slots=True)
+class SyncBatch:
+    """Blocks with their certificates from block sync, in height order; `done` gets the count committed."""
+
+    pairs: list[tuple[Block, CommitCertificate]]
+    done: asyncio.Future[int]
+
+
+@dataclass(frozen=True, slots=True)
+class Wake:
+    """Something changed outside the engine (new transactions, stop): look at the start gate again."""
+
+
+Input = Incoming | TimeoutFired | SyncBatch | Wake
+
+
+class SyncRefused(Exception):
+    """A synced block or certificate that does not verify; `reason` says which rule."""
+
+    @property
+    def reason(self) -> str:
+        return str(self)
+
+
+@dataclass(frozen=True, slots=True)
+class _Send:
+    """A Broadcast, with the message already encoded on the worker thread."""
+
+    message: Message
+    raw: bytes
+    digest: bytes
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """What one worker-thread call gives back to the loop."""
+
+    actions: list[Action | _Send] = field(default_factory=list)
+    accepted: list[Incoming] = field(default_factory=list)
+
+
+class ConsensusDriver:
+    def __init__(self, svc: NodeService, outbox: Outbox | None = None) -> None:
+        self.svc = svc
+        self.store = svc.store
+        self.outbox = outbox
+        cfg = svc.config
+        self.voting = cfg.role == "authority"
+        c = cfg.consensus
+        self.timeouts = TimeoutConfig(c.propose, c.propose_increment, c.prevote, c.prevote_increment,
+                                      c.precommit, c.precommit_increment)
+        self.max_drift_ms = c.max_drift_ms
+        self.batch_s = cfg.blocks.batch_ms / 1000
+        self.heartbeat_s = cfg.blocks.heartbeat_s
+        self.block_txs = cfg.limits.block_txs
+        self.signed = self._load_signed()
+        self.own_proposal = self._load_proposal()
+        # Observers run no engine: they never vote and follow the chain by block sync alone.
+        self.engine: Tendermint | None = None
+        if self.voting:
+            self.engine = Tendermint(svc.chain_id, svc.key, self.store.validators, self._get_value,
+                                     self._valid, self.timeouts, self.signed)
+        self._inbox: asyncio.Queue[Input] = asyncio.Queue()
+        self._queued_messages = 0
+        self._wake_queued = False
+        self._early: dict[bytes, Incoming] = {}
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="consensus")
+        self._timers: set[asyncio.TimerHandle] = set()
+        # Per-height caches, touched only on the worker thread (cleared there after each commit).
+        self._results: dict[bytes, ExecutionResult] = {}
+        self._invalid: dict[bytes, str] = {}
+        self._refused: list[tuple[Tx, RuleError]] = []
+        self._pending_since: float | None = None
+        self._height_started_at: float | None = None
+        self._last_block_at = time.monotonic()
+        self._logged: tuple[int, int] = (0, -1)
+        self._stopping = False
+        self._finish_height: int | None = None
+        self._stop_deadline = 0.0
+        svc.tx_listeners.append(self._on_txs)
+
+    def _load_signed(self) -> SignedState | None:
+        return load_signed(self.store.get_meta(SIGNED_KEY))
+
+    def _load_proposal(self) -> Proposal | None:
+        raw = self.store.get_meta(PROPOSAL_KEY)
+        if raw is None:
+            return None
+        try:
+            return decode_proposal(raw)
+        except (DecodeError, ValueError) as exc:
+            # Only a convenience (it saves a round after a crash); the signed state is what keeps us safe.
+            log.warning("event=stored_proposal_unreadable reason=%r", str(exc))
+            return None
+
+    # --- state for the API and metrics ---------------------------------------------------------------
+    @property
+    def round(self) -> int:
+        return self.engine.round if self.engine is not None and self.engine.height > self.store.height else 0
+
+    @property
+    def in_height(self) -> bool:
+        """Whether a height is running (started, not yet committed)."""
+        return self.engine is not None and self.engine.height == self.store.height + 1
+
+    # --- inputs from the rest of the node ------------------------------------------------------------
+    def offer(self, incoming: Incoming) -> bool:
+        """Queue a peer's consensus message; False when the queue is full (the peer should retry)."""
+        if self.engine is None:
+            return True  # an observer takes no part; nothing to do with it
+        if self._queued_messages >= MAX_INBOX:
+            return False
+        self._queued_messages += 1
+        self._inbox.put_nowait(incoming)
+        return True
+
+    def submit_synced(self, pairs: list[tuple[Block, CommitCertificate]]) -> asyncio.Future[int]:
+        """Hand blocks from sync to the committing thread; the future gets how many were committed."""
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._inbox.put_nowait(SyncBatch(pairs, done))
+        return done
+
+    def _on_txs(self, txs: list[Tx], source: bytes | None) -> None:
+        self._wake()
+
+    def _wake(self) -> None:
+        if not self._wake_queued:
+            self._wake_queued = True
+            self._inbox.put_nowait(Wake())
+
+    def stop(self) -> None:
+        """Stop after the height in progress (bounded by a grace period); start no other."""
+        if self._stopping:
+            return
+        self._stopping = True
+        nxt = self.store.height + 1
+        busy = (self.in_height and not (self.engine is not None and self.engine.decided)) \
+            or (self._pending_since is not None and len(self.svc.mempool) > 0 and self._can_start(nxt))
+        self._finish_height = nxt if busy else None
+        self._stop_deadline = time.monotonic() + self.batch_s + 2.0
+        self._wake()
+
+    # --- the loop ----------------------------------------------------------------------------------
+    async def run(self) -> None:
+        try:
+            while not (self._stopping and self._stop_done()):
+                if self._should_start():
+                    await self._start_height()
+                    continue
+                batch = await self._collect(self._next_deadline())
+                if batch:
+                    await self._handle(batch)
+        finally:
+            for handle in self._timers:
+                handle.cancel()
+            self._timers.clear()
+            # Normally idle here; after a cancellation a call may still be running, and the store must
+            # not close under it, so wait for it.
+            self._executor.shutdown(wait=True)
+            for item in self._drain():
+                if isinstance(item, SyncBatch) and not item.done.done():
+                    item.done.cancel()
+
+    def _drain(self) -> list[Input]:
+        items: list[Input] = []
+        while not self._inbox.empty():
+            items.append(self._inbox.get_nowait())
+        return items
+
+    def _stop_done(self) -> bool:
+        return (self._finish_height is None or self.store.height >= self._finish_height
+                or time.monotonic() >= self._stop_deadline)
+
+    async def _collect(self, deadline: float | None) -> list[Input]:
+        if self._inbox.empty():
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                first = await asyncio.wait_for(self._inbox.get(), timeout)
+            except TimeoutError:
+                return []
+            batch = [first]
+        else:
+            batch = []
+        while not self._inbox.empty() and len(batch) < MAX_BATCH:
+            batch.append(self._inbox.get_nowait())
+        for item in batch:
+            if isinstance(item, Incoming):
+                self._queued_messages -= 1
+            elif isinstance(item, Wake):
+                self._wake_queued = False
+        return batch
+
+    def _can_start(self, h: int) -> bool:
+        return self.engine is not None and self.engine.height < h and self.svc.key.public_key in \
+            self.store.validators(h)
+
+    def _should_start(self) -> bool:
+        """The idle gate: whether to start the next height now (see the module docstring)."""
+        nxt = self.store.height + 1
+        if not self._can_start(nxt):
+            return False
+        if self._stopping and (self._finish_height != nxt or self._stop_done()):
+            return False  # stopping: only the height that was already on its way
+        now = time.monotonic()
+        if self._early:
+            return True
+        if self.signed is not None and self.signed.height == nxt:
+            return True  # restarted mid-height: resume, our peers may be waiting for our vote
+        if len(self.svc.mempool):
+            if self._pending_since is None:
+                # The first transactions after a pause wait batch_ms for company, unless they already
+                # fill a block (decided once, here: the wait then runs its course, as clients expect).
+                full = len(self.svc.mempool) >= self.block_txs
+                self._pending_since = now - self.batch_s if full else now
+            if now >= self._pending_since + self.batch_s:
+                return True
+        else:
+            self._pending_since = None
+        return self.heartbeat_s > 0 and now >= self._last_block_at + self.heartbeat_s
+
+    def _next_deadline(self) -> float | None:
+        deadlines = []
+        if self._stopping:
+            deadlines.append(self._stop_deadline)
+        if not self.in_height and self.engine is not None:
+            if self._pending_since is not None and len(self.svc.mempool):
+                deadlines.append(self._pending_since + self.batch_s)
+            if self.heartbeat_s > 0:
+                deadlines.append(self._last_block_at + self.heartbeat_s)
+        return min(deadlines) if deadlines else None
+
+    async def _call(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    # --- starting a height ---------------------------------------------------------------------------
+    async def _start_height(self) -> None:
+        h = self.store.height + 1
+        early = [m for m in self._early.values() if m.message.height in (h, h + 1)]
+        self._early.clear()
+        self._height_started_at = time.monotonic()
+        self._pending_since = None
+        vals = self.store.validators(h)
+        log.info("event=height_started height=%d round=0 validators=%d proposer=%s mempool=%d early=%d",
+                 h, len(vals), keys.did_from_public_key(proposer_of(vals, h, 0))[-8:],
+                 len(self.svc.mempool), len(early))
+        outcome = await self._call(self._thread_start, h, early)
+        await self._carry_out(outcome)
+
+    def _thread_start(self, h: int, early: list[Incoming]) -> _Outcome:
+        assert self.engine is not None
+        out = _Outcome()
+        self._absorb(out, self.engine.start_height(h))
+        own = self.own_proposal
+        if own is not None and own.height == h:
+            # Restarted mid-height: our last proposal (its block included) is known again, so votes
+            # for it, ours among them, can decide it instead of waiting out the round.
+            self._absorb(out, self.engine.on_proposal(own))
+        for incoming in early:
+            self._feed(out, incoming)
+        return out
+
+    # --- handling inputs -----------------------------------------------------------------------------
+    async def _handle(self, batch: list[Input]) -> None:
+        feed: list[Incoming | TimeoutFired] = []
+        for item in batch:
+            if isinstance(item, SyncBatch):
+                if feed:
+                    await self._carry_out(await self._call(self._thread_feed, feed))
+                    feed = []
+                await self._commit_synced(item)
+            elif isinstance(item, TimeoutFired):
+                feed.append(item)
+            elif isinstance(item, Incoming):
+                routed = self._route(item)
+                if routed:
+                    feed.append(item)
+        if feed and self.engine is not None:
+            await self._carry_out(await self._call(self._thread_feed, feed))
+
+    def _route(self, incoming: Incoming) -> bool:
+        """True if the engine should see it now; messages for a height it has not started wait here."""
+        m = incoming.message
+        nxt = self.store.height + 1
+        if m.height < nxt or m.height > nxt + 1:
+            return False  # decided already, or so far ahead that block sync must bring us there first
+        if self.in_height:
+            return True  # its height, or the next one (which the engine buffers itself)
+        if len(self._early) < MAX_EARLY:  # kept, and the gate opens: a peer is working on it
+            self._early[incoming.digest] = incoming
+        return False
+
+    def _thread_feed(self, items: Sequence[Incoming | TimeoutFired]) -> _Outcome:
+        assert self.engine is not None
+        out = _Outcome()
+        for item in items:
+            if isinstance(item, TimeoutFired):
+                self._absorb(out, self.engine.on_timeout(item.step, item.height, item.round))
+            else:
+                self._feed(out, item)
+        return out
+
+    def _feed(self, out: _Outcome, incoming: Incoming) -> None:
+        assert self.engine is not None
+        current = incoming.message.height == self.engine.height and not self.engine.decided
+        actions = self.engine.on_message(incoming.message)
+        if current and not any(isinstance(a, Rejected) for a in actions):
+            out.accepted.append(incoming)
+        self._absorb(out, actions)
+
+    def _absorb(self, out: _Outcome, actions: list[Action]) -> None:
+        """On the worker thread: make RecordSigned and evidence durable, encode own messages.
+
+        Runs before the loop sees any of `actions`, so what we signed is on disk before it is sent.
+        """
+        durable: dict[bytes, bytes] = {}
+        signed = [a for a in actions if isinstance(a, RecordSigned)]
+        if signed:
+            self.signed = signed[-1].state  # states only move forward: the newest covers the rest
+            durable[SIGNED_KEY] = self.signed.encode()
+        sends: dict[int, _Send] = {}
+        for i, a in enumerate(actions):
+            if isinstance(a, Broadcast):
+                raw = encode_message(a.message)
+                sends[i] = _Send(a.message, raw, sha256(raw))
+                if isinstance(a.message, Proposal):
+                    self.own_proposal = a.message
+                    durable[PROPOSAL_KEY] = raw
+        if durable:
+            self.store.put_meta_many(durable)
+        for i, a in enumerate(actions):
+            if isinstance(a, Broadcast):
+                out.actions.append(sends[i])
+            elif isinstance(a, Evidence | ConflictingProposals):
+                self._store_evidence(a)
+                out.actions.append(a)
+            elif not isinstance(a, RecordSigned):
+                out.actions.append(a)
+
+    def _store_evidence(self, a: Evidence | ConflictingProposals) -> None:
+        if isinstance(a, Evidence):
+            first, second = a.vote_a, a.vote_b
+            who, h, r, kind = first.validator, first.height, first.round, "vote"
+            raw_a, raw_b = first.encode(), second.encode()
+            slot = first.type
+        else:
+            p, q = a.proposal_a, a.proposal_b
+            who, h, r, kind = p.proposer, p.height, p.round, "proposal"
+            raw_a, raw_b = p.encode(), q.encode()
+            slot = 0
+        key = EVIDENCE_PREFIX + h.to_bytes(8, "big") + r.to_bytes(4, "big") + bytes([slot]) + who
+        self.store.put_meta(key, codec.encode({"kind": kind, "a": raw_a, "b": raw_b}))
+
+    async def _carry_out(self, outcome: _Outcome) -> None:
+        loop = asyncio.get_running_loop()
+        decide: Decide | None = None
+        for incoming in outcome.accepted:
+            if self.outbox is not None:
+                self.outbox.accepted(incoming.message, incoming.raw, incoming.digest)
+        for a in outcome.actions:
+            if isinstance(a, _Send):
+                if self.outbox is not None:
+                    self.outbox.broadcast(a.message, a.raw, a.digest)
+                log.debug("event=signed %s", describe(a.message))
+            elif isinstance(a, ScheduleTimeout):
+                self._schedule(loop, a)
+            elif isinstance(a, Decide):
+                decide = a
+            elif isinstance(a, Evidence):
+                self.svc.metrics.evidence += 1
+                log.warning("event=evidence kind=vote height=%d round=%d validator=%s first=%s second=%s",
+                            a.vote_a.height, a.vote_a.round, keys.did_from_public_key(a.vote_a.validator),
+                            describe(a.vote_a), describe(a.vote_b))
+            elif isinstance(a, ConflictingProposals):
+                self.svc.metrics.evidence += 1
+                log.warning("event=evidence kind=proposal height=%d round=%d proposer=%s",
+                            a.proposal_a.height, a.proposal_a.round,
+                            keys.did_from_public_key(a.proposal_a.proposer))
+            elif isinstance(a, Rejected):
+                log.debug("event=consensus_rejected reason=%r", a.reason)
+        if self._refused:
+            refused, self._refused = self._refused, []
+            await self.svc.refuse(refused)
+        self._log_round()
+        if decide is not None:
+            await self._commit_decided(decide)
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop, a: ScheduleTimeout) -> None:
+        def fire() -> None:
+            self._timers.discard(handle)
+            self._inbox.put_nowait(TimeoutFired(a.step, a.height, a.round))
+
+        handle = loop.call_later(a.delay_s, fire)
+        self._timers.add(handle)
+
+    def _log_round(self) -> None:
+        e = self.engine
+        if e is None or not self.in_height or e.decided:
+            return
+        now = (e.height, e.round)
+        if now != self._logged:
+            if now[0] == self._logged[0]:
+                vals = e.validators
+                log.info("event=round_started height=%d round=%d step=%s proposer=%s", e.height, e.round,
+                         e.step_name, keys.did_from_public_key(proposer_of(vals, e.height, e.round))[-8:])
+            self._logged = now
+
+    # --- the application's side of the engine (worker thread) ----------------------------------------
+    def _get_value(self, h: int, r: int) -> Block | None:
+        own = self.own_proposal
+        if own is not None and (own.height, own.round) == (h, r):
+            return own.value  # restarted after proposing: the same block, or we may not sign again
+        txs = self.svc.mempool.take(self.block_txs, max_bytes=self.svc.config.limits.max_body_bytes)
+        heartbeat_due = self.heartbeat_s > 0 and time.monotonic() >= self._last_block_at + self.heartbeat_s
+        if not txs and r == 0 and not heartbeat_due:
+            return None  # nothing of ours to propose: let a validator with transactions propose
+        parent = self.store.latest_header()
+        parent_time = parent.time if parent is not None else self.store.genesis.genesis_time
+        t = max(now_ms(), parent_time + 1)
+        last_cert = self.store.cert(h - 1) if h > 1 else None
+        block, result = self.store.make_block(txs, t, r, self.svc.key.public_key, last_cert)
+        if result.rejected:
+            self._refused.extend(result.rejected)
+        if not result.applied and txs and r == 0 and not heartbeat_due:
+            return None  # everything taken was refused; it leaves the mempool, and no empty block
+        self._results[block.hash] = result
+        log.info("event=proposing height=%d round=%d txs=%d refused=%d hash=%s", h, r, len(result.applied),
+                 len(result.rejected), block.hash.hex()[:16])
+        return block
+
+    def _valid(self, value: Any) -> bool:
+        if not isinstance(value, Block):
+            return False
+        hd = value.header
+        if hd.height != self.store.height + 1:
+            return False
+        ahead = hd.time - now_ms()
+        if ahead > self.max_drift_ms:
+            # Not remembered: our clock catches up, and the engine asks again next round.
+            log.info("event=proposal_refused height=%d round=%d rule=header.time reason=%r", hd.height,
+                     hd.round, f"{ahead} ms ahead of this node's clock (at most {self.max_drift_ms})")
+            return False
+        block_hash = value.hash
+        if block_hash in self._results:
+            return True
+        if block_hash in self._invalid:
+            return False
+        try:
+            self._results[block_hash] = self.store.validate_block(value, verified=self.svc.mempool)
+        except InvalidBlock as exc:
+            self._invalid[block_hash] = str(exc)
+            log.warning("event=proposal_refused height=%d round=%d rule=%s reason=%r", hd.height, hd.round,
+                        exc.rule, str(exc))
+            return False
+        return True
+
+    # --- committing ------------------------------------------------------------------------------------
+    async def _commit_decided(self, d: Decide) -> None:
+        block = d.value
+        assert isinstance(block, Block)
+        result = await self._call(self._thread_commit, block, d.certificate)
+        if result is not None:
+            await self._after_commit(block, result, "consensus")
+
+    def _thread_commit(self, block: Block, cert: CommitCertificate) -> ExecutionResult | None:
+        h = block.header.height
+        if self.store.height >= h:  # block sync got there first
+            if self.store.block_hash(h) != block.hash:
+                log.critical("event=fork height=%d decided=%s committed=%s", h, block.hash.hex(),
+                             (self.store.block_hash(h) or b"").hex())
+            return None
+        result = self._results.get(block.hash) or self.store.validate_block(block, verified=self.svc.mempool)
+        self.store.commit_block(block, cert, result)
+        self._results.clear()
+        self._invalid.clear()
+        return result
+
+    async def _commit_synced(self, batch: SyncBatch) -> None:
+        committed = 0
+        try:
+            for block, cert in batch.pairs:
+                h = block.header.height
+                if h <= self.store.height:
+                    continue
+                if h != self.store.height + 1:
+                    raise SyncRefused(f"block {h} does not follow the committed height {self.store.height}")
+                result = await self._call(self._thread_sync_commit, block, cert)
+                await self._after_commit(block, result, "sync")
+                committed += 1
+        except SyncRefused as exc:
+            if not batch.done.done():
+                batch.done.set_exception(exc)
+            return
+        if not batch.done.done():
+            batch.done.set_result(committed)
+
+    def _thread_sync_commit(self, block: Block, cert: CommitCertificate) -> ExecutionResult:
+        h = block.header.height
+        try:
+            if cert.height != h or cert.block != block.hash:
+                raise SyncRefused(f"the certificate given with block {h} is for another block")
+            # The certificate first: it is a few signatures, the block may be thousands of transactions.
+            cert.verify(self.svc.chain_id, self.store.validators(h))
+            result = self._results.get(block.hash) or self.store.validate_block(block, verified=self.svc.mempool)
+            self._results[block.hash] = result
+            e = self.engine
+            if e is not None and e.height == h and not e.decided:
+                # The height we were voting on is decided elsewhere: the engine learns it (its own checks
+                # pass, the verdict is cached), so its pending timeouts for this height do nothing.
+                e.on_commit(block, cert)
+            self.store.commit_block(block, cert, result)
+        except ProofError as exc:
+            raise SyncRefused(f"certificate of block {h}: {exc}") from None
+        except InvalidBlock as exc:
+            raise SyncRefused(f"block {h}: {exc}") from None
+        except StoreError as exc:
+            raise SyncRefused(f"block {h}: {exc.reason}") from None
+        self._results.clear()
+        self._invalid.clear()
+        return result
+
+    async def _after_commit(self, block: Block, result: ExecutionResult, source: str) -> None:
+        h = block.header.height
+        started = self._height_started_at if source == "consensus" else None
+        self._height_started_at = None
+        self._last_block_at = time.monotonic()
+        self._early = {d: m for d, m in self._early.items() if m.message.height > h}
+        await self.svc.after_commit(block, result, started, source)
+        if self.outbox is not None:
+            self.outbox.new_height(h)
+        if len(self.svc.mempool):
+            await self.svc.recheck_mempool(self.block_txs)
+        # Left-over transactions have waited already: the next height starts at once.
+        self._pending_since = float("-inf") if len(self.svc.mempool) else None
+
+
+# --- evidence for the API --------------------------------------------------------------------------------
+
+def evidence_json(raw_key: bytes, raw_value: bytes) -> dict[str, Any]:
+    """One stored evidence entry as JSON: kind, height, round, who, and both signed messages."""
+    obj = codec.decode(raw_value)
+    kind = obj["kind"]
+    if kind == "vote":
+        a, b = Vote.decode(obj["a"]), Vote.decode(obj["b"])
+        who = a.validator
+        msgs = [a.to_json(), b.to_json()]
+        step = {1: "prevote", 2: "precommit"}.get(a.type, str(a.type))
+    else:
+        pa, pb = decode_proposal(obj["a"]), decode_proposal(obj["b"])
+        who = pa.proposer
+        msgs = [_proposal_json(pa), _proposal_json(pb)]
+        step = "propose"
+    height = int.from_bytes(raw_key[len(EVIDENCE_PREFIX):len(EVIDENCE_PREFIX) + 8], "big")
+    round_ = int.from_bytes(raw_key[len(EVIDENCE_PREFIX) + 8:len(EVIDENCE_PREFIX) + 12], "big")
+    return {"kind": "duplicate_" + kind, "height": height, "round": round_, "step": step,
+            "validator": keys.did_from_public_key(who), "messages": msgs}
+
+
+def _proposal_json(p: Proposal) -> dict[str, Any]:
+    return {"height": p.height, "round": p.round, "pol_round": p.pol_round, "block": p.block_hash.hex(),
+            "proposer": keys.did_from_public_key(p.proposer), "sig": p.sig.hex()}
+
+
+def load_signed(raw: bytes | None) -> SignedState | None:
+    """The persisted SignedState (None if this node never signed anything)."""
+    if raw is None:
+        return None
+    try:
+        return SignedState.decode(raw)
+    except DecodeError as exc:
+        raise StoreError(f"the stored consensus state (consensus/signed) is corrupt: {exc}") from None

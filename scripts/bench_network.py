@@ -1,0 +1,238 @@
+"""Network benchmark: a local 4-authority network under a load of record anchors.
+
+1. Starts `ler testnet up` with N authorities in a temporary folder and accredits `--issuers` issuers.
+2. Saturation: pre-signs `--txs` anchors, submits them in msgpack batches spread over all nodes from
+   several client threads, and reports finalized transactions per second (first submission to last
+   commit) with commit latency p50/p99.
+3. Half load: submits at half the measured rate for `--half-seconds` and reports latency p50/p99 there.
+4. CPU seconds per node (from /proc), and, measured in the same run, this machine's Ed25519
+   verifications per second on one core, with throughput / (cores x verify rate / nodes): each node
+   verifies each signature once, so that bound is what signature checks alone would allow.
+
+Latency is measured from the moment a batch is sent to the moment a client polling the node sees the
+block holding the transaction (the poll interval is part of it). The last line is one JSON object:
+{"nodes", "txs", "tps", "p50_ms", "p99_ms", "verify_per_s_per_core", "bound_ratio", ...}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import nacl.signing
+
+from ler import codec, keys
+from ler.keys import KeyPair
+from ler.tx import Action, GovVote, RecordAnchor, Tx, sign_tx
+from node import testnet
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def ed25519_verify_rate(seconds: float = 1.5) -> float:
+    key = nacl.signing.SigningKey.generate()
+    vk, msg = key.verify_key, os.urandom(300)
+    sig = key.sign(msg).signature
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for _ in range(200):
+            vk.verify(msg, sig)
+        n += 200
+    return n / (time.perf_counter() - t0)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+def http_json(url: str, body: bytes | None = None, ctype: str = "application/json", timeout: float = 60) -> Any:
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": ctype} if body else {})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
+def submit_msgpack(url: str, txs: list[Tx]) -> None:
+    body = codec.encode([t.raw for t in txs])
+    try:
+        http_json(url + "/v1/txs", body, "application/msgpack")
+    except urllib.error.HTTPError as exc:  # 400 when all were refused: report, never silently
+        raise SystemExit(f"bench: a batch was refused: {exc.read()[:300]!r}") from None
+
+
+class CommitWatcher(threading.Thread):
+    """Polls one node for new blocks and notes when each transaction id was first seen committed."""
+
+    def __init__(self, url: str, start_height: int, interval: float = 0.02) -> None:
+        super().__init__(daemon=True)
+        self.url, self.height, self.interval = url, start_height, interval
+        self.seen: dict[bytes, float] = {}
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                latest = http_json(self.url + "/v1/status")["height"]
+                while self.height < latest:
+                    self.height += 1
+                    block = http_json(f"{self.url}/v1/blocks/{self.height}")
+                    now = time.perf_counter()
+                    for tx_id in block["txs"]:
+                        self.seen.setdefault(bytes.fromhex(tx_id), now)
+            except OSError:
+                pass
+            self.stop.wait(self.interval)
+
+
+def wait_all(watcher: CommitWatcher, ids: list[bytes], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(i in watcher.seen for i in ids):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def run_load(urls: list[str], batches: list[list[Tx]], watcher: CommitWatcher, clients: int,
+             rate: float | None) -> tuple[dict[bytes, float], float]:
+    """Send batches from `clients` threads (paced to `rate` tx/s if given); return send times per tx."""
+    sent: dict[bytes, float] = {}
+    lock = threading.Lock()
+    t_start = time.perf_counter()
+    cursor = iter(enumerate(batches))
+
+    def client(n: int) -> None:
+        while True:
+            with lock:
+                item = next(cursor, None)
+            if item is None:
+                return
+            i, batch = item
+            if rate:
+                due = t_start + sum(len(b) for b in batches[:i]) / rate
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+            now = time.perf_counter()
+            with lock:
+                for t in batch:
+                    sent[t.tx_id] = now
+            submit_msgpack(urls[i % len(urls)], batch)
+
+    threads = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sent, t_start
+
+
+def anchors(issuers: list[KeyPair], chain: str, n: int, rtype: str) -> list[Tx]:
+    holder = KeyPair.generate().did
+    out = []
+    for i in range(n):
+        k = issuers[i % len(issuers)]
+        out.append(sign_tx(k, chain, RecordAnchor(os.urandom(16), k.did, holder, rtype, os.urandom(32), None)))
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--nodes", type=int, default=4)
+    ap.add_argument("--txs", type=int, default=20_000)
+    ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--clients", type=int, default=4)
+    ap.add_argument("--issuers", type=int, default=8)
+    ap.add_argument("--half-seconds", type=float, default=10.0)
+    ap.add_argument("--keep", action="store_true", help="leave the network folder in place")
+    args = ap.parse_args()
+
+    ed = ed25519_verify_rate()
+    cores = os.cpu_count() or 1
+    print(f"machine: {cores} cores, Ed25519 verify {ed:,.0f}/s per core (PyNaCl)", flush=True)
+    tmp = Path(tempfile.mkdtemp(prefix="ler-bench-net-"))
+    try:
+        manifest = testnet.up(tmp, authorities=args.nodes, observers=0, base_port=18700, chain_id="bench")
+        urls = [n["url"] for n in manifest["nodes"]]
+        pids = [n["pid"] for n in manifest["nodes"]]
+        chain = manifest["chain_id"]
+        authorities = [keys.read_key_file(n["key"]) for n in manifest["nodes"]]
+        issuers = [KeyPair.generate() for _ in range(args.issuers)]
+        votes = [sign_tx(a, chain, GovVote(Action("accredit", k.did, f"Bench Issuer {i}", ("degree",), None)))
+                 for i, k in enumerate(issuers) for a in authorities[: len(authorities) * 2 // 3 + 1]]
+        http_json(urls[0] + "/v1/txs?wait=1&timeout=60", json.dumps({"txs": [v.to_json() for v in votes]}).encode())
+        for k in issuers:
+            http_json(f"{urls[0]}/v1/issuers/{k.did}")  # raises if the accreditation did not execute
+        print(f"network up: {args.nodes} authorities, {args.issuers} accredited issuers", flush=True)
+
+        print(f"signing {args.txs:,} anchors ...", flush=True)
+        txs = anchors(issuers, chain, args.txs, "degree")
+        batches = [txs[i:i + args.batch] for i in range(0, len(txs), args.batch)]
+        start_h = http_json(urls[0] + "/v1/status")["height"]
+        watcher = CommitWatcher(urls[0], start_h)
+        watcher.start()
+        cpu0 = [cpu_seconds(p) for p in pids]
+        sent, t0 = run_load(urls, batches, watcher, args.clients, None)
+        ids = [t.tx_id for t in txs]
+        if not wait_all(watcher, ids, timeout=600):
+            missing = sum(1 for i in ids if i not in watcher.seen)
+            raise SystemExit(f"bench: {missing} transactions not committed within 10 minutes")
+        t_end = max(watcher.seen[i] for i in ids)
+        cpu1 = [cpu_seconds(p) for p in pids]
+        tps = len(ids) / (t_end - t0)
+        lat = [(watcher.seen[i] - sent[i]) * 1000 for i in ids]
+        print(f"saturation: {len(ids):,} txs in {t_end - t0:.1f} s = {tps:,.0f} finalized tx/s; latency p50 "
+              f"{percentile(lat, 0.5):.0f} ms, p99 {percentile(lat, 0.99):.0f} ms", flush=True)
+        cpu = [round(b - a, 1) for a, b in zip(cpu0, cpu1, strict=True)]
+        print(f"CPU seconds per node during saturation: {cpu} (wall {t_end - t0:.1f} s)", flush=True)
+
+        half_rate = tps / 2
+        n_half = max(args.batch, int(half_rate * args.half_seconds))
+        half = anchors(issuers, chain, n_half, "degree")
+        small = max(1, min(args.batch, int(half_rate / 20)))  # about 20 batches a second
+        hb = [half[i:i + small] for i in range(0, len(half), small)]
+        sent_h, _ = run_load(urls, hb, watcher, args.clients, half_rate)
+        hid = [t.tx_id for t in half]
+        if not wait_all(watcher, hid, timeout=300):
+            raise SystemExit("bench: half-load transactions not all committed")
+        lat_h = [(watcher.seen[i] - sent_h[i]) * 1000 for i in hid]
+        p50, p99 = percentile(lat_h, 0.5), percentile(lat_h, 0.99)
+        print(f"half load ({half_rate:,.0f} tx/s offered, {len(hid):,} txs): latency p50 {p50:.0f} ms, "
+              f"p99 {p99:.0f} ms", flush=True)
+        watcher.stop.set()
+        bound = cores * ed / args.nodes
+        result = {"nodes": args.nodes, "txs": len(ids), "tps": round(tps, 1), "p50_ms": round(p50, 1),
+                  "p99_ms": round(p99, 1), "verify_per_s_per_core": round(ed, 1),
+                  "bound_ratio": round(tps / bound, 4), "saturation_p50_ms": round(percentile(lat, 0.5), 1),
+                  "saturation_p99_ms": round(percentile(lat, 0.99), 1), "cpu_s_per_node": cpu,
+                  "wall_s": round(t_end - t0, 2), "cores": cores, "half_load_tps": round(half_rate, 1)}
+    finally:
+        try:
+            testnet.down(tmp)
+        except testnet.TestnetError:
+            pass
+        if not args.keep:
+            subprocess.run(["rm", "-rf", str(tmp)], check=False)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,499 @@
+"""A real network: 4 authorities and 1 observer as separate processes on 127.0.0.1, started with
+`ler testnet up`, broken with kill -9, healed with `ler node run --data DIR`, changed by governance votes.
+
+One network is shared by the tests of this module, in order (each leaves it whole again, except the
+last). Waiting is always polling a condition against a deadline; the one negative check (nothing
+commits while two of four authorities are down) watches for a fixed window, since "never" has no end.
+Agreement is checked by comparing every node's block hash at every height.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from node_proc import LER, free_port, http, tx_json_body, wait_until
+
+from consensus import proposer_of
+from ler import codec, keys
+from ler.block import PREVOTE, Vote
+from ler.keys import KeyPair, read_key_file, write_key_file
+from ler.tx import Action, GovVote, RecordAnchor, Tx, sign_tx
+
+pytestmark = pytest.mark.slow
+
+COMMIT_TIMEOUT = 60.0
+
+
+# --- the network ---------------------------------------------------------------------------------------
+
+def pid_alive(pid: int) -> bool:
+    """Whether the process runs (a zombie, killed but not yet reaped, counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
+@dataclass
+class Node:
+    name: str
+    url: str
+    role: str
+    data: Path
+    key_path: Path
+    pid: int | None
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def key(self) -> KeyPair:
+        return read_key_file(self.key_path)
+
+    def get(self, path: str) -> Any:
+        r = http(self.url, "GET", path, timeout=10)
+        assert r.status == 200, (self.name, path, r)
+        return r.json()
+
+    def try_get(self, path: str) -> Any | None:
+        try:
+            r = http(self.url, "GET", path, timeout=5)
+        except OSError:
+            return None
+        return r.json() if r.status == 200 else None
+
+    def height(self) -> int:
+        return int(self.get("/v1/status")["height"])
+
+    def block_hash(self, h: int) -> str:
+        return str(self.get(f"/v1/blocks/{h}")["hash"])
+
+    def submit(self, txs: list[Tx]) -> list[dict[str, Any]]:
+        r = http(self.url, "POST", "/v1/txs", tx_json_body(txs), "application/json", timeout=30)
+        assert r.status == 202, (self.name, r)
+        return list(r.json()["results"])
+
+    def tx_status(self, tx: Tx) -> str | None:
+        st = self.try_get(f"/v1/txs/{tx.tx_id.hex()}")
+        return st["status"] if st else None
+
+    def alive(self) -> bool:
+        return self.pid is not None and pid_alive(self.pid)
+
+    def kill(self) -> None:
+        """kill -9, and wait until the process is gone."""
+        assert self.pid is not None
+        os.kill(self.pid, signal.SIGKILL)
+        if self.proc is not None:
+            self.proc.wait(10)
+        wait_until(lambda: not self.alive(), 10, f"{self.name} to die")
+
+    def start(self) -> None:
+        """`ler node run --data DIR`, as an operator restarts a node, then wait until it answers."""
+        assert not self.alive()
+        with open(self.data / "node.log", "ab") as log:
+            self.proc = subprocess.Popen([str(LER), "node", "run", "--data", str(self.data)], stdout=log,
+                                         stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+        self.pid = self.proc.pid
+        wait_until(lambda: self.try_get("/health"), 30, f"{self.name} to answer")
+
+    def log(self) -> str:
+        return (self.data / "node.log").read_text(errors="replace")
+
+
+@dataclass
+class Net:
+    root: Path
+    chain_id: str
+    nodes: list[Node]
+    issuer: KeyPair
+    rtype: str
+    extra: list[Node] = field(default_factory=list)  # nodes the tests add
+
+    @property
+    def authorities(self) -> list[Node]:
+        return [n for n in self.nodes if n.role == "authority"]
+
+    @property
+    def observer(self) -> Node:
+        return next(n for n in self.nodes if n.role == "observer")
+
+    def live(self) -> list[Node]:
+        return [n for n in self.nodes + self.extra if n.alive()]
+
+    def save_pids(self) -> None:
+        """Record restarted nodes' pids in testnet.json, so `ler testnet down` stops them too."""
+        path = self.root / "testnet.json"
+        manifest = json.loads(path.read_text())
+        for entry in manifest["nodes"]:
+            node = next(n for n in self.nodes if n.name == entry["name"])
+            entry["pid"] = node.pid
+        path.write_text(json.dumps(manifest, indent=2))
+
+    def anchors(self, n: int) -> list[Tx]:
+        return [sign_tx(self.issuer, self.chain_id, RecordAnchor(
+            record=os.urandom(16), issuer=self.issuer.did, holder=KeyPair.generate().did, rtype=self.rtype,
+            commitment=os.urandom(32), expires=None)) for _ in range(n)]
+
+    def vote(self, voter: Node | KeyPair, action: Action) -> Tx:
+        key = voter.key if isinstance(voter, Node) else voter
+        return sign_tx(key, self.chain_id, GovVote(action=action))
+
+    def wait_committed(self, txs: list[Tx], nodes: list[Node], timeout: float = COMMIT_TIMEOUT) -> None:
+        def done() -> bool:
+            for node in nodes:
+                for tx in txs:
+                    st = node.tx_status(tx)
+                    assert st != "rejected", (node.name, tx.tx_id.hex(), node.try_get(f"/v1/txs/{tx.tx_id.hex()}"))
+                    if st != "committed":
+                        return False
+            return True
+
+        wait_until(done, timeout, f"{len(txs)} transaction(s) to commit on {[n.name for n in nodes]}")
+
+    def wait_height(self, nodes: list[Node], height: int, timeout: float = COMMIT_TIMEOUT) -> None:
+        wait_until(lambda: all(n.height() >= height for n in nodes), timeout,
+                   f"{[n.name for n in nodes]} to reach height {height}")
+
+    def assert_agree(self, nodes: list[Node]) -> int:
+        """Every node has the same block at every height they all have; returns that height."""
+        top = min(n.height() for n in nodes)
+        for h in range(1, top + 1):
+            hashes = {n.name: n.block_hash(h) for n in nodes}
+            assert len(set(hashes.values())) == 1, f"nodes disagree at height {h}: {hashes}"
+        return top
+
+    def next_proposer(self, via: Node) -> Node:
+        """The node that proposes round 0 of the next height."""
+        h = via.height() + 1
+        validators = [keys.public_key_from_did(d) for d in via.get("/v1/authorities")["validators"]]
+        key = proposer_of(sorted(validators), h, 0)
+        return next(n for n in self.nodes + self.extra if n.key.public_key == key)
+
+
+PROPOSE_TIMEOUT = "1"  # seconds: short rounds when a proposer is down (the default is 3)
+
+
+def short_timeouts(data: Path) -> None:
+    """Give a node made by `ler node init` the network's propose timeout (as `ler testnet up` did)."""
+    cfg = data / "config.toml"
+    cfg.write_text(cfg.read_text().replace("[consensus]\n", f"[consensus]\npropose = {PROPOSE_TIMEOUT}.0\n", 1))
+
+
+def ler(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LER_")}
+    return subprocess.run([str(LER), *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
+    root = tmp_path_factory.mktemp("testnet")
+    r = ler("testnet", "up", "--dir", str(root), "--authorities", "4", "--observers", "1",
+            "--base-port", str(free_port()), "--chain-id", "net-test", "--propose-timeout", PROPOSE_TIMEOUT)
+    assert r.returncode == 0, r.stderr + r.stdout
+    manifest = json.loads((root / "testnet.json").read_text())
+    assert set(manifest) >= {"chain_id", "genesis", "nodes", "demo_issuer_key", "demo_record_type"}
+    nodes = [Node(n["name"], n["url"], n["role"], Path(n["data"]), Path(n["key"]), n["pid"])
+             for n in manifest["nodes"]]
+    network = Net(root, manifest["chain_id"], nodes, read_key_file(manifest["demo_issuer_key"]),
+                  manifest["demo_record_type"])
+    try:
+        yield network
+    finally:
+        for extra in network.extra:
+            if extra.alive():
+                extra.kill()
+        network.save_pids()
+        r = ler("testnet", "down", "--dir", str(root))
+        assert r.returncode == 0, r.stderr
+        for n in network.nodes:
+            if n.proc is not None:
+                n.proc.wait(15)
+
+
+# --- the tests, in order -------------------------------------------------------------------------------
+
+def test_network_commits_records_and_every_node_agrees(net: Net) -> None:
+    a = net.authorities
+    accredit = Action(kind="accredit", subject=net.issuer.did, name="Net University", scopes=(net.rtype,),
+                      until=None)
+    votes = [net.vote(node, accredit) for node in a[:3]]  # 3 of 4: more than 2/3
+    for node, vote in zip(a, votes, strict=False):  # each vote to a different node: gossip brings them together
+        node.submit([vote])
+    net.wait_committed(votes, net.nodes)
+    txs = net.anchors(30)
+    for i, node in enumerate(net.nodes):  # the observer takes submissions too and passes them on
+        node.submit(txs[i * 6:(i + 1) * 6])
+    net.wait_committed(txs, net.nodes)
+    net.wait_height(net.nodes, max(n.height() for n in net.nodes))
+    top = net.assert_agree(net.nodes)
+    assert top >= 2
+    # Blocks are made only for transactions: an idle network starts no height and makes no block.
+    # (A negative: watched over a window longer than a round's propose timeout.)
+    started = [n.log().count("event=height_started") for n in net.authorities]
+    time.sleep(1.5)
+    assert [n.log().count("event=height_started") for n in net.authorities] == started
+    for node in net.nodes:
+        health = node.get("/health")
+        assert health == {"ok": True, "height": top, "role": node.role, "syncing": False,
+                          "peers": health["peers"]}
+        assert node.get("/v1/status")["round"] == 0
+    metrics = http(a[0].url, "GET", "/metrics").body.decode()
+    for name in ("ler_height", "ler_round", "ler_commit_latency_seconds_count", "ler_mempool_txs",
+                 "ler_mempool_bytes", "ler_peers_connected", "ler_votes_received_total", "ler_sync_lag_blocks",
+                 "ler_blocks_committed_total", "ler_txs_committed_total"):
+        assert f"\n{name} " in "\n" + metrics, name
+    assert "event=block_committed height=" in a[0].log()
+    assert "event=sync_progress" in net.observer.log()  # the observer follows by block sync
+
+
+def envelope(net: Net, sender: KeyPair, votes: list[Vote] = (), txs: list[Tx] = (),  # type: ignore[assignment]
+             sign_with: KeyPair | None = None, **overrides: Any) -> bytes:
+    """A peer envelope as node/peers.py builds it (see its docstring for the format)."""
+    body = {"boot": b"testboot", "height": 0, "url": "http://127.0.0.1:9", "proposals": [],
+            "votes": [v.encode() for v in votes], "txs": [t.raw for t in txs], **overrides}
+    raw_body = codec.encode(body)
+    sig = (sign_with or sender).sign_payload("peer", net.chain_id, raw_body)
+    return codec.encode({"from": sender.public_key, "body": raw_body, "sig": sig})
+
+
+def post_envelope(node: Node, data: bytes) -> tuple[int, Any]:
+    r = http(node.url, "POST", "/peer/v1/gossip", data, "application/msgpack")
+    return r.status, (r.json() if r.content_type == "application/json" else codec.decode(r.body))
+
+
+def test_peer_endpoints_refuse_what_they_cannot_use_with_a_reason(net: Net) -> None:
+    node, peer = net.authorities[0], net.authorities[1].key
+    status, reply = post_envelope(node, envelope(net, peer))
+    assert status == 200 and set(reply) == {"boot", "height"}  # a hello from a known peer
+    stranger = KeyPair.generate()
+    cases = [
+        (envelope(net, stranger), 403, "not a known peer"),
+        (envelope(net, peer, sign_with=stranger), 403, "signature"),
+        (b"\x93\x01\x02", 400, "envelope"),
+        (b"", 400, "empty"),
+        (codec.encode({"from": peer.public_key, "body": b"x", "sig": b"s" * 64}), 403, "signature"),
+        (envelope(net, peer, height=-1), 400, "height"),
+        (envelope(net, peer, url="ftp://x"), 400, "url"),
+        (envelope(net, peer, votes=[], extra=1), 400, "body"),
+        (codec.encode({"from": peer.public_key, "body": codec.encode({"a": 1}), "sig": peer.sign_payload(
+            "peer", net.chain_id, codec.encode({"a": 1}))}), 400, "body"),
+    ]
+    forged_vote = codec.encode({**Vote.make(peer, net.chain_id, PREVOTE, 5, 0, None).to_obj(), "round": -1})
+    raw_body = codec.encode({"boot": b"testboot", "height": 0, "url": "http://127.0.0.1:9", "proposals": [b"junk"],
+                             "votes": [forged_vote], "txs": []})
+    cases.append((codec.encode({"from": peer.public_key, "body": raw_body,
+                                "sig": peer.sign_payload("peer", net.chain_id, raw_body)}), 400, "proposals[0]"))
+    for data, want, words in cases:
+        r = http(node.url, "POST", "/peer/v1/gossip", data, "application/msgpack")
+        assert r.status == want and words in r.json()["error"], (want, words, r)
+    for query, want in (("", 400), ("?from=0&to=1", 400), ("?from=2&to=1", 400), ("?from=x&to=1", 400),
+                        ("?from=999999&to=1000000", 404)):
+        r = http(node.url, "GET", "/peer/v1/blocks" + query)
+        assert r.status == want and r.json()["error"], (query, r)
+    r = http(node.url, "GET", "/peer/v1/blocks?from=1&to=2")
+    assert r.status == 200 and r.content_type == "application/msgpack"
+    pairs = codec.decode(r.body)
+    assert len(pairs) == 2 and all(len(p) == 2 for p in pairs)
+
+
+def test_equivocation_is_kept_as_evidence_and_reported(net: Net) -> None:
+    """Two prevotes by one validator for different blocks at one height and round: evidence."""
+    node, liar = net.authorities[0], net.authorities[3].key
+    h = node.height() + 1  # the network is idle: the next height starts for these votes
+    votes = [Vote.make(liar, net.chain_id, PREVOTE, h, 0, os.urandom(32)) for _ in range(2)]
+    for vote in votes:  # one envelope each, as two relays would bring them
+        status, _ = post_envelope(node, envelope(net, liar, votes=[vote], height=h - 1))
+        assert status == 200
+
+    def reported() -> list[dict[str, Any]]:
+        return [e for e in node.get("/v1/evidence")["evidence"]
+                if e["validator"] == liar.did and e["height"] == h and e["kind"] == "duplicate_vote"]
+
+    [entry] = wait_until(reported, 30, "the equivocation to be reported")
+    assert entry["round"] == 0 and entry["step"] == "prevote" and len(entry["messages"]) == 2
+    assert {v.block.hex() for v in votes if v.block} & {m["block"] for m in entry["messages"]}
+    txs = net.anchors(2)
+    node.submit(txs)
+    net.wait_committed(txs, net.nodes)  # one lying validator of four changes nothing
+    net.assert_agree(net.nodes)
+
+
+def test_killing_the_proposer_costs_a_timeout_and_it_catches_up_after_restart(net: Net) -> None:
+    a = net.authorities
+    victim = net.next_proposer(a[0])
+    victim.kill()
+    rest = [n for n in net.nodes if n is not victim]
+    entry = rest[0]
+    before = entry.height()
+    for _ in range(3):  # several heights: one of them has the dead node as its round-0 proposer
+        txs = net.anchors(5)
+        entry.submit(txs)
+        net.wait_committed(txs, rest)
+    assert entry.height() >= before + 3
+    net.assert_agree(rest)
+    assert "event=round_started" in entry.log()  # some height needed a second round
+
+    victim.start()
+    net.save_pids()
+    txs = net.anchors(5)
+    victim.submit(txs)  # it takes submissions at once and catches up by sync
+    net.wait_committed(txs, net.nodes)
+    net.assert_agree(net.nodes)
+
+
+def test_two_authorities_down_stops_commits_without_a_fork_and_one_back_resumes(net: Net) -> None:
+    a = net.authorities
+    down = a[:2]
+    up = a[2:]
+    evidence_before = up[0].get("/v1/evidence")["evidence"]
+    for node in down:
+        node.kill()
+    height = up[0].height()
+    txs = net.anchors(3)
+    up[0].submit(txs)
+    # Two of four cannot commit. "Never" has no deadline: watch a window of several round timeouts.
+    deadline = time.monotonic() + 4.0
+    while time.monotonic() < deadline:
+        for node in [*up, net.observer]:
+            assert node.height() == height, f"{node.name} committed a block with two of four authorities down"
+        time.sleep(0.2)
+    assert all(node.tx_status(tx) == "pending" for node in up for tx in txs)
+
+    down[0].start()  # three of four again
+    net.wait_committed(txs, [*up, down[0], net.observer])
+    down[1].start()
+    net.save_pids()
+    net.wait_height(net.nodes, up[0].height())
+    net.assert_agree(net.nodes)
+    assert up[0].get("/v1/evidence")["evidence"] == evidence_before  # crashes and restarts are not equivocation
+
+
+def test_a_new_observer_syncs_the_whole_chain_from_scratch(net: Net, tmp_path: Path) -> None:
+    key_path = tmp_path / "observer.key"
+    write_key_file(key_path, KeyPair.generate())
+    data = tmp_path / "observer2"
+    peers = [arg for n in net.authorities for arg in ("--peer", n.url)]
+    r = ler("node", "init", "--genesis", str(net.root / "genesis.json"), "--key", str(key_path), "--data",
+            str(data), "--listen", f"127.0.0.1:{free_port()}", "--role", "observer", *peers)
+    assert r.returncode == 0, r.stderr
+    from node.config import load_config
+
+    observer = Node("observer2", load_config(data).url, "observer", data, key_path, None)
+    net.extra.append(observer)
+    target = net.authorities[0].height()
+    observer.start()
+    net.wait_height([observer], target)
+    assert observer.get("/health")["ok"] is True
+    net.assert_agree([observer, *net.nodes])
+    assert "event=sync_progress" in observer.log()
+    st = observer.get("/v1/status")
+    assert st["role"] == "observer" and st["validator"] is False
+    # It serves what it synced: a record anchored before it existed.
+    txs = net.anchors(1)
+    net.authorities[1].submit(txs)
+    net.wait_committed(txs, [observer])
+    observer.kill()
+    net.extra.remove(observer)
+
+
+class Flow:
+    """Submits a few anchors every so often to rotating nodes while a test changes the network."""
+
+    def __init__(self, net: Net, nodes: list[Node]) -> None:
+        self.net, self.nodes = net, nodes
+        self.sent: list[tuple[Node, Tx]] = []
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="tx-flow")
+
+    def _run(self) -> None:
+        i = 0
+        try:
+            while not self.stop.wait(0.2):
+                node = self.nodes[i % len(self.nodes)]
+                i += 1
+                if not node.alive():
+                    continue
+                txs = self.net.anchors(3)
+                try:
+                    node.submit(txs)
+                except OSError:
+                    continue  # the node went down between the check and the request
+                self.sent.extend((node, tx) for tx in txs)
+        except BaseException as exc:
+            self.error = exc
+
+    def __enter__(self) -> Flow:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(30)
+        if self.error is not None:
+            raise AssertionError(f"the transaction flow failed: {self.error!r}") from self.error
+
+
+def test_an_authority_added_and_another_removed_by_vote_while_transactions_flow(net: Net, tmp_path: Path) -> None:
+    a = net.authorities
+    new_key = KeyPair.generate()
+    key_path = tmp_path / "new-authority.key"
+    write_key_file(key_path, new_key)
+    data = tmp_path / "authority5"
+    peers = [arg for n in net.nodes for arg in ("--peer", f"{n.url}#{n.key.did}")]
+    r = ler("node", "init", "--genesis", str(net.root / "genesis.json"), "--key", str(key_path), "--data",
+            str(data), "--listen", f"127.0.0.1:{free_port()}", "--role", "authority", *peers)
+    assert r.returncode == 0, r.stderr
+    short_timeouts(data)
+    from node.config import load_config
+
+    newcomer = Node("authority5", load_config(data).url, "authority", data, key_path, None)
+    net.extra.append(newcomer)
+    newcomer.start()
+    removed = a[3]
+    with Flow(net, a[:3]) as flow:
+        add = Action(kind="add_authority", subject=new_key.did, name="Fifth Body", scopes=(), until=None)
+        votes = [net.vote(node, add) for node in a[:3]]
+        a[0].submit(votes)
+        net.wait_committed(votes, a)
+        remove = Action(kind="remove_authority", subject=removed.key.did, name=None, scopes=(), until=None)
+        votes = [net.vote(node, remove) for node in a[:3]] + [net.vote(new_key, remove)]  # 4 of 5
+        a[1].submit(votes)
+        net.wait_committed(votes, a[:3])
+        executed = int(a[0].get(f"/v1/txs/{votes[-1].tx_id.hex()}")["height"])
+        switch = executed + 2  # a validator-set change committed at h takes effect at h + 2
+        net.wait_height(a[:3], switch)
+        validators = set(a[0].get("/v1/authorities")["validators"])
+        assert validators == {n.key.did for n in a[:3]} | {new_key.did}
+        # The removed node's vote is no longer needed: with it and one more authority down, the three
+        # left (two old, the newcomer) still commit, which they can only with the newcomer's votes.
+        removed.kill()
+        a[2].kill()
+        survivors = [a[0], a[1], newcomer]
+        txs = net.anchors(4)
+        a[0].submit(txs)
+        net.wait_committed(txs, survivors)
+    # What the flow gave to nodes still up commits (a killed node may have taken some and died before
+    # passing them on: those wait in its pending set for its restart).
+    flowed = [tx for node, tx in flow.sent if node in survivors]
+    assert flowed
+    net.wait_committed(flowed, survivors)
+    top = net.assert_agree(survivors)
+    signers = set()
+    for h in range(switch, top + 1):
+        cert = a[0].get(f"/v1/blocks/{h}")["cert"]
+        signers |= {s["validator"] for s in cert["sigs"]}
+        assert removed.key.public_key.hex() not in {s["validator"] for s in cert["sigs"]}
+    assert new_key.public_key.hex() in signers
+    assert "event=height_started" in newcomer.log()  # it took part in consensus, not only sync
+    net.save_pids()

@@ -1,0 +1,179 @@
+"""The network side's pure parts, without processes: peer envelope decoding (every refusal a reason and a
+4xx status), block-range decoding for sync, the [peers]/[consensus] configuration, and /metrics text.
+The real multi-process network is tests/test_network.py.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from consensus import Proposal
+from ler import codec
+from ler.block import GENESIS_FORMAT, PREVOTE, Block, CommitCertificate, Genesis, GenesisAuthority, Vote
+from ler.keys import KeyPair, write_key_file
+from node.config import ConfigError, PeerSpec, init_data_dir, load_config, parse_peer
+from node.metrics import Metrics
+from node.peers import PeerRefusal, decode_messages, parse_body, parse_envelope
+from node.sync import SyncError, decode_range
+from storage.chain import ChainStore
+
+CHAIN = "peer-test"
+
+
+def body(**overrides: object) -> dict[str, object]:
+    return {"boot": b"12345678", "height": 3, "url": "http://127.0.0.1:8701", "proposals": [], "votes": [],
+            "txs": [], **overrides}
+
+
+def refused(fn: object, *args: object) -> PeerRefusal:
+    with pytest.raises(PeerRefusal) as info:
+        fn(*args)  # type: ignore[operator]
+    assert 400 <= info.value.status < 500 and info.value.reason
+    return info.value
+
+
+def test_a_well_formed_envelope_and_body_parse() -> None:
+    key = KeyPair.generate()
+    raw_body = codec.encode(body())
+    sig = key.sign_payload("peer", CHAIN, raw_body)
+    sender, got_body, got_sig = parse_envelope(codec.encode({"from": key.public_key, "body": raw_body, "sig": sig}))
+    assert (sender, got_body, got_sig) == (key.public_key, raw_body, sig)
+    assert parse_body(raw_body)["height"] == 3
+
+
+@pytest.mark.parametrize("raw, words", [
+    (b"\xc1", "malformed envelope"),
+    (codec.encode([1, 2]), "exactly from, body and sig"),
+    (codec.encode({"from": b"x", "body": b"", "sig": b"s" * 64}), "32-byte"),
+    (codec.encode({"from": b"k" * 32, "body": "text", "sig": b"s" * 64}), "bytes"),
+    (codec.encode({"from": b"k" * 32, "body": b"", "sig": b"s"}), "64-byte"),
+    (codec.encode({"from": b"k" * 32, "body": b"", "sig": b"s" * 64, "extra": 1}), "exactly"),
+    (b"\x83\xa4from\xc4\x20" + b"k" * 32 + b"\xa4body\xc4\x00\xa3sig\xc4\x40" + b"s" * 64, "malformed"),  # unsorted
+])
+def test_bad_envelopes_are_refused_with_a_reason(raw: bytes, words: str) -> None:
+    assert words in refused(parse_envelope, raw).reason
+
+
+@pytest.mark.parametrize("fields, words", [
+    ({"boot": b"short"}, "boot"),
+    ({"height": -1}, "height"),
+    ({"height": True}, "height"),
+    ({"url": "file:///etc/passwd"}, "url"),
+    ({"url": 7}, "url"),
+    ({"votes": "x"}, "votes"),
+    ({"txs": [1]}, "txs"),
+    ({"txs": [b"x" * 70_000]}, "larger"),
+    ({"surprise": 1}, "exactly"),
+])
+def test_bad_bodies_are_refused_with_a_reason(fields: dict[str, object], words: str) -> None:
+    assert words in refused(parse_body, codec.encode(body(**fields))).reason
+
+
+def test_consensus_messages_decode_strictly() -> None:
+    key = KeyPair.generate()
+    vote = Vote.make(key, CHAIN, PREVOTE, 4, 0, os.urandom(32))
+    [(got, raw, digest)] = decode_messages([], [vote.encode()])
+    assert got == vote and raw == vote.encode() and len(digest) == 32
+    assert "votes[0]" in refused(decode_messages, [], [b"junk"]).reason
+    assert "proposals[0]" in refused(decode_messages, [codec.encode({"height": 1})], []).reason
+    bad_round = codec.encode({**vote.to_obj(), "round": 2**40})
+    assert "votes[0]" in refused(decode_messages, [], [bad_round]).reason
+
+
+def test_a_proposal_travels_with_its_block(tmp_path: Path) -> None:
+    authority = KeyPair.generate()
+    genesis = Genesis(format=GENESIS_FORMAT, chain_id=CHAIN, genesis_time=1000,
+                      authorities=(GenesisAuthority(authority.did, "A"),), issuers=())
+    with ChainStore(tmp_path / "db", genesis) as store:
+        block, _ = store.make_block([], 2000, 0, authority.public_key, None)
+    proposal = Proposal.make(authority, CHAIN, 1, 0, -1, block)
+    [(got, _, _)] = decode_messages([proposal.encode()], [])
+    assert isinstance(got, Proposal) and got.value == block and got.signature_valid(CHAIN)
+
+
+def test_block_ranges_decode_in_order_or_not_at_all(tmp_path: Path) -> None:
+    authority = KeyPair.generate()
+    genesis = Genesis(format=GENESIS_FORMAT, chain_id=CHAIN, genesis_time=1000,
+                      authorities=(GenesisAuthority(authority.did, "A"),), issuers=())
+    with ChainStore(tmp_path / "db", genesis) as store:
+        block, _ = store.make_block([], 2000, 0, authority.public_key, None)
+    cert = CommitCertificate(height=1, round=0, block=block.hash, sigs=())
+    pair = [block.encode(), cert.encode()]
+    [(b, c)] = decode_range(codec.encode([pair]), 1, 5)
+    assert isinstance(b, Block) and b == block and c == cert
+    for data, words in ((codec.encode([]), "non-empty"), (b"\xc1", "malformed"),
+                        (codec.encode([[block.encode()]]), "pair"), (codec.encode([pair]), "expected 2")):
+        with pytest.raises(SyncError, match=words):
+            decode_range(data, 2 if words == "expected 2" else 1, 5)
+
+
+# --- configuration ----------------------------------------------------------------------------------------
+
+def make_folder(tmp_path: Path, **kw: object) -> Path:
+    authority = KeyPair.generate()
+    Genesis(format=GENESIS_FORMAT, chain_id=CHAIN, genesis_time=1000,
+            authorities=(GenesisAuthority(authority.did, "A"),), issuers=()).save(tmp_path / "genesis.json")
+    write_key_file(tmp_path / "node.key", authority)
+    data = tmp_path / "node"
+    init_data_dir(data, tmp_path / "genesis.json", tmp_path / "node.key", "127.0.0.1:8701", **kw)  # type: ignore[arg-type]
+    return data
+
+
+def test_peers_by_url_and_by_did_round_trip_through_config_toml(tmp_path: Path) -> None:
+    other = KeyPair.generate()
+    data = make_folder(tmp_path, peers=("http://127.0.0.1:8702/", f"http://127.0.0.1:8703#{other.did}",
+                                        PeerSpec("http://127.0.0.1:8704", None)),
+                       consensus={"propose": 0.5})
+    cfg = load_config(data)
+    assert cfg.peers == ("http://127.0.0.1:8702", "http://127.0.0.1:8704", "http://127.0.0.1:8703")
+    assert PeerSpec("http://127.0.0.1:8703", other.did) in cfg.peer_nodes
+    assert cfg.consensus.propose == 0.5 and cfg.consensus.prevote == 0.5 and cfg.consensus.max_drift_ms == 10_000
+    assert cfg.gossip.relay_txs is True and cfg.sync.batch_blocks == 64
+
+
+@pytest.mark.parametrize("text, words", [
+    ("ftp://x", "http://HOST:PORT"),
+    ('http://a"b:1', "character"),
+    ("http://127.0.0.1:1#did:key:nonsense", "peer"),
+])
+def test_bad_peers_are_refused(text: str, words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
+        parse_peer(text)
+
+
+@pytest.mark.parametrize("extra, words", [
+    ("[consensus]\nproposee = 1\n", "unknown setting"),
+    ("[consensus]\npropose = -1\n", "negative"),
+    ("[gossip]\nrelay_txs = 1\n", "relay_txs must be a bool"),
+    ("[sync]\nbatch_blocks = true\n", "batch_blocks must be a int"),
+    ('[peers]\nurls = ["http://x:1"]\nfoo = 1\n', "peers.foo"),
+    ('[[peers.nodes]]\nurl = "http://x:1"\n', "exactly url and did"),
+])
+def test_bad_network_settings_are_refused(tmp_path: Path, extra: str, words: str) -> None:
+    data = make_folder(tmp_path)
+    cfg = data / "config.toml"
+    text = cfg.read_text()
+    for table in ("[consensus]\n", "[gossip]\n", "[sync]\n", "[peers]\nurls = []\n"):
+        text = text.replace(table, "")
+    cfg.write_text(text + extra)
+    with pytest.raises(ConfigError, match=words):
+        load_config(data)
+
+
+def test_metrics_render_in_prometheus_text_format() -> None:
+    m = Metrics()
+    m.blocks_committed = 3
+    m.commit_latency.observe(0.02)
+    m.commit_latency.observe(4.0)
+    m.gauges = lambda: {"ler_height": ("Last committed height", 3)}
+    text = m.render()
+    lines = text.splitlines()
+    assert "# TYPE ler_height gauge" in lines and "ler_height 3" in lines
+    assert "ler_blocks_committed_total 3" in lines
+    assert 'ler_commit_latency_seconds_bucket{le="0.025"} 1' in lines
+    assert 'ler_commit_latency_seconds_bucket{le="+Inf"} 2' in lines
+    assert "ler_commit_latency_seconds_count 2" in lines
+    assert text.endswith("\n")
