@@ -112,7 +112,7 @@ class CommitCertificate(Wire):
 class Block(Wire):
     header: Header
     txs: tuple[bytes, ...] = limit(max=MAX_BLOCK_TXS)  # each a transaction's canonical bytes
-    last_cert: CommitCertificate | None  # the certificate of block height-1 (None at height 1)
+    last_cert: CommitCertificate | None = limit()  # the certificate of block height-1 (None at height 1)
 
     @property
     def hash(self) -> bytes:

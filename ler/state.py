@@ -56,7 +56,7 @@ class IssuerEntry(Wire):
     name: str = limit(max=200)
     scopes: tuple[str, ...] = limit(max=16)
     status: str = limit(max=16)         # active | suspended | withdrawn
-    until: int | None                   # accreditation covers blocks with time <= until (ms)
+    until: int | None = limit()         # accreditation covers blocks with time <= until (ms)
     accredited: int = limit()           # height of the (latest) accreditation
     changed: int = limit()              # height of the latest status change
     keys: tuple[KeyEpoch, ...] = limit(max=MAX_ISSUER_KEYS)
@@ -94,8 +94,8 @@ class RecordEntry(Wire):
     standing: str = limit(max=16)       # accredited | self-asserted | unaccredited, fixed at anchoring
     anchored: int = limit()             # height
     tx: bytes = b32()                   # the anchoring transaction's id
-    expires: int | None
-    revoked: Revocation | None
+    expires: int | None = limit()
+    revoked: Revocation | None = limit()
 
 
 @dataclass(frozen=True, slots=True)

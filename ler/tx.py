@@ -238,7 +238,7 @@ class Tx:
         if body_cls is None:
             raise DecodeError(f"transaction.type: unknown type {str(ttype)[:40]!r}")
         try:
-            signer = keys.public_key_from_did(obj.get("signer"))  # type: ignore[arg-type]
+            signer = keys.public_key_from_did(obj.get("signer"))
             sig = hex_bytes(obj["sig"], 64, "transaction.sig") if isinstance(obj.get("sig"), str) else None
         except (DecodeError, ValueError) as exc:
             raise DecodeError(f"transaction: {exc}") from None
