@@ -46,12 +46,14 @@ MAX_RECORDS = 64
 # Verdicts, worst first: the bundle's verdict is the worst of its records'.
 TAMPERED = "tampered"          # a cryptographic check failed: altered, forged or not from this chain
 WRONG_CHAIN = "wrong-network"  # made for another chain (genesis does not match)
+REFRESH_FAILED = "refresh-failed"  # a node's fresh status proof did not check out (the node is not trusted)
 REVOKED = "revoked"
+STALE = "stale"                # the head is older than the verifier's --max-age: status not proven recent
 EXPIRED = "expired"
 UNACCREDITED = "unaccredited"  # signed by an issuer not accredited for this type
 SELF_ASSERTED_V = "self-asserted"
 VALID = "valid"
-_RANK = [TAMPERED, WRONG_CHAIN, REVOKED, EXPIRED, UNACCREDITED, SELF_ASSERTED_V, VALID]
+_RANK = [TAMPERED, WRONG_CHAIN, REFRESH_FAILED, REVOKED, STALE, EXPIRED, UNACCREDITED, SELF_ASSERTED_V, VALID]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +78,7 @@ class AnchorProof(Wire):
     tx: bytes = limit(max=4096)           # the anchoring transaction's canonical bytes
     index: int = limit()                  # its position in the block
     path: tuple[bytes, ...] = limit(max=32)   # inclusion path in header.tx_root
-    header: Header                        # the anchoring block's header
+    header: Header = limit()  # the anchoring block's header
     history_path: tuple[bytes, ...] = limit(max=64)  # header.hash in the head's history_root
 
 
@@ -237,7 +239,7 @@ class RecordReport:
     endorsements: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
+        return {k: getattr(self, k) for k in self.__slots__}
 
 
 @dataclass(slots=True)
@@ -277,8 +279,12 @@ def _worst(verdicts: list[str]) -> str:
 
 
 def verify_bundle(bundle_data: bytes | str | ProofBundle, genesis: Genesis,
-                  now_ms: int | None = None) -> VerificationResult:
-    """Check a bundle against the genesis file alone. Never raises for bad input: it reports it."""
+                  now_ms: int | None = None, max_age_ms: int | None = None) -> VerificationResult:
+    """Check a bundle against the genesis file alone. Never raises for bad input: it reports it.
+
+    With `max_age_ms`, a bundle whose head is older than now - max_age is "stale" (unless a worse verdict,
+    such as revoked, already holds): what it proves may have changed since.
+    """
     c = _Checker()
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     try:
@@ -334,7 +340,31 @@ def verify_bundle(bundle_data: bytes | str | ProofBundle, genesis: Genesis,
             c.fail("record", str(exc), i)
             report.verdict = TAMPERED
     res.verdict = _worst([r.verdict for r in res.records])
+    if max_age_ms is not None:
+        age = now_ms - head.time
+        if age > max_age_ms:
+            c.fail("fresh", f"the status is {fmt_age(age)} old (block {head.height}, {_fmt_ms(head.time)}); "
+                            f"at most {fmt_age(max_age_ms)} accepted: refresh it from a node (--refresh URL)")
+            res.verdict = _worst([res.verdict, STALE])
+        else:
+            c.ok("fresh", f"the status is {fmt_age(max(age, 0))} old (block {head.height}), within the "
+                          f"{fmt_age(max_age_ms)} accepted")
     return res
+
+
+def fmt_age(ms: int) -> str:
+    """A duration for people: 3d 4h, 5h 12m, 7m 3s, 42s."""
+    s = ms // 1000
+    d, rem = divmod(s, 86400)
+    h, rem = divmod(rem, 3600)
+    m, sec = divmod(rem, 60)
+    if d:
+        return f"{d}d {h}h"
+    if h:
+        return f"{h}h {m}m"
+    if m:
+        return f"{m}m {sec}s"
+    return f"{sec}s"
 
 
 def _walk_validators(bundle: ProofBundle, genesis: Genesis, c: _Checker) -> tuple[bytes, ...]:
@@ -496,3 +526,160 @@ def _fmt_ms(ms: int) -> str:
 
 
 
+
+
+# --- freshness: bringing a head forward, and refreshing the status part from any single node ------------
+
+STATUS_FORMAT = "ler-status/1"
+MAX_STATUS_BYTES = 4 * 1024 * 1024
+
+
+def check_extends(old: Header, new: Header, consistency_proof: list[bytes] | tuple[bytes, ...],
+                  old_path: list[bytes] | tuple[bytes, ...] | None = None) -> bool:
+    """Whether `new` extends the history `old` speaks for: an RFC 6962 consistency proof between the two
+    headers' history roots (sizes = their heights: header h commits to blocks 0..h-1).
+
+    With `old_path` (the old header's own hash as leaf old.height of new.history_root), the old block itself
+    is proven part of the new history too. A header at the same height extends only itself. Both headers
+    must already be trusted as committed (or `new` be checked afterwards): this checks their link only.
+    """
+    if old.chain != new.chain or old.height > new.height:
+        return False
+    if old.height == new.height:
+        return old.hash == new.hash and not consistency_proof and not old_path
+    if not merkle.verify_consistency(old.height, new.height, list(consistency_proof), old.history_root,
+                                     new.history_root):
+        return False
+    return old_path is None or merkle.verify_inclusion(merkle.leaf_hash(old.hash), old.height, new.height,
+                                                       list(old_path), new.history_root)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordStatus(Wire):
+    """One record's part of a status proof: its entry, its issuer's entry and its endorsements at the head,
+    and the anchoring block's history path into that head (the anchoring header comes from the bundle)."""
+
+    record_id: bytes = limit(size=RECORD_ID_BYTES)
+    anchor_history_path: tuple[bytes, ...] = limit(max=64)
+    record_state: StateProof = limit()
+    issuer_now: StateProof = limit()
+    endorsements: tuple[StateProof, ...] = limit(max=64)
+
+
+@dataclass(frozen=True, slots=True)
+class StatusProof(Wire):
+    """A node's fresh answer for records of a bundle: its latest committed head (with certificate, the
+    validator transitions since genesis and the genesis path), the consistency proof from the head the
+    bundle already speaks for (`since`), and each record's status at the new head. Nothing in it is
+    trusted: `refresh_bundle` checks all of it as it would a bundle."""
+
+    chain_id: str = limit(max=64)
+    genesis_hash: bytes = limit(size=32)
+    head: HeadProof = limit()
+    transitions: tuple[ValidatorTransition, ...] = limit(max=4096)
+    since: int = limit()
+    consistency: tuple[bytes, ...] = limit(max=128)  # history_root(since) -> history_root(head.height)
+    since_path: tuple[bytes, ...] = limit(max=64)    # block `since`'s hash in the head's history_root
+    records: tuple[RecordStatus, ...] = limit(max=MAX_RECORDS)
+
+    def document(self) -> dict[str, Any]:
+        return {"format": STATUS_FORMAT, **self.to_json(True)}
+
+    def dumps(self) -> bytes:
+        return rfc8785.dumps(self.document())
+
+    @classmethod
+    def parse(cls, obj: Any) -> StatusProof:
+        if not isinstance(obj, dict) or obj.get("format") != STATUS_FORMAT:
+            raise DecodeError(f"not a {STATUS_FORMAT} status proof")
+        return cls.from_json({k: v for k, v in obj.items() if k != "format"}, "status", b64=True)
+
+    @classmethod
+    def loads(cls, data: bytes | str) -> StatusProof:
+        if len(data) > MAX_STATUS_BYTES:
+            raise DecodeError(f"status proof larger than {MAX_STATUS_BYTES} bytes")
+        try:
+            obj = json.loads(data)
+        except (ValueError, RecursionError) as exc:
+            raise DecodeError(f"status proof is not valid JSON: {exc}") from None
+        return cls.parse(obj)
+
+
+def refresh_bundle(bundle: ProofBundle, status: StatusProof) -> ProofBundle:
+    """The bundle with its status part (head, transitions, record and issuer state now, endorsements)
+    replaced by a node's fresh one; the holder's disclosure, the anchor and the issuer-then proof stay.
+
+    Checks the link between the two heads here (same network, the new head is no older, the consistency
+    proof and the old head's path into the new history); ProofError naming the problem if it fails. The
+    result must then go through `verify_bundle`, which checks everything the node sent as it would a bundle.
+    """
+    old, new = bundle.head.header, status.head.header
+    if status.chain_id != bundle.chain_id or status.genesis_hash != bundle.genesis_hash:
+        raise ProofError("the node's status proof is for another network")
+    if new.height < old.height:
+        raise ProofError(f"the node's head (block {new.height}) is older than the bundle's (block {old.height})")
+    if status.since != old.height:
+        raise ProofError(f"the node's consistency proof starts at block {status.since}, not at the bundle's "
+                         f"block {old.height}")
+    if not check_extends(old, new, status.consistency, status.since_path):
+        raise ProofError(f"the node's block {new.height} does not extend the history the bundle's block "
+                         f"{old.height} speaks for (consistency proof fails)")
+    fresh = {r.record_id: r for r in status.records}
+    if len(fresh) != len(status.records) or set(fresh) != {r.record_id for r in bundle.records}:
+        raise ProofError("the node's status proof does not cover exactly the bundle's records")
+    records = []
+    for rp in bundle.records:
+        f = fresh[rp.record_id]
+        anchor = AnchorProof(tx=rp.anchor.tx, index=rp.anchor.index, path=rp.anchor.path,
+                             header=rp.anchor.header, history_path=f.anchor_history_path)
+        records.append(RecordProof(record_id=rp.record_id, disclosure=rp.disclosure, anchor=anchor,
+                                   record_state=f.record_state, issuer_then=rp.issuer_then,
+                                   issuer_now=f.issuer_now, endorsements=f.endorsements))
+    return ProofBundle(chain_id=bundle.chain_id, genesis_hash=bundle.genesis_hash, head=status.head,
+                       transitions=status.transitions, records=tuple(records))
+
+
+def verify_refreshed(bundle_data: bytes | str | ProofBundle, status: StatusProof | bytes | str | Any | Exception,
+                     genesis: Genesis, now_ms: int | None = None, max_age_ms: int | None = None,
+                     source: str = "the node") -> VerificationResult:
+    """Verify a bundle with its status part refreshed from one (untrusted) node.
+
+    The bundle is first checked as it is; a tampered or wrong-network bundle gets that verdict. Then the
+    node's status proof (or the Exception met fetching it) is linked to the bundle's head and the combined
+    bundle verified. If anything the node sent fails, the verdict is "refresh-failed" (a revoked record stays
+    revoked: revocation is final), never valid.
+    """
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    original = verify_bundle(bundle_data, genesis, now_ms)
+    if original.verdict in (TAMPERED, WRONG_CHAIN):
+        return original
+
+    def failed(why: str) -> VerificationResult:
+        original.checks.append(Check("refresh", False, f"could not refresh from {source}: {why}"))
+        original.verdict = REVOKED if original.verdict == REVOKED else REFRESH_FAILED
+        return original
+
+    bundle = bundle_data if isinstance(bundle_data, ProofBundle) else ProofBundle.loads(bundle_data)
+    try:
+        if isinstance(status, Exception):
+            raise status
+        if isinstance(status, StatusProof):
+            fresh_status = status
+        elif isinstance(status, (bytes, str)):
+            fresh_status = StatusProof.loads(status)
+        else:
+            fresh_status = StatusProof.parse(status)
+        combined = refresh_bundle(bundle, fresh_status)
+    except (LerError, ValueError) as exc:
+        return failed(str(exc))
+    res = verify_bundle(combined, genesis, now_ms, max_age_ms)
+    if res.verdict in (TAMPERED, WRONG_CHAIN):
+        bad = [ch for ch in res.checks if not ch.ok]
+        return failed("its status proof does not verify: " + (bad[0].detail if bad else "unknown reason"))
+    new = combined.head.header
+    old = bundle.head.header
+    link = ("the same block the bundle speaks for" if new.height == old.height else
+            f"consistency proof: block {new.height}'s history extends block {old.height}'s")
+    res.checks.insert(1, Check("refresh", True, f"refreshed from {source}: as of block {new.height} "
+                                                f"({_fmt_ms(new.time)}); {link}"))
+    return res

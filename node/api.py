@@ -29,7 +29,7 @@ from node import openapi
 from node.service import COMMITTED, PENDING, REJECTED, NodeService, now_ms
 from node.validator import EVIDENCE_PREFIX, evidence_json
 from node.verify_page import add_verify_page
-from storage.bundles import BundleError, build_bundle
+from storage.bundles import BundleError, build_bundle, build_status
 
 log = logging.getLogger("ler.api")
 
@@ -188,6 +188,8 @@ class Api:
             web.get("/v1/records", self.records),
             web.get("/v1/records/{id}", self.record),
             web.post("/v1/records/{id}/bundle", self.bundle),
+            web.get("/v1/records/{id}/status", self.record_status),
+            web.post("/v1/status/records", self.status_proof),
             web.post("/v1/bundles", self.bundles),
             web.post("/v1/verify", self.verify),
             web.get("/v1/issuers", self.issuers),
@@ -371,6 +373,33 @@ class Api:
             items.append((_hex_id(r["record_id"], RECORD_ID_BYTES, "record_id"),
                           Disclosure.from_json(r["disclosure"])))
         return await self._bundle_for(items)
+
+    async def _status_for(self, ids: list[bytes], since: int) -> web.Response:
+        try:
+            proof = await asyncio.to_thread(build_status, self.svc.store, ids, since)
+        except BundleError as exc:
+            raise ApiError(404, str(exc)) from None
+        return web.Response(body=proof.dumps(), content_type="application/json")
+
+    async def record_status(self, request: web.Request) -> web.Response:
+        """A fresh status proof for one record (ler.bundle.StatusProof); ?since=H, the verifier's head height."""
+        record_id = _hex_id(request.match_info["id"], RECORD_ID_BYTES, "record id")
+        height = self.svc.store.height
+        since = _int_param(request, "since", height, 1, max(height, 1))
+        return await self._status_for([record_id], since)
+
+    async def status_proof(self, request: web.Request) -> web.Response:
+        """A fresh status proof for the records of a (stacked) bundle whose head is block `since`."""
+        doc = await _read_json(request)
+        recs = doc.get("records") if isinstance(doc, dict) and set(doc) == {"records", "since"} else None
+        since = doc.get("since") if isinstance(doc, dict) else None
+        if not isinstance(recs, list) or not 1 <= len(recs) <= 64 or not isinstance(since, int) \
+                or isinstance(since, bool):
+            raise ApiError(400, 'expected {"records": [record id hex, ...] (1-64), "since": height}')
+        ids = [_hex_id(r, RECORD_ID_BYTES, "record id") for r in recs]
+        if len(set(ids)) != len(ids):
+            raise ApiError(400, "the same record id appears twice")
+        return await self._status_for(ids, since)
 
     async def verify(self, request: web.Request) -> web.Response:
         raw = await request.read()

@@ -33,8 +33,10 @@ from ler import keys
 from ler.block import GENESIS_FORMAT, Genesis, GenesisAuthority, GenesisIssuer
 from ler.bundle import (
     EXPIRED,
+    REFRESH_FAILED,
     REVOKED,
     SELF_ASSERTED_V,
+    STALE,
     TAMPERED,
     UNACCREDITED,
     VALID,
@@ -42,7 +44,9 @@ from ler.bundle import (
     Check,
     ProofBundle,
     VerificationResult,
+    fmt_age,
     verify_bundle,
+    verify_refreshed,
 )
 from ler.errors import DecodeError, KeyFileError, LerError
 from ler.keys import PASSPHRASE_ENV, KeyPair
@@ -1002,7 +1006,8 @@ def load_genesis(path: str) -> Genesis:
 
 
 _HEADLINE = {VALID: "VALID", SELF_ASSERTED_V: "SELF-ASSERTED", UNACCREDITED: "UNACCREDITED",
-             EXPIRED: "EXPIRED", REVOKED: "REVOKED", WRONG_CHAIN: "WRONG NETWORK", TAMPERED: "TAMPERED"}
+             EXPIRED: "EXPIRED", REVOKED: "REVOKED", WRONG_CHAIN: "WRONG NETWORK", TAMPERED: "TAMPERED",
+             STALE: "STALE", REFRESH_FAILED: "REFRESH FAILED"}
 
 
 def verdict_line(res: VerificationResult, genesis: Genesis) -> str:
@@ -1026,6 +1031,14 @@ def verdict_line(res: VerificationResult, genesis: Genesis) -> str:
     if res.verdict == REVOKED:
         rev = (worst[0].revoked if worst else None) or {}
         return f"{head}: revoked by its issuer at block {rev.get('height')}: {rev.get('reason')}; {when}"
+    if res.verdict == STALE:
+        age = fmt_age(max(now_ms() - res.head_time, 0)) if res.head_time is not None else "?"
+        return (f"{head}: what the bundle proves is {age} old, older than you accept; refresh it from a node "
+                f"(--refresh URL); {when}")
+    if res.verdict == REFRESH_FAILED:
+        failed_refresh = [c for c in res.checks if c.name == "refresh" and not c.ok]
+        why = failed_refresh[0].detail if failed_refresh else "the node's status proof does not verify"
+        return f"{head}: {why}; the bundle alone speaks {when}"
     if res.verdict == WRONG_CHAIN:
         return (f"{head}: the bundle was made for chain {res.chain_id!r}, not for the network of this "
                 f"genesis file ({genesis.chain_id!r})")
@@ -1110,14 +1123,59 @@ def check_evidence(res: VerificationResult, specs: tuple[str, ...]) -> list[Chec
     return checks
 
 
+_DURATION = re.compile(r"([0-9]{1,9})([dhms]?)")
+_UNIT_MS = {"d": 86_400_000, "h": 3_600_000, "m": 60_000, "s": 1000, "": 1000}
+
+
+def parse_duration_ms(value: str) -> int:
+    """30d, 12h, 90m, 45s or plain seconds, as milliseconds."""
+    m = _DURATION.fullmatch(value.strip())
+    if m is None:
+        raise ValueError(f"{value!r} is not a duration (e.g. 30d, 12h, 90m, or seconds)")
+    return int(m.group(1)) * _UNIT_MS[m.group(2)]
+
+
+def _duration_option(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_duration_ms(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _optional_url_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    return None if value is None else _check_url_option(ctx, param, value)
+
+
+def fetch_status(url: str, bundle_data: bytes) -> Any:
+    """A node's fresh status proof (parsed JSON) for the bundle's records, or the Exception met fetching it.
+    Nothing is trusted: ler.bundle.verify_refreshed checks it all."""
+    try:
+        bundle = ProofBundle.loads(bundle_data)
+        return make_client(url).status_proof([r.record_id.hex() for r in bundle.records],
+                                             bundle.head.header.height)
+    except ClientError as exc:
+        return LerError(exc.reason)
+    except LerError as exc:
+        return exc
+
+
 @cli.command("verify")
 @click.argument("bundle_path", metavar="BUNDLE")
 @click.option("--genesis", "genesis_path", required=True, envvar=GENESIS_ENV, metavar="FILE",
               help=f"The network's genesis file (default from ${GENESIS_ENV}).")
 @click.option("--evidence", "evidence_specs", multiple=True, metavar="KEY=PATH",
               help="Check a file against a disclosed evidence claim (repeatable).")
+@click.option("--max-age", "max_age_ms", metavar="DURATION", callback=_duration_option,
+              help="Accept the status (not revoked, issuer standing) only if at most this old: 30d, 12h, 90m, "
+                   "or seconds. Older is STALE.")
+@click.option("--refresh", "refresh_url", metavar="URL", callback=_optional_url_option,
+              help="Refresh the status part from this node, trusting nothing it says: its answer is checked "
+                   "against the genesis file and linked to the bundle's block by a consistency proof.")
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as one JSON object.")
-def verify(bundle_path: str, genesis_path: str, evidence_specs: tuple[str, ...], as_json: bool) -> None:
+def verify(bundle_path: str, genesis_path: str, evidence_specs: tuple[str, ...], max_age_ms: int | None,
+           refresh_url: str | None, as_json: bool) -> None:
     """Verify a proof bundle offline, with nothing but the genesis file.
 
     Exit status 0 only when the verdict is valid (and every --evidence file matches).
@@ -1129,15 +1187,29 @@ def verify(bundle_path: str, genesis_path: str, evidence_specs: tuple[str, ...],
         res = VerificationResult(TAMPERED, [Check("format", False, f"cannot read {bundle_path}: "
                                                                    f"{exc.strerror}")], [])
     else:
-        res = verify_bundle(data, genesis)
+        if refresh_url is None:
+            res = verify_bundle(data, genesis, max_age_ms=max_age_ms)
+        else:
+            first = verify_bundle(data, genesis)
+            if first.verdict in (TAMPERED, WRONG_CHAIN):
+                res = first  # nothing worth refreshing
+            else:
+                status = fetch_status(refresh_url, data)
+                res = verify_refreshed(data, status, genesis, max_age_ms=max_age_ms, source=refresh_url)
     extra = check_evidence(res, evidence_specs)
+    refreshed = [c for c in res.checks if c.name == "refresh"] if refresh_url else []
     if as_json:
         obj = res.to_json()
         if extra:
             obj["evidence"] = [c.to_json() for c in extra]
+        if refreshed:
+            obj["refresh"] = {"from": refresh_url, "ok": refreshed[0].ok, "detail": refreshed[0].detail}
         emit_json(obj)
     else:
-        for line in render_result(res, genesis, extra):
+        lines = render_result(res, genesis, extra)
+        if refreshed and refreshed[0].ok:
+            lines.insert(1, refreshed[0].detail.split("; ")[0])
+        for line in lines:
             say(line)
     if not res.ok or not all(c.ok for c in extra):
         sys.exit(EXIT_NEGATIVE)

@@ -90,6 +90,24 @@ def document(version: str) -> dict[str, Any]:
                     "type": "object", "required": ["disclosure"], "additionalProperties": False,
                     "properties": {"disclosure": {"$ref": "#/components/schemas/Disclosure"}}}}}},
                 "responses": {"200": _resp("Proof bundle"), **_errors(400, 404)}}},
+            "/v1/records/{id}/status": {"get": {
+                "summary": "A fresh status proof for a record (ler-status/1): the latest committed head with its "
+                           "certificate, validator transitions and genesis path, the record's and its issuer's "
+                           "state proofs there, the anchoring block's history path, and a consistency proof "
+                           "from block `since`; verifiers check all of it and trust nothing (ler verify --refresh)",
+                "operationId": "recordStatus",
+                "parameters": [_param("id", "path", HEX16, True, "Record id"),
+                               _param("since", "query", {"type": "integer", "minimum": 1}, False,
+                                      "The head height of the bundle being refreshed (default: the latest)")],
+                "responses": {"200": _resp("Status proof"), **_errors(400, 404)}}},
+            "/v1/status/records": {"post": {
+                "summary": "A fresh status proof for the records of a (stacked) bundle whose head is block `since`",
+                "operationId": "statusProof",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["records", "since"], "additionalProperties": False,
+                    "properties": {"records": {"type": "array", "minItems": 1, "maxItems": 64, "items": HEX16},
+                                   "since": {"type": "integer", "minimum": 1}}}}}},
+                "responses": {"200": _resp("Status proof"), **_errors(400, 404)}}},
             "/v1/bundles": {"post": {
                 "summary": "One proof bundle stacking several records", "operationId": "stackBundle",
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {

@@ -16,12 +16,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ler.block import Genesis
-from ler.bundle import ProofBundle, VerificationResult, verify_bundle
+from ler.bundle import (
+    ProofBundle,
+    StatusProof,
+    VerificationResult,
+    check_extends,
+    refresh_bundle,
+    verify_bundle,
+    verify_refreshed,
+)
+from ler.errors import ProofError
 from ler.keys import KeyPair, sha256
 from ler.record import RecordDocument
 from ler.tx import Action, GovVote, RecordEndorse, RecordRevoke, rotation_body, sign_tx
 from ler.wire import b64url
-from storage.bundles import BundleError, build_bundle
+from storage.bundles import BundleError, build_bundle, build_status
 
 AUTH, AUTH2 = fixed_key(1), fixed_key(2)
 UNI, UNI2 = fixed_key(3), fixed_key(4)     # genesis issuer for "degree", and the key it rotates to
@@ -87,10 +96,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     chain.close()
 
 
-def verify(data: bytes | str | ProofBundle, genesis: Genesis, now: int = NOW) -> VerificationResult:
-    result = verify_bundle(data, genesis, now)
-    assert result.verdict in ("tampered", "wrong-network", "revoked", "expired", "unaccredited", "self-asserted",
-                              "valid")
+VERDICTS = ("tampered", "wrong-network", "refresh-failed", "revoked", "stale", "expired", "unaccredited",
+            "self-asserted", "valid")
+
+
+def verify(data: bytes | str | ProofBundle, genesis: Genesis, now: int = NOW,
+           max_age_ms: int | None = None) -> VerificationResult:
+    result = verify_bundle(data, genesis, now, max_age_ms)
+    assert result.verdict in VERDICTS
     json.dumps(result.to_json())  # the report always serialises
     return result
 
@@ -505,3 +518,199 @@ def test_any_replaced_part_never_raises_and_is_never_valid(world: World, valid_o
         raw = json.dumps(obj).encode()
     r = verify_bundle(raw, world.genesis, NOW)
     assert r.verdict != "valid", where
+
+
+# --- freshness: stale verdict, bringing a head forward, refreshing from an untrusted node --------------------
+
+def test_stale_when_the_head_is_older_than_max_age(world: World) -> None:
+    raw = world.raw("valid", head=3)          # block 3 was made at T0 + 3 s
+    age = NOW - (T0 + 3000)
+    res = verify(raw, world.genesis, max_age_ms=age - 1)
+    assert res.verdict == "stale" and not res.ok
+    [fresh] = [c for c in res.checks if c.name == "fresh"]
+    assert not fresh.ok and "1m 37s old (block 3" in fresh.detail
+    assert res.head_height == 3 and res.head_time == T0 + 3000
+    ok = verify(raw, world.genesis, max_age_ms=age)
+    assert ok.verdict == "valid" and [c.ok for c in ok.checks if c.name == "fresh"] == [True]
+    assert verify(raw, world.genesis).verdict == "valid"  # no max age: no freshness check
+    assert not [c for c in verify(raw, world.genesis).checks if c.name == "fresh"]
+
+
+@pytest.mark.parametrize(("name", "verdict"), [("revoked", "revoked"), ("expiring", "stale"),
+                                               ("unaccredited", "stale"), ("self", "stale")])
+def test_stale_ranks_right_after_revoked(world: World, name: str, verdict: str) -> None:
+    assert verify(world.raw(name), world.genesis, max_age_ms=1000).verdict == verdict
+
+
+def test_check_extends(world: World) -> None:
+    store = world.chain.store
+    h3, h7 = store.header(3), store.header(7)
+    assert h3 is not None and h7 is not None
+    proof, path = store.history_consistency(3, 7), store.history_inclusion(3, 7)
+    assert check_extends(h3, h7, proof) and check_extends(h3, h7, proof, path)
+    assert check_extends(h3, h3, []) and not check_extends(h3, h3, proof)
+    assert not check_extends(h7, h3, proof)                         # backwards
+    assert not check_extends(h3, h7, [])                            # no proof
+    assert not check_extends(h3, h7, store.history_consistency(2, 7))  # a proof from another size
+    assert not check_extends(h3, h7, proof, store.history_inclusion(2, 7))  # another block's path
+    for i in range(len(proof)):                                    # every element, every bit position class
+        for bit in (0, 7):
+            bad = list(proof)
+            bad[i] = bytes([bad[i][0] ^ (1 << bit)]) + bad[i][1:]
+            assert not check_extends(h3, h7, bad)
+    assert not check_extends(h3, h7, [*proof, proof[0]])            # extra element
+    assert not check_extends(h3, h7, proof[:-1])                    # missing element
+    h2 = store.header(2)
+    assert h2 is not None and not check_extends(h2, h3, proof)      # headers not matching the proof
+
+
+def status_for(world: World, names: tuple[str, ...], since: int, head: int | None = None) -> StatusProof:
+    return build_status(world.chain.store, [world.docs[n].record_id for n in names], since, head)
+
+
+def refreshed(world: World, bundle: ProofBundle, status: Any, max_age_ms: int | None = None) -> VerificationResult:
+    res = verify_refreshed(bundle.dumps(), status, world.genesis, NOW, max_age_ms, "node-x")
+    assert res.verdict in VERDICTS
+    json.dumps(res.to_json())
+    return res
+
+
+def test_refresh_brings_a_bundle_forward_across_a_validator_change(world: World) -> None:
+    old = world.bundle("valid", "rotated", head=3)
+    status = status_for(world, ("valid", "rotated"), 3)
+    assert StatusProof.loads(status.dumps()) == status
+    res = refreshed(world, old, status.dumps())
+    assert res.verdict == "valid", [c.detail for c in res.checks if not c.ok]
+    assert res.head_height == 7
+    [line] = [c for c in res.checks if c.name == "refresh"]
+    assert line.ok and line.detail.startswith("refreshed from node-x: as of block 7 (")
+    assert "extends block 3" in line.detail
+    assert any(c.name == "validator set" and "1 authority-set change" in c.detail for c in res.checks)
+    # the holder's disclosure stays the holder's
+    assert list(res.records[0].disclosed) == ["degree"] and res.records[0].hidden_claims
+    assert res.records[0].endorsements  # the endorsement comes with the fresh status
+
+
+def test_refresh_reveals_a_later_revocation(world: World) -> None:
+    old = world.bundle("revoked", head=3)
+    assert verify(old, world.genesis).verdict == "valid"  # as of block 3
+    res = refreshed(world, old, status_for(world, ("revoked",), 3).document())
+    assert res.verdict == "revoked" and res.head_height == 7
+
+
+def test_refresh_and_max_age(world: World) -> None:
+    old = world.bundle("valid", head=2)
+    assert verify(old, world.genesis, max_age_ms=95_000).verdict == "stale"      # block 2: 98 s old
+    assert refreshed(world, old, status_for(world, ("valid",), 2), 95_000).verdict == "valid"  # block 7: 93 s
+    assert refreshed(world, old, status_for(world, ("valid",), 2), 90_000).verdict == "stale"
+
+
+def test_refresh_at_the_same_height(world: World) -> None:
+    old = world.bundle("valid")
+    res = refreshed(world, old, status_for(world, ("valid",), 7))
+    assert res.verdict == "valid" and "the same block" in next(c for c in res.checks if c.name == "refresh").detail
+
+
+def lied(world: World, old: ProofBundle, edit: Any, since: int = 3) -> VerificationResult:
+    obj = status_for(world, ("valid",), since).document()
+    edit(obj)
+    res = refreshed(world, old, obj)
+    assert res.verdict == "refresh-failed", res.verdict
+    assert [c for c in res.checks if c.name == "refresh" and not c.ok]
+    assert res.head_height == old.head.header.height  # the bundle alone speaks for its own block
+    return res
+
+
+def test_a_lying_node_never_makes_a_refresh_valid(world: World) -> None:
+    old = world.bundle("valid", head=3)
+    s6 = status_for(world, ("valid",), 3, head=6).to_json(True)
+    s4 = status_for(world, ("valid",), 3, head=4).to_json(True)  # (block 7 is empty: its state is block 6's)
+    # a certificate for another block
+    lied(world, old, lambda o: o["head"].__setitem__("cert", s6["head"]["cert"]))
+    # fewer signatures than needed (block 7 is signed by two validators)
+    lied(world, old, lambda o: o["head"]["cert"].__setitem__("sigs", o["head"]["cert"]["sigs"][:1]))
+    # the validator transition dropped
+    lied(world, old, lambda o: o.__setitem__("transitions", []))
+    # a consistency proof altered, or from another size
+    lied(world, old, lambda o: o["consistency"].reverse())
+    lied(world, old, lambda o: o.__setitem__("since", 2))
+    lied(world, old, lambda o: o.__setitem__("since_path", o["since_path"][1:]))
+    # state proofs from another head, or for another record
+    lied(world, old, lambda o: o["records"][0].__setitem__("record_state", s4["records"][0]["record_state"]))
+    lied(world, old, lambda o: o["records"][0].__setitem__("issuer_now", s4["records"][0]["issuer_now"]))
+    other = status_for(world, ("rotated",), 3).to_json(True)["records"][0]
+    lied(world, old, lambda o: o["records"].__setitem__(0, other))
+    lied(world, old, lambda o: o["records"][0].__setitem__("anchor_history_path", []))
+    # another network, and an unreadable answer
+    lied(world, old, lambda o: o.__setitem__("chain_id", "other"))
+    lied(world, old, lambda o: o.__setitem__("format", "ler-bundle/1"))
+    lied(world, old, lambda o: o.pop("consistency"))
+    # a head older than the bundle's
+    newer = world.bundle("valid", head=5)
+    res = refreshed(world, newer, status_for(world, ("valid",), 3, head=4))
+    assert res.verdict == "refresh-failed" and "older" in res.checks[-1].detail
+    # the node could not be asked at all
+    res = refreshed(world, old, ProofError("connection refused"))
+    assert res.verdict == "refresh-failed" and "connection refused" in res.checks[-1].detail
+
+
+def test_a_revoked_record_stays_revoked_when_the_refresh_fails(world: World) -> None:
+    old = world.bundle("revoked", head=5)
+    res = refreshed(world, old, ProofError("unreachable"))
+    assert res.verdict == "revoked"
+
+
+def test_a_forked_history_is_refused(world: World, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A node on another history of the same genesis, certified by the same validators, cannot refresh."""
+    fork = ChainBuilder(tmp_path_factory.mktemp("fork") / "db", world.genesis, [AUTH])
+    try:
+        doc = world.docs["valid"]
+        fork.commit([new_record(UNI, HOLDER.did)[1]])  # a different block 1
+        fork.commit([])
+        fork.commit([])
+        old = world.bundle("valid", head=2)
+        with pytest.raises(BundleError):
+            build_status(fork.store, [doc.record_id], 2)  # the record is not there
+        mine = ChainBuilder(tmp_path_factory.mktemp("fork2") / "db", world.genesis, [AUTH])
+        try:
+            d2, tx2 = new_record(UNI, HOLDER.did)
+            mine.commit([tx2])
+            mine.commit([])
+            b2 = build_bundle(mine.store, [(d2.record_id, d2.disclose(["degree"]))])
+            other = ChainBuilder(tmp_path_factory.mktemp("fork3") / "db", world.genesis, [AUTH])
+            try:
+                other.commit([tx2], time=T0 + 1500)  # the same record, in a block of another time
+                other.commit([])
+                other.commit([])
+                st_other = build_status(other.store, [d2.record_id], 2)
+                res = verify_refreshed(b2.dumps(), st_other, world.genesis, NOW, None, "fork")
+                assert res.verdict == "refresh-failed"
+                assert "does not extend" in res.checks[-1].detail
+                with pytest.raises(ProofError):
+                    refresh_bundle(b2, st_other)
+            finally:
+                other.close()
+        finally:
+            mine.close()
+        assert verify(old, world.genesis).verdict == "valid"
+    finally:
+        fork.close()
+
+
+def test_status_proof_byte_flips_never_make_a_refresh_valid(world: World) -> None:
+    old = world.bundle("valid", head=3)
+    raw = status_for(world, ("valid",), 3).dumps()
+    assert refreshed(world, old, raw).verdict == "valid"
+    for i in range(0, len(raw), max(1, len(raw) // 300)):
+        flipped = raw[:i] + bytes([raw[i] ^ 0x01]) + raw[i + 1:]
+        assert refreshed(world, old, flipped).verdict != "valid", i
+
+
+def test_build_status_refusals(world: World) -> None:
+    rid = world.docs["valid"].record_id
+    with pytest.raises(BundleError):
+        build_status(world.chain.store, [rid], 0)
+    with pytest.raises(BundleError):
+        build_status(world.chain.store, [rid], 8)
+    with pytest.raises(BundleError):
+        build_status(world.chain.store, [bytes(16)], 3)
