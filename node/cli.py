@@ -50,7 +50,7 @@ from ler.bundle import (
 )
 from ler.errors import DecodeError, KeyFileError, LerError
 from ler.keys import PASSPHRASE_ENV, KeyPair
-from ler.record import RecordDocument, evidence_value, make_claims
+from ler.record import Disclosure, RecordDocument, evidence_value, make_claims
 from ler.tx import (
     RECORD_ID_BYTES,
     Action,
@@ -967,22 +967,30 @@ def prove(node_url: str, record_path: str, reveal: tuple[str, ...], reveal_none:
 
     client = make_client(node_url)
     obj = node_call(lambda: client.bundle(doc.record_id.hex(), disclosure.to_json()), "making the bundle")
+    bundle = write_bundle(obj, [(doc, disclosure)], out, genesis, genesis_path)
+    shown = ", ".join(names) if names else "nothing"
+    say(f"wrote {out}: record {doc.record_id.hex()} as of block {bundle.head.header.height}, revealing "
+        f"{shown}; hidden: {', '.join(disclosure.hidden_names()) or 'none'}")
+
+
+def write_bundle(obj: Any, asked: list[tuple[RecordDocument, Disclosure]], out: str, genesis: Genesis | None,
+                 genesis_path: str | None) -> ProofBundle:
+    """Check a bundle the node returned is exactly what was asked for (and verifies, given a genesis),
+    then write its canonical bytes to `out`."""
     try:
         bundle = ProofBundle.from_json(obj)
     except DecodeError as exc:
         raise negative(f"the node returned an invalid bundle: {exc}") from None
-    if bundle.chain_id != doc.chain_id:
-        raise negative(f"the node is on chain {bundle.chain_id!r}, the record on {doc.chain_id!r}")
-    if [r.record_id for r in bundle.records] != [doc.record_id] or bundle.records[0].disclosure != disclosure:
+    for doc, _ in asked:
+        if bundle.chain_id != doc.chain_id:
+            raise negative(f"the node is on chain {bundle.chain_id!r}, the record on {doc.chain_id!r}")
+    if [(r.record_id, r.disclosure) for r in bundle.records] != [(d.record_id, x) for d, x in asked]:
         raise negative("the node returned a bundle for something other than what was asked")
-    verdict = None
     if genesis is not None:
         result = verify_bundle(bundle, genesis)
-        verdict = result.verdict
-        if verdict in (TAMPERED, WRONG_CHAIN):
+        if result.verdict in (TAMPERED, WRONG_CHAIN):
             raise negative(f"the bundle does not verify against {genesis_path}: {verdict_line(result, genesis)}")
     data = bundle.dumps()
-    data = data.encode("utf-8") if isinstance(data, str) else data
     try:
         ProofBundle.loads(data)  # exactly what a verifier will read back
     except DecodeError as exc:
@@ -991,11 +999,47 @@ def prove(node_url: str, record_path: str, reveal: tuple[str, ...], reveal_none:
         Path(out).write_bytes(data)
     except OSError as exc:
         raise bad_input(f"cannot write {out}: {exc.strerror}") from None
-    shown = ", ".join(names) if names else "nothing"
-    say(f"wrote {out}: record {doc.record_id.hex()} as of block {bundle.head.header.height}, revealing "
-        f"{shown}; hidden: {', '.join(disclosure.hidden_names()) or 'none'}")
     if genesis is not None:
-        say(f"checked against {genesis_path}: {verdict}")
+        say(f"checked against {genesis_path}: {verify_bundle(bundle, genesis).verdict}")
+    return bundle
+
+
+@cli.command("stack")
+@node_option
+@click.argument("items", nargs=-1, required=True, metavar="RECORD_FILE=CLAIMS...")
+@click.option("--out", required=True, metavar="FILE", help="Where to write the proof bundle.")
+@click.option("--genesis", "genesis_path", metavar="FILE",
+              help="Also verify the bundle against this genesis file before writing it.")
+def stack(node_url: str, items: tuple[str, ...], out: str, genesis_path: str | None) -> None:
+    """Make one proof bundle of several records (from any issuers), each with its own disclosure.
+
+    Each item is a record file and the claims to reveal from it: `degree.json=degree,field`;
+    `badge.json=` reveals no claim of that record. A verifier checks every record on its own.
+    """
+    asked: list[tuple[RecordDocument, Disclosure]] = []
+    for item in items:
+        path, sep, claims = item.rpartition("=")
+        if not sep or not path:
+            raise bad_input(f"{item!r}: give each record as FILE=CLAIMS (e.g. record.json=degree,field; "
+                            "FILE= reveals nothing)")
+        try:
+            doc = RecordDocument.load(path)
+            disclosure = doc.disclose(split_list([claims]))
+        except DecodeError as exc:
+            raise bad_input(str(exc)) from None
+        if any(d.record_id == doc.record_id for d, _ in asked):
+            raise bad_input(f"{path}: that record is in the stack already")
+        asked.append((doc, disclosure))
+    if len({d.chain_id for d, _ in asked}) != 1:
+        raise bad_input("the records are from different chains; a bundle speaks for one")
+    genesis = load_genesis(genesis_path) if genesis_path else None
+    client = make_client(node_url)
+    obj = node_call(lambda: client.stack([(d.record_id.hex(), x.to_json()) for d, x in asked]), "making the bundle")
+    bundle = write_bundle(obj, asked, out, genesis, genesis_path)
+    say(f"wrote {out}: {len(asked)} records as of block {bundle.head.header.height}")
+    for d, x in asked:
+        say(f"  {d.record_id.hex()} ({d.rtype}): revealing {', '.join(x.values()) or 'nothing'}; "
+            f"hidden: {', '.join(x.hidden_names()) or 'none'}")
 
 
 def load_genesis(path: str) -> Genesis:

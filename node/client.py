@@ -146,6 +146,10 @@ class NodeClient:
         """A proof bundle (ProofBundle JSON) for one record, revealing what `disclosure_json` reveals."""
         return self._post(f"/v1/records/{_seg(record_id_hex)}/bundle", {"disclosure": disclosure_json})
 
+    def stack(self, items: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+        """One proof bundle for several (record id hex, disclosure JSON) pairs."""
+        return self._post("/v1/bundles", {"records": [{"record_id": r, "disclosure": d} for r, d in items]})
+
     def status_proof(self, record_ids_hex: Sequence[str], since: int) -> dict[str, Any]:
         """A fresh status proof (ler.bundle.StatusProof JSON) for records of a bundle whose head is `since`."""
         return self._post("/v1/status/records", {"records": list(record_ids_hex), "since": since})

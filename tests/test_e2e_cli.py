@@ -431,3 +431,33 @@ def _anchor_via_api(chain: Chain, node: NodeProc) -> dict[str, Any]:
                             {"disclosure": doc.disclose(["degree"]).to_json()})
     assert verify_bundle(bundle.body, chain.genesis).verdict == "valid"
     return res
+
+
+def test_stack_records_from_different_issuers(tmp_path: Path, net: tuple[Chain, NodeProc]) -> None:
+    """A holder stacks an accredited degree and a self-asserted skill into one bundle; each verifies on
+    its own, the bundle's verdict is the weaker one, and every hidden value stays out of the file."""
+    chain, node = net
+    run = partial(ler, cwd=tmp_path)
+    nodeopt = ["--node", node.url]
+    run("keys", "new", "--out", "holder.key")
+    holder = run("keys", "show", "--key", "holder.key").stdout.strip()
+    (tmp_path / "degree.json").write_text('{"degree": "BSc", "field": "Logistics", "awarded": "2009"}')
+    (tmp_path / "skill.json").write_text('{"skill": "forklift operation", "years": 15}')
+    run("issue", *nodeopt, "--key", str(chain.root / "issuer.key"), "--holder", holder, "--type", "degree",
+        "--claims", "degree.json", "--out", "degree-record.json")
+    run("issue", *nodeopt, "--key", "holder.key", "--holder", holder, "--type", "skill",
+        "--claims", "skill.json", "--out", "skill-record.json")
+    r = run("stack", *nodeopt, "degree-record.json=degree,field", "skill-record.json=skill", "--out", "clr.json")
+    assert "2 records" in r.stdout
+    raw = (tmp_path / "clr.json").read_text()
+    assert '"2009"' not in raw and "forklift operation" in raw
+    r = run("verify", "clr.json", "--genesis", str(chain.genesis_path), "--json", check=1)
+    obj = json.loads(r.stdout)
+    assert obj["verdict"] == "self-asserted"
+    assert [rec["verdict"] for rec in obj["records"]] == ["valid", "self-asserted"]
+    assert obj["records"][0]["hidden_claims"] == ["awarded"] and obj["records"][1]["hidden_claims"] == ["years"]
+    # bad usage: an item without "=", an unknown claim, the same record twice
+    assert run("stack", *nodeopt, "degree-record.json", "--out", "x.json", check=2).returncode == 2
+    assert run("stack", *nodeopt, "degree-record.json=grade", "--out", "x.json", check=2).returncode == 2
+    assert run("stack", *nodeopt, "degree-record.json=degree", "degree-record.json=field", "--out", "x.json",
+               check=2).returncode == 2
