@@ -19,11 +19,12 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from ler import codec, keys
-from ler.bundle import verify_bundle
+from ler.bundle import BUNDLE_FORMAT, verify_bundle
 from ler.errors import DecodeError, LerError
 from ler.record import Disclosure
 from ler.state import EndorsementEntry, IssuerEntry, RecordEntry
 from ler.tx import MAX_TX_BYTES, RECORD_ID_BYTES, Tx
+from ler.vc import verify_ler_credential
 from ler.wire import hex_bytes
 from node import openapi
 from node.service import COMMITTED, PENDING, REJECTED, NodeService, now_ms
@@ -68,6 +69,27 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:  # a bug, never the client's fault; say so without leaking internals
         log.exception("event=internal_error path=%s", request.path)
         return _json({"error": "internal error; the node logged the details"}, 500)
+
+
+def _credential_or_none(raw: bytes) -> dict[str, Any] | None:
+    """The JSON object in `raw` if it looks like a credential (docs/VC.md): it has "@context", or a proof
+    with a "cryptosuite", or "VerifiableCredential" among its types. None for anything else (bundles too)."""
+    if not raw.lstrip()[:1] == b"{":
+        return None
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(doc, dict) or doc.get("format") == BUNDLE_FORMAT:
+        return None
+    proofs = doc.get("proof")
+    proofs = proofs if isinstance(proofs, list) else [proofs]
+    types = doc.get("type")
+    types = types if isinstance(types, list) else [types]
+    if "@context" in doc or "VerifiableCredential" in types \
+            or any(isinstance(p, dict) and "cryptosuite" in p for p in proofs):
+        return doc
+    return None
 
 
 async def _read_json(request: web.Request) -> Any:
@@ -402,9 +424,18 @@ class Api:
         return await self._status_for(ids, since)
 
     async def verify(self, request: web.Request) -> web.Response:
+        """A proof bundle (its VerificationResult), or a W3C VC / Open Badges 3.0 credential (its
+        CredentialReport, "kind": "credential"). Anything else is judged as a bundle: tampered."""
         raw = await request.read()
         if not raw:
-            raise ApiError(400, "empty request body; expected a proof bundle")
+            raise ApiError(400, "empty request body; expected a proof bundle or a credential")
+        doc = _credential_or_none(raw)
+        if doc is not None:
+            try:
+                report = await asyncio.to_thread(verify_ler_credential, doc, self.svc.genesis)
+                return _json(report.to_json())
+            except RecursionError:
+                raise ApiError(400, "the credential is nested too deeply to check") from None
         result = await asyncio.to_thread(verify_bundle, raw, self.svc.genesis)
         return _json(result.to_json())
 

@@ -119,7 +119,16 @@ def document(version: str) -> dict[str, Any]:
                                        "disclosure": {"$ref": "#/components/schemas/Disclosure"}}}}}}}}},
                 "responses": {"200": _resp("Proof bundle"), **_errors(400, 404)}}},
             "/v1/verify": {"post": {
-                "summary": "Verify a proof bundle against this node's genesis (verifiers can do this offline)",
+                "summary": "Verify a proof bundle or a credential against this node's genesis (verifiers can do "
+                           "this offline)",
+                "description": "The body is a proof bundle (ler-bundle/1) or a W3C VC 2.0 / Open Badges 3.0 "
+                               "credential (docs/VC.md). A bundle answers its verification result (verdict, "
+                               "records, checks). A JSON object with \"@context\", a proof with a "
+                               "\"cryptosuite\", or \"VerifiableCredential\" among its types is a credential: "
+                               "the answer is its report, {\"kind\": \"credential\", \"valid\", \"parts\": "
+                               "{signature, issuer_key, validity_period, ledger_anchor}, \"ledger\" (the "
+                               "embedded bundle's verification result, or null), \"checks\"} (ler verify FILE "
+                               "--genesis). Anything else is judged as a bundle: verdict tampered.",
                 "operationId": "verifyBundle",
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}},
                 "responses": {"200": _resp("Verification result with verdict and checks"), **_errors(400, 413)}}},

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import msgpack
 import pytest
-from node_proc import Chain, NodeProc, Reply, init_node, make_chain, tx_json_body, tx_msgpack_body
+from node_proc import LER, Chain, NodeProc, Reply, init_node, make_chain, tx_json_body, tx_msgpack_body
 
 from ler import codec
 from ler.block import CommitCertificate, Header
@@ -427,6 +428,58 @@ def test_verify_garbage_is_tampered(node: NodeProc, garbage: bytes) -> None:
     r = node.request("POST", "/v1/verify", garbage, "application/json")
     assert r.status == 200, r
     assert r.json()["verdict"] == "tampered" and r.json()["valid"] is False
+
+
+def exported_credential(node: NodeProc, chain: Chain, folder: Path) -> dict[str, Any]:
+    """A committed record exported with `ler export` (signed by the issuer's key): the credential."""
+    doc, _, _ = committed_record(node, chain)
+    doc.save(folder / "record.json")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LER_")}
+    r = subprocess.run([str(LER), "export", "--node", node.url, "--record", "record.json", "--reveal",
+                        "degree,field", "--key", str(chain.root / "issuer.key"), "--out", "cred.json"],
+                       cwd=folder, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return dict(json.loads((folder / "cred.json").read_text()))
+
+
+def test_verify_route_takes_a_credential(node: NodeProc, chain: Chain, tmp_path: Path) -> None:
+    cred = exported_credential(node, chain, tmp_path)
+    r = node.request("POST", "/v1/verify", json.dumps(cred, indent=2).encode(), "application/json")
+    assert r.status == 200, r
+    out = r.json()
+    assert out["kind"] == "credential" and out["valid"] is True, out["checks"]
+    assert out["parts"] == {"signature": "valid", "issuer_key": "valid", "validity_period": "valid",
+                            "ledger_anchor": "valid"}
+    assert out["ledger"]["verdict"] == "valid" and out["ledger"]["records"][0]["disclosed"] == {
+        "degree": "BSc", "field": "Logistics"}
+    assert out["issuer"] == chain.issuer.did and out["claims"] == {"degree": "BSc", "field": "Logistics"}
+
+    # a claim changed after signing: the signature fails, and the credential no longer says what the ledger proves
+    cred["credentialSubject"]["ler:claims"]["degree"] = "MSc"
+    out = node.request("POST", "/v1/verify", json.dumps(cred).encode(), "application/json").json()
+    assert out["kind"] == "credential" and out["valid"] is False
+    assert out["parts"]["signature"] == "invalid" and out["parts"]["ledger_anchor"] == "mismatch"
+    assert out["ledger"]["verdict"] == "valid"  # the embedded bundle itself is untouched
+    assert any(c["check"] == "signature" and not c["pass"] for c in out["checks"])
+
+    # without its bundle: signature and issuer key still checked, the ledger anchor absent
+    del cred["ler:proofBundle"]
+    out = node.request("POST", "/v1/verify", json.dumps(cred).encode(), "application/json").json()
+    assert out["kind"] == "credential" and out["ledger"] is None and out["parts"]["ledger_anchor"] == "absent"
+    assert out["parts"]["signature"] == "invalid"
+
+
+@pytest.mark.parametrize("body", [b'{"@context": 1}', b'{"type": "VerifiableCredential"}',
+                                  b'{"proof": [{"cryptosuite": null}]}', b'{"@context": [' * 3000])
+def test_verify_route_judges_anything_credential_shaped(node: NodeProc, body: bytes) -> None:
+    r = node.request("POST", "/v1/verify", body, "application/json")
+    assert r.status == 200, r
+    out = r.json()
+    assert out["valid"] is False
+    if body.endswith(b"}"):
+        assert out["kind"] == "credential" and out["parts"]["signature"] == "invalid"
+    else:  # not JSON at all: judged as a bundle
+        assert out["verdict"] == "tampered"
 
 
 # --- bad input -----------------------------------------------------------------------------------------

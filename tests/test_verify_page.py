@@ -3,7 +3,9 @@
 One single-authority node, set up and fed entirely through the `ler` command line: an accredited
 university's degree (with one claim hidden and an endorsement), a revoked degree, a self-asserted skill and
 an unaccredited issuer's record, each proven with `ler prove`; a tampered copy of the first bundle has one
-byte changed ("BSc" made "MSc"). A person's actions on the page: choose a file, drop a file, walk it with
+byte changed ("BSc" made "MSc"). The first record is also exported with `ler export` (an Open Badges 3.0
+credential signed by the university's key), with a tampered copy whose degree claim was changed and the
+credential re-serialised. A person's actions on the page: choose a file, drop a file, walk it with
 the keyboard alone; axe-core finds no serious or critical accessibility violation; the page reflows at 200%
 zoom; text from a bundle is never markup.
 
@@ -64,6 +66,8 @@ class Ledger:
     revoked: Path         # another accredited degree, revoked "issued in error"
     self_asserted: Path   # the holder's own record about a skill
     unaccredited: Path    # a record by a signer nobody accredited
+    credential: Path      # record.json exported by the university (`ler export`), degree and field carried
+    forged: Path          # credential.json with the degree claim made "MSc", re-serialised
 
     @property
     def page_url(self) -> str:
@@ -100,6 +104,8 @@ def ledger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ledger]:
             issue("university.key", "degree", "claims.json", "record.json", "--expires", EXPIRES)
             run("endorse", *node_opt, "--key", "friend.key", "--record", "record.json")
             run("prove", *node_opt, "--record", "record.json", "--reveal", "degree,field", "--out", "valid.json")
+            run("export", *node_opt, "--record", "record.json", "--reveal", "degree,field", "--key", "university.key",
+                "--out", "credential.json")
 
         def revoked() -> int:
             issue("university.key", "degree", "claims.json", "record2.json")
@@ -126,11 +132,16 @@ def ledger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ledger]:
         data = (d / "valid.json").read_bytes()
         assert data.count(b'"value":"BSc"') == 1
         (d / "tampered.json").write_bytes(data.replace(b'"value":"BSc"', b'"value":"MSc"'))
+        forged = json.loads((d / "credential.json").read_text())
+        assert forged["credentialSubject"]["ler:claims"]["degree"] == "BSc"
+        forged["credentialSubject"]["ler:claims"]["degree"] = "MSc"
+        (d / "forged.json").write_text(json.dumps(forged, indent=2))
 
         yield Ledger(node=node, folder=d, genesis=Genesis.load(d / "genesis.json"), university=university,
                      holder=holder, friend=friend, stranger=stranger, revoked_at=revoked_at,
                      valid=d / "valid.json", tampered=d / "tampered.json", revoked=d / "revoked.json",
-                     self_asserted=d / "self.json", unaccredited=d / "unaccredited.json")
+                     self_asserted=d / "self.json", unaccredited=d / "unaccredited.json",
+                     credential=d / "credential.json", forged=d / "forged.json")
     finally:
         pool.shutdown(wait=True)
         node.close()
@@ -368,25 +379,98 @@ def test_text_from_a_bundle_is_never_markup(browser: Any, ledger: Ledger) -> Non
 
 # --- credentials and files that are not proofs -------------------------------------------------------------
 
+def part(page: Any, label: str) -> str:
+    """The words the Credential section gives for one of the credential's parts."""
+    return " ".join(str(page.locator(f".credential dt:text-is('{label}') + dd").inner_text()).split())
+
+
+SIGNATURE = "Signature by the issuer\u2019s key"
+ISSUER_KEY = "The key is the issuer\u2019s"
+
+
+def test_an_exported_credential(page: Any, ledger: Ledger) -> None:
+    assert check(page, ledger.credential) == "VALID"
+    assert part(page, SIGNATURE).startswith("Valid signed by " + ledger.university)
+    assert part(page, ISSUER_KEY).startswith("Valid")
+    assert part(page, "Validity period").startswith("Valid")
+    assert part(page, "Ledger anchor").startswith("Valid: the ledger proof it carries holds")
+    text = result_text(page)
+    assert "not checked here" not in text and "INVALID" not in text
+    # the bundle it carries, shown as a bundle is
+    assert "Example University" in text and "degree: BSc" in text and "field: Logistics" in text
+    assert "awarded — hidden by the holder" in text and "2009" not in text
+    assert fact(page, "Valid until") == "31 December 2099 at 23:59 UTC"
+    assert page.locator(".checks li").count() >= 8 and page.locator(".checks li.check-fail").count() == 0
+    assert page.locator(".status-bad").count() == 0
+
+
+def test_a_tampered_credential_names_the_signature(page: Any, ledger: Ledger) -> None:
+    assert check(page, ledger.forged) == "INVALID SIGNATURE"
+    text = result_text(page)
+    assert f"What failed: {SIGNATURE} (the signature does not verify with" in text
+    assert part(page, SIGNATURE).startswith("INVALID the signature does not verify")
+    assert part(page, "Ledger anchor").startswith("DOES NOT MATCH")
+    assert page.locator("[data-part=signature].status-bad").count() == 1
+    assert "Do not rely on anything in it." in text and "not checked here" not in text
+    # the bundle it carries is untouched and says what was really issued
+    assert "degree: BSc" in text and "MSc" not in text
+
+
 def credential(**extra: Any) -> dict[str, Any]:
     return {"@context": ["https://www.w3.org/ns/credentials/v2"], "type": ["VerifiableCredential"],
             "issuer": "did:key:z6MkExample", "credentialSubject": {"name": "A degree"}, **extra}
 
 
-def test_a_credential_carrying_a_bundle_and_one_without(page: Any, ledger: Ledger, tmp_path: Path) -> None:
+def test_unsigned_credentials(page: Any, ledger: Ledger, tmp_path: Path) -> None:
     with_bundle = tmp_path / "credential.json"
-    # As docs/VC.md carries it: the bundle's JSON object under "ler:proofBundle", here pretty-printed.
+    # A bundle's JSON object under "ler:proofBundle", as docs/VC.md carries it, in a credential nobody signed.
     with_bundle.write_text(json.dumps(credential(**{"ler:proofBundle": json.loads(ledger.valid.read_text())}),
                                       indent=2))
-    assert check(page, with_bundle) == "VALID"  # the page re-forms the bundle byte for byte (RFC 8785)
-    text = result_text(page)
-    assert "This file is a credential." in text and "own signature was not checked here" in text
-    assert "degree: BSc" in text
+    assert check(page, with_bundle) == "INVALID SIGNATURE"
+    assert part(page, SIGNATURE).startswith("INVALID the credential carries no proof object")
+    assert "degree: BSc" in result_text(page)  # the ledger proof it carries is still shown
 
     bare = tmp_path / "bare-credential.json"
     bare.write_text(json.dumps(credential()))
-    assert check(page, bare) == "NOT CHECKED HERE"
-    assert "This looks like a credential" in result_text(page) and "ler verify" in result_text(page)
+    assert check(page, bare) == "INVALID SIGNATURE"
+    assert part(page, "Ledger anchor").startswith("Not checked: the credential carries no ledger proof")
+
+    odd = tmp_path / "subject-only.json"
+    odd.write_text(json.dumps({"credentialSubject": {"name": "A degree"}}))
+    assert check(page, odd) == "NOT CHECKED HERE"
+    assert "This looks like a credential" in result_text(page)
+
+
+def test_a_credential_whose_ledger_proof_fails_leads_with_the_ledger_verdict(page: Any, ledger: Ledger) -> None:
+    from ler.vc import verify_ler_credential
+
+    report = verify_ler_credential(json.loads(ledger.credential.read_text()), ledger.genesis,
+                                   now_ms=4_102_531_200_000).to_json()  # 2100-01-02: the record expired
+    assert report["valid"] is False and report["parts"]["ledger_anchor"] == "expired"
+    serve_result(page, report)
+    assert check(page, ledger.credential) == "EXPIRED"
+    assert "The record expired on 31 December 2099" in result_text(page)
+    assert part(page, "Ledger anchor").startswith("EXPIRED")
+
+
+def test_text_from_a_credential_is_never_markup(browser: Any, ledger: Ledger) -> None:
+    from ler.vc import verify_ler_credential
+
+    page = open_page(browser, ledger, bypass_csp=True)
+    try:
+        evil = '<img src=x onerror="document.title=\'owned\'"><b>bold</b>'
+        report = verify_ler_credential(json.loads(ledger.forged.read_text()), ledger.genesis).to_json()
+        report["name"] = report["issuer_name"] = report["issuer"] = evil
+        report["signature"]["checks"][-1]["detail"] = evil
+        report["checks"] = [c | {"detail": evil} for c in report["checks"]]
+        report["ledger"]["records"][0]["disclosed"] = {evil: evil}
+        serve_result(page, report)
+        assert check(page, ledger.forged) == "INVALID SIGNATURE"
+        assert result_text(page).count(evil) >= 6
+        assert page.locator("#result img, #result b").count() == 0
+        assert page.title() != "owned"
+    finally:
+        page.context.close()
 
 
 def test_files_that_are_not_proofs(page: Any, tmp_path: Path) -> None:
@@ -460,7 +544,8 @@ def test_no_serious_accessibility_violations(browser: Any, ledger: Ledger) -> No
     page = open_page(browser, ledger, bypass_csp=True)  # axe is injected as an inline script
     try:
         found = {"empty page": axe_violations(page, axe_js)}
-        for path in (ledger.valid, ledger.revoked, ledger.tampered, ledger.self_asserted):
+        for path in (ledger.valid, ledger.revoked, ledger.tampered, ledger.self_asserted, ledger.credential,
+                     ledger.forged):
             check(page, path)
             found[path.name] = axe_violations(page, axe_js)
         report = "\n".join(f"{where}:\n{describe_violations(v)}" for where, v in found.items() if v)

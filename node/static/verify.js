@@ -1,6 +1,8 @@
 // The verify page's script: reads the file a person chose or dropped, asks the node that served the page to
 // check it (POST v1/verify, the offline check against the node's genesis file), and shows the verdict in
-// plain words.
+// plain words. The file is a proof bundle (ler prove) or a W3C Verifiable Credential / Open Badge (ler export):
+// for a credential the node answers a report of its parts (ler/vc.py CredentialReport) with the verification
+// result of the bundle it carries, which is shown as a bundle's is.
 //
 // Everything that comes from the file or from the node reaches the page as text: the el() helper only ever
 // sets textContent and a fixed set of attributes, never innerHTML. The page's Content Security Policy
@@ -131,39 +133,9 @@
     }
     const types = Array.isArray(obj.type) ? obj.type : [obj.type];
     if ("@context" in obj || "credentialSubject" in obj || types.includes("VerifiableCredential")) {
-      return { kind: "credential", obj };
+      return { kind: "credential" };
     }
     return { kind: "unknown" };
-  }
-
-  /** RFC 8785 (JCS) for plain JSON values: sorted keys, ECMAScript number and string forms. */
-  function canonicalJson(value) {
-    if (Array.isArray(value)) return `[${value.map(canonicalJson).join(",")}]`;
-    if (value !== null && typeof value === "object") {
-      return `{${Object.keys(value).sort().map((k) => `${JSON.stringify(k)}:${canonicalJson(value[k])}`).join(",")}}`;
-    }
-    return JSON.stringify(value);
-  }
-
-  /** A proof bundle carried inside a credential (as an object or as the bundle file's text), if any. */
-  function embeddedBundle(value, depth = 0) {
-    if (depth > 8 || value === null) return null;
-    if (typeof value === "string") {
-      if (!value.includes(BUNDLE_FORMAT) || value.length > MAX_BYTES) return null;
-      try {
-        const inner = JSON.parse(value);
-        return inner && inner.format === BUNDLE_FORMAT ? value : null;
-      } catch (err) {
-        return null;
-      }
-    }
-    if (typeof value !== "object") return null;
-    if (!Array.isArray(value) && value.format === BUNDLE_FORMAT) return canonicalJson(value);
-    for (const item of Array.isArray(value) ? value : Object.values(value)) {
-      const found = embeddedBundle(item, depth + 1);
-      if (found) return found;
-    }
-    return null;
   }
 
   class CheckError extends Error {}
@@ -187,11 +159,18 @@
       const reason = answer && typeof answer.error === "string" ? answer.error : `HTTP status ${resp.status}`;
       throw new CheckError(reason);
     }
-    if (!answer || typeof answer.verdict !== "string" || !Array.isArray(answer.checks)) {
-      throw new CheckError("the node gave an answer this page does not understand");
-    }
+    const understood = isCredentialReport(answer)
+      ? answer.ledger === null || isBundleResult(answer.ledger)
+      : isBundleResult(answer);
+    if (!understood) throw new CheckError("the node gave an answer this page does not understand");
     return answer;
   }
+
+  const isObject = (value) => value !== null && typeof value === "object" && !Array.isArray(value);
+  const isBundleResult = (value) => isObject(value) && typeof value.verdict === "string" &&
+    Array.isArray(value.checks);
+  const isCredentialReport = (value) => isObject(value) && value.kind === "credential" &&
+    typeof value.valid === "boolean" && isObject(value.parts) && Array.isArray(value.checks) && "ledger" in value;
 
   const formatReadable = (result) => result.checks.some((c) => c && c.check === "format" && c.pass === true);
   const firstFailure = (result) => result.checks.find((c) => c && c.pass === false);
@@ -213,22 +192,21 @@
           "A proof file is the .json file a record’s holder makes with “ler prove”.");
         return;
       }
-      // The exact bytes go to the node: a bundle is canonical JSON, and any change to it is a change.
+      // The exact bytes go to the node: a bundle is canonical JSON, and any change to it is a change; a
+      // credential's signature covers every member of it.
       const result = await postVerify(bytes);
+      if (isCredentialReport(result)) {
+        showCredential(result, name);
+        return;
+      }
       if (seen.kind === "bundle" || formatReadable(result)) {
-        showResult(result, name, null);
+        showResult(result, name);
         return;
       }
       if (seen.kind === "credential") {
-        const inner = embeddedBundle(seen.obj);
-        if (inner) {
-          showResult(await postVerify(inner), name, "credential");
-        } else {
-          showNotice("NOT CHECKED HERE", "i", "This looks like a credential (a W3C Verifiable Credential), not a " +
-            "proof file, and it carries no ledger proof this page can read. Check it on your own computer with " +
-            "“ler verify FILE --genesis genesis.json”, which checks the credential’s signature and any ledger " +
-            "proof it carries.");
-        }
+        showNotice("NOT CHECKED HERE", "i", "This looks like a credential, but not a W3C Verifiable Credential " +
+          "the node can check: it has no @context, no signature (proof) and no VerifiableCredential type. " +
+          "Nothing in it was checked.");
         return;
       }
       const failed = firstFailure(result);
@@ -313,8 +291,31 @@
     }
   }
 
-  function showResult(result, fileName, carrier) {
-    const info = VERDICTS[result.verdict] || { title: String(result.verdict).toUpperCase(), icon: "?" };
+  const verdictInfo = (verdict) => VERDICTS[verdict] || { title: String(verdict).toUpperCase(), icon: "?" };
+
+  /** "As of block N, <time>." under a verdict, for a result that names its block. */
+  function addMoment(top, result) {
+    const asOf = result.as_of || {};
+    if (asOf.height === null || asOf.height === undefined) return top;
+    top.querySelector(".verdict-body").append(
+      el("p", { class: "verdict-as-of" }, `As of block ${asOf.height}, ${when(asOf.time)}.`));
+    return top;
+  }
+
+  /** What a bundle's verification result shows below its verdict: the file, each record, the moment, the checks. */
+  function bundleDetails(result, fileName) {
+    const records = Array.isArray(result.records) ? result.records : [];
+    const details = [];
+    details.push(el("p", { class: "note" }, `File: ${fileName}. Checked by this node against the genesis file of `,
+      networkName(network.chainId || (result.verdict !== "wrong-network" ? result.chain_id : null)), "."));
+    records.forEach((r, i) => details.push(recordSection(r, i, records.length, result)));
+    details.push(asOfSection(result));
+    details.push(checksSection(result, records.length));
+    return details;
+  }
+
+  function showResult(result, fileName) {
+    const info = verdictInfo(result.verdict);
     const tone = VERDICTS[result.verdict] ? result.verdict : "neutral";
     const records = Array.isArray(result.records) ? result.records : [];
     const failed = firstFailure(result);
@@ -326,22 +327,120 @@
       const parts = Object.keys(VERDICTS).filter((v) => counts[v]).map((v) => `${counts[v]} ${VERDICTS[v].title.toLowerCase()}`);
       extra.push(`${records.length} records in this file: ${parts.join(", ")}. Each is shown below.`);
     }
-    const details = [];
-    if (carrier === "credential") {
-      details.push(el("p", { class: "note" }, "This file is a credential. The page checked the ledger proof it " +
-        "carries (shown here); the credential’s own signature was not checked here: run “ler verify FILE " +
-        "--genesis genesis.json” for that."));
+    const top = addMoment(banner(tone, info.title, info.icon, verdictSummary(result), ...extra), result);
+    show(top, bundleDetails(result, fileName).filter(Boolean));
+  }
+
+  // --- a credential's result -------------------------------------------------------------------------------
+
+  // The parts of a credential ler/vc.py checks, in the order a person reads them.
+  const PART_LABELS = {
+    signature: "Signature by the issuer’s key",
+    issuer_key: "The key is the issuer’s",
+    validity_period: "Validity period",
+    ledger_anchor: "Ledger anchor",
+  };
+
+  /** A check of the report by its name (ler/vc.py), or null. */
+  function reportCheck(report, name) {
+    return report.checks.find((c) => c && c.check === name) || null;
+  }
+
+  /** The detail of a credential part: why it failed, or what it found. */
+  function partDetail(report, part) {
+    if (part === "signature") {
+      const own = isObject(report.signature) && Array.isArray(report.signature.checks) ? report.signature.checks : [];
+      const c = own.find((x) => x && x.pass === false) || own[own.length - 1];
+      return c ? String(c.detail) : "";
     }
-    details.push(el("p", { class: "note" }, `File: ${fileName}. Checked by this node against the genesis file of `,
-      networkName(network.chainId || (result.verdict !== "wrong-network" ? result.chain_id : null)), "."));
-    records.forEach((r, i) => details.push(recordSection(r, i, records.length, result)));
-    details.push(asOfSection(result));
-    details.push(checksSection(result, records.length));
-    const asOf = result.as_of || {};
-    const moment = asOf.height !== null && asOf.height !== undefined
-      ? el("p", { class: "verdict-as-of" }, `As of block ${asOf.height}, ${when(asOf.time)}.`) : null;
-    const top = banner(tone, info.title, info.icon, verdictSummary(result), ...extra);
-    if (moment) top.querySelector(".verdict-body").append(moment);
+    if (part === "ledger_anchor") {
+      const match = reportCheck(report, "matches ledger");
+      return match ? String(match.detail) : "";
+    }
+    const c = reportCheck(report, part === "issuer_key" ? "issuer key" : "validity period");
+    return c ? String(c.detail) : "";
+  }
+
+  /** A part's state in plain words, and whether it is good ("ok"), bad ("bad") or unknown ("warn"). */
+  function partState(report, part) {
+    const state = report.parts[part];
+    if (part !== "ledger_anchor") {
+      return state === "valid" ? ["ok", "Valid"] : ["bad", "INVALID"];
+    }
+    switch (state) {
+      case "valid":
+        return ["ok", "Valid: the ledger proof it carries holds, and the credential says exactly what it proves " +
+          "(details below)."];
+      case "absent":
+        return ["warn", "Not checked: the credential carries no ledger proof, so nothing shows that its record " +
+          "is on the ledger, that its issuer is accredited, or that it was not revoked."];
+      case "not checked":
+        return ["warn", "Not checked: the ledger proof was not checked against a genesis file."];
+      case "mismatch":
+        return ["bad", "DOES NOT MATCH: the credential does not say what the ledger proof it carries proves."];
+      default: {
+        const ledger = report.ledger;
+        return ["bad", `${verdictInfo(state).title}: ${ledger ? verdictSummary(ledger) : "the ledger proof does not hold."}`];
+      }
+    }
+  }
+
+  function credentialSection(report) {
+    const rows = [];
+    if (typeof report.name === "string" && report.name) rows.push(fact("Name", report.name));
+    if (typeof report.issuer === "string" && report.issuer) {
+      rows.push(fact("Issuer named in it",
+        typeof report.issuer_name === "string" && report.issuer_name ? el("p", {}, report.issuer_name) : null,
+        el("p", { class: "did" }, report.issuer)));
+    }
+    for (const part of Object.keys(PART_LABELS)) {
+      const [tone, words] = partState(report, part);
+      const detail = partDetail(report, part);
+      rows.push(fact(PART_LABELS[part], el("p", { class: `status-line status-${tone}`, "data-part": part }, words),
+        detail ? el("p", { class: "part-detail" }, detail) : null));
+    }
+    return el("div", { class: "record credential" },
+      el("h3", {}, "Credential"),
+      el("p", {}, "This file is a credential (a W3C Verifiable Credential). Its own signature was checked, and " +
+        "any ledger proof it carries."),
+      el("dl", { class: "facts" }, rows.flat()));
+  }
+
+  function showCredential(report, fileName) {
+    const ledger = report.ledger;
+    const parts = report.parts;
+    const failing = Object.keys(PART_LABELS).filter((p) => partState(report, p)[0] === "bad");
+    const named = failing.map((p) => {
+      const detail = partDetail(report, p);
+      return `${PART_LABELS[p]}${detail ? ` (${detail})` : ""}`;
+    });
+    let top;
+    const ledgerVerdictFailed = ledger && parts.ledger_anchor !== "valid" && ledger.verdict !== "valid";
+    if (report.valid === true) {
+      top = banner("valid", "VALID", VERDICTS.valid.icon, ledger
+        ? "Genuine: signed by its issuer, and its ledger proof shows the record was issued by an accredited " +
+          "issuer and is not revoked."
+        : "Signed by its issuer and within its validity period. It carries no ledger proof: nothing shows " +
+          "whether its issuer is accredited or whether it was revoked.");
+    } else if (ledgerVerdictFailed) {
+      const info = verdictInfo(ledger.verdict);
+      top = banner(VERDICTS[ledger.verdict] ? ledger.verdict : "neutral", info.title, info.icon,
+        verdictSummary(ledger), named.length ? `What failed: ${named.join("; ")}.` : null);
+    } else if (parts.signature !== "valid") {
+      top = banner("tampered", "INVALID SIGNATURE", "✗", "The credential’s signature by its issuer does not " +
+        "hold: it was changed after it was signed, or its issuer never signed it. Do not rely on anything in it.",
+      `What failed: ${named.join("; ")}.`);
+    } else {
+      top = banner("tampered", "NOT VALID", "✗", "The credential does not hold up. Do not rely on it.",
+        `What failed: ${named.length ? named.join("; ") : "see the checks below"}.`);
+    }
+    const details = [credentialSection(report)];
+    if (ledger) {
+      addMoment(top, ledger);
+      details.push(...bundleDetails(ledger, fileName));
+    } else {
+      details.push(el("p", { class: "note" }, `File: ${fileName}. Checked by this node.`));
+    }
     show(top, details.filter(Boolean));
   }
 
