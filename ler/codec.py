@@ -30,6 +30,34 @@ _INT_MAX = 2**64 - 1
 
 def _canonical(value: Any, depth: int = 0) -> Any:
     """Return `value` with maps rebuilt in sorted key order, checking every type on the way."""
+    # Fast paths for the exact built-in types (what decoding yields and most callers build); anything
+    # else (bool, None, subclasses, floats, ...) takes the general checks below.
+    if depth > MAX_DEPTH:
+        raise DecodeError("nesting deeper than %d levels" % MAX_DEPTH)
+    t = type(value)
+    if t is bytes or t is str:
+        return value
+    if t is int:
+        if not _INT_MIN <= value <= _INT_MAX:
+            raise DecodeError(f"integer {value} is outside the 64-bit range")
+        return value
+    if t is list or t is tuple:
+        d = depth + 1
+        if d > MAX_DEPTH:
+            return [_canonical(v, d) for v in value]  # raises on the first item
+        return [v if type(v) is bytes or type(v) is str else _canonical(v, d) for v in value]
+    if t is dict:
+        for k in value:
+            if type(k) is not str or not k.isascii():
+                break
+        else:
+            # ASCII keys (field names): their str order is the order of their UTF-8 bytes.
+            d = depth + 1
+            return {k: _canonical(value[k], d) for k in sorted(value)}
+    return _canonical_general(value, depth)
+
+
+def _canonical_general(value: Any, depth: int) -> Any:
     if depth > MAX_DEPTH:
         raise DecodeError("nesting deeper than %d levels" % MAX_DEPTH)
     if value is None or isinstance(value, bool):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from ler import keys
 from ler.block import MAX_VALIDATORS, Genesis
@@ -41,6 +42,8 @@ from ler.state import (
     record_key,
 )
 from ler.tx import Action, GovVote, IssuerRotate, RecordAnchor, RecordEndorse, RecordRevoke, Tx
+
+_E = TypeVar("_E", AuthoritySet, IssuerEntry)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,16 +95,35 @@ class MemoryState:
 
 # --- reading entries --------------------------------------------------------------------------------
 
+# Decoded issuer entries and authority sets by their exact bytes. They are read by nearly every
+# transaction and change rarely; equal bytes always decode to the same (immutable) value, and only bytes
+# that passed the full decode are kept, so this saves repeating the decode, never a check.
+_DECODED_LIMIT = 4096
+_decoded: dict[tuple[type, bytes], object] = {}
+
+
+def _decode_shared(cls: type[_E], raw: bytes) -> _E:
+    key = (cls, raw)
+    hit = _decoded.get(key)
+    if hit is not None:
+        return hit  # type: ignore[return-value]
+    value = cls.decode(raw)
+    if len(_decoded) >= _DECODED_LIMIT:
+        _decoded.clear()
+    _decoded[key] = value
+    return value
+
+
 def get_authorities(state: StateView) -> AuthoritySet:
     raw = state.get(authorities_key())
     if raw is None:
         raise RuleError("state.authorities", "the state has no authority set (not initialised from genesis)")
-    return AuthoritySet.decode(raw)
+    return _decode_shared(AuthoritySet, raw)
 
 
 def get_issuer(state: StateView, did: str) -> IssuerEntry | None:
     raw = state.get(issuer_key(did))
-    return IssuerEntry.decode(raw) if raw is not None else None
+    return _decode_shared(IssuerEntry, raw) if raw is not None else None
 
 
 def get_record(state: StateView, record_id: bytes) -> RecordEntry | None:

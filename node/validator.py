@@ -6,7 +6,8 @@ The engine decides; this module carries its messages, keeps its time and makes i
   kept by block hash, so the commit does not execute the block again.
 - valid(block) checks the header time (after the parent's, at most `max_drift_ms` ahead of our clock)
   and `ChainStore.validate_block` with the mempool as the set of already verified transactions: a
-  signature checked on submission or gossip is not checked again. Verdicts are kept by block hash.
+  signature checked on submission or gossip is not checked again, nor are its bytes decoded again.
+  Verdicts are kept by block hash.
 - RecordSigned is written to LevelDB with a synced write (consensus/signed) inside the same engine
   call, so it is durable before the loop sends any Broadcast that follows it. A restarted node builds
   its engine with it and never signs a conflicting vote.
@@ -560,13 +561,18 @@ class ConsensusDriver:
         if block_hash in self._invalid:
             return False
         try:
-            self._results[block_hash] = self.store.validate_block(value, verified=self.svc.mempool)
+            self._results[block_hash] = self._validate(value)
         except InvalidBlock as exc:
             self._invalid[block_hash] = str(exc)
             log.warning("event=proposal_refused height=%d round=%d rule=%s reason=%r", hd.height, hd.round,
                         exc.rule, str(exc))
             return False
         return True
+
+    def _validate(self, block: Block) -> ExecutionResult:
+        """validate_block, reusing what the mempool holds: signatures checked and transactions decoded."""
+        mempool = self.svc.mempool
+        return self.store.validate_block(block, verified=mempool, known=mempool.get)
 
     # --- committing ------------------------------------------------------------------------------------
     async def _commit_decided(self, d: Decide) -> None:
@@ -583,7 +589,7 @@ class ConsensusDriver:
                 log.critical("event=fork height=%d decided=%s committed=%s", h, block.hash.hex(),
                              (self.store.block_hash(h) or b"").hex())
             return None
-        result = self._results.get(block.hash) or self.store.validate_block(block, verified=self.svc.mempool)
+        result = self._results.get(block.hash) or self._validate(block)
         self.store.commit_block(block, cert, result)
         self._results.clear()
         self._invalid.clear()
@@ -615,7 +621,7 @@ class ConsensusDriver:
                 raise SyncRefused(f"the certificate given with block {h} is for another block")
             # The certificate first: it is a few signatures, the block may be thousands of transactions.
             cert.verify(self.svc.chain_id, self.store.validators(h))
-            result = self._results.get(block.hash) or self.store.validate_block(block, verified=self.svc.mempool)
+            result = self._results.get(block.hash) or self._validate(block)
             self._results[block.hash] = result
             e = self.engine
             if e is not None and e.height == h and not e.decided:

@@ -52,6 +52,7 @@ import plyvel
 from ler import codec
 from ler.block import MAX_BLOCK_TXS, Block, CommitCertificate, Genesis, Header, tx_root, validators_hash
 from ler.errors import DecodeError, ProofError, RuleError
+from ler.keys import sha256
 from ler.ledger import Context, MemoryState, Overlay, apply_genesis, apply_tx, check_tx, get_authorities
 from ler.merkle import inclusion_proof
 from ler.smt import EMPTY, StateProof
@@ -90,6 +91,9 @@ META_PREFIXES = (b"consensus/", b"evidence/")
 MAX_BLOCK_TX_BYTES = codec.MAX_MESSAGE_BYTES - 64 * 1024
 _TX_OVERHEAD = 5  # the msgpack bin header in front of each raw tx in the block's array
 _HEADER_CACHE_SIZE = 1024
+#: Entries of the latest state kept in memory (values and absences); emptied when it would grow past this.
+_STATE_CACHE_SIZE = 200_000
+_MISSING = object()
 _W = TypeVar("_W", bound=Wire)
 
 
@@ -196,25 +200,77 @@ class _StagingNodes:
         self.nodes[h] = data
 
 
+class _LatestStateCache:
+    """What the tree holds at one root (the latest committed state), as read so far: key -> value or None.
+
+    Filled by reads of that root and moved forward by each committed block's own writes (the exact
+    difference between the parent's state and the block's), so it always equals a walk of the tree at
+    `root`. A lookup for any other root misses. Thread-safe: one lock guards the root and the map, so
+    a reader never takes a value of one root for another.
+    """
+
+    __slots__ = ("data", "lock", "root")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.root: bytes | None = None
+        self.data: dict[bytes, bytes | None] = {}
+
+    def get(self, root: bytes, key: bytes) -> object:
+        with self.lock:
+            if root != self.root:
+                return _MISSING
+            return self.data.get(key, _MISSING)
+
+    def put(self, root: bytes, key: bytes, value: bytes | None) -> None:
+        with self.lock:
+            if root != self.root:
+                return
+            if len(self.data) >= _STATE_CACHE_SIZE:
+                self.data.clear()
+            self.data[key] = value
+
+    def advance(self, old_root: bytes, new_root: bytes, writes: dict[bytes, bytes | None]) -> None:
+        """The state moved from `old_root` to `new_root` by `writes` (a committed block's)."""
+        with self.lock:
+            if self.root != old_root or len(self.data) + len(writes) > _STATE_CACHE_SIZE:
+                self.data = {}
+            self.data.update(writes)
+            self.root = new_root
+
+
 class _TreeState:
     """A read-only StateView of the tree at one root, remembering what it read (the root never moves)."""
 
-    __slots__ = ("cache", "root", "tree")
+    __slots__ = ("cache", "latest", "root", "tree")
 
-    def __init__(self, tree: SparseMerkleTree, root: bytes) -> None:
+    def __init__(self, tree: SparseMerkleTree, root: bytes, latest: _LatestStateCache | None = None) -> None:
         self.tree = tree
         self.root = root
+        self.latest = latest
         self.cache: dict[bytes, bytes | None] = {}
 
     def get(self, key: bytes) -> bytes | None:
         if key in self.cache:
             return self.cache[key]
-        value = self.tree.get(self.root, key)
+        if self.latest is not None:
+            value = _read_through(self.latest, self.tree, self.root, key)
+        else:
+            value = self.tree.get(self.root, key)
         self.cache[key] = value
         return value
 
     def set(self, key: bytes, value: bytes | None) -> None:
         raise TypeError("the committed state is read-only; write through an Overlay")
+
+
+def _read_through(latest: _LatestStateCache, tree: SparseMerkleTree, root: bytes, key: bytes) -> bytes | None:
+    hit = latest.get(root, key)
+    if hit is not _MISSING:
+        return hit  # type: ignore[return-value]
+    value = tree.get(root, key)
+    latest.put(root, key, value)
+    return value
 
 
 class ChainStore:
@@ -226,6 +282,7 @@ class ChainStore:
         self._path = Path(path)
         self._write_lock = threading.Lock()
         self._headers: OrderedDict[int, Header] = OrderedDict()
+        self._latest_state = _LatestStateCache()
         try:
             self._path.mkdir(parents=True, exist_ok=True)
             self._db = plyvel.DB(str(self._path), create_if_missing=True)
@@ -423,8 +480,12 @@ class ChainStore:
 
     def state_get(self, key: bytes, height: int | None = None) -> bytes | None:
         """The state's value at `key` after block `height` (the latest when None)."""
-        root = self.state_root(self.height if height is None else height)
+        latest = self.height
+        h = latest if height is None else height
+        root = self.state_root(h)
         try:
+            if h == latest:
+                return _read_through(self._latest_state, self._tree, root, key)
             return self._tree.get(root, key)
         except NodeStoreError as exc:
             raise StoreError(f"the state database is corrupt: {exc}") from None
@@ -589,7 +650,7 @@ class ChainStore:
         """`execute`, stopping before the first tx for which `full` says the block has no room left."""
         height = self.height + 1
         root = self.state_root(self.height)
-        block_state = Overlay(_TreeState(self._tree, root))
+        block_state = Overlay(_TreeState(self._tree, root, self._latest_state))
         in_block: set[bytes] = set()
         db = self._db
 
@@ -662,11 +723,13 @@ class ChainStore:
             next_validators_hash=validators_hash(self.validators(h + 1)), proposer=proposer)
         return Block(header=header, txs=tuple(tx.raw for tx in result.applied), last_cert=last_cert), result
 
-    def validate_block(self, block: Block, verified: Container[bytes] = frozenset()) -> ExecutionResult:
+    def validate_block(self, block: Block, verified: Container[bytes] = frozenset(),
+                       known: Callable[[bytes], Tx | None] | None = None) -> ExecutionResult:
         """Check `block` as the next block of this chain; InvalidBlock names the first rule it breaks.
 
         `verified` holds tx ids whose signatures this node already checked (e.g. in its mempool): each
-        signature is verified once per node.
+        signature is verified once per node. `known` (e.g. the mempool's `get`) gives an already decoded
+        transaction by id: one whose bytes equal the block's is used as is instead of decoding them again.
         """
         hd = block.header
         h = self.height + 1
@@ -700,10 +763,14 @@ class ChainStore:
         txs: list[Tx] = []
         ids: set[bytes] = set()
         for i, raw in enumerate(block.txs):
-            try:
-                tx = Tx.decode(raw)
-            except DecodeError as exc:
-                raise InvalidBlock("tx.decode", f"transaction {i}: {exc}") from None
+            cached = known(sha256(raw)) if known is not None else None
+            if cached is not None and cached.raw == raw:
+                tx = cached  # the same bytes, decoded (strictly) when they entered the mempool
+            else:
+                try:
+                    tx = Tx.decode(raw)
+                except DecodeError as exc:
+                    raise InvalidBlock("tx.decode", f"transaction {i}: {exc}") from None
             if tx.tx_id in ids:
                 raise InvalidBlock("tx.duplicate", f"transaction {i} ({tx.tx_id.hex()}) appears twice")
             ids.add(tx.tx_id)
@@ -782,7 +849,9 @@ class ChainStore:
         if changes_validators:
             staged.put(_val_key(h + 2), codec.encode(list(new_validators)))
         staged.put(META_HEIGHT, _h8(h))
+        old_root = self.state_root(h - 1)
         self._write(staged)
+        self._latest_state.advance(old_root, block.header.state_root, result.state_writes)
 
         # The batch is durable: only now may readers see the new height.
         if changes_validators:
