@@ -110,6 +110,10 @@ async def serve(config: NodeConfig, key: KeyPair, stop: asyncio.Event) -> None:
             await svc.release_waiters()
         finally:
             await runner.cleanup()
+            # A request cancelled by the server's shutdown may still have store work running in a
+            # worker thread (a bundle being built, pending txs being written): let it finish before
+            # the store closes under it.
+            await asyncio.get_running_loop().shutdown_default_executor()
     finally:
         svc.close()
         log.info("event=node_stopped")

@@ -168,6 +168,10 @@ class NodeService:
                     accepted.append(tx)
                 except MempoolFull as exc:
                     res = SubmitResult(tx.tx_id, REJECTED, error=str(exc), rule="mempool.full")
+            if res.status == REJECTED and res.rule not in ("tx.replay", "mempool.full") and res.error:
+                # So that GET /v1/txs/{id} can say why, not just "unknown" (replays read as committed;
+                # a full mempool is transient).
+                self._remember_rejected(tx.tx_id, res.rule or "tx.rule", res.error)
             results.append(res)
         if accepted:
             # Durable before acknowledged: a crash after this answer loses none of these.

@@ -195,7 +195,8 @@ def test_a_batch_of_good_and_bad_transactions(node: NodeProc, chain: Chain) -> N
     assert res[4]["id"] is None  # it never decoded, so it has no id
     for t in good:
         assert node.tx_status(t.tx_id)["status"] == "committed"  # type: ignore[index]
-    assert node.tx_status(forged.tx_id) is None  # refused at the door: never known
+    st = node.tx_status(forged.tx_id)  # refused at the door, and remembered as refused (never pending)
+    assert st is not None and st["status"] == "rejected" and st["rule"] == "tx.signature" and st["tx"] is None
 
 
 def _flip_hex(h: str, at: int = 10) -> str:
@@ -257,6 +258,9 @@ def test_rule_violations_are_refused_with_the_rule(node: NodeProc, chain: Chain,
     assert reason
     if case == "replay":
         assert res["height"] is not None and "already committed" in reason
+    else:  # the refusal is remembered: asking for the transaction later says why it was refused
+        st = node.tx_status(bytes.fromhex(res["id"]))
+        assert st is not None and st["status"] == "rejected" and st["rule"] == want, st
 
 
 # --- blocks ------------------------------------------------------------------------------------------
