@@ -14,7 +14,7 @@ inputs usually come straight from the network.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 HASH_SIZE = 32
@@ -76,24 +76,28 @@ def inclusion_proof(leaves: Sequence[bytes], index: int) -> list[bytes]:
 
 
 def inclusion_proof_from_hashes(hashes: Sequence[bytes], index: int) -> list[bytes]:
-    """PATH(index, D[n]) from leaf hashes: the sibling subtree roots from the leaf up to the root.
+    """PATH(index, D[n]) from leaf hashes. Fewer than n hashes (the siblings are disjoint subtrees).
+    Raises ValueError for an index outside the tree."""
+    return inclusion_path(index, len(hashes), lambda lo, hi: _mth(hashes, lo, hi))
 
-    The RFC's recursion is walked top-down as a loop; each step hashes only the sibling subtree, and the
-    siblings are disjoint, so the whole proof costs fewer than n hashes. Raises ValueError for an index
-    outside the tree.
+
+def inclusion_path(index: int, size: int, subtree: Callable[[int, int], bytes]) -> list[bytes]:
+    """PATH(index, D[size]) given `subtree(lo, hi)` = MTH(D[lo:hi]), whatever stores the tree.
+
+    The RFC's recursion is walked top-down as a loop, asking only for the sibling subtrees. Raises
+    ValueError for an index outside the tree.
     """
-    n = len(hashes)
-    if not 0 <= index < n:
-        raise ValueError(f"leaf index {index} is outside a tree of {n} leaves")
-    lo, hi = 0, n
+    if not 0 <= index < size:
+        raise ValueError(f"leaf index {index} is outside a tree of {size} leaves")
+    lo, hi = 0, size
     top_down: list[bytes] = []
     while hi - lo > 1:
         k = _split(hi - lo)
         if index < lo + k:
-            top_down.append(_mth(hashes, lo + k, hi))
+            top_down.append(subtree(lo + k, hi))
             hi = lo + k
         else:
-            top_down.append(_mth(hashes, lo, lo + k))
+            top_down.append(subtree(lo, lo + k))
             lo += k
     # PATH lists the deepest sibling first: PATH(m, D[n]) = PATH(m, D[0:k]) : MTH(D[k:n]).
     top_down.reverse()
@@ -106,33 +110,34 @@ def consistency_proof(leaves: Sequence[bytes], old_size: int) -> list[bytes]:
 
 
 def consistency_proof_from_hashes(hashes: Sequence[bytes], old_size: int) -> list[bytes]:
-    """PROOF(old_size, D[n]) = SUBPROOF(old_size, D[n], true) from leaf hashes.
+    """PROOF(old_size, D[n]) = SUBPROOF(old_size, D[n], true) from leaf hashes; fewer than n hashes.
+    Empty when old_size is 0 or n (see `verify_consistency`); ValueError when it is not in [0, n]."""
+    return consistency_path(old_size, len(hashes), lambda lo, hi: _mth(hashes, lo, hi))
 
-    Empty when old_size is 0 or n (nothing to prove; see `verify_consistency`). Iterative, fewer than n
-    hashes. Raises ValueError when old_size is not in [0, n].
-    """
-    n = len(hashes)
-    if not 0 <= old_size <= n:
-        raise ValueError(f"old size {old_size} is outside [0, {n}]")
-    if old_size in (0, n):
+
+def consistency_path(old_size: int, size: int, subtree: Callable[[int, int], bytes]) -> list[bytes]:
+    """PROOF(old_size, D[size]) given `subtree(lo, hi)` = MTH(D[lo:hi]), iteratively."""
+    if not 0 <= old_size <= size:
+        raise ValueError(f"old size {old_size} is outside [0, {size}]")
+    if old_size in (0, size):
         return []
-    m, lo, hi = old_size, 0, n
+    m, lo, hi = old_size, 0, size
     whole_old_root_known = True  # SUBPROOF's flag b
     top_down: list[bytes] = []
     while True:
-        size = hi - lo
-        if m == size:
+        n = hi - lo
+        if m == n:
             # The old tree's subtree sits whole inside the new tree. The verifier already holds it
             # when it is the old root itself (b true); otherwise it must be sent.
             if not whole_old_root_known:
-                top_down.append(_mth(hashes, lo, hi))
+                top_down.append(subtree(lo, hi))
             break
-        k = _split(size)
+        k = _split(n)
         if m <= k:
-            top_down.append(_mth(hashes, lo + k, hi))
+            top_down.append(subtree(lo + k, hi))
             hi = lo + k
         else:
-            top_down.append(_mth(hashes, lo, lo + k))
+            top_down.append(subtree(lo, lo + k))
             lo += k
             m -= k
             whole_old_root_known = False

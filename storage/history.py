@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Protocol
 
-from ler.merkle import EMPTY_ROOT, HASH_SIZE, leaf_hash, node_hash
+from ler.merkle import EMPTY_ROOT, HASH_SIZE, consistency_path, inclusion_path, leaf_hash, node_hash
 
 #: The largest number of leaves the key format can address (the index is 8 bytes).
 MAX_LEAVES = 2**63
@@ -169,48 +169,12 @@ class HistoryTree:
     def inclusion_proof(self, index: int, size: int) -> list[bytes]:
         """PATH(index, D[size]): equal to ler.merkle.inclusion_proof(leaves[:size], index)."""
         _check_size(size)
-        if not 0 <= index < size:
-            raise ValueError(f"leaf index {index} is outside a tree of {size} leaves")
-        lo, hi = 0, size
-        top_down: list[bytes] = []
-        while hi - lo > 1:
-            k = _split(hi - lo)
-            if index < lo + k:
-                top_down.append(self._subtree(lo + k, hi))
-                hi = lo + k
-            else:
-                top_down.append(self._subtree(lo, lo + k))
-                lo += k
-        top_down.reverse()
-        return top_down
+        return inclusion_path(index, size, self._subtree)
 
     def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
         """PROOF(old_size, D[new_size]), equal to merkle.consistency_proof(leaves[:new_size], old_size)."""
         _check_size(new_size)
-        if not 0 <= old_size <= new_size:
-            raise ValueError(f"old size {old_size} is outside [0, {new_size}]")
-        if old_size in (0, new_size):
-            return []
-        m, lo, hi = old_size, 0, new_size
-        whole_old_root_known = True  # SUBPROOF's flag b
-        top_down: list[bytes] = []
-        while True:
-            size = hi - lo
-            if m == size:
-                if not whole_old_root_known:
-                    top_down.append(self._subtree(lo, hi))
-                break
-            k = _split(size)
-            if m <= k:
-                top_down.append(self._subtree(lo + k, hi))
-                hi = lo + k
-            else:
-                top_down.append(self._subtree(lo, lo + k))
-                lo += k
-                m -= k
-                whole_old_root_known = False
-        top_down.reverse()
-        return top_down
+        return consistency_path(old_size, new_size, self._subtree)
 
 
 def _check_size(size: int) -> None:
