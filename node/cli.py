@@ -967,16 +967,18 @@ def prove(node_url: str, record_path: str, reveal: tuple[str, ...], reveal_none:
 
     client = make_client(node_url)
     obj = node_call(lambda: client.bundle(doc.record_id.hex(), disclosure.to_json()), "making the bundle")
-    bundle = write_bundle(obj, [(doc, disclosure)], out, genesis, genesis_path)
+    bundle, verdict = write_bundle(obj, [(doc, disclosure)], out, genesis, genesis_path)
     shown = ", ".join(names) if names else "nothing"
     say(f"wrote {out}: record {doc.record_id.hex()} as of block {bundle.head.header.height}, revealing "
         f"{shown}; hidden: {', '.join(disclosure.hidden_names()) or 'none'}")
+    if verdict is not None:
+        say(f"checked against {genesis_path}: {verdict}")
 
 
 def write_bundle(obj: Any, asked: list[tuple[RecordDocument, Disclosure]], out: str, genesis: Genesis | None,
-                 genesis_path: str | None) -> ProofBundle:
-    """Check a bundle the node returned is exactly what was asked for (and verifies, given a genesis),
-    then write its canonical bytes to `out`."""
+                 genesis_path: str | None) -> tuple[ProofBundle, str | None]:
+    """Check a bundle the node returned is exactly what was asked for (and, given a genesis, verify the
+    very bytes to be written), then write them to `out`. Returns the bundle and the verdict (if checked)."""
     try:
         bundle = ProofBundle.from_json(obj)
     except DecodeError as exc:
@@ -986,22 +988,22 @@ def write_bundle(obj: Any, asked: list[tuple[RecordDocument, Disclosure]], out: 
             raise negative(f"the node is on chain {bundle.chain_id!r}, the record on {doc.chain_id!r}")
     if [(r.record_id, r.disclosure) for r in bundle.records] != [(d.record_id, x) for d, x in asked]:
         raise negative("the node returned a bundle for something other than what was asked")
-    if genesis is not None:
-        result = verify_bundle(bundle, genesis)
-        if result.verdict in (TAMPERED, WRONG_CHAIN):
-            raise negative(f"the bundle does not verify against {genesis_path}: {verdict_line(result, genesis)}")
     data = bundle.dumps()
     try:
         ProofBundle.loads(data)  # exactly what a verifier will read back
     except DecodeError as exc:
         raise negative(f"the bundle would not read back: {exc}") from None
+    verdict = None
+    if genesis is not None:
+        result = verify_bundle(data, genesis)
+        if result.verdict in (TAMPERED, WRONG_CHAIN):
+            raise negative(f"the bundle does not verify against {genesis_path}: {verdict_line(result, genesis)}")
+        verdict = result.verdict
     try:
         Path(out).write_bytes(data)
     except OSError as exc:
         raise bad_input(f"cannot write {out}: {exc.strerror}") from None
-    if genesis is not None:
-        say(f"checked against {genesis_path}: {verify_bundle(bundle, genesis).verdict}")
-    return bundle
+    return bundle, verdict
 
 
 @cli.command("stack")
@@ -1035,11 +1037,13 @@ def stack(node_url: str, items: tuple[str, ...], out: str, genesis_path: str | N
     genesis = load_genesis(genesis_path) if genesis_path else None
     client = make_client(node_url)
     obj = node_call(lambda: client.stack([(d.record_id.hex(), x.to_json()) for d, x in asked]), "making the bundle")
-    bundle = write_bundle(obj, asked, out, genesis, genesis_path)
+    bundle, verdict = write_bundle(obj, asked, out, genesis, genesis_path)
     say(f"wrote {out}: {len(asked)} records as of block {bundle.head.header.height}")
     for d, x in asked:
         say(f"  {d.record_id.hex()} ({d.rtype}): revealing {', '.join(x.values()) or 'nothing'}; "
             f"hidden: {', '.join(x.hidden_names()) or 'none'}")
+    if verdict is not None:
+        say(f"checked against {genesis_path}: {verdict}")
 
 
 def load_genesis(path: str) -> Genesis:
