@@ -13,6 +13,7 @@ printed with control characters escaped: a bundle cannot rewrite a verifier's te
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import mimetypes
@@ -50,7 +51,7 @@ from ler.bundle import (
 )
 from ler.errors import DecodeError, KeyFileError, LerError
 from ler.keys import PASSPHRASE_ENV, KeyPair
-from ler.record import Disclosure, RecordDocument, evidence_value, make_claims
+from ler.record import Claim, Disclosure, RecordDocument, evidence_value, make_claims
 from ler.tx import (
     RECORD_ID_BYTES,
     Action,
@@ -748,6 +749,28 @@ def parse_evidence(spec: str) -> tuple[str, dict[str, Any]]:
         raise bad_input(f"--evidence {spec!r}: cannot read {path}: {exc.strerror}") from None
 
 
+def anchor_record(client: NodeClient, key: KeyPair, issuer_did: str, holder_did: str, rtype: str,
+                  expires_ms: int | None, claims: tuple[Claim, ...], out: str,
+                  wait_s: float) -> tuple[RecordDocument, bytes, Any]:
+    """Anchor a record and save the holder's file: (document, tx id, height). Exits 1 if refused; if the
+    transaction is not committed in time the file is still written (it may yet commit, and without its
+    salts the record could never be shown)."""
+    chain_id = chain_id_of(client)
+    doc = RecordDocument(chain_id=chain_id, record_id=secrets.token_bytes(RECORD_ID_BYTES), issuer=issuer_did,
+                         holder=holder_did, rtype=rtype, expires=expires_ms, claims=claims)
+    tx = sign_tx(key, chain_id, RecordAnchor(record=doc.record_id, issuer=issuer_did, holder=holder_did,
+                                             rtype=rtype, commitment=doc.commitment, expires=expires_ms))
+    doc = dataclasses.replace(doc, anchor_tx=tx.tx_id)
+    result = submit_and_wait(client, tx, wait_s)
+    if result.get("status") == "rejected":
+        raise negative(rejection(result))
+    _save_record(doc, out)
+    if result.get("status") != "committed":
+        raise negative(f"transaction {tx.tx_id.hex()} was not committed within {wait_s:g} s; the record "
+                       f"file was written to {out} in case it still is (ask the node: GET /v1/txs/ID)")
+    return doc, tx.tx_id, result.get("height")
+
+
 @cli.command("issue")
 @node_option
 @click.option("--key", "key_path", required=True, metavar="FILE", help="The issuer's signing key.")
@@ -786,23 +809,7 @@ def issue(node_url: str, key_path: str, holder: str, rtype: str, claims_path: st
     issuer_did = did_or_key_file(issuer, "--issuer") if issuer else key.did
 
     client = make_client(node_url)
-    chain_id = chain_id_of(client)
-    doc = RecordDocument(chain_id=chain_id, record_id=secrets.token_bytes(RECORD_ID_BYTES), issuer=issuer_did,
-                         holder=holder_did, rtype=rtype, expires=expires_ms, claims=claims)
-    tx = sign_tx(key, chain_id, RecordAnchor(record=doc.record_id, issuer=issuer_did, holder=holder_did,
-                                             rtype=rtype, commitment=doc.commitment, expires=expires_ms))
-    doc = RecordDocument(chain_id=doc.chain_id, record_id=doc.record_id, issuer=doc.issuer, holder=doc.holder,
-                         rtype=doc.rtype, expires=doc.expires, claims=doc.claims, anchor_tx=tx.tx_id)
-    result = submit_and_wait(client, tx, wait_s)
-    if result.get("status") == "rejected":
-        raise negative(rejection(result))
-    if result.get("status") != "committed":
-        # It may still commit: keep the claims and salts, without which the record could never be shown.
-        _save_record(doc, out)
-        raise negative(f"transaction {tx.tx_id.hex()} was not committed within {wait_s:g} s; the record "
-                       f"file was written to {out} in case it still is (ask the node: GET /v1/txs/ID)")
-    height = result.get("height")
-    _save_record(doc, out)
+    doc, tx_id, height = anchor_record(client, key, issuer_did, holder_did, rtype, expires_ms, claims, out, wait_s)
 
     standing, issuer_name, note = None, None, None
     try:
@@ -811,7 +818,7 @@ def issue(node_url: str, key_path: str, holder: str, rtype: str, claims_path: st
     except ClientError as exc:
         note = f"could not read the record back: {exc.reason}"
     if as_json:
-        emit_json({"record_id": doc.record_id.hex(), "tx": tx.tx_id.hex(), "height": height,
+        emit_json({"record_id": doc.record_id.hex(), "tx": tx_id.hex(), "height": height,
                    "standing": standing, "issuer": issuer_did, "holder": holder_did, "type": rtype,
                    "out": out})
     else:
@@ -820,7 +827,7 @@ def issue(node_url: str, key_path: str, holder: str, rtype: str, claims_path: st
         say(f"  issuer:   {issuer_label(issuer_name, issuer_did, holder_did)}")
         say(f"  holder:   {holder_did}")
         say(f"  standing: {standing or 'unknown'}")
-        say(f"  tx:       {tx.tx_id.hex()}")
+        say(f"  tx:       {tx_id.hex()}")
         say(f"wrote {out}: give it to the holder (it holds every claim and its salt; keep it private)")
     if note:
         say(f"note: {note}", err=True)

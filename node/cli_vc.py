@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import secrets
 import sys
 import uuid
 from pathlib import Path
@@ -23,7 +22,6 @@ from ler import keys
 from ler.block import Genesis
 from ler.bundle import TAMPERED, WRONG_CHAIN, Check, ProofBundle, RecordReport, VerificationResult, verify_bundle
 from ler.errors import DecodeError
-from ler.keys import KeyPair
 from ler.presentation import (
     MAX_PRESENTATION_BYTES,
     PRESENTATION_FORMAT,
@@ -32,7 +30,7 @@ from ler.presentation import (
     verify_presentation,
 )
 from ler.record import RecordDocument, make_claims
-from ler.tx import RECORD_ID_BYTES, RecordAnchor, check_record_type, sign_tx
+from ler.tx import check_record_type
 from ler.vc import (
     CRYPTOSUITE,
     LEDGER_ABSENT,
@@ -70,7 +68,6 @@ from node.cli import (
     render_value,
     say,
     split_list,
-    submit_and_wait,
     verdict_line,
     wait_option,
 )
@@ -229,10 +226,10 @@ def import_badge(node_url: str, key_path: str, credential_path: str, holder: str
     key = load_key(key_path)
     issuer_did = did_or_key_file(issuer, "--issuer") if issuer else key.did
 
-    doc, tx_id, height = anchor_record(node_url, key, issuer_did, holder_did, rtype, expires_ms, claims, out,
-                                       wait_s)
+    doc, tx_id, height = base.anchor_record(base.make_client(node_url), key, issuer_did, holder_did, rtype,
+                                            expires_ms, claims, out, wait_s)
     if as_json:
-        emit_json({"record_id": doc.record_id.hex(), "tx": tx_id, "height": height, "issuer": issuer_did,
+        emit_json({"record_id": doc.record_id.hex(), "tx": tx_id.hex(), "height": height, "issuer": issuer_did,
                    "holder": holder_did, "type": rtype, "proof": found.proof_note,
                    "proof_verified": found.proof_verified, "claims": sorted(found.claims), "out": out})
         return
@@ -244,28 +241,6 @@ def import_badge(node_url: str, key_path: str, credential_path: str, holder: str
     if found.subject_id and found.subject_id != holder_did:
         say(f"  note:   the badge names its subject {found.subject_id}; the record's holder is {holder_did}")
     say(f"wrote {out}: give it to the holder (it holds every claim and its salt; keep it private)")
-
-
-def anchor_record(node_url: str, key: KeyPair, issuer_did: str, holder_did: str, rtype: str,
-                  expires_ms: int | None, claims: Any, out: str, wait_s: float) -> tuple[RecordDocument, str, Any]:
-    """Anchor a record as `ler issue` does and save the holder's file: (document, tx id, height)."""
-    client = base.make_client(node_url)
-    chain_id = base.chain_id_of(client)
-    doc = RecordDocument(chain_id=chain_id, record_id=secrets.token_bytes(RECORD_ID_BYTES), issuer=issuer_did,
-                         holder=holder_did, rtype=rtype, expires=expires_ms, claims=claims)
-    tx = sign_tx(key, chain_id, RecordAnchor(record=doc.record_id, issuer=issuer_did, holder=holder_did,
-                                             rtype=rtype, commitment=doc.commitment, expires=expires_ms))
-    doc = RecordDocument(chain_id=doc.chain_id, record_id=doc.record_id, issuer=doc.issuer, holder=doc.holder,
-                         rtype=doc.rtype, expires=doc.expires, claims=doc.claims, anchor_tx=tx.tx_id)
-    result = submit_and_wait(client, tx, wait_s)
-    if result.get("status") == "rejected":
-        raise negative(base.rejection(result))
-    if result.get("status") != "committed":
-        base._save_record(doc, out)
-        raise negative(f"transaction {tx.tx_id.hex()} was not committed within {wait_s:g} s; the record "
-                       f"file was written to {out} in case it still is (ask the node: GET /v1/txs/ID)")
-    base._save_record(doc, out)
-    return doc, tx.tx_id.hex(), result.get("height")
 
 
 # --- present -----------------------------------------------------------------------------------------------
@@ -542,4 +517,4 @@ base.cli.add_command(import_badge)
 base.cli.add_command(present)
 base.cli.add_command(verify)
 
-__all__ = ["anchor_record", "credential_lines", "export", "import_badge", "present", "verify"]
+__all__ = ["credential_lines", "export", "import_badge", "present", "verify"]
