@@ -361,13 +361,20 @@ class Api:
         after_text = request.query.get("after")
         after = _hex_id(after_text, RECORD_ID_BYTES, "after") if after_text else None
         lister = self.svc.store.records_by_issuer if issuer else self.svc.store.records_by_holder
-        ids = lister(did, limit, after)
-        out = []
-        for rid in ids:
-            e = self.svc.store.get_record(rid)
-            if e is not None:
-                out.append(record_json(self.svc, rid, e))
-        return _json({"records": out})
+
+        def page() -> list[dict[str, Any]]:  # up to 1000 records, each a state read: off the event loop
+            out = []
+            for rid in lister(did, limit, after):
+                e = self.svc.store.get_record(rid)
+                if e is not None:
+                    out.append(record_json(self.svc, rid, e))
+            return out
+
+        try:
+            records = await asyncio.to_thread(page)
+        except ValueError as exc:  # `after` names no record of this issuer or holder
+            raise ApiError(400, f"after: {exc}") from None
+        return _json({"records": records})
 
     async def _bundle_for(self, items: list[tuple[bytes, Disclosure]]) -> web.Response:
         try:

@@ -574,6 +574,7 @@ BAD_INPUT: list[tuple[str, str, str, bytes | None, str | None, int]] = [
     ("records limit not a number", "GET", "/v1/records?holder={did}&limit=many", None, None, 400),
     ("records non-ASCII limit", "GET", "/v1/records?holder={did}&limit=%D9%A1", None, None, 400),
     ("records bad after", "GET", "/v1/records?holder={did}&after=zz", None, None, 400),
+    ("records unknown after", "GET", "/v1/records?holder={did}&after=" + RID, None, None, 400),
     ("issuer bad did", "GET", "/v1/issuers/did:key:z6MkNotAKey", None, None, 400),
     ("issuer not a did", "GET", "/v1/issuers/bob", None, None, 400),
     ("issuer unknown", "GET", "/v1/issuers/{did}", None, None, 404),
