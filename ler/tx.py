@@ -16,8 +16,10 @@ Types and bodies (docs/PROTOCOL.md, "Transactions"):
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
+
+import msgpack
 
 from ler import codec, keys
 from ler.errors import DecodeError
@@ -170,6 +172,8 @@ class Tx:
     sig: bytes
     raw: bytes
     tx_id: bytes
+    #: The bytes `sig` covers, when decoding already had them at hand (else built on demand).
+    signing: bytes | None = field(default=None, compare=False, repr=False)
 
     _FIELDS: ClassVar[frozenset[str]] = frozenset({"chain", "type", "signer", "nonce", "body", "sig"})
 
@@ -180,8 +184,13 @@ class Tx:
     def signed_payload(self) -> dict[str, Any]:
         return {"type": self.type, "signer": self.signer, "nonce": self.nonce, "body": self.body.to_obj()}
 
+    def signing_bytes(self) -> bytes:
+        if self.signing is not None:
+            return self.signing
+        return keys.signing_bytes("tx", self.chain, self.signed_payload())
+
     def signature_valid(self) -> bool:
-        return keys.verify_signed(self.signer, "tx", self.chain, self.signed_payload(), self.sig)
+        return keys.verify(self.signer, self.signing_bytes(), self.sig)
 
     def to_obj(self) -> dict[str, Any]:
         return {"chain": self.chain, "type": self.type, "signer": self.signer, "nonce": self.nonce,
@@ -192,7 +201,7 @@ class Tx:
                 "nonce": self.nonce, "body": self.body.to_json(), "sig": self.sig.hex()}
 
     @classmethod
-    def from_obj(cls, obj: Any, raw: bytes | None = None) -> Self:
+    def from_obj(cls, obj: Any, raw: bytes | None = None, signing: bytes | None = None) -> Self:
         if not isinstance(obj, dict):
             raise DecodeError("transaction: expected a map")
         extra = set(obj) - cls._FIELDS
@@ -220,11 +229,19 @@ class Tx:
             raw = codec.encode(obj)
         if len(raw) > MAX_TX_BYTES:
             raise DecodeError(f"transaction of {len(raw)} bytes exceeds {MAX_TX_BYTES}")
-        return cls(chain, ttype, signer, nonce, body, sig, raw, sha256(raw))
+        return cls(chain, ttype, signer, nonce, body, sig, raw, sha256(raw), signing)
 
     @classmethod
     def decode(cls, data: bytes) -> Self:
-        return cls.from_obj(codec.decode(data, MAX_TX_BYTES), raw=bytes(data))
+        data = bytes(data)
+        obj = _fast_canonical(data)
+        if obj is not None:
+            body = obj["body"]
+            signing = _packb([_TX_DOMAIN, obj["chain"], {"body": body, "nonce": obj["nonce"],
+                                                         "signer": obj["signer"], "type": obj["type"]}])
+            return cls.from_obj(obj, raw=data, signing=signing)
+        # Anything else takes the general canonical check, which also says what is wrong.
+        return cls.from_obj(codec.decode(data, MAX_TX_BYTES), raw=data)
 
     @classmethod
     def from_json(cls, obj: Any) -> Self:
@@ -248,6 +265,54 @@ class Tx:
         if claimed_id is not None and claimed_id != tx.tx_id.hex():
             raise DecodeError("transaction: the id given does not match its content")
         return tx
+
+
+_TX_KEYS = ["body", "chain", "nonce", "sig", "signer", "type"]  # canonical (sorted) order
+_TX_DOMAIN = keys.PROTOCOL_TAG + "/tx"
+_SCALAR = frozenset({bytes, str, int, bool, type(None)})
+
+
+def _packb(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def _fast_canonical(data: bytes) -> dict[str, Any] | None:
+    """The decoded map when `data` is a canonical transaction of the common flat shape, else None.
+
+    Canonical msgpack is what codec.encode gives: maps with string keys in sorted order, no floats,
+    shortest forms. For a transaction map with exactly the six fields in order, whose body is a map of
+    ASCII keys in order holding only scalars (every body but gov.vote), re-packing the decoded value
+    as it is yields the input again exactly when the input is in shortest form; codec.decode's
+    rebuild-and-compare would give the same answer, at several times the cost. None sends the
+    caller to codec.decode, which decides (and names the fault) in every other case.
+    """
+    if len(data) > MAX_TX_BYTES:
+        return None
+    try:
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=True, ext_hook=_no_ext)
+    except Exception:  # any fault: the general decoder names it
+        return None
+    if type(obj) is not dict or list(obj) != _TX_KEYS:
+        return None
+    body = obj["body"]
+    if type(body) is not dict:
+        return None
+    scalar = _SCALAR
+    for k, v in obj.items():
+        if k != "body" and type(v) not in scalar:
+            return None
+    prev = ""
+    for k, v in body.items():
+        if type(k) is not str or not k.isascii() or k <= prev or type(v) not in scalar:
+            return None
+        prev = k
+    if _packb(obj) != data:
+        return None
+    return obj
+
+
+def _no_ext(code: int, data: bytes) -> Any:
+    raise ValueError("extension type")
 
 
 def sign_tx(key: KeyPair, chain_id: str, body: Wire, nonce: int | None = None) -> Tx:
