@@ -3,10 +3,12 @@
 Layout (all keys ASCII prefixes; heights as 8-byte big-endian so they sort):
   meta/genesis            -> genesis hash (32)          meta/height -> last committed height (8)
   meta/genesis_state      -> state root after genesis (32)
+  meta/flat_state         -> b"1" when st/ below is complete (every folder created by this version)
   b/<h>                   -> Block (canonical msgpack)  c/<h> -> CommitCertificate of block h
   bh/<block hash>         -> h
   tx/<tx id>              -> [height, index] (canonical msgpack)
   n/<node hash>           -> sparse Merkle tree node (storage.smt encoding)
+  st/<state key>          -> the value at that key in the latest state (a flat copy, see below)
   hist/<level:1><index:8> -> hash of a perfect subtree of the history tree (see storage/history.py)
   val/<h>                 -> validator keys for height h, written only where the set changes
   ri/<issuer did>\x00<h><record id>, rh/<holder did>\x00<h><record id> -> b"" (record indexes)
@@ -23,9 +25,12 @@ a kill -9 loses nothing of it, and before, the block is absent as a whole. The g
 the same way when a data folder is first opened, so a folder either belongs to one chain entirely or is
 empty.
 
-The state is never stored as a plain map: every value lives in a sparse Merkle tree node (n/), and the
-state at height h is the tree under header(h).state_root. Nodes are content-addressed and never deleted,
-so the state at any committed height stays readable and provable.
+The state lives in a sparse Merkle tree (n/): the state at height h is the tree under
+header(h).state_root. Nodes are content-addressed and never deleted, so the state at any committed height
+stays readable and provable. Roots and proofs come from the tree alone. Beside it, st/ holds a flat copy of
+the latest state, written in the same batch as the block that changes it: reading the latest value of a
+key (every admission check and block execution does) is then one lookup instead of a walk of about
+twenty tree nodes, and an absent key costs a Bloom filter probe.
 
 Validator sets: validators(1) = validators(2) = the genesis authorities, and a set change committed in
 block h takes effect at h + 2 (val/<h+2>), so next_validators_hash in block h + 1 announces it. The few
@@ -75,6 +80,8 @@ from storage.smt import MemoryNodeStore, NodeStoreError, SparseMerkleTree
 
 META_GENESIS = b"meta/genesis"
 META_GENESIS_STATE = b"meta/genesis_state"
+META_FLAT_STATE = b"meta/flat_state"
+FLAT_STATE_PREFIX = b"st/"
 META_HEIGHT = b"meta/height"
 HISTORY_PREFIX = b"hist/"
 NODE_PREFIX = b"n/"
@@ -207,20 +214,41 @@ class _LatestStateCache:
     difference between the parent's state and the block's), so it always equals a walk of the tree at
     `root`. A lookup for any other root misses. Thread-safe: one lock guards the root and the map, so
     a reader never takes a value of one root for another.
+
+    With `flat` (the database's st/ copy of the latest state) a key not in memory is read from there,
+    under the lock and only while `root` is the database's latest; `moving` (called before a block's
+    batch is written) clears `root` until `advance`, so no reader takes a half-moved st/ for either root.
     """
 
-    __slots__ = ("data", "lock", "root")
+    __slots__ = ("data", "flat", "lock", "root")
 
-    def __init__(self) -> None:
+    def __init__(self, flat: Callable[[bytes], bytes | None] | None = None) -> None:
         self.lock = threading.Lock()
         self.root: bytes | None = None
         self.data: dict[bytes, bytes | None] = {}
+        self.flat = flat
 
     def get(self, root: bytes, key: bytes) -> object:
         with self.lock:
             if root != self.root:
                 return _MISSING
-            return self.data.get(key, _MISSING)
+            value = self.data.get(key, _MISSING)
+            if value is _MISSING and self.flat is not None:
+                value = self.data[key] = self.flat(FLAT_STATE_PREFIX + key)
+                if len(self.data) > _STATE_CACHE_SIZE:
+                    self.data.clear()
+            return value
+
+    def start(self, root: bytes) -> None:
+        """The latest committed state is `root` (on opening the store)."""
+        with self.lock:
+            self.root, self.data = root, {}
+
+    def moving(self) -> bytes | None:
+        """A block's batch is about to be written: no reads at any root until `advance`."""
+        with self.lock:
+            root, self.root = self.root, None
+            return root
 
     def put(self, root: bytes, key: bytes, value: bytes | None) -> None:
         with self.lock:
@@ -230,10 +258,12 @@ class _LatestStateCache:
                 self.data.clear()
             self.data[key] = value
 
-    def advance(self, old_root: bytes, new_root: bytes, writes: dict[bytes, bytes | None]) -> None:
-        """The state moved from `old_root` to `new_root` by `writes` (a committed block's)."""
+    def advance(self, was: bytes | None, old_root: bytes, new_root: bytes,
+                writes: dict[bytes, bytes | None]) -> None:
+        """The state moved from `old_root` to `new_root` by `writes` (a committed block's); `was` is
+        what `moving` returned."""
         with self.lock:
-            if self.root != old_root or len(self.data) + len(writes) > _STATE_CACHE_SIZE:
+            if was != old_root or self.root is not None or len(self.data) + len(writes) > _STATE_CACHE_SIZE:
                 self.data = {}
             self.data.update(writes)
             self.root = new_root
@@ -282,10 +312,12 @@ class ChainStore:
         self._path = Path(path)
         self._write_lock = threading.Lock()
         self._headers: OrderedDict[int, Header] = OrderedDict()
-        self._latest_state = _LatestStateCache()
         try:
             self._path.mkdir(parents=True, exist_ok=True)
-            self._db = plyvel.DB(str(self._path), create_if_missing=True)
+            # The Bloom filter makes a lookup of an absent key (a new transaction id, a new record's
+            # state key) nearly free; those are most lookups under load.
+            self._db = plyvel.DB(str(self._path), create_if_missing=True, bloom_filter_bits=10,
+                                 lru_cache_size=64 * 1024 * 1024)
         except plyvel.IOError as exc:
             raise StoreError(f"cannot open the data folder {self._path}: {exc} "
                              "(is another node using it?)") from None
@@ -314,6 +346,10 @@ class ChainStore:
         staged = StagedWrites(self._db)
         staged.put(META_GENESIS, self._genesis_hash)
         staged.put(META_GENESIS_STATE, root)
+        staged.put(META_FLAT_STATE, b"1")
+        for key, value in state.data.items():
+            if value is not None:
+                staged.put(FLAT_STATE_PREFIX + key, value)
         staged.put(META_HEIGHT, _h8(0))
         staged.put(_val_key(1), codec.encode(list(self.genesis.validators)))
         for h, data in staging.nodes.items():
@@ -360,6 +396,10 @@ class ChainStore:
                 raise StoreError(f"the database in {self._path} is corrupt: "
                                  f"meta/height is {height} but that block is missing")
         self._tip: tuple[int, Header | None] = (height, latest)
+        # A folder made before st/ existed lacks it: its reads walk the tree, as they always did.
+        flat = self._db.get if self._db.get(META_FLAT_STATE) == b"1" else None
+        self._latest_state = _LatestStateCache(flat)
+        self._latest_state.start(latest.state_root if latest is not None else gstate)
 
     def _write(self, staged: StagedWrites) -> None:
         """One durable batch: after this returns the writes survive a crash; before, none of them exist."""
@@ -849,9 +889,18 @@ class ChainStore:
         if changes_validators:
             staged.put(_val_key(h + 2), codec.encode(list(new_validators)))
         staged.put(META_HEIGHT, _h8(h))
+        if self._latest_state.flat is not None:
+            for key, value in result.state_writes.items():
+                if value is None:
+                    staged.delete(FLAT_STATE_PREFIX + key)
+                else:
+                    staged.put(FLAT_STATE_PREFIX + key, value)
         old_root = self.state_root(h - 1)
+        # Should the write fail, the cache stays without a root: reads walk the tree, which is right
+        # whatever part of the batch the database kept.
+        was = self._latest_state.moving()
         self._write(staged)
-        self._latest_state.advance(old_root, block.header.state_root, result.state_writes)
+        self._latest_state.advance(was, old_root, block.header.state_root, result.state_writes)
 
         # The batch is durable: only now may readers see the new height.
         if changes_validators:

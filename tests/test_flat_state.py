@@ -1,0 +1,163 @@
+"""The flat copy of the latest state (st/ in storage/chain.py) always says what the Merkle tree says.
+
+Admission checks and block execution read the latest state through it, so a stale or half-moved copy
+would let a node accept what its own blocks then refuse, or compute another state root than its peers.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from pathlib import Path
+
+import plyvel
+
+from ler.keys import KeyPair
+from ler.state import authorities_key, endorsement_key, issuer_key, proposal_key, record_key
+from ler.tx import Action, GovVote, RecordEndorse, RecordRevoke, rotation_body, sign_tx
+from storage.chain import _MISSING, FLAT_STATE_PREFIX, META_FLAT_STATE, ChainStore, _LatestStateCache
+from tests.helpers_chain import CHAIN, ChainBuilder, make_genesis, new_record
+
+
+def tree_value(store: ChainStore, key: bytes, h: int | None = None) -> bytes | None:
+    root = store.state_root(store.height if h is None else h)
+    return store._tree.get(root, key)
+
+
+def flat_copy(store: ChainStore) -> dict[bytes, bytes]:
+    return {k[len(FLAT_STATE_PREFIX):]: v for k, v in store._db.iterator(prefix=FLAT_STATE_PREFIX)}
+
+
+def check_agrees(store: ChainStore, keys: list[bytes]) -> None:
+    flat = flat_copy(store)
+    for key in keys:
+        want = tree_value(store, key)
+        assert store.state_get(key) == want
+        assert flat.get(key) == want
+    # Nothing in the copy that the tree does not hold.
+    for key, value in flat.items():
+        assert tree_value(store, key) == value
+
+
+def test_flat_copy_follows_every_kind_of_write(tmp_path: Path) -> None:
+    auths = [KeyPair.generate() for _ in range(4)]
+    uni = KeyPair.generate()
+    other, fan = KeyPair.generate(), KeyPair.generate()
+    chain = ChainBuilder(tmp_path / "d", make_genesis(auths, [(uni, ("degree",))]), auths)
+    store = chain.store
+    newcomer = KeyPair.generate()
+    add = Action("add_authority", newcomer.did, "newcomer", (), None)
+    keys = [authorities_key(), issuer_key(uni.did), issuer_key(other.did), proposal_key(add.action_id)]
+    check_agrees(store, keys)
+
+    docs = []
+    for _ in range(3):
+        doc, tx = new_record(uni, other.did)
+        docs.append(doc)
+        keys.append(record_key(doc.record_id))
+        chain.commit([tx])
+    check_agrees(store, keys)
+    # A value changed (revocation), an entry added (endorsement), an issuer entry rewritten (rotation).
+    chain.commit([sign_tx(uni, CHAIN, RecordRevoke(docs[0].record_id, "issued in error")),
+                  sign_tx(fan, CHAIN, RecordEndorse(docs[1].record_id, None))])
+    keys.append(endorsement_key(docs[1].record_id, fan.public_key))
+    new_key = KeyPair.generate()
+    chain.commit([sign_tx(uni, CHAIN, rotation_body(uni.did, CHAIN, new_key))])
+    check_agrees(store, keys)
+    # A proposal opened (written), then executed (deleted) by the votes of later blocks.
+    chain.commit([sign_tx(auths[0], CHAIN, GovVote(add))])
+    assert store.state_get(proposal_key(add.action_id)) is not None
+    check_agrees(store, keys)
+    chain.commit([sign_tx(a, CHAIN, GovVote(add)) for a in auths[1:3]])
+    assert store.state_get(proposal_key(add.action_id)) is None
+    check_agrees(store, keys)
+    assert flat_copy(store).get(proposal_key(add.action_id)) is None
+
+    # Reopened, the store reads the same values.
+    chain.close()
+    again = ChainStore(tmp_path / "d", chain.genesis)
+    try:
+        check_agrees(again, keys)
+    finally:
+        again.close()
+
+
+def test_a_folder_without_the_flat_copy_reads_the_tree(tmp_path: Path) -> None:
+    auth, uni, holder = KeyPair.generate(), KeyPair.generate(), KeyPair.generate()
+    genesis = make_genesis([auth], [(uni, ("degree",))])
+    chain = ChainBuilder(tmp_path / "d", genesis, [auth])
+    doc, tx = new_record(uni, holder.did)
+    chain.commit([tx])
+    chain.close()
+    # As a folder written before the copy existed: no marker, no st/ keys.
+    db = plyvel.DB(str(tmp_path / "d"))
+    db.delete(META_FLAT_STATE)
+    for key in list(db.iterator(prefix=FLAT_STATE_PREFIX, include_value=False)):
+        db.delete(key)
+    db.close()
+    chain = ChainBuilder(tmp_path / "d", genesis, [auth])
+    store = chain.store
+    try:
+        assert store.state_get(record_key(doc.record_id)) == tree_value(store, record_key(doc.record_id))
+        assert store.get_record(doc.record_id) is not None
+        doc2, tx2 = new_record(uni, holder.did)
+        chain.commit([tx2])
+        assert store.get_record(doc2.record_id) is not None
+        assert flat_copy(store) == {}  # never half-written: all of it or none of it
+    finally:
+        chain.close()
+
+
+def test_readers_during_commits_see_whole_heights(tmp_path: Path) -> None:
+    """A reader of the latest height, racing commits, gets that height's value, never the next one's."""
+    auth, uni, holder = KeyPair.generate(), KeyPair.generate(), KeyPair.generate()
+    chain = ChainBuilder(tmp_path / "d", make_genesis([auth], [(uni, ("degree",))]), [auth])
+    store = chain.store
+    blocks = [[new_record(uni, holder.did) for _ in range(150)] for _ in range(12)]
+    current: list[bytes] = []
+    seen: list[tuple[int, bytes, bytes | None]] = []
+    stop = threading.Event()
+
+    def reader(seed: int) -> None:
+        rng = random.Random(seed)
+        while not stop.is_set():
+            keys = current  # the keys the block being committed now writes
+            if not keys:
+                continue
+            key = rng.choice(keys)
+            h = store.height
+            seen.append((h, key, store.state_get(key, h)))
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        for block in blocks:
+            current[:] = []
+            current.extend(record_key(doc.record_id) for doc, _ in block)
+            chain.commit([tx for _, tx in block])
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert len(seen) > 100
+    wrong = [(h, key.hex()) for h, key, value in seen if value != tree_value(store, key, h)]
+    assert not wrong, wrong[:5]
+    chain.close()
+
+
+def test_the_cache_reads_no_flat_value_while_a_block_is_being_written() -> None:
+    """The window between a block's batch and the cache's move: reads at the old root must walk the tree."""
+    flat: dict[bytes, bytes | None] = {}
+    cache = _LatestStateCache(lambda k: flat.get(k))
+    old, new, key = b"\x01" * 32, b"\x02" * 32, b"k" * 32
+    cache.start(old)
+    assert cache.get(old, key) is None  # absent at the old root, read from the copy
+    other = b"j" * 32
+    was = cache.moving()
+    flat[FLAT_STATE_PREFIX + other] = b"v"  # the batch is written: the copy is at the new root now
+    assert cache.get(old, other) is _MISSING  # so the reader walks the tree of the old root
+    cache.put(old, other, None)  # and what it learns there is not kept for the new root
+    cache.advance(was, old, new, {other: b"v"})
+    assert cache.get(new, other) == b"v" and cache.get(old, other) is _MISSING
+    assert cache.get(new, key) is None
