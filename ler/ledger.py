@@ -186,6 +186,16 @@ def apply_tx(state: StateView, ctx: Context, tx: Tx) -> None:
         raise RuleError("tx.type", f"no rule for {tx.type}")
 
 
+def clock_dependent(tx: Tx) -> bool:
+    """Whether a rule may refuse `tx` later with no state change at all, as block time passes.
+
+    Every other refusal follows from a state key the check read being written (or from the block
+    height, which only matters together with a write: a key rotation takes effect at the next height).
+    A node re-checks its pending transactions after a block by this (node/mempool.py).
+    """
+    return isinstance(tx.body, RecordAnchor) and tx.body.expires is not None
+
+
 # --- governance ------------------------------------------------------------------------------------
 
 def apply_vote(state: StateView, ctx: Context, voter: bytes, body: GovVote) -> None:

@@ -5,6 +5,10 @@ first out, so one signer's dependent transactions keep their order), blocks draw
 turn, and no signer may hold more than a quarter of the pool. One busy issuer cannot starve the others.
 A transaction is in the pool only after its signature verified, so block validation skips it there.
 
+Each transaction also carries the state keys its admission check read (None: not known, or its
+validity depends on the clock): after a block commits, only those whose keys the block wrote, or
+whose keys are not known, need checking again (`affected`).
+
 Thread-safe: the HTTP handlers and gossip add on the event loop while the consensus thread takes and
 checks membership (a lock guards every change and every walk over the queues).
 """
@@ -29,6 +33,9 @@ class Mempool:
         self.max_bytes = max(1, max_bytes)
         self.per_signer = max(1, self.max_txs // 4)
         self._txs: dict[bytes, Tx] = {}
+        self._reads: dict[bytes, frozenset[bytes] | None] = {}
+        self._readers: dict[bytes, set[bytes]] = {}  # state key -> ids of the txs that read it
+        self._unknown: set[bytes] = set()  # ids of the txs whose reads are not known
         self._queues: OrderedDict[bytes, deque[bytes]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
@@ -42,10 +49,66 @@ class Mempool:
     def get(self, tx_id: bytes) -> Tx | None:
         return self._txs.get(tx_id)
 
-    def add(self, tx: Tx) -> bool:
-        """Add a checked transaction; False if it is here already. Raises MempoolFull."""
+    def add(self, tx: Tx, reads: frozenset[bytes] | None = None) -> bool:
+        """Add a checked transaction, with the state keys its check read; False if it is here already.
+
+        Raises MempoolFull."""
         with self._lock:
-            return self._add(tx)
+            if not self._add(tx):
+                return False
+            self._set_reads(tx.tx_id, reads)
+            return True
+
+    def set_reads(self, tx_id: bytes, reads: frozenset[bytes] | None) -> None:
+        """What a new check of a pooled transaction read."""
+        with self._lock:
+            if tx_id in self._txs:
+                self._drop_reads(tx_id)
+                self._set_reads(tx_id, reads)
+
+    def _set_reads(self, tx_id: bytes, reads: frozenset[bytes] | None) -> None:
+        self._reads[tx_id] = reads
+        if reads is None:
+            self._unknown.add(tx_id)
+            return
+        for key in reads:
+            readers = self._readers.get(key)
+            if readers is None:
+                self._readers[key] = {tx_id}
+            else:
+                readers.add(tx_id)
+
+    def _drop_reads(self, tx_id: bytes) -> None:
+        reads = self._reads.pop(tx_id, None)
+        if reads is None:
+            self._unknown.discard(tx_id)
+            return
+        for key in reads:
+            readers = self._readers.get(key)
+            if readers is not None:
+                readers.discard(tx_id)
+                if not readers:
+                    del self._readers[key]
+
+    def affected(self, written: Iterable[bytes], limit: int) -> list[Tx]:
+        """Up to `limit` pooled transactions whose check read a key in `written`, or whose reads are not
+        known (in arrival order per signer, as `take` gives them)."""
+        with self._lock:
+            ids = set(self._unknown)
+            for key in written:
+                readers = self._readers.get(key)
+                if readers:
+                    ids |= readers
+            if not ids:
+                return []
+            out: list[Tx] = []
+            for queue in self._queues.values():
+                for tx_id in queue:
+                    if tx_id in ids:
+                        out.append(self._txs[tx_id])
+                        if len(out) >= limit:
+                            return out
+            return out
 
     def _add(self, tx: Tx) -> bool:
         if tx.tx_id in self._txs:
@@ -98,6 +161,7 @@ class Mempool:
             tx = self._txs.pop(tx_id, None)
             if tx is None:
                 continue
+            self._drop_reads(tx_id)
             self._bytes -= len(tx.raw)
             touched.add(tx.signer)
         for signer in touched:

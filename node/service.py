@@ -18,13 +18,13 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from ler.block import Block
 from ler.errors import DecodeError, LerError, RuleError
 from ler.keys import KeyPair, sha256
-from ler.ledger import Context, Overlay, apply_tx, check_tx
+from ler.ledger import Context, Overlay, apply_tx, check_tx, clock_dependent
 from ler.tx import MAX_TX_BYTES, Tx
 from node.config import NodeConfig
 from node.mempool import Mempool, MempoolFull
@@ -63,6 +63,23 @@ class _StoreView:
 
     def get(self, key: bytes) -> bytes | None:
         return self.store.state_get(key)
+
+    def set(self, key: bytes, value: bytes | None) -> None:  # pragma: no cover - always overlaid
+        raise RuntimeError("the committed state is read-only here")
+
+
+class _ReadRecorder:
+    """A StateView that notes the keys read through it (what one transaction's check depends on)."""
+
+    __slots__ = ("base", "keys")
+
+    def __init__(self, base: _StoreView) -> None:
+        self.base = base
+        self.keys: set[bytes] = set()
+
+    def get(self, key: bytes) -> bytes | None:
+        self.keys.add(key)
+        return self.base.get(key)
 
     def set(self, key: bytes, value: bytes | None) -> None:  # pragma: no cover - always overlaid
         raise RuntimeError("the committed state is read-only here")
@@ -161,10 +178,10 @@ class NodeService:
                 results.append(SubmitResult(None, REJECTED, error=str(item), rule="tx.decode"))
                 continue
             tx = item
-            res = self._accept(tx, ok_by_id[tx.tx_id], view, ctx)
+            res, reads = self._accept(tx, ok_by_id[tx.tx_id], view, ctx)
             if res.status == PENDING and tx.tx_id not in self.mempool:
                 try:
-                    self.mempool.add(tx)
+                    self.mempool.add(tx, reads)
                     accepted.append(tx)
                 except MempoolFull as exc:
                     res = SubmitResult(tx.tx_id, REJECTED, error=str(exc), rule="mempool.full")
@@ -194,11 +211,13 @@ class NodeService:
             if tx_id in seen or tx_id in self.mempool or tx_id in self._rejected:
                 continue
             seen.add(tx_id)
+            if self.store.find_tx(tx_id) is not None:
+                continue  # committed already (a late copy): not worth decoding
             try:
                 tx = Tx.decode(raw)
             except LerError:
                 continue  # a peer relays what a client gave it; a bad one is simply not taken
-            if tx.chain != self.chain_id or self.store.find_tx(tx_id) is not None:
+            if tx.chain != self.chain_id:
                 continue
             fresh.append(tx)
         if not fresh:
@@ -208,10 +227,13 @@ class NodeService:
         ctx = Context(self.chain_id, self.store.height + 1, now_ms(), seen=lambda _i: False)
         added: list[Tx] = []
         for tx, ok in zip(fresh, sig_ok, strict=True):
-            if tx.tx_id in self.mempool or self._accept(tx, ok, view, ctx).status != PENDING:
+            if tx.tx_id in self.mempool:
+                continue
+            res, reads = self._accept(tx, ok, view, ctx)
+            if res.status != PENDING:
                 continue
             try:
-                self.mempool.add(tx)
+                self.mempool.add(tx, reads)
             except MempoolFull:
                 self.metrics.gossip_dropped += 1
                 continue
@@ -227,27 +249,30 @@ class NodeService:
             return await asyncio.to_thread(lambda: [t.signature_valid() for t in txs])
         return [t.signature_valid() for t in txs]
 
-    def _accept(self, tx: Tx, sig_ok: bool, view: _StoreView, ctx: Context) -> SubmitResult:
+    def _accept(self, tx: Tx, sig_ok: bool, view: _StoreView,
+                ctx: Context) -> tuple[SubmitResult, frozenset[bytes] | None]:
+        """The verdict on one transaction, and the state keys its dry run read (for `recheck_mempool`)."""
         if tx.tx_id in self.mempool:
-            return SubmitResult(tx.tx_id, PENDING)
+            return SubmitResult(tx.tx_id, PENDING), None
         loc = self.store.find_tx(tx.tx_id)
         if loc is not None:
             return SubmitResult(tx.tx_id, REJECTED, loc[0], loc[1], rule="tx.replay",
-                                error=f"tx.replay: this transaction was already committed at height {loc[0]}")
+                                error=f"tx.replay: this transaction was already committed at height {loc[0]}"), None
         if tx.chain != self.chain_id:
             return SubmitResult(tx.tx_id, REJECTED, rule="tx.chain",
                                 error=f"tx.chain: transaction is for chain {tx.chain!r}, "
-                                      f"this node serves {self.chain_id!r}")
+                                      f"this node serves {self.chain_id!r}"), None
         if not sig_ok:
             return SubmitResult(tx.tx_id, REJECTED, rule="tx.signature",
-                                error="tx.signature: the signature does not verify for the signer's key")
+                                error="tx.signature: the signature does not verify for the signer's key"), None
+        recorder = _ReadRecorder(view)
         try:
-            apply_tx(Overlay(view), ctx, tx)  # dry run against the committed state; writes discarded
+            apply_tx(Overlay(recorder), ctx, tx)  # dry run against the committed state; writes discarded
         except RuleError as exc:
-            return SubmitResult(tx.tx_id, REJECTED, error=str(exc), rule=exc.rule)
+            return SubmitResult(tx.tx_id, REJECTED, error=str(exc), rule=exc.rule), None
         except DecodeError as exc:
-            return SubmitResult(tx.tx_id, REJECTED, error=str(exc), rule="state.decode")
-        return SubmitResult(tx.tx_id, PENDING)
+            return SubmitResult(tx.tx_id, REJECTED, error=str(exc), rule="state.decode"), None
+        return SubmitResult(tx.tx_id, PENDING), None if clock_dependent(tx) else frozenset(recorder.keys)
 
     async def wait_for(self, tx_ids: Sequence[bytes], timeout: float) -> None:
         """Return once every tx is committed or refused, or the timeout passes, or the node stops."""
@@ -308,14 +333,17 @@ class NodeService:
                  f"{latency * 1000:.1f}" if latency is not None else "-", block.hash.hex()[:16])
         await self._notify()
 
-    async def recheck_mempool(self, limit: int) -> int:
-        """Dry-run the next `limit` pending transactions against the latest state; refuse what fails.
+    async def recheck_mempool(self, written: Iterable[bytes], limit: int) -> int:
+        """Dry-run again, against the latest state, up to `limit` pending transactions that a committed
+        block's writes (`written`, its state keys) may have made invalid; refuse what fails.
 
         A committed block can make a pending transaction invalid (a record anchored by another issuer's
         transaction, an issuer suspended); without this such transactions would linger, and a node with
-        only dead transactions would keep starting heights for nothing. Returns how many were refused.
+        only dead transactions would keep starting heights for nothing. Only the transactions whose own
+        check read one of the written keys (or whose validity depends on the clock, or whose reads are
+        not known) can have changed. Returns how many were refused.
         """
-        candidates = self.mempool.take(limit)
+        candidates = self.mempool.affected(written, limit)
         if not candidates:
             return 0
 
@@ -324,12 +352,16 @@ class NodeService:
             ctx = Context(self.chain_id, self.store.height + 1, now_ms(), seen=lambda _i: False)
             bad: list[tuple[Tx, RuleError]] = []
             for tx in candidates:
+                recorder = _ReadRecorder(view)
                 try:
-                    apply_tx(Overlay(view), ctx, tx)
+                    apply_tx(Overlay(recorder), ctx, tx)
                 except RuleError as exc:
                     bad.append((tx, exc))
+                    continue
                 except DecodeError as exc:
                     bad.append((tx, RuleError("state.decode", str(exc))))
+                    continue
+                self.mempool.set_reads(tx.tx_id, None if clock_dependent(tx) else frozenset(recorder.keys))
             return bad
 
         bad = await asyncio.to_thread(check)

@@ -649,7 +649,7 @@ class ConsensusDriver:
         if self.outbox is not None:
             self.outbox.new_height(h)
         if len(self.svc.mempool):
-            await self.svc.recheck_mempool(self.block_txs)
+            await self.svc.recheck_mempool(result.state_writes, self.block_txs)
         # Left-over transactions have waited already: the next height starts at once.
         self._pending_since = float("-inf") if len(self.svc.mempool) else None
 

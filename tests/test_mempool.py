@@ -1,0 +1,184 @@
+"""The mempool (node/mempool.py) and what a node does with it (node/service.py): bounds, deduplication,
+per-signer fairness, and dropping what a committed block made invalid, re-checking only what the block
+could have changed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+from ler.block import GENESIS_FORMAT, Genesis, GenesisAuthority, GenesisIssuer
+from ler.keys import KeyPair, write_key_file
+from ler.state import issuer_key, record_key
+from ler.tx import Action, GovVote, RecordAnchor, Tx, sign_tx
+from node.config import init_data_dir
+from node.mempool import Mempool, MempoolFull
+from node.service import COMMITTED, PENDING, REJECTED, NodeService
+from tests.helpers_chain import certify
+
+CHAIN = "ler-test"
+T0 = 1_700_000_000_000
+
+
+def anchor(issuer: KeyPair, record: bytes | None = None, expires: int | None = None, holder: str | None = None) -> Tx:
+    body = RecordAnchor(record=record or os.urandom(16), issuer=issuer.did, holder=holder or issuer.did,
+                        rtype="degree", commitment=os.urandom(32), expires=expires)
+    return sign_tx(issuer, CHAIN, body)
+
+
+# --- the pool itself ------------------------------------------------------------------------------------
+
+def test_bounded_by_count_and_by_bytes() -> None:
+    keys = [KeyPair.generate() for _ in range(8)]
+    pool = Mempool(max_txs=8, max_bytes=10**6)
+    for k in keys:
+        assert pool.add(anchor(k))
+    with pytest.raises(MempoolFull):
+        pool.add(anchor(keys[0]))
+    one = anchor(keys[0])
+    small = Mempool(max_txs=100, max_bytes=len(one.raw) * 2)
+    small.add(one)
+    small.add(anchor(keys[1]))
+    with pytest.raises(MempoolFull):
+        small.add(anchor(keys[2]))
+    assert len(small) == 2 and small.bytes <= len(one.raw) * 2 + 10
+
+
+def test_deduplicated_by_id() -> None:
+    k = KeyPair.generate()
+    pool = Mempool(100, 10**6)
+    tx = anchor(k)
+    assert pool.add(tx) and not pool.add(tx) and not pool.add(Tx.decode(tx.raw))
+    assert len(pool) == 1 and pool.bytes == len(tx.raw)
+
+
+def test_one_signer_cannot_starve_the_others() -> None:
+    busy, quiet = KeyPair.generate(), [KeyPair.generate() for _ in range(3)]
+    pool = Mempool(max_txs=40, max_bytes=10**6)
+    flood = [anchor(busy) for _ in range(10)]
+    for tx in flood:
+        pool.add(tx)
+    with pytest.raises(MempoolFull):  # a quarter of the pool per signer
+        pool.add(anchor(busy))
+    others = [anchor(k) for k in quiet]
+    for tx in others:
+        pool.add(tx)
+    first = pool.take(4)
+    assert {t.signer for t in first} == {busy.public_key, *(k.public_key for k in quiet)}
+    # Each signer's own transactions keep their order.
+    assert [t for t in pool.take(40) if t.signer == busy.public_key] == flood
+
+
+def test_affected_gives_readers_of_written_keys_and_the_unknown() -> None:
+    k = KeyPair.generate()
+    pool = Mempool(100, 10**6)
+    a, b, c, d = (anchor(k) for _ in range(4))
+    pool.add(a, frozenset({b"key-a", b"shared"}))
+    pool.add(b, frozenset({b"key-b", b"shared"}))
+    pool.add(c, None)  # reads unknown: always a candidate
+    pool.add(d, frozenset({b"key-d"}))
+    assert pool.affected([b"nothing"], 10) == [c]
+    assert pool.affected([b"key-a"], 10) == [a, c]
+    assert pool.affected([b"shared"], 10) == [a, b, c]
+    assert pool.affected([b"shared"], 2) == [a, b]
+    pool.set_reads(c.tx_id, frozenset({b"key-c"}))
+    assert pool.affected([b"nothing"], 10) == []
+    pool.remove([a.tx_id, b.tx_id])
+    assert pool.affected([b"shared", b"key-a"], 10) == []
+    assert pool._readers.keys() == {b"key-c", b"key-d"}  # nothing left behind for removed txs
+
+
+# --- a node's service: admission, commit, re-check ------------------------------------------------------
+
+class Node:
+    def __init__(self, tmp: Path, authority: KeyPair, issuers: list[KeyPair]) -> None:
+        self.authority = authority
+        genesis = Genesis(GENESIS_FORMAT, CHAIN, T0, (GenesisAuthority(authority.did, "A"),),
+                          tuple(GenesisIssuer(k.did, f"I{i}", ("degree",)) for i, k in enumerate(issuers)))
+        gpath, kpath = tmp / "genesis.json", tmp / "a.key"
+        genesis.save(gpath)
+        write_key_file(kpath, authority)
+        self.config = init_data_dir(tmp / "node", gpath, kpath, "127.0.0.1:0")
+        self.svc = NodeService(self.config, authority)
+
+    async def commit(self, txs: list[Tx]) -> list[bytes]:
+        """Commit a block holding exactly `txs`, and run the node's bookkeeping after it."""
+        s = self.svc.store
+        h = s.height + 1
+        block, result = s.make_block(txs, T0 + 1000 * h, 0, self.authority.public_key, s.cert(h - 1))
+        assert not result.rejected
+        s.commit_block(block, certify([self.authority], block), result)
+        await self.svc.after_commit(block, result, None, "test")
+        return list(result.state_writes)
+
+
+def test_a_block_that_invalidates_a_pending_tx_gets_it_dropped(tmp_path: Path) -> None:
+    uni, college = KeyPair.generate(), KeyPair.generate()
+    node = Node(tmp_path, KeyPair.generate(), [uni, college])
+    svc = node.svc
+
+    async def run() -> None:
+        record = os.urandom(16)
+        first, rival = anchor(uni, record), anchor(college, record)  # the same record id: one must lose
+        bystanders = [anchor(college) for _ in range(5)]
+        results = await svc.submit([first, rival, *bystanders])
+        assert [r.status for r in results] == [PENDING] * 7
+        written = await node.commit([first])
+        assert record_key(record) in written
+        refused = await svc.recheck_mempool(written, 100)
+        assert refused == 1
+        assert rival.tx_id not in svc.mempool and all(t.tx_id in svc.mempool for t in bystanders)
+        st = svc.status_of(rival.tx_id)
+        assert st.status == REJECTED and st.rule == "anchor.duplicate"
+        assert svc.status_of(first.tx_id).status == COMMITTED
+        # Only the rival read the written record key: the bystanders were not candidates at all.
+        assert svc.mempool.affected(written, 100) == []
+
+    asyncio.run(run())
+    svc.close()
+
+
+def test_suspending_an_issuer_drops_its_pending_records(tmp_path: Path) -> None:
+    """An issuer entry written by governance: every pending transaction that read it is checked again."""
+    uni, college = KeyPair.generate(), KeyPair.generate()
+    node = Node(tmp_path, KeyPair.generate(), [uni, college])
+    svc = node.svc
+
+    async def run() -> None:
+        mine = [anchor(uni) for _ in range(4)]
+        theirs = [anchor(college) for _ in range(3)]
+        assert all(r.status == PENDING for r in await svc.submit([*mine, *theirs]))
+        vote = sign_tx(node.authority, CHAIN, GovVote(Action("suspend", uni.did, None, (), None)))
+        written = await node.commit([vote])
+        assert issuer_key(uni.did) in written
+        assert await svc.recheck_mempool(written, 100) == 4
+        assert all(svc.status_of(t.tx_id).rule == "anchor.standing" for t in mine)
+        assert all(t.tx_id in svc.mempool for t in theirs)
+
+    asyncio.run(run())
+    svc.close()
+
+
+def test_a_record_expiring_while_pending_is_checked_after_any_block(tmp_path: Path) -> None:
+    """Validity that the clock alone can end is checked after every block, whatever it wrote."""
+    uni = KeyPair.generate()
+    node = Node(tmp_path, KeyPair.generate(), [uni])
+    svc = node.svc
+
+    async def run() -> None:
+        import time
+
+        soon = anchor(uni, expires=int(time.time() * 1000) + 1500)
+        later = anchor(uni)
+        assert all(r.status == PENDING for r in await svc.submit([soon, later]))
+        await asyncio.sleep(1.6)
+        written = await node.commit([anchor(uni)])
+        assert await svc.recheck_mempool(written, 100) == 1
+        assert svc.status_of(soon.tx_id).rule == "anchor.expired"
+        assert later.tx_id in svc.mempool
+
+    asyncio.run(run())
+    svc.close()
