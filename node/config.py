@@ -32,7 +32,8 @@ and the LevelDB database in db/. Every table and setting is optional; the defaul
     resend_s = 0.5                 # repair tick: re-send what a peer may lack, say hello to quiet peers
     backoff_max_s = 5.0            # longest pause between retries to an unreachable peer
     timeout_s = 5.0                # one peer request
-    relay_txs = true               # forward transactions learnt from one peer to the others
+    relay_txs = false              # forward transactions learnt from one peer to the others (needed
+                                   # only where authorities are not all peers of each other)
 
     [sync]
     batch_blocks = 64              # blocks asked for per request
@@ -109,7 +110,7 @@ class GossipSettings:
     resend_s: float = 0.5
     backoff_max_s: float = 5.0
     timeout_s: float = 5.0
-    relay_txs: bool = True
+    relay_txs: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,9 +21,13 @@ engine accepted are relayed by the repair tick (every `resend_s`) to the peers n
 (a peer has a message if it sent it to us, or took it from us while working on that height; a peer
 that restarts, seen by a new `boot`, is assumed to have nothing). The tick also re-sends our own
 latest votes of the height in progress to everyone, since a peer that was behind may have dropped
-them. Transactions are flooded: a transaction new to our mempool goes to every peer but the one it
-came from (unless `relay_txs` is off for gossiped ones). Consensus messages go only to peers that
-are validators of the message's height (or whose key we do not know yet); transactions to all.
+them. Transactions: one a client gave us goes to every peer. One learnt from a peer goes no further
+unless `relay_txs` is on (then to every peer but the one it came from): where the authorities are all
+peers of each other (the usual set-up, and the test network's) each already had it from its origin,
+and relaying would deliver every transaction to every node three times over. A transaction that
+misses a node (a link down) still commits: the nodes that have it propose it in their turn.
+Consensus messages go only to peers that are validators of the message's height (or whose key we do
+not know yet); transactions to all.
 
 Each peer has two bounded outbound queues (consensus, transactions), each drained by its own task:
 one request in flight per queue, items batched per request, on failure the items go back and the

@@ -131,7 +131,7 @@ def test_peers_by_url_and_by_did_round_trip_through_config_toml(tmp_path: Path) 
     assert cfg.peers == ("http://127.0.0.1:8702", "http://127.0.0.1:8704", "http://127.0.0.1:8703")
     assert PeerSpec("http://127.0.0.1:8703", other.did) in cfg.peer_nodes
     assert cfg.consensus.propose == 0.5 and cfg.consensus.prevote == 0.5 and cfg.consensus.max_drift_ms == 10_000
-    assert cfg.gossip.relay_txs is True and cfg.sync.batch_blocks == 64
+    assert cfg.gossip.relay_txs is False and cfg.sync.batch_blocks == 64
 
 
 @pytest.mark.parametrize("text, words", [
