@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
@@ -35,7 +36,6 @@ log = logging.getLogger("ler.node")
 
 PENDING, COMMITTED, REJECTED = "pending", "committed", "rejected"
 _REJECTED_MEMORY = 100_000
-_BULK_VERIFY = 32  # from this many signatures on, verify in a worker thread
 
 #: Called with transactions newly in the mempool and the peer key they came from (None: a client).
 TxListener = Callable[[list[Tx], bytes | None], None]
@@ -101,6 +101,7 @@ class NodeService:
         self.tx_listeners: list[TxListener] = []
         self._committed = asyncio.Condition()
         self._rejected: OrderedDict[bytes, tuple[str, str]] = OrderedDict()
+        self._rejected_lock = threading.Lock()
         self._stopping = False
         self.started = time.monotonic()
         self.last_commit_ms: float | None = None
@@ -159,17 +160,26 @@ class NodeService:
             return SubmitResult(tx_id, COMMITTED, loc[0], loc[1])
         if tx_id in self.mempool:
             return SubmitResult(tx_id, PENDING)
-        if tx_id in self._rejected:
-            rule, reason = self._rejected[tx_id]
+        refused = self._rejected.get(tx_id)
+        if refused is not None:
+            rule, reason = refused
             return SubmitResult(tx_id, REJECTED, error=reason, rule=rule)
         return SubmitResult(tx_id, "unknown")
 
     async def submit(self, txs: Sequence[Tx | LerError]) -> list[SubmitResult]:
-        """Check and accept transactions. Items that failed to decode arrive as their error."""
+        """Check and accept transactions. Items that failed to decode arrive as their error.
+
+        The checks run in a worker thread, so the event loop keeps serving consensus messages while a
+        large batch is checked; accepted transactions are durable before this returns."""
+        results, accepted = await asyncio.to_thread(self._submit_sync, txs)
+        if accepted:
+            self._announce(accepted, None)
+        return results
+
+    def _submit_sync(self, txs: Sequence[Tx | LerError]) -> tuple[list[SubmitResult], list[Tx]]:
         results: list[SubmitResult] = []
         decoded = [t for t in txs if isinstance(t, Tx)]
-        sig_ok = await self._verify_signatures(decoded)
-        ok_by_id = {t.tx_id: ok for t, ok in zip(decoded, sig_ok, strict=True)}
+        ok_by_id = {t.tx_id: t.signature_valid() for t in decoded}
         view = _StoreView(self.store)
         ctx = Context(self.chain_id, self.store.height + 1, now_ms(), seen=lambda _i: False)
         accepted: list[Tx] = []
@@ -192,16 +202,22 @@ class NodeService:
             results.append(res)
         if accepted:
             # Durable before acknowledged: a crash after this answer loses none of these.
-            await asyncio.to_thread(self.store.add_pending, [(t.tx_id, t.raw) for t in accepted])
-            self._announce(accepted, None)
-        return results
+            self.store.add_pending([(t.tx_id, t.raw) for t in accepted])
+        return results, accepted
 
     async def ingest(self, raws: Sequence[bytes], source: bytes) -> int:
         """Transactions gossiped by the peer with node key `source`: the same checks as a submission.
 
         Known ones (pending, committed, refused here before) cost a hash and a lookup, nothing more.
-        Returns how many entered the mempool.
+        The checks run in a worker thread (as for a submission). Returns how many entered the mempool.
         """
+        added = await asyncio.to_thread(self._ingest_sync, raws)
+        self.metrics.txs_gossiped_in += len(added)
+        if added:
+            self._announce(added, source)
+        return len(added)
+
+    def _ingest_sync(self, raws: Sequence[bytes]) -> list[Tx]:
         fresh: list[Tx] = []
         seen: set[bytes] = set()
         for raw in raws:
@@ -221,8 +237,8 @@ class NodeService:
                 continue
             fresh.append(tx)
         if not fresh:
-            return 0
-        sig_ok = await self._verify_signatures(fresh)
+            return []
+        sig_ok = [t.signature_valid() for t in fresh]
         view = _StoreView(self.store)
         ctx = Context(self.chain_id, self.store.height + 1, now_ms(), seen=lambda _i: False)
         added: list[Tx] = []
@@ -238,16 +254,7 @@ class NodeService:
                 self.metrics.gossip_dropped += 1
                 continue
             added.append(tx)
-        self.metrics.txs_gossiped_in += len(added)
-        if added:
-            self._announce(added, source)
-        return len(added)
-
-    @staticmethod
-    async def _verify_signatures(txs: list[Tx]) -> list[bool]:
-        if len(txs) >= _BULK_VERIFY:
-            return await asyncio.to_thread(lambda: [t.signature_valid() for t in txs])
-        return [t.signature_valid() for t in txs]
+        return added
 
     def _accept(self, tx: Tx, sig_ok: bool, view: _StoreView,
                 ctx: Context) -> tuple[SubmitResult, frozenset[bytes] | None]:
@@ -294,9 +301,10 @@ class NodeService:
                     return
 
     def _remember_rejected(self, tx_id: bytes, rule: str, reason: str) -> None:
-        self._rejected[tx_id] = (rule, reason)
-        while len(self._rejected) > _REJECTED_MEMORY:
-            self._rejected.popitem(last=False)
+        with self._rejected_lock:  # written by submissions' worker threads and by the event loop
+            self._rejected[tx_id] = (rule, reason)
+            while len(self._rejected) > _REJECTED_MEMORY:
+                self._rejected.popitem(last=False)
 
     async def _notify(self) -> None:
         async with self._committed:
