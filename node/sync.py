@@ -58,6 +58,7 @@ class Syncer:
         self.settings = svc.config.sync
         self._poke = asyncio.Event()
         self._penalty: dict[str, float] = {}
+        self._polls: dict[str, asyncio.Task[None]] = {}  # height polls in flight, by peer URL
         self._lag_since: float | None = None
         self.syncing = False
         self.target = 0
@@ -73,20 +74,26 @@ class Syncer:
 
     # --- the loop ----------------------------------------------------------------------------------
     async def run(self) -> None:
-        last_poll = 0.0
+        poller = asyncio.create_task(self._poll_forever())
+        try:
+            while True:
+                if self._due():
+                    await self._catch_up()
+                    continue
+                self._poke.clear()
+                try:
+                    await asyncio.wait_for(self._poke.wait(), self.settings.poll_s)
+                except TimeoutError:
+                    pass
+        finally:
+            poller.cancel()
+            for task in list(self._polls.values()):
+                task.cancel()
+
+    async def _poll_forever(self) -> None:
         while True:
-            now = time.monotonic()
-            if now - last_poll >= self.settings.poll_s:
-                last_poll = now
-                await self._poll_quiet_peers()
-            if self._due():
-                await self._catch_up()
-                continue
-            self._poke.clear()
-            try:
-                await asyncio.wait_for(self._poke.wait(), self.settings.poll_s)
-            except TimeoutError:
-                pass
+            self._poll_quiet_peers()
+            await asyncio.sleep(self.settings.poll_s)
 
     def _due(self) -> bool:
         lag = self.lag
@@ -152,15 +159,25 @@ class Syncer:
             raise SyncError(f"{type(exc).__name__}: {exc}") from None
         return await asyncio.to_thread(decode_range, data, start, end)
 
-    async def _poll_quiet_peers(self) -> None:
-        """Ask peers we have not heard from lately for their height (they may not know our key)."""
+    def _poll_quiet_peers(self) -> None:
+        """Ask peers we have not heard from lately for their height (they may not know our key).
+
+        Each poll runs on its own, so a peer that never answers delays neither the others' answers nor
+        catching up from them; it is not asked again while its last poll is still waiting."""
         session = self.network.session
         if session is None:
             return
         stale = time.monotonic() - 3 * self.settings.poll_s
-        quiet = [link for link in self.network.links.values() if link.height_at < stale]
-        if quiet:
-            await asyncio.gather(*(self._poll(session, link) for link in quiet))
+        for link in list(self.network.links.values()):
+            if link.height_at >= stale or link.url in self._polls:
+                continue
+            self._polls[link.url] = asyncio.create_task(self._poll_one(session, link))
+
+    async def _poll_one(self, session: aiohttp.ClientSession, link: PeerLink) -> None:
+        try:
+            await self._poll(session, link)
+        finally:
+            self._polls.pop(link.url, None)
 
     async def _poll(self, session: aiohttp.ClientSession, link: PeerLink) -> None:
         try:
