@@ -296,8 +296,7 @@ class Api:
             raise ApiError(415, f"unsupported content type {ctype!r}; use application/json or "
                                 "application/msgpack")
         # Decoding a large batch takes a while: off the event loop, which serves consensus meanwhile.
-        items = await asyncio.to_thread(decode, raw) if len(raw) > 16 * 1024 else decode(raw)
-        results = await self.svc.submit(items)
+        results = await self.svc.submit_body(decode, raw)
         if wait:
             ids = [r.tx_id for r in results if r.status == PENDING and r.tx_id]
             if ids:

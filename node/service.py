@@ -20,6 +20,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ler.block import Block
@@ -102,6 +103,9 @@ class NodeService:
         self._committed = asyncio.Condition()
         self._rejected: OrderedDict[bytes, tuple[str, str]] = OrderedDict()
         self._rejected_lock = threading.Lock()
+        # Admission has threads of its own: a flood of transactions must not keep the shared pool
+        # (which decodes proposals and votes) from consensus work.
+        self._admission = ThreadPoolExecutor(2, thread_name_prefix="admission")
         self._stopping = False
         self.started = time.monotonic()
         self.last_commit_ms: float | None = None
@@ -131,6 +135,7 @@ class NodeService:
         return n
 
     def close(self) -> None:
+        self._admission.shutdown(wait=True)
         self.store.close()
 
     @property
@@ -169,9 +174,16 @@ class NodeService:
     async def submit(self, txs: Sequence[Tx | LerError]) -> list[SubmitResult]:
         """Check and accept transactions. Items that failed to decode arrive as their error.
 
-        The checks run in a worker thread, so the event loop keeps serving consensus messages while a
-        large batch is checked; accepted transactions are durable before this returns."""
-        results, accepted = await asyncio.to_thread(self._submit_sync, txs)
+        The checks run in an admission thread, so the event loop keeps serving consensus messages while
+        a large batch is checked; accepted transactions are durable before this returns."""
+        return await self.submit_body(lambda _raw: txs, b"")
+
+    async def submit_body(self, decode: Callable[[bytes], Sequence[Tx | LerError]],
+                          raw: bytes) -> list[SubmitResult]:
+        """`submit` of what `decode(raw)` gives, decoded in the same admission thread (its errors,
+        e.g. the API's 400 for a malformed body, propagate before anything is accepted)."""
+        results, accepted = await asyncio.get_running_loop().run_in_executor(
+            self._admission, lambda: self._submit_sync(decode(raw)))
         if accepted:
             self._announce(accepted, None)
         return results
@@ -211,7 +223,7 @@ class NodeService:
         Known ones (pending, committed, refused here before) cost a hash and a lookup, nothing more.
         The checks run in a worker thread (as for a submission). Returns how many entered the mempool.
         """
-        added = await asyncio.to_thread(self._ingest_sync, raws)
+        added = await asyncio.get_running_loop().run_in_executor(self._admission, self._ingest_sync, raws)
         self.metrics.txs_gossiped_in += len(added)
         if added:
             self._announce(added, source)
