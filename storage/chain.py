@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+import msgpack
 import plyvel
 
 from ler import codec
@@ -102,6 +103,11 @@ _HEADER_CACHE_SIZE = 1024
 _STATE_CACHE_SIZE = 200_000
 _MISSING = object()
 _W = TypeVar("_W", bound=Wire)
+
+
+def _packb(value: object) -> bytes:
+    packed: bytes = msgpack.packb(value, use_bin_type=True)
+    return packed
 
 
 def _h8(h: int) -> bytes:
@@ -399,6 +405,11 @@ class ChainStore:
         # A folder made before st/ existed lacks it: its reads walk the tree, as they always did.
         flat = self._db.get if self._db.get(META_FLAT_STATE) == b"1" else None
         self._latest_state = _LatestStateCache(flat)
+        # Ids with a pending/ entry: a commit deletes just those (most committed transactions came by
+        # gossip and have none; deleting absent keys would only leave tombstones in the database).
+        self._pending_lock = threading.Lock()
+        self._pending_ids: set[bytes] = {
+            k[len(PENDING_PREFIX):] for k in self._db.iterator(prefix=PENDING_PREFIX, include_value=False)}
         self._latest_state.start(latest.state_root if latest is not None else gstate)
 
     def _write(self, staged: StagedWrites) -> None:
@@ -879,9 +890,13 @@ class ChainStore:
         staged.put(_block_hash_key(block_hash), _h8(h))
         for node_hash, data in result.node_writes.items():
             staged.put(NODE_PREFIX + node_hash, data)
+        pending = self._pending_ids
+        done_pending: list[bytes] = []
         for index, tx in enumerate(result.applied):
-            staged.put(_tx_key(tx.tx_id), codec.encode([h, index]))
-            staged.delete(PENDING_PREFIX + tx.tx_id)
+            staged.put(_tx_key(tx.tx_id), _packb([h, index]))  # two integers: canonical as packed
+            if tx.tx_id in pending:
+                staged.delete(PENDING_PREFIX + tx.tx_id)
+                done_pending.append(tx.tx_id)
             self._index_tx(staged, tx, h, result)
         HistoryTree(staged, HISTORY_PREFIX).append(h, block_hash)
         new_validators = tuple(sorted(result.authorities_after))
@@ -901,6 +916,8 @@ class ChainStore:
         was = self._latest_state.moving()
         self._write(staged)
         self._latest_state.advance(was, old_root, block.header.state_root, result.state_writes)
+        with self._pending_lock:
+            pending.difference_update(done_pending)
 
         # The batch is durable: only now may readers see the new height.
         if changes_validators:
@@ -941,6 +958,10 @@ class ChainStore:
         staged = StagedWrites(self._db)
         for tx_id, raw in raws:
             staged.put(PENDING_PREFIX + tx_id, raw)
+        # (Should the block holding one commit before this write lands, its entry stays behind;
+        # reload_pending drops such entries on the next start, finding them committed.)
+        with self._pending_lock:
+            self._pending_ids.update(tx_id for tx_id, _ in raws)
         self._write(staged)
 
     def remove_pending(self, tx_ids: Sequence[bytes]) -> None:
@@ -950,6 +971,8 @@ class ChainStore:
         for tx_id in tx_ids:
             staged.delete(PENDING_PREFIX + tx_id)
         self._write(staged)
+        with self._pending_lock:
+            self._pending_ids.difference_update(tx_ids)
 
     def pending(self) -> list[bytes]:
         """Raw transactions accepted before a restart and not yet committed (in tx id order)."""
