@@ -14,7 +14,8 @@ Protocol (all bodies canonical msgpack, ler.codec):
     GET  /peer/v1/blocks?from=A&to=B   (node/sync.py) committed blocks with their certificates.
 
 Who is known (may send us envelopes) is explained in node/config.py. An envelope from an unknown key
-or with a bad signature is refused before anything in it is looked at.
+or with a bad signature is refused before anything in it is looked at. A peer that refuses ours so
+(403) gets our clients' transactions at its public POST /v1/txs instead, until an envelope is taken.
 
 Gossip: our own consensus messages go to every validator peer at once; messages of others that the
 engine accepted are relayed by the repair tick (every `resend_s`) to the peers not known to have them
@@ -129,6 +130,9 @@ class PeerLink:
     c_revived: asyncio.Event = field(default_factory=asyncio.Event)
     t_revived: asyncio.Event = field(default_factory=asyncio.Event)
     hello_due: bool = True
+    # The peer refused our envelopes as from an unknown sender (403): it does not list this node (an
+    # observer its operators did not add). Transactions then go to its public API, like a client's.
+    public_only: bool = False
 
     @property
     def did(self) -> str:
@@ -423,6 +427,8 @@ class Network:
         session = self._session
         if session is None:
             return RETRY
+        if txs and link.public_only:
+            return await self._submit_public(session, link, txs)
         data = self.envelope(items, txs)
         link.last_sent = time.monotonic()
         try:
@@ -443,6 +449,7 @@ class Network:
                 self._down(link, f"malformed reply: {exc}")
                 return DROP
             self._up(link)
+            link.public_only = False
             link.observe(boot, height)
             self._note_height(height)
             for item in items:
@@ -450,6 +457,11 @@ class Network:
                     link.known.add(item.digest)
             return OK
         reason = _error_text(payload) or f"HTTP {status}"
+        if status == 403 and not link.public_only:
+            link.public_only = True  # until an envelope of ours is taken again (see above)
+            log.info("event=peer_public_only url=%s reason=%r", link.url, reason)
+            if txs:
+                return await self._submit_public(session, link, txs)
         if status < 500 and f"HTTP {status}: {reason}" != link.last_error:
             # Worth an operator's eye: e.g. the peer does not list this node's did (see node/config.py).
             log.warning("event=peer_refused_us url=%s status=%d reason=%r", link.url, status, reason)
@@ -457,6 +469,28 @@ class Network:
         # 5xx (503: busy): the same items may go through later. A 4xx will not change by repeating
         # it (the peer does not know us, or finds the items malformed): drop them, still back off.
         return RETRY if status >= 500 else DROP
+
+    async def _submit_public(self, session: aiohttp.ClientSession, link: PeerLink, txs: list[bytes]) -> str:
+        """Transactions to a peer's public submission endpoint (POST /v1/txs), as a client sends them.
+
+        For a peer that does not know this node's key: what a client gave us still reaches it, and
+        the peer checks each transaction as it checks any client's."""
+        try:
+            async with session.post(link.url + "/v1/txs", data=codec.encode(txs),
+                                    headers={"Content-Type": "application/msgpack"}) as resp:
+                status = resp.status
+                payload = await read_response(resp, 4 * 1024 * 1024)
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+            self._down(link, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+            return RETRY
+        if status in (200, 202):
+            return OK
+        if status >= 500:
+            return RETRY
+        # 400: the peer refused every one of them (each reason is in the answer); nothing to retry.
+        log.info("event=peer_refused_txs url=%s status=%d count=%d reason=%r", link.url, status, len(txs),
+                 _error_text(payload)[:200])
+        return DROP
 
     def _up(self, link: PeerLink) -> None:
         if not link.connected:

@@ -402,6 +402,12 @@ def test_a_new_observer_syncs_the_whole_chain_from_scratch(net: Net, tmp_path: P
     txs = net.anchors(1)
     net.authorities[1].submit(txs)
     net.wait_committed(txs, [observer])
+    # The authorities do not list its key, so they refuse its envelopes; what a client submits to it
+    # still reaches them, through their public submission endpoint.
+    mine = net.anchors(3)
+    observer.submit(mine)
+    net.wait_committed(mine, [observer, *net.authorities])
+    assert "event=peer_public_only" in observer.log()
     observer.kill()
     net.extra.remove(observer)
 
