@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import base58
+import msgpack
 import nacl.exceptions
 import nacl.pwhash
 import nacl.secret
@@ -32,6 +33,8 @@ from ler.errors import DecodeError, KeyFileError
 ED25519_MULTICODEC = b"\xed\x01"
 DID_KEY_PREFIX = "did:key:z"
 PROTOCOL_TAG = "ler/1"
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
+_packb = msgpack.packb
 
 
 def sha256(data: bytes) -> bytes:
@@ -76,6 +79,20 @@ def _key_of(did: str) -> bytes:
 
 def signing_bytes(domain: str, chain_id: str, payload: Any) -> bytes:
     """The exact bytes every protocol signature covers."""
+    if type(payload) is dict and type(domain) is str and type(chain_id) is str:
+        # A flat payload (votes, presentations): ASCII keys, scalar values. Its canonical encoding is
+        # msgpack's own once the keys are sorted, so the generic walk is skipped.
+        for k, v in payload.items():
+            t = type(v)
+            if not (type(k) is str and k.isascii() and (t is bytes or t is str or v is None or t is bool
+                                                        or (t is int and _INT_MIN <= v <= _INT_MAX))):
+                break
+        else:
+            try:
+                return _packb([PROTOCOL_TAG + "/" + domain, chain_id, {k: payload[k] for k in sorted(payload)}],
+                              use_bin_type=True)
+            except UnicodeEncodeError:
+                pass  # a lone surrogate: codec.encode below says so
     return codec.encode([PROTOCOL_TAG + "/" + domain, chain_id, payload])
 
 

@@ -14,6 +14,7 @@ import base64
 import binascii
 import dataclasses
 import re
+import struct
 import types
 import typing
 from collections.abc import Callable
@@ -29,9 +30,6 @@ DEFAULT_MAX_BYTES = 1024
 DEFAULT_MAX_ITEMS = 1024
 _U64 = 2**64 - 1
 _HEX = re.compile(r"[0-9a-f]*")
-_B64 = re.compile(r"[A-Za-z0-9_-]*")
-_FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
-_TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
 
 
 def b32(**kw: Any) -> Any:
@@ -153,11 +151,13 @@ def b64url(data: bytes) -> str:
 
 def b64url_bytes(v: Any, size: int | None, where: str) -> bytes:
     """Parse canonical unpadded base64url (of exactly `size` bytes, if given); DecodeError otherwise."""
-    if not isinstance(v, str) or len(v) % 4 == 1 or not _B64.fullmatch(v):
+    if not isinstance(v, str) or len(v) % 4 == 1 or not v.isascii():
         raise DecodeError(f"{where}: expected unpadded base64url")
-    text = v.encode("ascii")
-    raw = binascii.a2b_base64(text.translate(_FROM_URLSAFE) + b"=" * (-len(text) % 4))
-    if binascii.b2a_base64(raw, newline=False).translate(_TO_URLSAFE).rstrip(b"=") != text:
+    try:
+        raw = _a2b(v.encode("ascii").translate(_URLSAFE_STRICT) + _PAD[len(v) % 4], strict_mode=True)
+    except binascii.Error:  # a character outside the alphabet
+        raise DecodeError(f"{where}: expected unpadded base64url") from None
+    if not _b64_canonical_end(v):
         raise DecodeError(f"{where}: base64url is not in canonical form")
     if size is not None and len(raw) != size:
         raise DecodeError(f"{where}: expected {size} bytes, got {len(raw)}")
@@ -299,13 +299,12 @@ _encoders: dict[type, Callable[[Any], dict[str, Any]]] = {}
 _packb = msgpack.packb
 _unpackb = msgpack.unpackb
 _a2b = binascii.a2b_base64
-_b2a = binascii.b2a_base64
 
-# A canonical 43-character base64url string (32 bytes: the last character's two unused bits are zero),
-# each followed by a "." in a joined run. "." is outside the alphabet, so a run of n such units joined
-# from n strings splits back into exactly those strings.
-_B64_HASH_RUN = re.compile(r"(?:[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]\.)*")
-_B64_RUN_TO_STD = bytes.maketrans(b"-_.", b"+/A")
+# base64url to the standard alphabet, for a strict decoder: "+", "/" and "=" are not base64url characters,
+# so they become "!", which the strict decoder refuses like any other character outside its alphabet.
+_URLSAFE_STRICT = bytes.maketrans(b"-_+/=", b"+/!!!")
+_B64_RUN_TO_STD = bytes.maketrans(b"-_.+/=", b"+/A!!!")
+_units: dict[int, Callable[[bytes], tuple[Any, ...]]] = {}
 
 
 def _refuse_ext(code: int, data: bytes) -> Any:
@@ -318,26 +317,51 @@ def b64url_hashes(v: list[Any]) -> tuple[bytes, ...]:
     n = len(v)
     if not n:
         return ()
+    # The run is n units "<43 characters>.". "." is outside the alphabet, so a run of 44n characters with
+    # exactly n dots, each at the end of a unit, splits back into exactly the n strings of 43 characters.
+    # Each unit then becomes "<43 characters>A" in the standard alphabet: 44 characters, 33 bytes, decoded
+    # strictly (a character outside the alphabet fails); the 33rd byte holds the unit's two unused bits,
+    # which must be zero (canonical form). C-speed byte operations throughout, no regex, no loop.
     try:
-        run = ".".join(v) + "."
-    except TypeError:
+        run = (".".join(v) + ".").encode("ascii")
+    except (TypeError, UnicodeEncodeError):
         raise _Slow from None
-    if len(run) != 44 * n or not _B64_HASH_RUN.fullmatch(run):
+    if len(run) != 44 * n or run.count(b".") != n or run[43::44] != b"." * n:
         raise _Slow
-    # Each unit "<43 chars>." becomes "<43 chars>A": 44 characters, 33 bytes, the last one zero.
-    raw = _a2b(run.encode("ascii").translate(_B64_RUN_TO_STD))
-    return tuple([raw[i:i + 32] for i in range(0, 33 * n, 33)])
+    try:
+        raw = _a2b(run.translate(_B64_RUN_TO_STD), strict_mode=True)
+    except binascii.Error:
+        raise _Slow from None
+    if raw[32::33] != bytes(n):
+        raise _Slow
+    unpack = _units.get(n)
+    if unpack is None:
+        unpack = _units[n] = struct.Struct("32sx" * n).unpack
+    return unpack(raw)
 
 
 def _fast_b64(v: Any) -> bytes:
     """b64url_bytes without a location (any size); `_Slow` for anything it would refuse."""
-    if type(v) is not str or len(v) % 4 == 1 or not _B64.fullmatch(v):
+    if type(v) is not str or len(v) % 4 == 1 or not v.isascii() or not _b64_canonical_end(v):
         raise _Slow
-    text = v.encode("ascii")
-    raw = _a2b(text.translate(_FROM_URLSAFE) + b"=" * (-len(text) % 4))
-    if _b2a(raw, newline=False).translate(_TO_URLSAFE).rstrip(b"=") != text:
-        raise _Slow
-    return raw
+    try:
+        return _a2b(v.encode("ascii").translate(_URLSAFE_STRICT) + _PAD[len(v) % 4], strict_mode=True)
+    except binascii.Error:
+        raise _Slow from None
+
+
+_PAD = (b"", b"", b"==", b"=")
+# The characters whose value has the low 4 (resp. 2) bits clear: the only ones that can end the canonical
+# encoding of a length that leaves 4 (resp. 2) unused bits, i.e. a text length of 2 (resp. 3) modulo 4.
+_END_4_CLEAR = frozenset("AQgw")
+_END_2_CLEAR = frozenset("AEIMQUYcgkosw048")
+
+
+def _b64_canonical_end(v: str) -> bool:
+    """Whether base64url text (alphabet already checked, length not 1 modulo 4) has its unused low bits
+    zero, i.e. is the one encoding of the bytes it decodes to (re-encoding them gives it back)."""
+    r = len(v) % 4
+    return r == 0 or v[-1] in (_END_4_CLEAR if r == 2 else _END_2_CLEAR)
 
 
 def _fast_hex(v: Any) -> bytes:

@@ -223,3 +223,86 @@ def test_encode_matches_the_generic_canonical_encoding(fx: Fixture) -> None:
         assert o.encode() == codec.encode(o.to_obj())
     tx = Tx.decode(bundle.records[0].anchor.tx)
     assert tx.raw == codec.encode(tx.to_obj())
+
+
+def reference_b64url_bytes(v: Any) -> bytes | None:
+    """Canonical unpadded base64url by definition: decodes, and re-encoding gives the same text."""
+    import base64
+    import re
+    if not isinstance(v, str) or len(v) % 4 == 1 or not re.fullmatch(r"[A-Za-z0-9_-]*", v):
+        return None
+    raw = base64.urlsafe_b64decode(v + "=" * (-len(v) % 4))
+    return raw if base64.urlsafe_b64encode(raw).rstrip(b"=").decode() == v else None
+
+
+def test_base64url_canonical_check_matches_its_definition() -> None:
+    rng = random.Random(5)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    cases: list[Any] = ["", "A", "AA", "AB", "AQ", "AR", "AAA", "AAB", "AAE", "AAAA", "A=", "AA==", "+/AA", 5, None]
+    for n in range(0, 70):
+        cases += ["".join(rng.choice(alphabet) for _ in range(n)) for _ in range(40)]
+        cases.append(b64url(rng.randbytes(n)))
+    for v in cases:
+        expect = reference_b64url_bytes(v)
+        try:
+            got: Any = b64url_bytes(v, None, "x")
+        except DecodeError:
+            got = None
+        assert got == expect, v
+        try:
+            fast: Any = wire._fast_b64(v)
+        except wire._Slow:
+            fast = None
+        assert fast == expect, v
+
+
+scalars = st.none() | st.booleans() | st.integers(-2**64, 2**65) | st.binary(max_size=40) | st.text(max_size=20)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(st.text(max_size=6), scalars | st.lists(scalars, max_size=2), max_size=5),
+       st.text(max_size=8), st.text(max_size=8))
+def test_signing_bytes_match_the_generic_encoding(payload: dict[str, Any], domain: str, chain: str) -> None:
+    from ler import keys
+    expect = outcome(lambda: codec.encode([keys.PROTOCOL_TAG + "/" + domain, chain, payload]))
+    assert outcome(lambda: keys.signing_bytes(domain, chain, payload)) == expect
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(min_size=1, max_size=30), scalars | st.text(max_size=5000) | st.lists(scalars, max_size=3),
+       st.binary(min_size=16, max_size=16))
+def test_claim_encodings_match_the_generic_encoding(key: str, value: Any, salt: bytes) -> None:
+    from hashlib import sha256 as h
+
+    from ler.record import Claim, HiddenClaim, _check_value
+    reference_ok = outcome(lambda: reference_check_value(value))
+    got = outcome(lambda: _check_value(value, "x"))
+    assert (got[0], reference_ok[0]) in (("ok", "ok"), ("error", "error"))
+    if got[0] != "ok":
+        return
+    claim = outcome(lambda: Claim(key, value, salt))
+    if claim[0] != "ok":
+        return
+    c = claim[1]
+    digest = h(codec.encode([value, salt])).digest()
+    assert c.digest == digest
+    assert outcome(lambda: c.leaf_data) == outcome(lambda: codec.encode([key, digest]))
+    assert outcome(lambda: HiddenClaim(key, digest).leaf_data) == outcome(lambda: codec.encode([key, digest]))
+
+
+def reference_check_value(value: Any) -> None:
+    from ler.record import MAX_CLAIM_VALUE_BYTES, MAX_SAFE_INT, _has_bytes
+    enc = codec.encode(value)
+    if len(enc) > MAX_CLAIM_VALUE_BYTES or _has_bytes(value):
+        raise DecodeError("bad")
+
+    def unsafe(v: Any) -> bool:
+        if isinstance(v, int) and not isinstance(v, bool):
+            return abs(v) > MAX_SAFE_INT
+        if isinstance(v, list | tuple):
+            return any(unsafe(x) for x in v)
+        if isinstance(v, dict):
+            return any(unsafe(x) for x in v.values())
+        return False
+    if unsafe(value):
+        raise DecodeError("bad")
