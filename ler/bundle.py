@@ -38,7 +38,7 @@ from ler.state import (
     record_key,
 )
 from ler.tx import MAX_TX_BYTES, RECORD_ID_BYTES, RecordAnchor, Tx
-from ler.wire import Wire, b64url, b64url_bytes, limit
+from ler.wire import Wire, b64url, b64url_bytes, limit, packb
 
 BUNDLE_FORMAT = "ler-bundle/1"
 MAX_BUNDLE_BYTES = 4 * 1024 * 1024
@@ -525,11 +525,10 @@ def _decode_tx(raw: bytes) -> tuple[Tx, bytes | None]:
         try:
             value = msgpack.unpackb(raw, raw=False, use_list=True, strict_map_key=True, ext_hook=_refuse_ext)
             if (type(value) is dict and _maps_sorted(value)
-                    and msgpack.packb(value, use_bin_type=True) == raw):
+                    and packb(value) == raw):
                 tx = Tx.from_obj(value, raw=raw)
-                signed = msgpack.packb([_TX_DOMAIN, value["chain"], {"body": value["body"], "nonce": value["nonce"],
-                                                                    "signer": value["signer"], "type": value["type"]}],
-                                       use_bin_type=True)
+                signed = packb([_TX_DOMAIN, value["chain"], {"body": value["body"], "nonce": value["nonce"],
+                                                             "signer": value["signer"], "type": value["type"]}])
                 return tx, signed
         except Exception:  # any failure: Tx.decode decides and explains
             pass

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import base58
-import msgpack
 import nacl.exceptions
 import nacl.pwhash
 import nacl.secret
@@ -29,12 +28,12 @@ import nacl.utils
 
 from ler import codec
 from ler.errors import DecodeError, KeyFileError
+from ler.wire import packb
 
 ED25519_MULTICODEC = b"\xed\x01"
 DID_KEY_PREFIX = "did:key:z"
 PROTOCOL_TAG = "ler/1"
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
-_packb = msgpack.packb
 
 
 def sha256(data: bytes) -> bytes:
@@ -89,8 +88,7 @@ def signing_bytes(domain: str, chain_id: str, payload: Any) -> bytes:
                 break
         else:
             try:
-                return _packb([PROTOCOL_TAG + "/" + domain, chain_id, {k: payload[k] for k in sorted(payload)}],
-                              use_bin_type=True)
+                return packb([PROTOCOL_TAG + "/" + domain, chain_id, {k: payload[k] for k in sorted(payload)}])
             except UnicodeEncodeError:
                 pass  # a lone surrogate: codec.encode below says so
     return codec.encode([PROTOCOL_TAG + "/" + domain, chain_id, payload])

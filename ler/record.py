@@ -26,12 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import msgpack
-
 from ler import codec, merkle
 from ler.errors import DecodeError
 from ler.tx import RECORD_ID_BYTES, check_chain_id, check_record_type
-from ler.wire import b64url, b64url_bytes, hex_bytes
+from ler.wire import b64url, b64url_bytes, hex_bytes, packb
 
 SALT_BYTES = 16
 MAX_CLAIMS = 256
@@ -40,7 +38,6 @@ MAX_CLAIM_VALUE_BYTES = 4096
 RECORD_FORMAT = "ler-record/1"
 MAX_SAFE_INT = 2**53 - 1
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
-_packb = msgpack.packb
 
 
 def _check_value(value: Any, where: str) -> None:
@@ -104,7 +101,7 @@ class Claim:
                 and type(self.salt) is bytes:
             # A scalar and bytes: their canonical encoding is msgpack's own (no map to sort).
             try:
-                return hashlib.sha256(_packb([v, self.salt], use_bin_type=True)).digest()
+                return hashlib.sha256(packb([v, self.salt])).digest()
             except UnicodeEncodeError:
                 pass  # a lone surrogate: codec.encode below says so
         return hashlib.sha256(codec.encode([self.value, self.salt])).digest()
@@ -130,7 +127,7 @@ def _leaf_data(key: str, digest: bytes) -> bytes:
     """enc([key, digest]): a string and bytes, whose canonical encoding is msgpack's own."""
     if type(key) is str and type(digest) is bytes:
         try:
-            return _packb([key, digest], use_bin_type=True)
+            return packb([key, digest])
         except UnicodeEncodeError:
             pass  # a lone surrogate: codec.encode below says so
     return codec.encode([key, digest])

@@ -15,6 +15,7 @@ import binascii
 import dataclasses
 import re
 import struct
+import threading
 import types
 import typing
 from collections.abc import Callable
@@ -78,7 +79,7 @@ class Wire:
         # Wire objects hold only canonical types, so the generic checker is skipped: maps are built
         # with their (ASCII) field names already sorted, which is all canonical order needs.
         enc = _encoders.get(type(self)) or _encoder(type(self))
-        return _packb(enc(self), use_bin_type=True)
+        return packb(enc(self))
 
     @classmethod
     def decode(cls, data: bytes, max_size: int = codec.MAX_MESSAGE_BYTES) -> Self:
@@ -94,7 +95,7 @@ class Wire:
                 pass
             else:
                 enc = _encoders.get(cls) or _encoder(cls)
-                if _packb(enc(obj), use_bin_type=True) == data:
+                if packb(enc(obj)) == data:
                     return obj
         return cls.from_obj(codec.decode(data, max_size))
 
@@ -296,7 +297,19 @@ class _Slow(Exception):
 _FALLBACK = (_Slow, DecodeError, ValueError, TypeError, KeyError, IndexError, AttributeError)
 _fast: dict[tuple[type, str], Callable[[Any], Any]] = {}
 _encoders: dict[type, Callable[[Any], dict[str, Any]]] = {}
-_packb = msgpack.packb
+_tls = threading.local()
+
+
+def packb(value: Any) -> bytes:
+    """msgpack.packb(value, use_bin_type=True), by a packer kept per thread (building one per call, as
+    msgpack.packb does, costs more than packing a small message). No canonical checks: see codec.encode."""
+    try:
+        packer = _tls.packer
+    except AttributeError:
+        packer = _tls.packer = msgpack.Packer(use_bin_type=True)
+    return packer.pack(value)
+
+
 _unpackb = msgpack.unpackb
 _a2b = binascii.a2b_base64
 
