@@ -417,19 +417,43 @@ def _generate_parser(cls: type, json_mode: str) -> Callable[[Any], Any]:
     out.append(f"    if type(obj) is not dict or len(obj) != {len(fields)}:")
     out.append("        raise _Slow")
     names: list[str] = []
-    hashes: list[tuple[str, str]] = []  # (variable, field) decoded together: required 32-byte b64 fields
+    # In base64url mode the hashes of an object are decoded in one pass: its required 32-byte fields and
+    # the items of its lists of bytes (which are usually hashes, but need not be).
+    hashes: list[str] = []
+    lists: list[str] = []
     for name, tp, meta in fields:
         v = g.var()
         names.append(v)
         out.append(f"    {v} = obj[{name!r}]")
-        if (json_mode == "b64" and tp is bytes and meta.get("size") == 32
-                and meta.get("max", DEFAULT_MAX_BYTES) >= 32):
-            hashes.append((v, name))
+        if json_mode == "b64" and tp is bytes and meta.get("size") == 32 and meta.get("max", DEFAULT_MAX_BYTES) >= 32:
+            hashes.append(v)
+            continue
+        if json_mode == "b64" and typing.get_origin(tp) is tuple and typing.get_args(tp)[0] is bytes:
+            out.append(f"    if type({v}) is not list or len({v}) > {meta.get('max', DEFAULT_MAX_ITEMS)}:")
+            out.append("        raise _Slow")
+            lists.append(v)
             continue
         _gen_value(g, v, tp, meta, json_mode, "    ")
-    if hashes:
-        targets = ", ".join(v for v, _ in hashes)
-        out.append(f"    {targets}, = {g.const(b64url_hashes)}([{targets}])")
+    if hashes or lists:
+        bulk = g.const(b64url_hashes)
+        joined = " + ".join([f"[{', '.join(hashes)}]"] * bool(hashes) + lists)
+        targets = "".join(f"{h}, " for h in hashes)
+        out.append("    try:")
+        out.append(f"        _all = {bulk}({joined})")
+        out.append("    except _Slow:")
+        if hashes:
+            out.append(f"        {targets}= {bulk}([{', '.join(hashes)}])")
+        for v in lists:
+            _gen_bytes_list(g, v, "        ")
+        if not lists:
+            out.append("        pass")
+        out.append("    else:")
+        if hashes:
+            out.append(f"        {targets}= _all[:{len(hashes)}]")
+        out.append(f"        _at = {len(hashes)}")
+        for v in lists:
+            out.append(f"        {v} = _all[_at:_at + len({v})]")
+            out.append(f"        _at += len({v})")
     params = list(dataclasses.fields(cls))
     if all(f.init and not f.kw_only for f in params) and [f.name for f in params] == [n for n, _, _ in fields]:
         args = ", ".join(names)
@@ -455,13 +479,7 @@ def _gen_value(g: _Gen, v: str, tp: Any, meta: Any, json_mode: str, ind: str) ->
         out.append(f"{ind}if type({v}) is not list or len({v}) > {mx}:")
         out.append(f"{ind}    raise _Slow")
         if item_tp is bytes and json_mode == "b64":
-            # Items of any length are allowed; hashes are the usual case, decoded in one pass.
-            out.append(f"{ind}try:")
-            out.append(f"{ind}    {v} = {g.const(b64url_hashes)}({v})")
-            out.append(f"{ind}except _Slow:")
-            out.append(f"{ind}    {v} = tuple([{g.const(_fast_b64)}(x) for x in {v}])")
-            out.append(f"{ind}    if any(len(x) > {DEFAULT_MAX_BYTES} for x in {v}):")
-            out.append(f"{ind}        raise _Slow")
+            _gen_bytes_list(g, v, ind)
             return
         if isinstance(item_tp, type) and issubclass(item_tp, Wire):
             out.append(f"{ind}{v} = tuple([{g.const(_fast_parser(item_tp, json_mode))}(x) for x in {v}])")
@@ -513,6 +531,17 @@ def _gen_value(g: _Gen, v: str, tp: Any, meta: Any, json_mode: str, ind: str) ->
         out.append(f"{ind}    raise _Slow")
         return
     raise TypeError(f"unsupported wire type {tp!r}")  # a programming error, not input
+
+
+def _gen_bytes_list(g: _Gen, v: str, ind: str) -> None:
+    """Lines decoding the base64url items (of any length) of the list in `v`, already checked a list."""
+    out = g.lines
+    out.append(f"{ind}try:")
+    out.append(f"{ind}    {v} = {g.const(b64url_hashes)}({v})")
+    out.append(f"{ind}except _Slow:")
+    out.append(f"{ind}    {v} = tuple([{g.const(_fast_b64)}(x) for x in {v}])")
+    out.append(f"{ind}    if any(len(x) > {DEFAULT_MAX_BYTES} for x in {v}):")
+    out.append(f"{ind}        raise _Slow")
 
 
 def _encoder(cls: type) -> Callable[[Any], dict[str, Any]]:
