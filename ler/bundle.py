@@ -453,7 +453,9 @@ def _verify_record(rp: RecordProof, head: Header, head_hash: bytes, genesis: Gen
     then_raw = _state_value(rp.issuer_then, ikey, ah.state_root, "issuer at anchoring")
     now_raw = _state_value(rp.issuer_now, ikey, head.state_root, "issuer now")
     issuer_then = IssuerEntry.decode(then_raw) if then_raw is not None else None
-    issuer_now = IssuerEntry.decode(now_raw) if now_raw is not None else None
+    # The same bytes decode to the same entry: decoded once when the issuer's entry did not change.
+    issuer_now = (issuer_then if now_raw == then_raw else IssuerEntry.decode(now_raw)) if now_raw is not None \
+        else None
     if issuer_now is not None:
         report.issuer_name, report.issuer_status_now = issuer_now.name, issuer_now.status
         report.issuer_scopes = list(issuer_now.scopes)

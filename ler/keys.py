@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import base58
+import nacl.bindings
 import nacl.exceptions
 import nacl.pwhash
 import nacl.secret
@@ -33,6 +34,7 @@ from ler.wire import packb
 ED25519_MULTICODEC = b"\xed\x01"
 DID_KEY_PREFIX = "did:key:z"
 PROTOCOL_TAG = "ler/1"
+_sign_open = nacl.bindings.crypto_sign_open
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
 
 
@@ -98,6 +100,14 @@ def verify(public_key: bytes, message: bytes, signature: bytes) -> bool:
     """True iff `signature` is a valid Ed25519 signature of `message` by `public_key`."""
     if len(public_key) != 32 or len(signature) != 64:
         return False
+    if type(public_key) is bytes and type(signature) is bytes and type(message) is bytes:
+        # What VerifyKey(public_key).verify(message, signature) does once its argument checks pass,
+        # without building the key object.
+        try:
+            _sign_open(signature + message, public_key)
+            return True
+        except nacl.exceptions.BadSignatureError:
+            return False
     try:
         nacl.signing.VerifyKey(public_key).verify(message, signature)
         return True
