@@ -184,11 +184,17 @@ def _is_canonical(obj: Any, body: bytes) -> bool:
     other text takes the library's path.
     """
     if body.isascii():
-        return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode() == body
+        return _JSON_CANONICAL_ASCII.encode(obj).encode() == body
     try:
         return bool(rfc8785.dumps(obj) == body)
     except (rfc8785.CanonicalizationError, TypeError, ValueError):
         return False
+
+
+# json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False), built once; no check for
+# circular references, since the object comes from json.loads and cannot hold any.
+_JSON_CANONICAL_ASCII = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                                         check_circular=False)
 
 
 def _disclosure(obj: Any, where: str) -> Disclosure:

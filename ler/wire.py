@@ -316,7 +316,7 @@ _a2b = binascii.a2b_base64
 # base64url to the standard alphabet, for a strict decoder: "+", "/" and "=" are not base64url characters,
 # so they become "!", which the strict decoder refuses like any other character outside its alphabet.
 _URLSAFE_STRICT = bytes.maketrans(b"-_+/=", b"+/!!!")
-_B64_RUN_TO_STD = bytes.maketrans(b"-_.+/=", b"+/A!!!")
+_LEN_43 = {43}
 _units: dict[int, Callable[[bytes], tuple[Any, ...]]] = {}
 
 
@@ -330,20 +330,15 @@ def b64url_hashes(v: list[Any]) -> tuple[bytes, ...]:
     n = len(v)
     if not n:
         return ()
-    # The run is n units "<43 characters>.". "." is outside the alphabet, so a run of 44n characters with
-    # exactly n dots, each at the end of a unit, splits back into exactly the n strings of 43 characters.
-    # Each unit then becomes "<43 characters>A" in the standard alphabet: 44 characters, 33 bytes, decoded
-    # strictly (a character outside the alphabet fails); the 33rd byte holds the unit's two unused bits,
-    # which must be zero (canonical form). C-speed byte operations throughout, no regex, no loop.
+    # Every item a string of 43 characters, each followed by an "A" (six zero bits): n units of 44
+    # characters, 33 bytes each once decoded. Decoded strictly after mapping base64url to the standard
+    # alphabet (a character outside base64url fails); the 33rd byte of a unit holds its string's two unused
+    # bits, which must be zero (canonical form). C-speed operations throughout, no regex, no loop.
     try:
-        run = (".".join(v) + ".").encode("ascii")
-    except (TypeError, UnicodeEncodeError):
-        raise _Slow from None
-    if len(run) != 44 * n or run.count(b".") != n or run[43::44] != b"." * n:
-        raise _Slow
-    try:
-        raw = _a2b(run.translate(_B64_RUN_TO_STD), strict_mode=True)
-    except binascii.Error:
+        if set(map(len, v)) != _LEN_43:
+            raise _Slow
+        raw = _a2b(("A".join(v) + "A").encode("ascii").translate(_URLSAFE_STRICT), strict_mode=True)
+    except (TypeError, UnicodeEncodeError, binascii.Error):
         raise _Slow from None
     if raw[32::33] != bytes(n):
         raise _Slow
