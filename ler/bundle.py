@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
 import rfc8785
 
 from ler import keys, merkle, smt
@@ -36,8 +37,8 @@ from ler.state import (
     issuer_key,
     record_key,
 )
-from ler.tx import RECORD_ID_BYTES, RecordAnchor, Tx
-from ler.wire import Wire, b64url, b64url_bytes, limit
+from ler.tx import MAX_TX_BYTES, RECORD_ID_BYTES, RecordAnchor, Tx
+from ler.wire import Wire, b64url, b64url_bytes, limit, packb
 
 BUNDLE_FORMAT = "ler-bundle/1"
 MAX_BUNDLE_BYTES = 4 * 1024 * 1024
@@ -183,11 +184,17 @@ def _is_canonical(obj: Any, body: bytes) -> bool:
     other text takes the library's path.
     """
     if body.isascii():
-        return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode() == body
+        return _JSON_CANONICAL_ASCII.encode(obj).encode() == body
     try:
         return bool(rfc8785.dumps(obj) == body)
     except (rfc8785.CanonicalizationError, TypeError, ValueError):
         return False
+
+
+# json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False), built once; no check for
+# circular references, since the object comes from json.loads and cannot hold any.
+_JSON_CANONICAL_ASCII = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                                         check_circular=False)
 
 
 def _disclosure(obj: Any, where: str) -> Disclosure:
@@ -293,9 +300,10 @@ def verify_bundle(bundle_data: bytes | str | ProofBundle, genesis: Genesis,
         c.fail("format", f"the file is not a readable proof bundle: {exc}")
         return VerificationResult(TAMPERED, c.checks, [])
     c.ok("format", f"readable {BUNDLE_FORMAT} bundle with {len(bundle.records)} record(s)")
+    head = bundle.head.header
+    head_hash = head.hash  # each header is hashed once per verification, and that hash used throughout
     res = VerificationResult(TAMPERED, c.checks, [], chain_id=bundle.chain_id,
-                             head_height=bundle.head.header.height, head_time=bundle.head.header.time,
-                             head_hash=bundle.head.header.hash.hex())
+                             head_height=head.height, head_time=head.time, head_hash=head_hash.hex())
 
     if bundle.chain_id != genesis.chain_id or bundle.genesis_hash != genesis.hash:
         c.fail("network", f"the bundle is for chain {bundle.chain_id!r}, the genesis file is for "
@@ -305,7 +313,6 @@ def verify_bundle(bundle_data: bytes | str | ProofBundle, genesis: Genesis,
         return res
     c.ok("network", f"made for chain {genesis.chain_id!r}, the one the genesis file defines")
 
-    head = bundle.head.header
     try:
         vals = _walk_validators(bundle, genesis, c)
         if head.chain != genesis.chain_id:
@@ -313,11 +320,11 @@ def verify_bundle(bundle_data: bytes | str | ProofBundle, genesis: Genesis,
         if head.validators_hash != validators_hash(vals):
             raise ProofError("the head's validator set does not follow from genesis and the transitions")
         cert = bundle.head.cert
-        if cert.height != head.height or cert.block != head.hash:
+        if cert.height != head.height or cert.block != head_hash:
             raise ProofError("the head certificate is for another block")
         cert.verify(genesis.chain_id, vals)
-        if not merkle.verify_inclusion(merkle.leaf_hash(genesis.hash), 0, head.height,
-                                       list(bundle.head.genesis_path), head.history_root):
+        if not merkle.verify_inclusion(merkle.leaf_hash(bundle.genesis_hash), 0, head.height,
+                                       bundle.head.genesis_path, head.history_root):
             raise ProofError("the head's history does not start at this genesis")
         c.ok("head committed", f"block {head.height} is signed by {len(cert.sigs)} of {len(vals)} "
                                "authorities (more than 2/3 needed)")
@@ -335,7 +342,7 @@ def verify_bundle(bundle_data: bytes | str | ProofBundle, genesis: Genesis,
             continue
         seen_ids.add(rp.record_id)
         try:
-            report.verdict = _verify_record(rp, head, genesis, now_ms, c, i, report)
+            report.verdict = _verify_record(rp, head, head_hash, genesis, now_ms, c, i, report)
         except (ProofError, DecodeError) as exc:
             c.fail("record", str(exc), i)
             report.verdict = TAMPERED
@@ -371,17 +378,18 @@ def _walk_validators(bundle: ProofBundle, genesis: Genesis, c: _Checker) -> tupl
     """Follow the validator-set transitions from genesis; return the set that signs the head."""
     vals = genesis.validators
     last_height = 0
+    head = bundle.head.header
     for t in bundle.transitions:
         h = t.header
-        if h.chain != genesis.chain_id or h.height <= last_height or h.height >= bundle.head.header.height:
+        if h.chain != genesis.chain_id or h.height <= last_height or h.height >= head.height:
             raise ProofError(f"validator transition at height {h.height} is out of order")
         if h.validators_hash != validators_hash(vals):
             raise ProofError(f"validator transition at height {h.height} is not signed by the set in force")
-        if t.cert.height != h.height or t.cert.block != h.hash:
+        h_hash = h.hash
+        if t.cert.height != h.height or t.cert.block != h_hash:
             raise ProofError(f"the certificate of the transition at height {h.height} is for another block")
-        head = bundle.head.header
-        if not merkle.verify_inclusion(merkle.leaf_hash(h.hash), h.height, head.height,
-                                       list(t.history_path), head.history_root):
+        if not merkle.verify_inclusion(merkle.leaf_hash(h_hash), h.height, head.height,
+                                       t.history_path, head.history_root):
             raise ProofError(f"the transition at height {h.height} is not part of the head's history")
         t.cert.verify(genesis.chain_id, vals)
         new = tuple(sorted(set(t.validators)))
@@ -395,15 +403,16 @@ def _walk_validators(bundle: ProofBundle, genesis: Genesis, c: _Checker) -> tupl
     return vals
 
 
-def _verify_record(rp: RecordProof, head: Header, genesis: Genesis, now_ms: int, c: _Checker, i: int,
-                   report: RecordReport) -> str:
+def _verify_record(rp: RecordProof, head: Header, head_hash: bytes, genesis: Genesis, now_ms: int, c: _Checker,
+                   i: int, report: RecordReport) -> str:
     anchor = rp.anchor
     ah = anchor.header
     # 1. the anchoring transaction
-    tx = Tx.decode(anchor.tx)
+    tx, signed = _decode_tx(anchor.tx)
     if not isinstance(tx.body, RecordAnchor) or tx.body.record != rp.record_id:
         raise ProofError("the anchoring transaction does not anchor this record")
-    if tx.chain != genesis.chain_id or not tx.signature_valid():
+    if tx.chain != genesis.chain_id or not (keys.verify(tx.signer, signed, tx.sig) if signed is not None
+                                            else tx.signature_valid()):
         raise ProofError("the anchoring transaction's signature does not verify")
     body = tx.body
     report.type, report.issuer, report.holder, report.expires = body.rtype, body.issuer, body.holder, body.expires
@@ -423,15 +432,16 @@ def _verify_record(rp: RecordProof, head: Header, genesis: Genesis, now_ms: int,
 
     # 3. the transaction is in the anchoring block, and that block is in the head's history
     if ah.chain != genesis.chain_id or not merkle.verify_inclusion(
-            merkle.leaf_hash(tx.tx_id), anchor.index, ah.tx_count, list(anchor.path), ah.tx_root):
+            merkle.leaf_hash(tx.tx_id), anchor.index, ah.tx_count, anchor.path, ah.tx_root):
         raise ProofError("the anchoring transaction is not proven to be in its block")
     if ah.height > head.height:
         raise ProofError("the anchoring block is newer than the head")
+    ah_hash = ah.hash
     if ah.height == head.height:
-        if ah.hash != head.hash or anchor.history_path:
+        if ah_hash != head_hash or anchor.history_path:
             raise ProofError("the anchoring block differs from the head at the same height")
-    elif not merkle.verify_inclusion(merkle.leaf_hash(ah.hash), ah.height, head.height,
-                                     list(anchor.history_path), head.history_root):
+    elif not merkle.verify_inclusion(merkle.leaf_hash(ah_hash), ah.height, head.height,
+                                     anchor.history_path, head.history_root):
         raise ProofError("the anchoring block is not proven part of the chain's history")
     report.anchored_height, report.anchored_time = ah.height, ah.time
     c.ok("anchored", f"anchored in block {ah.height}, part of the history certified at block {head.height}", i)
@@ -445,10 +455,13 @@ def _verify_record(rp: RecordProof, head: Header, genesis: Genesis, now_ms: int,
     report.standing = entry.standing
 
     # 5. the issuer, then and now
-    then_raw = _state_value(rp.issuer_then, issuer_key(body.issuer), ah.state_root, "issuer at anchoring")
-    now_raw = _state_value(rp.issuer_now, issuer_key(body.issuer), head.state_root, "issuer now")
+    ikey = issuer_key(body.issuer)
+    then_raw = _state_value(rp.issuer_then, ikey, ah.state_root, "issuer at anchoring")
+    now_raw = _state_value(rp.issuer_now, ikey, head.state_root, "issuer now")
     issuer_then = IssuerEntry.decode(then_raw) if then_raw is not None else None
-    issuer_now = IssuerEntry.decode(now_raw) if now_raw is not None else None
+    # The same bytes decode to the same entry: decoded once when the issuer's entry did not change.
+    issuer_now = (issuer_then if now_raw == then_raw else IssuerEntry.decode(now_raw)) if now_raw is not None \
+        else None
     if issuer_now is not None:
         report.issuer_name, report.issuer_status_now = issuer_now.name, issuer_now.status
         report.issuer_scopes = list(issuer_now.scopes)
@@ -504,6 +517,50 @@ def _verify_record(rp: RecordProof, head: Header, genesis: Genesis, now_ms: int,
     if entry.expires is not None:
         c.ok("not expired", f"valid until {_fmt_ms(entry.expires)}", i)
     return verdict
+
+
+def _decode_tx(raw: bytes) -> tuple[Tx, bytes | None]:
+    """The transaction in `raw` (as Tx.decode: canonical bytes only) and the bytes its signature covers.
+
+    Fast path: one unpack; the canonical check is that every map's keys are in ascending order and
+    packing the unpacked value gives back `raw` (Tx.from_obj then checks every field's type, so nothing
+    non-canonical, such as a float, gets through). The signed bytes enc(["ler/1/tx", chain, {type,
+    signer, nonce, body}]) are then packed from the decoded maps, already in canonical order, rather
+    than rebuilt from the typed body. Anything else takes Tx.decode, which names the problem (and the
+    signature is then checked by Tx.signature_valid).
+    """
+    if type(raw) is bytes and 0 < len(raw) <= MAX_TX_BYTES:
+        try:
+            value = msgpack.unpackb(raw, raw=False, use_list=True, strict_map_key=True, ext_hook=_refuse_ext)
+            if (type(value) is dict and _maps_sorted(value)
+                    and packb(value) == raw):
+                tx = Tx.from_obj(value, raw=raw)
+                signed = packb([_TX_DOMAIN, value["chain"], {"body": value["body"], "nonce": value["nonce"],
+                                                             "signer": value["signer"], "type": value["type"]}])
+                return tx, signed
+        except Exception:  # any failure: Tx.decode decides and explains
+            pass
+    return Tx.decode(raw), None
+
+
+_TX_DOMAIN = keys.PROTOCOL_TAG + "/tx"
+
+
+def _maps_sorted(v: Any) -> bool:
+    """Whether every map in `v` has ASCII string keys in ascending order (their UTF-8 byte order)."""
+    if type(v) is dict:
+        ks = list(v)
+        for k in ks:
+            if type(k) is not str or not k.isascii():
+                return False
+        return ks == sorted(ks) and all(_maps_sorted(x) for x in v.values() if type(x) is dict or type(x) is list)
+    if type(v) is list:
+        return all(_maps_sorted(x) for x in v if type(x) is dict or type(x) is list)
+    return True
+
+
+def _refuse_ext(code: int, data: bytes) -> Any:
+    raise DecodeError(f"msgpack extension type {code} is not allowed")
 
 
 def _member(proof: StateProof, key: bytes, root: bytes, what: str) -> bytes:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import base58
+import nacl.bindings
 import nacl.exceptions
 import nacl.pwhash
 import nacl.secret
@@ -28,10 +29,13 @@ import nacl.utils
 
 from ler import codec
 from ler.errors import DecodeError, KeyFileError
+from ler.wire import packb
 
 ED25519_MULTICODEC = b"\xed\x01"
 DID_KEY_PREFIX = "did:key:z"
 PROTOCOL_TAG = "ler/1"
+_sign_open = nacl.bindings.crypto_sign_open
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
 
 
 def sha256(data: bytes) -> bytes:
@@ -76,6 +80,19 @@ def _key_of(did: str) -> bytes:
 
 def signing_bytes(domain: str, chain_id: str, payload: Any) -> bytes:
     """The exact bytes every protocol signature covers."""
+    if type(payload) is dict and type(domain) is str and type(chain_id) is str:
+        # A flat payload (votes, presentations): ASCII keys, scalar values. Its canonical encoding is
+        # msgpack's own once the keys are sorted, so the generic walk is skipped.
+        for k, v in payload.items():
+            t = type(v)
+            if not (type(k) is str and k.isascii() and (t is bytes or t is str or v is None or t is bool
+                                                        or (t is int and _INT_MIN <= v <= _INT_MAX))):
+                break
+        else:
+            try:
+                return packb([PROTOCOL_TAG + "/" + domain, chain_id, {k: payload[k] for k in sorted(payload)}])
+            except UnicodeEncodeError:
+                pass  # a lone surrogate: codec.encode below says so
     return codec.encode([PROTOCOL_TAG + "/" + domain, chain_id, payload])
 
 
@@ -83,6 +100,14 @@ def verify(public_key: bytes, message: bytes, signature: bytes) -> bool:
     """True iff `signature` is a valid Ed25519 signature of `message` by `public_key`."""
     if len(public_key) != 32 or len(signature) != 64:
         return False
+    if type(public_key) is bytes and type(signature) is bytes and type(message) is bytes:
+        # What VerifyKey(public_key).verify(message, signature) does once its argument checks pass,
+        # without building the key object.
+        try:
+            _sign_open(signature + message, public_key)
+            return True
+        except nacl.exceptions.BadSignatureError:
+            return False
     try:
         nacl.signing.VerifyKey(public_key).verify(message, signature)
         return True

@@ -21,6 +21,8 @@ HASH_SIZE = 32
 
 #: MTH({}): the hash of the empty string.
 EMPTY_ROOT = hashlib.sha256(b"").digest()
+_NODE = b"\x01"
+_BYTES, _HASH_LEN = {bytes}, {HASH_SIZE}
 
 
 def leaf_hash(data: bytes) -> bytes:
@@ -157,8 +159,11 @@ def _is_size(x: Any) -> bool:
 def _is_proof(proof: Any, size: int) -> bool:
     # No valid proof is longer than the tree is tall (plus one for a consistency proof's first
     # element); refusing longer input before looking at the elements bounds the work a hostile proof costs.
-    return (isinstance(proof, list | tuple) and len(proof) <= size.bit_length() + 1
-            and all(_is_hash(p) for p in proof))
+    if not (isinstance(proof, list | tuple) and len(proof) <= size.bit_length() + 1):
+        return False
+    # One C-speed pass for the usual case (exact bytes, all 32 long); item by item otherwise.
+    return (set(map(type, proof)) <= _BYTES and set(map(len, proof)) <= _HASH_LEN) or all(
+        isinstance(p, bytes) and len(p) == HASH_SIZE for p in proof)
 
 
 def root_from_inclusion_proof(leaf_hash: bytes, index: int, size: int,
@@ -173,11 +178,12 @@ def root_from_inclusion_proof(leaf_hash: bytes, index: int, size: int,
         return None
     fn, sn = index, size - 1
     r = leaf_hash
+    sha256 = hashlib.sha256
     for p in proof:
         if sn == 0:
             return None  # more elements than levels
         if fn & 1 or fn == sn:
-            r = node_hash(p, r)
+            r = sha256(_NODE + p + r).digest()  # node_hash(p, r)
             if not fn & 1:
                 # fn is the last node of its level and has no right sibling: climb until it is a right
                 # child (or the left edge), skipping the levels where it was carried up unchanged.
@@ -185,7 +191,7 @@ def root_from_inclusion_proof(leaf_hash: bytes, index: int, size: int,
                     fn >>= 1
                     sn >>= 1
         else:
-            r = node_hash(r, p)
+            r = sha256(_NODE + r + p).digest()  # node_hash(r, p)
         fn >>= 1
         sn >>= 1
     if sn != 0:

@@ -29,7 +29,7 @@ from typing import Any
 from ler import codec, merkle
 from ler.errors import DecodeError
 from ler.tx import RECORD_ID_BYTES, check_chain_id, check_record_type
-from ler.wire import b64url, b64url_bytes, hex_bytes
+from ler.wire import b64url, b64url_bytes, hex_bytes, packb
 
 SALT_BYTES = 16
 MAX_CLAIMS = 256
@@ -37,9 +37,16 @@ MAX_CLAIM_KEY = 100
 MAX_CLAIM_VALUE_BYTES = 4096
 RECORD_FORMAT = "ler-record/1"
 MAX_SAFE_INT = 2**53 - 1
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
 
 
 def _check_value(value: Any, where: str) -> None:
+    # The usual values pass every check below without encoding them: ASCII text short enough that its
+    # encoding fits (no surrogates, at most 3 bytes of header), safe integers, booleans and null.
+    t = type(value)
+    if ((t is str and len(value) <= MAX_CLAIM_VALUE_BYTES - 3 and value.isascii())
+            or (t is int and -MAX_SAFE_INT <= value <= MAX_SAFE_INT) or t is bool or value is None):
+        return
     try:
         enc = codec.encode(value)
     except DecodeError as exc:
@@ -89,11 +96,19 @@ class Claim:
     @property
     def digest(self) -> bytes:
         """SHA-256(enc([value, salt])): what a disclosure shows of the claim when it is hidden."""
+        v, t = self.value, type(self.value)
+        if (t is str or (t is int and _INT_MIN <= v <= _INT_MAX) or t is bool or v is None) \
+                and type(self.salt) is bytes:
+            # A scalar and bytes: their canonical encoding is msgpack's own (no map to sort).
+            try:
+                return hashlib.sha256(packb([v, self.salt])).digest()
+            except UnicodeEncodeError:
+                pass  # a lone surrogate: codec.encode below says so
         return hashlib.sha256(codec.encode([self.value, self.salt])).digest()
 
     @property
     def leaf_data(self) -> bytes:
-        return codec.encode([self.key, self.digest])
+        return _leaf_data(self.key, self.digest)
 
     def hidden(self) -> HiddenClaim:
         return HiddenClaim(self.key, self.digest)
@@ -106,6 +121,16 @@ class Claim:
         if not isinstance(obj, dict) or set(obj) != {"key", "value", "salt"}:
             raise DecodeError("a claim is an object with exactly key, value and salt")
         return cls(obj["key"], obj["value"], hex_bytes(obj["salt"], SALT_BYTES, "claim salt"))
+
+
+def _leaf_data(key: str, digest: bytes) -> bytes:
+    """enc([key, digest]): a string and bytes, whose canonical encoding is msgpack's own."""
+    if type(key) is str and type(digest) is bytes:
+        try:
+            return packb([key, digest])
+        except UnicodeEncodeError:
+            pass  # a lone surrogate: codec.encode below says so
+    return codec.encode([key, digest])
 
 
 def _sort_key(c: Claim) -> bytes:
@@ -244,7 +269,7 @@ class HiddenClaim:
 
     @property
     def leaf_data(self) -> bytes:
-        return codec.encode([self.key, self.digest])
+        return _leaf_data(self.key, self.digest)
 
 
 @dataclass(frozen=True, slots=True)

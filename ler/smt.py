@@ -30,6 +30,7 @@ MAX_VALUE_BYTES = 65536
 
 #: The hash of a subtree with no leaves, and so the root of the empty state.
 EMPTY = bytes(HASH_SIZE)
+_NODE = b"\x01"
 
 
 def _sha256(data: bytes) -> bytes:
@@ -111,9 +112,11 @@ class StateProof(Wire):
             raise DecodeError("StateProof.siblings: expected a tuple of hashes")
         if len(self.siblings) > MAX_DEPTH:
             raise DecodeError(f"StateProof.siblings: more than {MAX_DEPTH} hashes")
-        for i, s in enumerate(self.siblings):
-            if not _is_hash(s):
-                raise DecodeError(f"StateProof.siblings[{i}]: expected a 32-byte hash")
+        # One pass for the usual case (exact bytes of 32); otherwise item by item, naming the first bad one.
+        if not all(type(s) is bytes and len(s) == HASH_SIZE for s in self.siblings):
+            for i, s in enumerate(self.siblings):
+                if not _is_hash(s):
+                    raise DecodeError(f"StateProof.siblings[{i}]: expected a 32-byte hash")
         if (self.other_key is None) != (self.other_value_hash is None):
             raise DecodeError("StateProof: other_key and other_value_hash come together or not at all")
         if self.other_key is not None:
@@ -150,9 +153,14 @@ def state_root_from_proof(proof: StateProof) -> bytes | None:
         h = leaf_hash_from_value_hash(proof.other_key, proof.other_value_hash)
     else:
         h = EMPTY
-    for i in range(d - 1, -1, -1):
-        sibling = proof.siblings[i]
-        h = node_hash(h, sibling) if bit(key, i) == 0 else node_hash(sibling, h)
+    if d:
+        # Bits 0..d-1 of the key as one integer: bit i is (path >> (d - 1 - i)) & 1, so walking up from
+        # depth d-1 to 0 reads them from the lowest bit. Same hashes as node_hash, without the calls.
+        path = int.from_bytes(key, "big") >> (KEY_SIZE * 8 - d)
+        sha256 = hashlib.sha256
+        for sibling in reversed(proof.siblings):
+            h = sha256(_NODE + sibling + h).digest() if path & 1 else sha256(_NODE + h + sibling).digest()
+            path >>= 1
     return h
 
 
