@@ -548,14 +548,20 @@ _TX_DOMAIN = keys.PROTOCOL_TAG + "/tx"
 
 def _maps_sorted(v: Any) -> bool:
     """Whether every map in `v` has ASCII string keys in ascending order (their UTF-8 byte order)."""
-    if type(v) is dict:
-        ks = list(v)
-        for k in ks:
-            if type(k) is not str or not k.isascii():
+    todo = [v]
+    for x in todo:  # grows as maps and arrays are met: a walk without recursion
+        if type(x) is dict:
+            ks = list(x)
+            try:
+                if not "".join(ks).isascii():
+                    return False
+            except TypeError:  # a key that is not a string
                 return False
-        return ks == sorted(ks) and all(_maps_sorted(x) for x in v.values() if type(x) is dict or type(x) is list)
-    if type(v) is list:
-        return all(_maps_sorted(x) for x in v if type(x) is dict or type(x) is list)
+            if ks != sorted(ks):
+                return False
+            todo.extend(x.values())
+        elif type(x) is list:
+            todo.extend(x)
     return True
 
 

@@ -15,11 +15,13 @@ import functools
 import hashlib
 import json
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import base58
+import nacl._sodium  # libsodium itself, initialised by nacl.bindings on import
 import nacl.bindings
 import nacl.exceptions
 import nacl.pwhash
@@ -34,7 +36,8 @@ from ler.wire import packb
 ED25519_MULTICODEC = b"\xed\x01"
 DID_KEY_PREFIX = "did:key:z"
 PROTOCOL_TAG = "ler/1"
-_sign_open = nacl.bindings.crypto_sign_open
+_sodium, _ffi = nacl._sodium.lib, nacl._sodium.ffi  # what nacl.bindings.crypto_sign_open calls
+_tls = threading.local()
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
 
 
@@ -101,13 +104,17 @@ def verify(public_key: bytes, message: bytes, signature: bytes) -> bool:
     if len(public_key) != 32 or len(signature) != 64:
         return False
     if type(public_key) is bytes and type(signature) is bytes and type(message) is bytes:
-        # What VerifyKey(public_key).verify(message, signature) does once its argument checks pass,
-        # without building the key object.
+        # What VerifyKey(public_key).verify(message, signature) does once its argument checks pass
+        # (libsodium's crypto_sign_open on signature || message), without building the key object or a
+        # fresh output buffer per call: the opened message is not needed, only the verdict.
+        signed = signature + message
         try:
-            _sign_open(signature + message, public_key)
-            return True
-        except nacl.exceptions.BadSignatureError:
-            return False
+            buf, out_len = _tls.open_buffer
+        except AttributeError:
+            buf, out_len = _tls.open_buffer = (_ffi.new("unsigned char[]", 4096), _ffi.new("unsigned long long *"))
+        if len(signed) > len(buf):
+            buf, out_len = _tls.open_buffer = (_ffi.new("unsigned char[]", len(signed)), out_len)
+        return bool(_sodium.crypto_sign_open(buf, out_len, signed, len(signed), public_key) == 0)
     try:
         nacl.signing.VerifyKey(public_key).verify(message, signature)
         return True

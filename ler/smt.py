@@ -31,6 +31,7 @@ MAX_VALUE_BYTES = 65536
 #: The hash of a subtree with no leaves, and so the root of the empty state.
 EMPTY = bytes(HASH_SIZE)
 _NODE = b"\x01"
+_BYTES, _HASH_LEN = {bytes}, {HASH_SIZE}
 
 
 def _sha256(data: bytes) -> bytes:
@@ -113,7 +114,7 @@ class StateProof(Wire):
         if len(self.siblings) > MAX_DEPTH:
             raise DecodeError(f"StateProof.siblings: more than {MAX_DEPTH} hashes")
         # One pass for the usual case (exact bytes of 32); otherwise item by item, naming the first bad one.
-        if not all(type(s) is bytes and len(s) == HASH_SIZE for s in self.siblings):
+        if not (set(map(type, self.siblings)) <= _BYTES and set(map(len, self.siblings)) <= _HASH_LEN):
             for i, s in enumerate(self.siblings):
                 if not _is_hash(s):
                     raise DecodeError(f"StateProof.siblings[{i}]: expected a 32-byte hash")

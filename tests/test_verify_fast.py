@@ -306,3 +306,21 @@ def reference_check_value(value: Any) -> None:
         return False
     if unsafe(value):
         raise DecodeError("bad")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.recursive(st.none() | st.integers() | st.binary(max_size=4) | st.text(max_size=4),
+                    lambda inner: st.lists(inner, max_size=3)
+                    | st.dictionaries(st.text(max_size=4) | st.binary(max_size=2), inner, max_size=3), max_leaves=8))
+def test_sorted_maps_check_matches_the_generic_canonical_order(value: Any) -> None:
+    from ler.bundle import _maps_sorted
+
+    def reference(v: Any) -> bool:
+        if isinstance(v, dict):
+            ks = list(v)
+            return (all(isinstance(k, str) and k.isascii() for k in ks) and ks == sorted(ks)
+                    and all(reference(x) for x in v.values()))
+        if isinstance(v, list):
+            return all(reference(x) for x in v)
+        return True
+    assert _maps_sorted(value) == reference(value)
