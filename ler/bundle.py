@@ -18,7 +18,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgpack
 import rfc8785
 
 from ler import keys, merkle, smt
@@ -37,8 +36,8 @@ from ler.state import (
     issuer_key,
     record_key,
 )
-from ler.tx import MAX_TX_BYTES, RECORD_ID_BYTES, RecordAnchor, Tx
-from ler.wire import Wire, b64url, b64url_bytes, limit, packb
+from ler.tx import RECORD_ID_BYTES, RecordAnchor, Tx
+from ler.wire import Wire, b64url, b64url_bytes, limit
 
 BUNDLE_FORMAT = "ler-bundle/1"
 MAX_BUNDLE_BYTES = 4 * 1024 * 1024
@@ -408,11 +407,10 @@ def _verify_record(rp: RecordProof, head: Header, head_hash: bytes, genesis: Gen
     anchor = rp.anchor
     ah = anchor.header
     # 1. the anchoring transaction
-    tx, signed = _decode_tx(anchor.tx)
+    tx = Tx.decode(anchor.tx)  # canonical bytes only; keeps the bytes its signature covers
     if not isinstance(tx.body, RecordAnchor) or tx.body.record != rp.record_id:
         raise ProofError("the anchoring transaction does not anchor this record")
-    if tx.chain != genesis.chain_id or not (keys.verify(tx.signer, signed, tx.sig) if signed is not None
-                                            else tx.signature_valid()):
+    if tx.chain != genesis.chain_id or not tx.signature_valid():
         raise ProofError("the anchoring transaction's signature does not verify")
     body = tx.body
     report.type, report.issuer, report.holder, report.expires = body.rtype, body.issuer, body.holder, body.expires
@@ -518,55 +516,6 @@ def _verify_record(rp: RecordProof, head: Header, head_hash: bytes, genesis: Gen
         c.ok("not expired", f"valid until {_fmt_ms(entry.expires)}", i)
     return verdict
 
-
-def _decode_tx(raw: bytes) -> tuple[Tx, bytes | None]:
-    """The transaction in `raw` (as Tx.decode: canonical bytes only) and the bytes its signature covers.
-
-    Fast path: one unpack; the canonical check is that every map's keys are in ascending order and
-    packing the unpacked value gives back `raw` (Tx.from_obj then checks every field's type, so nothing
-    non-canonical, such as a float, gets through). The signed bytes enc(["ler/1/tx", chain, {type,
-    signer, nonce, body}]) are then packed from the decoded maps, already in canonical order, rather
-    than rebuilt from the typed body. Anything else takes Tx.decode, which names the problem (and the
-    signature is then checked by Tx.signature_valid).
-    """
-    if type(raw) is bytes and 0 < len(raw) <= MAX_TX_BYTES:
-        try:
-            value = msgpack.unpackb(raw, raw=False, use_list=True, strict_map_key=True, ext_hook=_refuse_ext)
-            if (type(value) is dict and _maps_sorted(value)
-                    and packb(value) == raw):
-                tx = Tx.from_obj(value, raw=raw)
-                signed = packb([_TX_DOMAIN, value["chain"], {"body": value["body"], "nonce": value["nonce"],
-                                                             "signer": value["signer"], "type": value["type"]}])
-                return tx, signed
-        except Exception:  # any failure: Tx.decode decides and explains
-            pass
-    return Tx.decode(raw), None
-
-
-_TX_DOMAIN = keys.PROTOCOL_TAG + "/tx"
-
-
-def _maps_sorted(v: Any) -> bool:
-    """Whether every map in `v` has ASCII string keys in ascending order (their UTF-8 byte order)."""
-    todo = [v]
-    for x in todo:  # grows as maps and arrays are met: a walk without recursion
-        if type(x) is dict:
-            ks = list(x)
-            try:
-                if not "".join(ks).isascii():
-                    return False
-            except TypeError:  # a key that is not a string
-                return False
-            if ks != sorted(ks):
-                return False
-            todo.extend(x.values())
-        elif type(x) is list:
-            todo.extend(x)
-    return True
-
-
-def _refuse_ext(code: int, data: bytes) -> Any:
-    raise DecodeError(f"msgpack extension type {code} is not allowed")
 
 
 def _member(proof: StateProof, key: bytes, root: bytes, what: str) -> bytes:

@@ -107,7 +107,7 @@ def decode(data: bytes, max_size: int = MAX_MESSAGE_BYTES) -> Any:
             raw=False,
             use_list=True,
             strict_map_key=True,
-            ext_hook=_refuse_ext,
+            ext_hook=refuse_ext,
         )
     except DecodeError:
         raise
@@ -129,5 +129,6 @@ def decode(data: bytes, max_size: int = MAX_MESSAGE_BYTES) -> Any:
     return value
 
 
-def _refuse_ext(code: int, data: bytes) -> Any:
+def refuse_ext(code: int, data: bytes) -> Any:
+    """msgpack's ext_hook for canonical decoding: extension types are refused."""
     raise DecodeError(f"msgpack extension type {code} is not allowed")

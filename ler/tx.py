@@ -24,7 +24,7 @@ import msgpack
 from ler import codec, keys
 from ler.errors import DecodeError
 from ler.keys import KeyPair, sha256
-from ler.wire import Wire, b32, b64, hex_bytes, limit
+from ler.wire import Wire, b32, b64, hex_bytes, limit, packb
 
 MAX_TX_BYTES = 4096
 RECORD_ID_BYTES = 16
@@ -237,8 +237,8 @@ class Tx:
         obj = _fast_canonical(data)
         if obj is not None:
             body = obj["body"]
-            signing = _packb([_TX_DOMAIN, obj["chain"], {"body": body, "nonce": obj["nonce"],
-                                                         "signer": obj["signer"], "type": obj["type"]}])
+            signing = packb([_TX_DOMAIN, obj["chain"], {"body": body, "nonce": obj["nonce"],
+                                                        "signer": obj["signer"], "type": obj["type"]}])
             return cls.from_obj(obj, raw=data, signing=signing)
         # Anything else takes the general canonical check, which also says what is wrong.
         return cls.from_obj(codec.decode(data, MAX_TX_BYTES), raw=data)
@@ -269,50 +269,50 @@ class Tx:
 
 _TX_KEYS = ["body", "chain", "nonce", "sig", "signer", "type"]  # canonical (sorted) order
 _TX_DOMAIN = keys.PROTOCOL_TAG + "/tx"
-_SCALAR = frozenset({bytes, str, int, bool, type(None)})
-
-
-def _packb(value: Any) -> bytes:
-    return msgpack.packb(value, use_bin_type=True)
 
 
 def _fast_canonical(data: bytes) -> dict[str, Any] | None:
-    """The decoded map when `data` is a canonical transaction of the common flat shape, else None.
+    """The decoded map when `data` is a canonical transaction map, else None (for codec.decode to judge).
 
     Canonical msgpack is what codec.encode gives: maps with string keys in sorted order, no floats,
-    shortest forms. For a transaction map with exactly the six fields in order, whose body is a map of
-    ASCII keys in order holding only scalars (every body but gov.vote), re-packing the decoded value
-    as it is yields the input again exactly when the input is in shortest form; codec.decode's
-    rebuild-and-compare would give the same answer, at several times the cost. None sends the
-    caller to codec.decode, which decides (and names the fault) in every other case.
+    shortest forms. When every map of the decoded value has its (ASCII) keys in ascending order and
+    no value is a float, re-packing the value as it is yields the input again exactly when the input
+    is in shortest form: codec.decode's rebuild-and-compare would give the same answer, at several
+    times the cost. None sends the caller to codec.decode, which decides (and names the fault) in every
+    other case.
     """
     if len(data) > MAX_TX_BYTES:
         return None
     try:
-        obj = msgpack.unpackb(data, raw=False, strict_map_key=True, ext_hook=_no_ext)
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=True, ext_hook=codec.refuse_ext)
     except Exception:  # any fault: the general decoder names it
         return None
-    if type(obj) is not dict or list(obj) != _TX_KEYS:
-        return None
-    body = obj["body"]
-    if type(body) is not dict:
-        return None
-    scalar = _SCALAR
-    for k, v in obj.items():
-        if k != "body" and type(v) not in scalar:
-            return None
-    prev = ""
-    for k, v in body.items():
-        if type(k) is not str or not k.isascii() or k <= prev or type(v) not in scalar:
-            return None
-        prev = k
-    if _packb(obj) != data:
+    if type(obj) is not dict or list(obj) != _TX_KEYS or not _maps_sorted(obj) or packb(obj) != data:
         return None
     return obj
 
 
-def _no_ext(code: int, data: bytes) -> Any:
-    raise ValueError("extension type")
+def _maps_sorted(v: Any) -> bool:
+    """Whether every map in `v` has ASCII string keys in ascending order (their UTF-8 byte order), and no
+    value anywhere in `v` is a float."""
+    todo = [v]
+    for x in todo:  # grows as maps and arrays are met: a walk without recursion
+        t = type(x)
+        if t is dict:
+            ks = list(x)
+            try:
+                if not "".join(ks).isascii():
+                    return False
+            except TypeError:  # a key that is not a string
+                return False
+            if ks != sorted(ks):
+                return False
+            todo.extend(x.values())
+        elif t is list:
+            todo.extend(x)
+        elif t is float:
+            return False
+    return True
 
 
 def sign_tx(key: KeyPair, chain_id: str, body: Wire, nonce: int | None = None) -> Tx:

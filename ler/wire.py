@@ -89,7 +89,7 @@ class Wire:
         # accept, with the same result. Anything else takes that checked path, which names the problem.
         if type(data) is bytes and 0 < len(data) <= max_size:
             try:
-                value = _unpackb(data, raw=False, use_list=True, strict_map_key=True, ext_hook=_refuse_ext)
+                value = _unpackb(data, raw=False, use_list=True, strict_map_key=True, ext_hook=codec.refuse_ext)
                 obj = _fast_parser(cls, "")(value)
             except Exception:  # any failure: the checked path decides and explains
                 pass
@@ -318,10 +318,6 @@ _a2b = binascii.a2b_base64
 _URLSAFE_STRICT = bytes.maketrans(b"-_+/=", b"+/!!!")
 _LEN_43 = {43}
 _units: dict[int, Callable[[bytes], tuple[Any, ...]]] = {}
-
-
-def _refuse_ext(code: int, data: bytes) -> Any:
-    raise DecodeError(f"msgpack extension type {code} is not allowed")
 
 
 def b64url_hashes(v: list[Any]) -> tuple[bytes, ...]:

@@ -313,7 +313,7 @@ def reference_check_value(value: Any) -> None:
                     lambda inner: st.lists(inner, max_size=3)
                     | st.dictionaries(st.text(max_size=4) | st.binary(max_size=2), inner, max_size=3), max_leaves=8))
 def test_sorted_maps_check_matches_the_generic_canonical_order(value: Any) -> None:
-    from ler.bundle import _maps_sorted
+    from ler.tx import _maps_sorted
 
     def reference(v: Any) -> bool:
         if isinstance(v, dict):
