@@ -475,15 +475,10 @@ def _gen_value(g: _Gen, v: str, tp: Any, meta: Any, json_mode: str, ind: str) ->
         if isinstance(item_tp, type) and issubclass(item_tp, Wire):
             out.append(f"{ind}{v} = tuple([{g.const(_fast_parser(item_tp, json_mode))}(x) for x in {v}])")
             return
-        if item_tp is str:
+        if item_tp is str or (item_tp is bytes and json_mode == ""):
+            most = DEFAULT_MAX_STR if item_tp is str else DEFAULT_MAX_BYTES
             out.append(f"{ind}for x in {v}:")
-            out.append(f"{ind}    if type(x) is not str or len(x) > {DEFAULT_MAX_STR}:")
-            out.append(f"{ind}        raise _Slow")
-            out.append(f"{ind}{v} = tuple({v})")
-            return
-        if item_tp is bytes and json_mode == "":
-            out.append(f"{ind}for x in {v}:")
-            out.append(f"{ind}    if type(x) is not bytes or len(x) > {DEFAULT_MAX_BYTES}:")
+            out.append(f"{ind}    if type(x) is not {item_tp.__name__} or len(x) > {most}:")
             out.append(f"{ind}        raise _Slow")
             out.append(f"{ind}{v} = tuple({v})")
             return

@@ -18,6 +18,7 @@ import pytest
 from helpers_chain import CHAIN, T0, ChainBuilder, fixed_key, make_genesis, new_record
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_bundle import paths
 
 from ler import codec, wire
 from ler.block import Block, Genesis, Header
@@ -88,17 +89,6 @@ def test_valid_bundle_parses_the_same(fx: Fixture) -> None:
     fast, slow = both(lambda: StatusProof.loads(fx.status))
     assert fast[0] == "ok" and fast == slow
     assert verify_bundle(fx.raw, fx.genesis, NOW).verdict == "valid"
-
-
-def paths(obj: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    out = [prefix]
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            out += paths(v, (*prefix, k))
-    elif isinstance(obj, list):
-        for i, v in enumerate(obj):
-            out += paths(v, (*prefix, i))
-    return out
 
 
 def b64_variants(s: str) -> list[Any]:
