@@ -49,6 +49,7 @@ class Metrics:
     proposals_received: int = 0
     txs_gossiped_in: int = 0
     gossip_dropped: int = 0
+    gossip_failed: int = 0
     peer_rejected: int = 0
     evidence: int = 0
     sync_blocks: int = 0
@@ -78,6 +79,9 @@ class Metrics:
                self.txs_gossiped_in)
         metric("ler_gossip_dropped_total", "counter", "Outbound gossip items dropped (a full peer queue)",
                self.gossip_dropped)
+        metric("ler_gossip_failed_total", "counter",
+               "Outbound gossip requests that failed (unreachable, timed out or refused); each is retried "
+               "after a back-off unless the peer refused its content", self.gossip_failed)
         metric("ler_peer_messages_refused_total", "counter",
                "Peer requests refused (unknown sender, bad signature, malformed)", self.peer_rejected)
         metric("ler_evidence_total", "counter", "Equivocation evidence recorded", self.evidence)

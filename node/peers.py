@@ -362,6 +362,7 @@ class Network:
                 if outcome == OK:
                     backoff = 0.0
                     continue
+                self.svc.metrics.gossip_failed += 1
                 backoff = min(self.settings.backoff_max_s, max(0.05, backoff * 2))
                 revived.clear()
                 try:

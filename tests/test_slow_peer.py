@@ -394,6 +394,7 @@ def test_a_peer_answering_503_is_retried_with_back_off_and_stops_no_one(net: Net
                "the healthy nodes to count D's address as not connected")
     for node in net.healthy:
         assert f"event=peer_down url={net.fault.url}" in node.log(tail=None)
+        assert metric(node, "ler_gossip_failed_total") >= 2  # the node counts its own retries too
 
 
 def test_the_slow_authority_restarted_catches_up(net: Net) -> None:
