@@ -691,7 +691,8 @@ def authority_remove(node_url: str, key_path: str, did: str, wait_s: float) -> N
 
 # --- issuing ---------------------------------------------------------------------------------------------
 
-def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json's object_pairs_hook: a key given twice in one object is an error, not a silent overwrite."""
     out: dict[str, Any] = {}
     for k, v in pairs:
         if k in out:
@@ -719,7 +720,7 @@ def _find_float(value: Any, where: str) -> str | None:
 def read_claims(path: str) -> dict[str, Any]:
     """A claims file: a JSON object of claim name -> value (no floats: they have no canonical form)."""
     try:
-        obj = read_json_file(path, "claims file", object_pairs_hook=_reject_duplicate_keys)
+        obj = read_json_file(path, "claims file", object_pairs_hook=reject_duplicate_keys)
     except DecodeError as exc:
         raise bad_input(f"claims file {path}: {exc}") from None
     if not isinstance(obj, dict):

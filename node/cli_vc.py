@@ -75,15 +75,6 @@ from node.cli import (
 MAX_CREDENTIAL_BYTES = MAX_PRESENTATION_BYTES
 
 
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise DecodeError(f"the key {k!r} appears twice")
-        out[k] = v
-    return out
-
-
 def _write_json(path: str, obj: Any) -> None:
     try:
         Path(path).write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -204,7 +195,8 @@ def import_badge(node_url: str, key_path: str, credential_path: str, holder: str
     except OSError as exc:
         raise bad_input(f"cannot read credential {credential_path}: {exc.strerror}") from None
     try:
-        obj = read_json_file(credential_path, "credential", MAX_CREDENTIAL_BYTES, object_pairs_hook=_reject_duplicates)
+        obj = read_json_file(credential_path, "credential", MAX_CREDENTIAL_BYTES,
+                             object_pairs_hook=base.reject_duplicate_keys)
     except DecodeError as exc:
         raise bad_input(f"credential {credential_path}: {exc}") from None
     try:
@@ -271,7 +263,7 @@ def present(bundle_path: str | None, credential_path: str | None, key_path: str,
         except DecodeError as exc:
             raise bad_input(f"{path} is not a proof bundle: {exc}") from None
     try:
-        content = json.loads(raw, object_pairs_hook=_reject_duplicates)
+        content = json.loads(raw, object_pairs_hook=base.reject_duplicate_keys)
     except (ValueError, DecodeError) as exc:
         raise bad_input(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(content, dict):
@@ -310,7 +302,7 @@ def _sniff(path: str) -> tuple[str, Any]:
         return "presentation", raw
     if isinstance(obj, dict) and ("proof" in obj or "@context" in obj):
         try:
-            return "credential", json.loads(raw, object_pairs_hook=_reject_duplicates)
+            return "credential", json.loads(raw, object_pairs_hook=base.reject_duplicate_keys)
         except DecodeError as exc:
             return "credential", exc
     return "bundle", None
