@@ -52,7 +52,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-import msgpack
 import plyvel
 
 from ler import codec
@@ -75,7 +74,7 @@ from ler.state import (
     record_key,
 )
 from ler.tx import GovVote, IssuerRotate, RecordAnchor, RecordEndorse, Tx
-from ler.wire import Wire
+from ler.wire import Wire, packb
 from storage.history import HistoryError, HistoryTree, StagedWrites
 from storage.smt import MemoryNodeStore, NodeStoreError, SparseMerkleTree
 
@@ -103,11 +102,6 @@ _HEADER_CACHE_SIZE = 1024
 _STATE_CACHE_SIZE = 200_000
 _MISSING = object()
 _W = TypeVar("_W", bound=Wire)
-
-
-def _packb(value: object) -> bytes:
-    packed: bytes = msgpack.packb(value, use_bin_type=True)
-    return packed
 
 
 def _h8(h: int) -> bytes:
@@ -895,7 +889,7 @@ class ChainStore:
         pending = self._pending_ids
         done_pending: list[bytes] = []
         for index, tx in enumerate(result.applied):
-            staged.put(_tx_key(tx.tx_id), _packb([h, index]))  # two integers: canonical as packed
+            staged.put(_tx_key(tx.tx_id), packb([h, index]))  # two integers: canonical as packed
             if tx.tx_id in pending:
                 staged.delete(PENDING_PREFIX + tx.tx_id)
                 done_pending.append(tx.tx_id)
