@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -131,26 +131,24 @@ class KeyPair:
     """An Ed25519 signing key with its public half and did."""
 
     seed: bytes
+    # Derived once: expanding the seed is an elliptic-curve multiplication (a node asks for its public
+    # key and signs many times a second).
+    _signing_key: nacl.signing.SigningKey = field(init=False, repr=False, compare=False)
+    public_key: bytes = field(init=False, repr=False, compare=False)
+    did: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if len(self.seed) != 32:
+        if type(self.seed) is not bytes or len(self.seed) != 32:
             raise KeyFileError("an Ed25519 seed is 32 bytes")
+        signing_key = nacl.signing.SigningKey(self.seed)
+        public_key = bytes(signing_key.verify_key)
+        object.__setattr__(self, "_signing_key", signing_key)
+        object.__setattr__(self, "public_key", public_key)
+        object.__setattr__(self, "did", did_from_public_key(public_key))
 
     @classmethod
     def generate(cls) -> KeyPair:
         return cls(nacl.utils.random(32))
-
-    @property
-    def _signing_key(self) -> nacl.signing.SigningKey:
-        return nacl.signing.SigningKey(self.seed)
-
-    @property
-    def public_key(self) -> bytes:
-        return bytes(self._signing_key.verify_key)
-
-    @property
-    def did(self) -> str:
-        return did_from_public_key(self.public_key)
 
     def sign(self, message: bytes) -> bytes:
         return self._signing_key.sign(message).signature

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -119,10 +120,24 @@ async def serve(config: NodeConfig, key: KeyPair, stop: asyncio.Event) -> None:
         log.info("event=node_stopped")
 
 
+def tune_gc() -> None:
+    """Fewer cyclic-garbage passes for a long-running node.
+
+    A node under load allocates many short-lived, acyclic objects (decoded transactions, overlays,
+    messages), which reference counting frees; with the default thresholds the collector still
+    traverses the young generation every 700 allocations. What exists after start-up (modules, the
+    loaded chain's caches) is moved out of the collector's sight for good.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+
+
 def run_node(config: NodeConfig, passphrase: str | None = None) -> None:
     """Run until SIGINT or SIGTERM."""
     setup_logging()
     key = config.load_key(passphrase)
+    tune_gc()
 
     async def main() -> None:
         stop = asyncio.Event()
