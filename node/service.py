@@ -257,7 +257,7 @@ class NodeService:
         for tx, ok in zip(fresh, sig_ok, strict=True):
             if tx.tx_id in self.mempool:
                 continue
-            res, reads = self._accept(tx, ok, view, ctx)
+            res, reads = self._accept(tx, ok, view, ctx, known_new=True)
             if res.status != PENDING:
                 continue
             try:
@@ -268,12 +268,14 @@ class NodeService:
             added.append(tx)
         return added
 
-    def _accept(self, tx: Tx, sig_ok: bool, view: _StoreView,
-                ctx: Context) -> tuple[SubmitResult, frozenset[bytes] | None]:
-        """The verdict on one transaction, and the state keys its dry run read (for `recheck_mempool`)."""
+    def _accept(self, tx: Tx, sig_ok: bool, view: _StoreView, ctx: Context,
+                known_new: bool = False) -> tuple[SubmitResult, frozenset[bytes] | None]:
+        """The verdict on one transaction, and the state keys its dry run read (for `recheck_mempool`).
+
+        `known_new`: the caller has just found `tx` uncommitted (one index lookup per transaction)."""
         if tx.tx_id in self.mempool:
             return SubmitResult(tx.tx_id, PENDING), None
-        loc = self.store.find_tx(tx.tx_id)
+        loc = None if known_new else self.store.find_tx(tx.tx_id)
         if loc is not None:
             return SubmitResult(tx.tx_id, REJECTED, loc[0], loc[1], rule="tx.replay",
                                 error=f"tx.replay: this transaction was already committed at height {loc[0]}"), None
