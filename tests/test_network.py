@@ -28,6 +28,7 @@ from ler import codec, keys
 from ler.block import PREVOTE, Vote
 from ler.keys import KeyPair, read_key_file, write_key_file
 from ler.tx import Action, GovVote, RecordAnchor, Tx, sign_tx
+from node.peers import sign_envelope
 
 pytestmark = pytest.mark.slow
 
@@ -262,7 +263,7 @@ def envelope(net: Net, sender: KeyPair, votes: list[Vote] = (), txs: list[Tx] = 
     body = {"boot": b"testboot", "height": 0, "url": "http://127.0.0.1:9", "proposals": [],
             "votes": [v.encode() for v in votes], "txs": [t.raw for t in txs], **overrides}
     raw_body = codec.encode(body)
-    sig = (sign_with or sender).sign_payload("peer", net.chain_id, raw_body)
+    sig = sign_envelope(sign_with or sender, net.chain_id, raw_body)
     return codec.encode({"from": sender.public_key, "body": raw_body, "sig": sig})
 
 
@@ -285,14 +286,14 @@ def test_peer_endpoints_refuse_what_they_cannot_use_with_a_reason(net: Net) -> N
         (envelope(net, peer, height=-1), 400, "height"),
         (envelope(net, peer, url="ftp://x"), 400, "url"),
         (envelope(net, peer, votes=[], extra=1), 400, "body"),
-        (codec.encode({"from": peer.public_key, "body": codec.encode({"a": 1}), "sig": peer.sign_payload(
-            "peer", net.chain_id, codec.encode({"a": 1}))}), 400, "body"),
+        (codec.encode({"from": peer.public_key, "body": codec.encode({"a": 1}), "sig": sign_envelope(
+            peer, net.chain_id, codec.encode({"a": 1}))}), 400, "body"),
     ]
     forged_vote = codec.encode({**Vote.make(peer, net.chain_id, PREVOTE, 5, 0, None).to_obj(), "round": -1})
     raw_body = codec.encode({"boot": b"testboot", "height": 0, "url": "http://127.0.0.1:9", "proposals": [b"junk"],
                              "votes": [forged_vote], "txs": []})
     cases.append((codec.encode({"from": peer.public_key, "body": raw_body,
-                                "sig": peer.sign_payload("peer", net.chain_id, raw_body)}), 400, "proposals[0]"))
+                                "sig": sign_envelope(peer, net.chain_id, raw_body)}), 400, "proposals[0]"))
     for data, want, words in cases:
         r = http(node.url, "POST", "/peer/v1/gossip", data, "application/msgpack")
         assert r.status == want and words in r.json()["error"], (want, words, r)

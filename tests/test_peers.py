@@ -16,7 +16,7 @@ from ler.block import GENESIS_FORMAT, PREVOTE, Block, CommitCertificate, Genesis
 from ler.keys import KeyPair, write_key_file
 from node.config import ConfigError, PeerSpec, init_data_dir, load_config, parse_peer
 from node.metrics import Metrics
-from node.peers import PeerRefusal, decode_messages, parse_body, parse_envelope
+from node.peers import PeerRefusal, decode_messages, parse_body, parse_envelope, sign_envelope, verify_envelope
 from node.sync import SyncError, decode_range
 from storage.chain import ChainStore
 
@@ -33,6 +33,21 @@ def refused(fn: object, *args: object) -> PeerRefusal:
         fn(*args)  # type: ignore[operator]
     assert 400 <= info.value.status < 500 and info.value.reason
     return info.value
+
+
+def test_an_envelope_signature_binds_sender_chain_and_every_byte_of_the_body() -> None:
+    key, other = KeyPair.generate(), KeyPair.generate()
+    raw_body = codec.encode(body())
+    sig = sign_envelope(key, CHAIN, raw_body)
+    assert verify_envelope(key.public_key, CHAIN, raw_body, sig)
+    assert not verify_envelope(other.public_key, CHAIN, raw_body, sig)
+    assert not verify_envelope(key.public_key, CHAIN + "x", raw_body, sig)
+    for i in range(len(raw_body)):  # any altered byte
+        changed = raw_body[:i] + bytes([raw_body[i] ^ 0x01]) + raw_body[i + 1:]
+        assert not verify_envelope(key.public_key, CHAIN, changed, sig)
+    assert not verify_envelope(key.public_key, CHAIN, raw_body + b"\x00", sig)
+    # A signature over the body itself (not its digest) is another statement, and refused.
+    assert not verify_envelope(key.public_key, CHAIN, raw_body, key.sign_payload("peer", CHAIN, raw_body))
 
 
 def test_a_well_formed_envelope_and_body_parse() -> None:
