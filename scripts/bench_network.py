@@ -5,9 +5,10 @@
    several client threads, and reports finalized transactions per second (first submission to last
    commit) with commit latency p50/p99.
 3. Half load: submits at half the measured rate for `--half-seconds` and reports latency p50/p99 there.
-4. CPU seconds per node (from /proc), and, measured in the same run, this machine's Ed25519
-   verifications per second on one core, with throughput / (cores x verify rate / nodes): each node
-   verifies each signature once, so that bound is what signature checks alone would allow.
+4. CPU seconds per node (from /proc) and of this load generator (its clients and commit watcher),
+   and, measured in the same run, this machine's Ed25519 verifications per second on one core, with
+   throughput / (cores x verify rate / nodes): each node verifies each signature once, so that bound
+   is what signature checks alone would allow.
 
 Latency is measured from the moment a batch is sent to the moment a client polling the node sees the
 block holding the transaction (the poll interval is part of it). The last line is one JSON object:
@@ -188,6 +189,7 @@ def main() -> int:
         watcher = CommitWatcher(urls[0], start_h)
         watcher.start()
         cpu0 = [cpu_seconds(p) for p in pids]
+        own0 = time.process_time()
         sent, t0 = run_load(urls, batches, watcher, args.clients, None)
         ids = [t.tx_id for t in txs]
         if not wait_all(watcher, ids, timeout=600):
@@ -195,12 +197,14 @@ def main() -> int:
             raise SystemExit(f"bench: {missing} transactions not committed within 10 minutes")
         t_end = max(watcher.seen[i] for i in ids)
         cpu1 = [cpu_seconds(p) for p in pids]
+        own = time.process_time() - own0
         tps = len(ids) / (t_end - t0)
         lat = [(watcher.seen[i] - sent[i]) * 1000 for i in ids]
         print(f"saturation: {len(ids):,} txs in {t_end - t0:.1f} s = {tps:,.0f} finalized tx/s; latency p50 "
               f"{percentile(lat, 0.5):.0f} ms, p99 {percentile(lat, 0.99):.0f} ms", flush=True)
         cpu = [round(b - a, 1) for a, b in zip(cpu0, cpu1, strict=True)]
-        print(f"CPU seconds per node during saturation: {cpu} (wall {t_end - t0:.1f} s)", flush=True)
+        print(f"CPU seconds per node during saturation: {cpu}, load generator {own:.1f} "
+              f"(wall {t_end - t0:.1f} s)", flush=True)
 
         half_rate = tps / 2
         n_half = max(args.batch, int(half_rate * args.half_seconds))
@@ -221,6 +225,7 @@ def main() -> int:
                   "p99_ms": round(p99, 1), "verify_per_s_per_core": round(ed, 1),
                   "bound_ratio": round(tps / bound, 4), "saturation_p50_ms": round(percentile(lat, 0.5), 1),
                   "saturation_p99_ms": round(percentile(lat, 0.99), 1), "cpu_s_per_node": cpu,
+                  "cpu_s_load_generator": round(own, 1),
                   "wall_s": round(t_end - t0, 2), "cores": cores, "half_load_tps": round(half_rate, 1)}
     finally:
         try:
