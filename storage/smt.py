@@ -16,6 +16,7 @@ costs O(depth) hashes and writes, depth being about log2(number of keys), not 25
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from typing import Protocol
 
@@ -158,6 +159,8 @@ class SparseMerkleTree:
         """`sub`, the subtree at `depth`, after applying `items` (sorted by key, all under this subtree)."""
         if not items:
             return sub
+        if len(items) == 1:
+            return self._update_one(sub, depth, *items[0])
         h = sub[0]
         if h == EMPTY:
             return self._build(depth, {k: v for k, v in items if v is not None})
@@ -183,6 +186,51 @@ class SparseMerkleTree:
             return h, False
         return self._join(new_left, new_right)
 
+    def _update_one(self, sub: _Sub, depth: int, key: bytes, value: bytes | None) -> _Sub:
+        """`_update` with a single item, as a loop: below the top levels of a block's update nearly every
+        subtree holds one changed key. The nodes are those the recursion makes, less the re-write of an
+        existing leaf that a new key lands on."""
+        h = sub[0]
+        path: list[tuple[bytes, int]] = []  # (untouched sibling, whether the key went right)
+        while h != EMPTY:
+            data = self._load(h)
+            if data[0] == _LEAF:
+                old_key, old_value = data[1:1 + KEY_SIZE], data[1 + KEY_SIZE:]
+                if old_key == key:
+                    if value == old_value:
+                        return sub
+                    entries = {key: value} if value is not None else {}
+                    break
+                if value is None:
+                    return sub  # deleting a key the tree does not hold
+                # A new key lands on another's leaf: the two leaves go below a new inner node. The old
+                # leaf is in the store already, under `h`: neither hashed nor written again.
+                new_hash = leaf_hash(key, value)
+                self.store.put_node(new_hash, b"\x00" + key + value)
+                new = self._pair(depth + len(path), old_key, h, key, new_hash)
+                return self._rejoin(new, path)
+            right = bit(key, depth + len(path))
+            path.append((data[1:33], right) if right else (data[33:65], right))
+            h = data[33:65] if right else data[1:33]
+        else:
+            if value is None:
+                return sub
+            entries = {key: value}
+        return self._rejoin(self._build(depth + len(path), entries), path)
+
+    def _rejoin(self, new: _Sub, path: list[tuple[bytes, int]]) -> _Sub:
+        """The subtree `new`, rejoined with the untouched siblings of `path`, bottom up."""
+        put = self.store.put_node
+        for sibling, right in reversed(path):
+            if new[0] != EMPTY and sibling != EMPTY:  # nothing can collapse: a plain inner node
+                data = b"\x01" + sibling + new[0] if right else b"\x01" + new[0] + sibling
+                h = hashlib.sha256(data).digest()
+                put(h, data)
+                new = h, False
+            else:
+                new = self._join((sibling, None), new) if right else self._join(new, (sibling, None))
+        return new
+
     def _build(self, depth: int, entries: dict[bytes, bytes]) -> _Sub:
         """A fresh subtree at `depth` holding exactly `entries` (keys sharing their first `depth` bits)."""
         if not entries:
@@ -192,10 +240,31 @@ class SparseMerkleTree:
             h = leaf_hash(key, value)
             self.store.put_node(h, b"\x00" + key + value)
             return h, True
+        if len(entries) == 2:
+            (k1, v1), (k2, v2) = entries.items()
+            h1, h2 = leaf_hash(k1, v1), leaf_hash(k2, v2)
+            self.store.put_node(h1, b"\x00" + k1 + v1)
+            self.store.put_node(h2, b"\x00" + k2 + v2)
+            return self._pair(depth, k1, h1, k2, h2)
         left = {k: v for k, v in entries.items() if not bit(k, depth)}
         right = {k: v for k, v in entries.items() if bit(k, depth)}
         # Two or more keys always part within 256 bits, so this recursion ends by depth 255.
         return self._join(self._build(depth + 1, left), self._build(depth + 1, right))
+
+    def _pair(self, depth: int, k1: bytes, h1: bytes, k2: bytes, h2: bytes) -> _Sub:
+        """The subtree at `depth` holding exactly the two stored leaves (k1 under h1, k2 under h2): they
+        part at bit p, where an inner node joins them; above it, up to `depth`, a chain of inner nodes
+        with one empty side (two leaves never collapse)."""
+        p = 8 * KEY_SIZE - (int.from_bytes(k1, "big") ^ int.from_bytes(k2, "big")).bit_length()
+        put = self.store.put_node
+        data = b"\x01" + h2 + h1 if bit(k1, p) else b"\x01" + h1 + h2
+        h = hashlib.sha256(data).digest()
+        put(h, data)
+        for level in range(p - 1, depth - 1, -1):
+            data = b"\x01" + EMPTY + h if bit(k1, level) else b"\x01" + h + EMPTY
+            h = hashlib.sha256(data).digest()
+            put(h, data)
+        return h, False
 
     def _join(self, left: _Sub, right: _Sub) -> _Sub:
         """The subtree with these two children, compressed: no leaves is EMPTY, one leaf is that leaf."""

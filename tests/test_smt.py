@@ -277,6 +277,52 @@ def test_batch_updates_match_the_specification(entries: dict[bytes, bytes],
         assert verify_state_proof(root, proof) == (new_root == root)
 
 
+def clustered_keys(rng: random.Random, n: int) -> list[bytes]:
+    """Keys that share long prefixes (a few random bits, then zeros, then a random tail bit or byte), so
+    that paths run deep, leaves split far down and deletions collapse long chains."""
+    out = []
+    for _ in range(n):
+        k = bytearray(32)
+        k[0] = rng.choice((0x00, 0x01, 0x80, 0xFF))
+        k[rng.randrange(1, 32)] = rng.choice((0x01, 0x80, rng.randrange(256)))
+        out.append(bytes(k))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_single_and_batch_updates_agree_with_the_specification_on_deep_paths(seed: int) -> None:
+    """Each update on its own (one changed key: the tree's loop) and the same updates as one batch (the
+    recursion down to one key per subtree) give the specification's root, node for node."""
+    rng = random.Random(seed)
+    pool = clustered_keys(rng, 24)
+    state: dict[bytes, bytes] = {}
+    single, batch = SparseMerkleTree(CountingStore()), SparseMerkleTree(CountingStore())
+    root_single = root_batch = EMPTY
+    for _ in range(6):
+        changes: dict[bytes, bytes | None] = {}
+        for k in rng.sample(pool, rng.randrange(1, 12)):
+            changes[k] = None if rng.random() < 0.4 else rng.choice((b"", b"v", bytes([rng.randrange(9)])))
+        for k, v in changes.items():
+            root_single = single.update(root_single, k, v)
+        root_batch = batch.update_many(root_batch, changes)
+        for k, v in changes.items():
+            if v is None:
+                state.pop(k, None)
+            else:
+                state[k] = v
+        assert root_single == root_batch == ref_root(state)
+        for k in pool:
+            assert single.get(root_single, k) == state.get(k)
+            assert verify_state_proof(root_single, single.prove(root_single, k))
+    # What the single updates wrote is what they needed: an update that changes nothing writes nothing.
+    store = single.store
+    assert isinstance(store, CountingStore)
+    store.puts = 0
+    for k in pool:
+        assert single.update(root_single, k, state[k] if k in state else None) == root_single
+    assert store.puts == 0
+
+
 # --- proofs -------------------------------------------------------------------------------------------
 
 A, B = key(0x00), key(0x80)
