@@ -63,8 +63,27 @@ def public_key_from_did(did: str) -> bytes:
     return _key_of(did)
 
 
+_B58_DIGITS = {c: i for i, c in enumerate("123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz")}
+_ED25519_DID_LEN = len(DID_KEY_PREFIX) + 47  # 0xed01 || key is below 58**47 and above 58**46
+_MULTICODEC_VALUE = int.from_bytes(ED25519_MULTICODEC, "big")
+
+
 @functools.lru_cache(maxsize=8192)
 def _key_of(did: str) -> bytes:
+    # Every record names its holder by did, so most are new to this cache. The usual form is read as one
+    # base-58 number; it is canonical by construction (47 digits whose value starts with the multicodec
+    # bytes, so no leading zero digit: no other spelling of the same 34 bytes exists). Anything else takes
+    # the general path, which says what is wrong.
+    if len(did) == _ED25519_DID_LEN and did.startswith(DID_KEY_PREFIX) :
+        n = 0
+        for c in did[len(DID_KEY_PREFIX):]:
+            d = _B58_DIGITS.get(c)
+            if d is None:
+                break
+            n = n * 58 + d
+        else:
+            if n >> 256 == _MULTICODEC_VALUE:
+                return (n & ((1 << 256) - 1)).to_bytes(32, "big")
     if not did.startswith(DID_KEY_PREFIX):
         raise DecodeError(f"not a did:key identifier: {str(did)[:80]!r}")
     if len(did) > 64:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import stat
 from pathlib import Path
 from typing import Any
 
+import base58
 import nacl.pwhash
 import pytest
 from hypothesis import given, settings
@@ -126,6 +128,43 @@ def test_any_string_is_a_canonical_did_or_refused(text: str) -> None:
     except DecodeError:
         return
     assert keys.did_from_public_key(key) == text
+
+
+def reference_key_of(did: str) -> bytes | None:
+    """The did's key by the general rule: base58btc decode, multicodec check, canonical re-encoding."""
+    if not did.startswith("did:key:z") or len(did) > 64:
+        return None
+    try:
+        raw = base58.b58decode(did[len("did:key:z"):])
+    except ValueError:
+        return None
+    if len(raw) != 34 or raw[:2] != b"\xed\x01":
+        return None
+    return raw[2:] if "did:key:z" + base58.b58encode(raw).decode() == did else None
+
+
+def test_one_character_changes_of_dids_parse_as_the_general_rule_says() -> None:
+    """The usual did form is read by a shorter path; it must decide exactly as the general rule."""
+    rng = random.Random(7)
+    dids = [keys.did_from_public_key(bytes([b]) * 32) for b in (0, 1, 0x7F, 0xFF)]
+    dids += [keys.did_from_public_key(rng.randbytes(32)) for _ in range(60)]
+    tried = accepted = 0
+    for did in dids:
+        keys._key_of.cache_clear()
+        assert keys.public_key_from_did(did) == reference_key_of(did)
+        for _ in range(40):
+            i = rng.randrange(len("did:key:z"), len(did))
+            text = did[:i] + rng.choice(_B58) + did[i + 1:]
+            want = reference_key_of(text)
+            keys._key_of.cache_clear()
+            try:
+                got: bytes | None = keys.public_key_from_did(text)
+            except DecodeError:
+                got = None
+            assert got == want, text
+            tried += 1
+            accepted += got is not None
+    assert accepted and accepted < tried  # both outcomes were met
 
 
 @pytest.mark.parametrize("size", [0, 31, 33, 64])
