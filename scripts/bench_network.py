@@ -145,10 +145,11 @@ def run_load(urls: list[str], batches: list[list[Tx]], watcher: CommitWatcher, c
 
 
 def anchors(issuers: list[KeyPair], chain: str, n: int, rtype: str) -> list[Tx]:
-    holder = KeyPair.generate().did
+    """`n` signed anchors, each for a holder of its own (as records are: nodes parse each holder's did)."""
     out = []
     for i in range(n):
         k = issuers[i % len(issuers)]
+        holder = keys.did_from_public_key(os.urandom(32))
         out.append(sign_tx(k, chain, RecordAnchor(os.urandom(16), k.did, holder, rtype, os.urandom(32), None)))
     return out
 
