@@ -100,7 +100,7 @@ _TX_OVERHEAD = 5  # the msgpack bin header in front of each raw tx in the block'
 _HEADER_CACHE_SIZE = 1024
 #: Entries of the latest state kept in memory (values and absences); emptied when it would grow past this.
 _STATE_CACHE_SIZE = 200_000
-_NODE_CACHE_SIZE = 200_000  # state tree nodes kept in memory (about 100 bytes each, 230 with the dict)
+_NODE_CACHE_SIZE = 150_000  # state tree nodes per cache generation (about 100 bytes each, 230 with the dict)
 _MISSING = object()
 _W = TypeVar("_W", bound=Wire)
 
@@ -178,35 +178,44 @@ class ExecutionResult:
 class _DbNodes:
     """The SMT's node store read from the database (n/ keys). Writes go through a block's batch only.
 
-    Nodes are named by their hash, so a copy in memory can never be stale: `cache` keeps the nodes read
-    and those of committed blocks (`remember`), so building or checking a block does not go to the
-    database for the upper levels of the tree, which every block rewrites. Emptied when it reaches
-    `_NODE_CACHE_SIZE` (the upper levels are back after one block).
+    Nodes are named by their hash, so a copy in memory can never be stale. Two generations of them are
+    kept: the nodes read and those of committed blocks (`remember`) go into `young`; when it holds
+    `_NODE_CACHE_SIZE`, it becomes `old` (the previous `old` is dropped), and a node found in `old` moves
+    back to `young`. So the nodes in use (the upper levels of the tree, which every block rewrites, and
+    the recent paths) stay in memory, at most twice that many in all, and building or checking a block
+    rarely goes to the database for them.
     """
 
-    __slots__ = ("cache", "db")
+    __slots__ = ("db", "old", "young")
 
     def __init__(self, db: plyvel.DB) -> None:
         self.db = db
-        self.cache: dict[bytes, bytes] = {}
+        self.young: dict[bytes, bytes] = {}
+        self.old: dict[bytes, bytes] = {}
 
     def get_node(self, h: bytes) -> bytes | None:
-        data = self.cache.get(h)
+        data = self.young.get(h)
         if data is None:
-            data = self.db.get(NODE_PREFIX + h)
-            if data is not None:
-                self._keep(1)
-                self.cache[h] = data
+            data = self.old.get(h)
+            if data is None:
+                data = self.db.get(NODE_PREFIX + h)
+                if data is None:
+                    return None
+            self._keep(h, data)
         return data
+
+    def _keep(self, h: bytes, data: bytes) -> None:
+        young = self.young
+        if len(young) >= _NODE_CACHE_SIZE:
+            # Replaced, not cleared: a reader in another thread may still hold the dicts.
+            self.old, self.young = young, {}
+            young = self.young
+        young[h] = data
 
     def remember(self, nodes: dict[bytes, bytes]) -> None:
         """Nodes just written to the database (a committed block's)."""
-        self._keep(len(nodes))
-        self.cache.update(nodes)
-
-    def _keep(self, n: int) -> None:
-        if len(self.cache) + n > _NODE_CACHE_SIZE:
-            self.cache = {}
+        for h, data in nodes.items():
+            self._keep(h, data)
 
     def put_node(self, h: bytes, data: bytes) -> None:
         raise TypeError("state nodes reach the database only through a block's write batch")

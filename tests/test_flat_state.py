@@ -11,8 +11,11 @@ import threading
 from pathlib import Path
 
 import plyvel
+import pytest
 
+import storage.chain as chain_mod
 from ler.keys import KeyPair
+from ler.smt import verify_state_proof
 from ler.state import authorities_key, endorsement_key, issuer_key, proposal_key, record_key
 from ler.tx import Action, GovVote, RecordEndorse, RecordRevoke, rotation_body, sign_tx
 from storage.chain import _MISSING, FLAT_STATE_PREFIX, META_FLAT_STATE, ChainStore, _LatestStateCache
@@ -162,3 +165,41 @@ def test_the_cache_reads_no_flat_value_while_a_block_is_being_written() -> None:
     cache.advance(was, old, new, {other: b"v"})
     assert cache.get(new, other) == b"v" and cache.get(old, other) is _MISSING
     assert cache.get(new, key) is None
+
+
+def test_the_tree_nodes_kept_in_memory_are_bounded_and_change_no_answer(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a node cache of a few entries (both generations turn over many times), a store computes the
+    roots that a store with the usual cache computes from the same blocks, and reads and proves as a
+    store with nothing in memory does (reopened)."""
+    monkeypatch.setattr(chain_mod, "_NODE_CACHE_SIZE", 16)
+    auths = [KeyPair.generate()]
+    uni = KeyPair.generate()
+    genesis = make_genesis(auths, [(uni, ("degree",))])
+    small = ChainBuilder(tmp_path / "small", genesis, auths)
+    docs = []
+    for _ in range(6):
+        txs = []
+        for _ in range(12):
+            doc, tx = new_record(uni, KeyPair.generate().did)
+            docs.append(doc)
+            txs.append(tx)
+        small.commit(txs)
+        nodes = small.store._nodes
+        assert len(nodes.young) <= 16 and len(nodes.old) <= 16
+    monkeypatch.undo()
+    pairs = [(small.store.block(h), small.store.cert(h)) for h in range(1, small.store.height + 1)]
+    roots = [small.store.state_root(h) for h in range(small.store.height + 1)]
+    small.close()
+    usual = ChainStore(tmp_path / "usual", genesis)
+    for block, cert in pairs:
+        assert block is not None and cert is not None
+        usual.commit_block(block, cert)  # validated here: the state root must come out the same
+    assert [usual.state_root(h) for h in range(usual.height + 1)] == roots
+    usual.close()
+    reopened = ChainStore(tmp_path / "small", genesis)  # nothing in memory: every node from the database
+    for doc in docs:
+        key = record_key(doc.record_id)
+        assert reopened.state_get(key) == tree_value(reopened, key) is not None
+        assert verify_state_proof(roots[-1], reopened.prove_state(key, reopened.height))
+    reopened.close()
