@@ -246,39 +246,51 @@ class _LatestStateCache:
     `root`. A lookup for any other root misses. Thread-safe: one lock guards the root and the map, so
     a reader never takes a value of one root for another.
 
-    With `flat` (the database's st/ copy of the latest state) a key not in memory is read from there,
-    under the lock and only while `root` is the database's latest; `moving` (called before a block's
-    batch is written) clears `root` until `advance`, so no reader takes a half-moved st/ for either root.
+    With `flat` (the database's st/ copy of the latest state) a key not in memory is read from there
+    while `root` is the database's latest. `moving` (called before a block's batch is written) clears
+    `root` until `advance` and counts the move; the copy is read outside the lock (lookups of several
+    threads run at once, and a commit never waits for them), and its answer is used only if no move
+    began meanwhile, so no reader takes a half-moved or moved st/ for either root. (A LevelDB batch is
+    seen whole or not at all by a lookup, but the count alone already rules out any overlap.)
     """
 
-    __slots__ = ("data", "flat", "lock", "root")
+    __slots__ = ("data", "flat", "lock", "moves", "root")
 
     def __init__(self, flat: Callable[[bytes], bytes | None] | None = None) -> None:
         self.lock = threading.Lock()
         self.root: bytes | None = None
         self.data: dict[bytes, bytes | None] = {}
         self.flat = flat
+        self.moves = 0
 
     def get(self, root: bytes, key: bytes) -> object:
         with self.lock:
             if root != self.root:
                 return _MISSING
             value = self.data.get(key, _MISSING)
-            if value is _MISSING and self.flat is not None:
-                value = self.data[key] = self.flat(FLAT_STATE_PREFIX + key)
-                if len(self.data) > _STATE_CACHE_SIZE:
-                    self.data.clear()
+            if value is not _MISSING or self.flat is None:
+                return value
+            moves = self.moves
+        value = self.flat(FLAT_STATE_PREFIX + key)
+        with self.lock:
+            if self.moves != moves:
+                return _MISSING  # a block's batch may have been written during the lookup
+            if len(self.data) >= _STATE_CACHE_SIZE:
+                self.data.clear()
+            self.data[key] = value
             return value
 
     def start(self, root: bytes) -> None:
         """The latest committed state is `root` (on opening the store)."""
         with self.lock:
             self.root, self.data = root, {}
+            self.moves += 1
 
     def moving(self) -> bytes | None:
         """A block's batch is about to be written: no reads at any root until `advance`."""
         with self.lock:
             root, self.root = self.root, None
+            self.moves += 1
             return root
 
     def put(self, root: bytes, key: bytes, value: bytes | None) -> None:

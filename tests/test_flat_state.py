@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import plyvel
@@ -165,6 +166,65 @@ def test_the_cache_reads_no_flat_value_while_a_block_is_being_written() -> None:
     cache.advance(was, old, new, {other: b"v"})
     assert cache.get(new, other) == b"v" and cache.get(old, other) is _MISSING
     assert cache.get(new, key) is None
+
+
+class Overtaken:
+    """A copy whose lookups are overtaken by commits: `blocks` runs while a lookup is in progress."""
+
+    def __init__(self, root: bytes, blocks: Callable[[Overtaken, bytes], bytes | None]) -> None:
+        self.flat: dict[bytes, bytes | None] = {}
+        self.blocks = blocks
+        self.cache = _LatestStateCache(self.lookup)
+        self.cache.start(root)
+
+    def lookup(self, k: bytes) -> bytes | None:
+        return self.blocks(self, k)
+
+
+OLD, NEW, KEY = b"\x01" * 32, b"\x02" * 32, b"k" * 32
+
+
+def moving_only(c: Overtaken, k: bytes) -> bytes | None:
+    answer = c.flat.get(k)  # read at the old root: absent
+    c.cache.moving()
+    return answer
+
+
+def moving_and_batch(c: Overtaken, k: bytes) -> bytes | None:
+    answer = c.flat.get(k)
+    c.cache.moving()
+    c.flat[k] = b"v"
+    return answer
+
+
+def whole_block(c: Overtaken, k: bytes) -> bytes | None:
+    answer = c.flat.get(k)
+    was = c.cache.moving()
+    c.flat[k] = b"v"
+    c.cache.advance(was, OLD, NEW, {KEY: b"v"})
+    return answer
+
+
+def block_and_its_undoing(c: Overtaken, k: bytes) -> bytes | None:
+    """Two blocks, the second undoing the first (the state, so the root, is the old one again); the
+    answer is read in between, so it is the middle state's."""
+    was = c.cache.moving()
+    c.flat[k] = b"v"
+    answer = c.flat.get(k)
+    c.cache.advance(was, OLD, NEW, {KEY: b"v"})
+    was = c.cache.moving()
+    del c.flat[k]
+    c.cache.advance(was, NEW, OLD, {KEY: None})
+    return answer
+
+
+@pytest.mark.parametrize("blocks", [moving_only, moving_and_batch, whole_block, block_and_its_undoing])
+def test_a_copy_read_that_a_block_overtakes_is_not_used(blocks: Callable[[Overtaken, bytes], bytes | None]) -> None:
+    """A lookup of the copy runs outside the cache's lock: a block written while it runs (before,
+    during or after its batch) makes its answer unusable for any root."""
+    c = Overtaken(OLD, blocks)
+    assert c.cache.get(OLD, KEY) is _MISSING  # the reader walks the tree instead
+    assert c.cache.data.get(KEY) == (b"v" if blocks is whole_block else None)  # only the block's own writes
 
 
 def test_the_tree_nodes_kept_in_memory_are_bounded_and_change_no_answer(tmp_path: Path,
