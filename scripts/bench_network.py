@@ -4,7 +4,8 @@
 2. Saturation: pre-signs `--txs` anchors, submits them in msgpack batches spread over all nodes from
    several client threads, and reports finalized transactions per second (first submission to last
    commit) with commit latency p50/p99.
-3. Half load: submits at half the measured rate for `--half-seconds` and reports latency p50/p99 there.
+3. Half load: submits at half the measured rate (or at `--half-rate` tx/s, e.g. half of a target) for
+   `--half-seconds` and reports latency p50/p99 there.
 4. CPU seconds per node (from /proc) and of this load generator (its clients and commit watcher),
    and, measured in the same run, this machine's Ed25519 verifications per second on one core, with
    throughput / (cores x verify rate / nodes): each node verifies each signature once, so that bound
@@ -162,6 +163,8 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--issuers", type=int, default=8)
     ap.add_argument("--half-seconds", type=float, default=10.0)
+    ap.add_argument("--half-rate", type=float, default=None,
+                    help="tx/s offered in the latency phase (default: half the saturation throughput)")
     ap.add_argument("--keep", action="store_true", help="leave the network folder in place")
     args = ap.parse_args()
 
@@ -207,7 +210,7 @@ def main() -> int:
         print(f"CPU seconds per node during saturation: {cpu}, load generator {own:.1f} "
               f"(wall {t_end - t0:.1f} s)", flush=True)
 
-        half_rate = tps / 2
+        half_rate = args.half_rate or tps / 2
         n_half = max(args.batch, int(half_rate * args.half_seconds))
         half = anchors(issuers, chain, n_half, "degree")
         small = max(1, min(args.batch, int(half_rate / 20)))  # about 20 batches a second
