@@ -214,8 +214,11 @@ class _DbNodes:
 
     def remember(self, nodes: dict[bytes, bytes]) -> None:
         """Nodes just written to the database (a committed block's)."""
-        for h, data in nodes.items():
-            self._keep(h, data)
+        young = self.young
+        if len(young) + len(nodes) <= _NODE_CACHE_SIZE:
+            young.update(nodes)
+        else:
+            self.old, self.young = young, dict(nodes) if len(nodes) <= _NODE_CACHE_SIZE else {}
 
     def put_node(self, h: bytes, data: bytes) -> None:
         raise TypeError("state nodes reach the database only through a block's write batch")
