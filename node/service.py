@@ -27,6 +27,7 @@ from ler.block import Block
 from ler.errors import DecodeError, LerError, RuleError
 from ler.keys import KeyPair, sha256
 from ler.ledger import Context, Overlay, apply_tx, check_tx, clock_dependent
+from ler.state import StateView
 from ler.tx import MAX_TX_BYTES, Tx
 from node.config import NodeConfig
 from node.mempool import Mempool, MempoolFull
@@ -56,25 +57,12 @@ class SubmitResult:
                 "index": self.index, "error": self.error, "rule": self.rule}
 
 
-class _StoreView:
-    """The committed state as a read-only StateView (writes go to an Overlay on top)."""
-
-    def __init__(self, store: ChainStore) -> None:
-        self.store = store
-
-    def get(self, key: bytes) -> bytes | None:
-        return self.store.state_get(key)
-
-    def set(self, key: bytes, value: bytes | None) -> None:  # pragma: no cover - always overlaid
-        raise RuntimeError("the committed state is read-only here")
-
-
 class _ReadRecorder:
     """A StateView that notes the keys read through it (what one transaction's check depends on)."""
 
     __slots__ = ("base", "keys")
 
-    def __init__(self, base: _StoreView) -> None:
+    def __init__(self, base: StateView) -> None:
         self.base = base
         self.keys: set[bytes] = set()
 
@@ -192,8 +180,9 @@ class NodeService:
         results: list[SubmitResult] = []
         decoded = [t for t in txs if isinstance(t, Tx)]
         ok_by_id = {t.tx_id: t.signature_valid() for t in decoded}
-        view = _StoreView(self.store)
-        ctx = Context(self.chain_id, self.store.height + 1, now_ms(), seen=lambda _i: False)
+        h = self.store.height
+        view = self.store.state_view(h)
+        ctx = Context(self.chain_id, h + 1, now_ms(), seen=lambda _i: False)
         accepted: list[Tx] = []
         for item in txs:
             if not isinstance(item, Tx):
@@ -251,8 +240,9 @@ class NodeService:
         if not fresh:
             return []
         sig_ok = [t.signature_valid() for t in fresh]
-        view = _StoreView(self.store)
-        ctx = Context(self.chain_id, self.store.height + 1, now_ms(), seen=lambda _i: False)
+        h = self.store.height
+        view = self.store.state_view(h)
+        ctx = Context(self.chain_id, h + 1, now_ms(), seen=lambda _i: False)
         added: list[Tx] = []
         for tx, ok in zip(fresh, sig_ok, strict=True):
             if tx.tx_id in self.mempool:
@@ -268,7 +258,7 @@ class NodeService:
             added.append(tx)
         return added
 
-    def _accept(self, tx: Tx, sig_ok: bool, view: _StoreView, ctx: Context,
+    def _accept(self, tx: Tx, sig_ok: bool, view: StateView, ctx: Context,
                 known_new: bool = False) -> tuple[SubmitResult, frozenset[bytes] | None]:
         """The verdict on one transaction, and the state keys its dry run read (for `recheck_mempool`).
 
@@ -370,8 +360,9 @@ class NodeService:
             return 0
 
         def check() -> list[tuple[Tx, RuleError]]:
-            view = _StoreView(self.store)
-            ctx = Context(self.chain_id, self.store.height + 1, now_ms(), seen=lambda _i: False)
+            h = self.store.height
+            view = self.store.state_view(h)
+            ctx = Context(self.chain_id, h + 1, now_ms(), seen=lambda _i: False)
             bad: list[tuple[Tx, RuleError]] = []
             for tx in candidates:
                 recorder = _ReadRecorder(view)

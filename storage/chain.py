@@ -67,6 +67,7 @@ from ler.state import (
     IssuerEntry,
     Proposal,
     RecordEntry,
+    StateView,
     authorities_key,
     endorsement_key,
     issuer_key,
@@ -586,6 +587,12 @@ class ChainStore:
             return self._tree.get(root, key)
         except NodeStoreError as exc:
             raise StoreError(f"the state database is corrupt: {exc}") from None
+
+    def state_view(self, height: int) -> StateView:
+        """The state after block `height` as a read-only StateView (a block committed meanwhile does not
+        move it): for checking a batch of transactions against one state. Keys read are kept for the
+        view's life; reads of the latest state go through the latest-state cache."""
+        return _TreeState(self._tree, self.state_root(height), self._latest_state)
 
     def prove_state(self, key: bytes, height: int) -> StateProof:
         """A proof of what the state holds at `key` under header(height).state_root (genesis root for 0)."""
