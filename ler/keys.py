@@ -63,7 +63,9 @@ def public_key_from_did(did: str) -> bytes:
     return _key_of(did)
 
 
-_B58_DIGITS = {c: i for i, c in enumerate("123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz")}
+_B58_TABLE = bytearray(b"\xff" * 256)  # ASCII byte -> base-58 digit, 0xff for any other byte
+for _i, _c in enumerate(b"123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"):
+    _B58_TABLE[_c] = _i
 _ED25519_DID_LEN = len(DID_KEY_PREFIX) + 47  # 0xed01 || key is below 58**47 and above 58**46
 _MULTICODEC_VALUE = int.from_bytes(ED25519_MULTICODEC, "big")
 
@@ -74,14 +76,12 @@ def _key_of(did: str) -> bytes:
     # base-58 number; it is canonical by construction (47 digits whose value starts with the multicodec
     # bytes, so no leading zero digit: no other spelling of the same 34 bytes exists). Anything else takes
     # the general path, which says what is wrong.
-    if len(did) == _ED25519_DID_LEN and did.startswith(DID_KEY_PREFIX) :
-        n = 0
-        for c in did[len(DID_KEY_PREFIX):]:
-            d = _B58_DIGITS.get(c)
-            if d is None:
-                break
-            n = n * 58 + d
-        else:
+    if len(did) == _ED25519_DID_LEN and did.startswith(DID_KEY_PREFIX) and did.isascii():
+        digits = did[len(DID_KEY_PREFIX):].encode("ascii").translate(_B58_TABLE)
+        if 0xFF not in digits:
+            n = 0
+            for d in digits:
+                n = n * 58 + d
             if n >> 256 == _MULTICODEC_VALUE:
                 return (n & ((1 << 256) - 1)).to_bytes(32, "big")
     if not did.startswith(DID_KEY_PREFIX):
