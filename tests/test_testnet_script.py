@@ -1,0 +1,118 @@
+"""`scripts/testnet`, the README's run command, as a person runs it: in a terminal, stopped with Ctrl-C.
+
+The script runs on a pseudo-terminal of its own (its controlling terminal, as in a shell window); the
+test types Ctrl-C there, so the terminal sends SIGINT to the script's foreground process group, and
+then checks that the script stopped every node it started and said so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from node_proc import LER
+
+ROOT = Path(__file__).resolve().parent.parent
+NODES = 5  # 4 authorities and 1 observer, the script's defaults
+
+
+def free_ports(n: int) -> int:
+    """A base port with `n` consecutive ports free on 127.0.0.1 right now."""
+    for base in range(21000, 29000, 37):
+        try:
+            socks = []
+            for p in range(base, base + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+        return base
+    raise RuntimeError("no free ports")
+
+
+def read_until(fd: int, seen: bytearray, needle: bytes, timeout: float) -> bool:
+    """Read the terminal into `seen` until `needle` appears (True) or the timeout or end of output."""
+    deadline = time.monotonic() + timeout
+    while needle not in seen:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            continue
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # the other side closed: the script ended
+            return needle in seen
+        if not chunk:
+            return needle in seen
+        seen += chunk
+    return True
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (ended, not yet reaped by its parent) is not running.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and a Linux pseudo-terminal")
+def test_the_run_command_starts_the_network_and_ctrl_c_stops_every_node(tmp_path: Path) -> None:
+    data = tmp_path / "net"
+    base = free_ports(NODES)
+    env = dict(os.environ, LER_VENV=str(Path(sys.executable).parent.parent), TERM="dumb")
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the script, with this pseudo-terminal as its terminal
+        try:
+            os.execvpe("bash", ["bash", str(ROOT / "scripts" / "testnet"), "--dir", str(data),
+                                "--base-port", str(base)], env)
+        finally:
+            os._exit(127)
+    out = bytearray()
+    pids: list[int] = []
+    try:
+        assert read_until(fd, out, b"Ctrl-C stops every node", 180), out.decode(errors="replace")[-3000:]
+        manifest = json.loads((data / "testnet.json").read_text())
+        pids = [n["pid"] for n in manifest["nodes"]]
+        assert len(pids) == NODES and all(alive(p) for p in pids)
+        assert [n["role"] for n in manifest["nodes"]].count("observer") == 1
+        text = out.decode(errors="replace")
+        assert f"http://127.0.0.1:{base}/v1/status" in text and "demo issuer" in text
+
+        os.write(fd, b"\x03")  # Ctrl-C, typed at the terminal
+        read_until(fd, out, b"\x00never", 60)  # everything it prints until it ends
+        _, status = os.waitpid(pid, 0)
+        pid = 0
+        text = out.decode(errors="replace")
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, (status, text[-2000:])
+        assert "stopping the network" in text and "stopped authority1" in text, text[-2000:]
+        deadline = time.monotonic() + 10
+        while any(alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [p for p in pids if alive(p)]
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        if any(alive(p) for p in pids):
+            subprocess.run([str(LER), "testnet", "down", "--dir", str(data)], capture_output=True, timeout=60)
+        os.close(fd)
