@@ -200,6 +200,8 @@ def main() -> int:
                     help="tx/s offered in the latency phase (default: half the saturation throughput)")
     ap.add_argument("--keep", action="store_true", help="leave the network folder in place")
     args = ap.parse_args()
+    if args.runs < 1 or args.txs < 1:
+        ap.error("--runs and --txs must be at least 1")
 
     ed = ed25519_verify_rate()
     cores = os.cpu_count() or 1
