@@ -27,7 +27,6 @@ from ler.smt import (
     StateProof,
     bit,
     leaf_hash,
-    node_hash,
     value_hash,
 )
 
@@ -205,9 +204,7 @@ class SparseMerkleTree:
                     return sub  # deleting a key the tree does not hold
                 # A new key lands on another's leaf: the two leaves go below a new inner node. The old
                 # leaf is in the store already, under `h`: neither hashed nor written again.
-                new_hash = leaf_hash(key, value)
-                self.store.put_node(new_hash, b"\x00" + key + value)
-                new = self._pair(depth + len(path), old_key, h, key, new_hash)
+                new = self._pair(depth + len(path), old_key, h, key, self._put_leaf(key, value))
                 return self._rejoin(new, path)
             right = bit(key, depth + len(path))
             path.append((data[1:33], right) if right else (data[33:65], right))
@@ -220,13 +217,9 @@ class SparseMerkleTree:
 
     def _rejoin(self, new: _Sub, path: list[tuple[bytes, int]]) -> _Sub:
         """The subtree `new`, rejoined with the untouched siblings of `path`, bottom up."""
-        put = self.store.put_node
         for sibling, right in reversed(path):
             if new[0] != EMPTY and sibling != EMPTY:  # nothing can collapse: a plain inner node
-                data = b"\x01" + sibling + new[0] if right else b"\x01" + new[0] + sibling
-                h = hashlib.sha256(data).digest()
-                put(h, data)
-                new = h, False
+                new = (self._put_inner(sibling, new[0]) if right else self._put_inner(new[0], sibling)), False
             else:
                 new = self._join((sibling, None), new) if right else self._join(new, (sibling, None))
         return new
@@ -237,15 +230,10 @@ class SparseMerkleTree:
             return EMPTY, False
         if len(entries) == 1:
             ((key, value),) = entries.items()
-            h = leaf_hash(key, value)
-            self.store.put_node(h, b"\x00" + key + value)
-            return h, True
+            return self._put_leaf(key, value), True
         if len(entries) == 2:
             (k1, v1), (k2, v2) = entries.items()
-            h1, h2 = leaf_hash(k1, v1), leaf_hash(k2, v2)
-            self.store.put_node(h1, b"\x00" + k1 + v1)
-            self.store.put_node(h2, b"\x00" + k2 + v2)
-            return self._pair(depth, k1, h1, k2, h2)
+            return self._pair(depth, k1, self._put_leaf(k1, v1), k2, self._put_leaf(k2, v2))
         left = {k: v for k, v in entries.items() if not bit(k, depth)}
         right = {k: v for k, v in entries.items() if bit(k, depth)}
         # Two or more keys always part within 256 bits, so this recursion ends by depth 255.
@@ -256,14 +244,9 @@ class SparseMerkleTree:
         part at bit p, where an inner node joins them; above it, up to `depth`, a chain of inner nodes
         with one empty side (two leaves never collapse)."""
         p = 8 * KEY_SIZE - (int.from_bytes(k1, "big") ^ int.from_bytes(k2, "big")).bit_length()
-        put = self.store.put_node
-        data = b"\x01" + h2 + h1 if bit(k1, p) else b"\x01" + h1 + h2
-        h = hashlib.sha256(data).digest()
-        put(h, data)
+        h = self._put_inner(h2, h1) if bit(k1, p) else self._put_inner(h1, h2)
         for level in range(p - 1, depth - 1, -1):
-            data = b"\x01" + EMPTY + h if bit(k1, level) else b"\x01" + h + EMPTY
-            h = hashlib.sha256(data).digest()
-            put(h, data)
+            h = self._put_inner(EMPTY, h) if bit(k1, level) else self._put_inner(h, EMPTY)
         return h, False
 
     def _join(self, left: _Sub, right: _Sub) -> _Sub:
@@ -272,6 +255,17 @@ class SparseMerkleTree:
             return right[0], right[0] != EMPTY
         if right[0] == EMPTY and self._is_leaf(left):
             return left[0], True
-        h = node_hash(left[0], right[0])
-        self.store.put_node(h, b"\x01" + left[0] + right[0])
-        return h, False
+        return self._put_inner(left[0], right[0]), False
+
+    def _put_leaf(self, key: bytes, value: bytes) -> bytes:
+        """Store the leaf of (key, value); its hash."""
+        h = leaf_hash(key, value)
+        self.store.put_node(h, b"\x00" + key + value)
+        return h
+
+    def _put_inner(self, left: bytes, right: bytes) -> bytes:
+        """Store the inner node over these children; its hash (`node_hash`: the SHA-256 of its encoding)."""
+        data = b"\x01" + left + right
+        h = hashlib.sha256(data).digest()
+        self.store.put_node(h, data)
+        return h
