@@ -25,14 +25,14 @@ from dataclasses import dataclass
 
 from ler.block import Block
 from ler.errors import DecodeError, LerError, RuleError
-from ler.keys import KeyPair, sha256
+from ler.keys import KeyPair, public_key_from_did, sha256
 from ler.ledger import Context, Overlay, apply_tx, check_tx, clock_dependent
 from ler.state import StateView
 from ler.tx import MAX_TX_BYTES, Tx
 from node.config import NodeConfig
 from node.mempool import Mempool, MempoolFull
 from node.metrics import Metrics
-from storage.chain import ChainStore, ExecutionResult
+from storage.chain import ChainStore, ExecutionResult, write_buffer_mb_for
 
 log = logging.getLogger("ler.node")
 
@@ -83,7 +83,8 @@ class NodeService:
         self.config = config
         self.key = key
         self.genesis = config.load_genesis()
-        self.store = ChainStore(config.db_path, self.genesis)
+        self.store = ChainStore(config.db_path, self.genesis, write_buffer_mb_for(
+            key.public_key, [public_key_from_did(a.did) for a in self.genesis.authorities]))
         self.chain_id = self.genesis.chain_id
         self.mempool = Mempool(config.limits.mempool_txs, config.limits.mempool_bytes)
         self.metrics = Metrics()

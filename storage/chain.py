@@ -44,6 +44,7 @@ because the cached height moves only after a block's batch is durable.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import os
 import threading
 from collections import OrderedDict
@@ -350,10 +351,31 @@ def _read_through(latest: _LatestStateCache, tree: SparseMerkleTree, root: bytes
     return value
 
 
+#: LevelDB's write buffer (its default is 4 MB; see ChainStore.__init__).
+DEFAULT_WRITE_BUFFER_MB = 32
+
+
+def write_buffer_mb_for(node_key: bytes, authorities: Sequence[bytes]) -> int:
+    """The write buffer of the node with public key `node_key`, staggered across `authorities`.
+
+    Every node writes the same blocks, so with equal buffers all of them would fill their buffer, flush
+    it and compact the levels below at the same height, and a block needs a quorum of them. Spread over
+    24 to 48 MB by the node's place among the authorities (by its key's hash if it is not one of them),
+    the nodes do this at different heights: one node is busy compacting while the quorum goes on.
+    """
+    ranked = sorted(authorities)
+    if node_key in ranked:
+        slot, slots = ranked.index(node_key), len(ranked)
+    else:
+        slot, slots = hashlib.sha256(node_key).digest()[0], 256
+    return 24 + 24 * slot // slots
+
+
 class ChainStore:
     """The node's durable chain: open one per data folder (LevelDB allows one process at a time)."""
 
-    def __init__(self, path: str | os.PathLike[str], genesis: Genesis) -> None:
+    def __init__(self, path: str | os.PathLike[str], genesis: Genesis,
+                 write_buffer_mb: int = DEFAULT_WRITE_BUFFER_MB) -> None:
         self.genesis = genesis
         self._genesis_hash = genesis.hash
         self._path = Path(path)
@@ -368,9 +390,11 @@ class ChainStore:
             # A 32 MB write buffer (LevelDB's default is 4 MB): most keys written are hashes (state
             # tree nodes, transaction ids), spread over the whole key space, so every flushed table
             # overlaps all of the next level and is merged into it; fewer, larger flushes cut that
-            # background work to less than half under sustained load (see docs/PERFORMANCE.md).
+            # background work to less than half under sustained load (see docs/PERFORMANCE.md). A node
+            # passes its own size (`write_buffer_mb_for`), so that nodes storing the same blocks do
+            # not all flush and compact at the same moment.
             self._db = plyvel.DB(str(self._path), create_if_missing=True, bloom_filter_bits=10, compression=None,
-                                 lru_cache_size=64 * 1024 * 1024, write_buffer_size=32 * 1024 * 1024)
+                                 lru_cache_size=64 * 1024 * 1024, write_buffer_size=write_buffer_mb * 1024 * 1024)
         except plyvel.IOError as exc:
             raise StoreError(f"cannot open the data folder {self._path}: {exc} "
                              "(is another node using it?)") from None

@@ -57,9 +57,9 @@ class ChainBuilder:
     """A ChainStore in a folder, and the validator keys that certify its blocks."""
 
 
-    def __init__(self, path: Path, genesis: Genesis, validator_keys: Sequence[KeyPair]) -> None:
+    def __init__(self, path: Path, genesis: Genesis, validator_keys: Sequence[KeyPair], **store_options: int) -> None:
         self.genesis = genesis
-        self.store = ChainStore(path, genesis)
+        self.store = ChainStore(path, genesis, **store_options)
         self.keys = {k.public_key: k for k in validator_keys}
 
     def add_validator_key(self, key: KeyPair) -> None:
