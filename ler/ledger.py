@@ -305,7 +305,8 @@ def apply_rotate(state: StateView, ctx: Context, tx: Tx, body: IssuerRotate) -> 
 
 def apply_anchor(state: StateView, ctx: Context, tx: Tx, body: RecordAnchor) -> None:
     """Anchor a record. Its standing is fixed now: accredited only if the issuer may issue this type."""
-    if get_record(state, body.record) is not None:
+    key = record_key(body.record)
+    if state.get(key) is not None:
         raise RuleError("anchor.duplicate", f"record {body.record.hex()} is already anchored")
     issuer = get_issuer(state, body.issuer)
     if issuer is not None:
@@ -326,7 +327,7 @@ def apply_anchor(state: StateView, ctx: Context, tx: Tx, body: RecordAnchor) -> 
     entry = RecordEntry(issuer=body.issuer, signer=tx.signer, holder=body.holder, rtype=body.rtype,
                         commitment=body.commitment, standing=standing, anchored=ctx.height, tx=tx.tx_id,
                         expires=body.expires, revoked=None)
-    state.set(record_key(body.record), entry.encode())
+    state.set(key, entry.encode())
 
 
 def apply_revoke(state: StateView, ctx: Context, signer: bytes, body: RecordRevoke) -> None:

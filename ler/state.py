@@ -14,6 +14,7 @@ Nothing here is personal data: dids (fresh per record, if the holder likes), typ
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -113,10 +114,14 @@ class Proposal(Wire):
     opened: int = limit()
 
 
+_AUTHORITIES_KEY = key_for("authorities", b"")
+
+
 def authorities_key() -> bytes:
-    return key_for("authorities", b"")
+    return _AUTHORITIES_KEY
 
 
+@functools.lru_cache(maxsize=4096)  # nearly every transaction reads its issuer's entry; few issuers
 def issuer_key(did: str) -> bytes:
     return key_for("issuer", did.encode("utf-8"))
 

@@ -89,8 +89,8 @@ class SparseMerkleTree:
         data = self.store.get_node(h)
         if data is None:
             raise NodeStoreError(f"state node {h.hex()} is not in the store")
-        if not ((data[:1] == b"\x01" and len(data) == _NODE_LEN)
-                or (data[:1] == b"\x00" and len(data) >= _LEAF_MIN_LEN)):
+        n = len(data)
+        if not ((n == _NODE_LEN and data[0] == _NODE) or (n >= _LEAF_MIN_LEN and data[0] == _LEAF)):
             raise NodeStoreError(f"state node {h.hex()} is malformed")
         return data
 
@@ -191,6 +191,7 @@ class SparseMerkleTree:
         existing leaf that a new key lands on."""
         h = sub[0]
         path: list[tuple[bytes, int]] = []  # (untouched sibling, whether the key went right)
+        d = depth
         while h != EMPTY:
             data = self._load(h)
             if data[0] == _LEAF:
@@ -204,16 +205,20 @@ class SparseMerkleTree:
                     return sub  # deleting a key the tree does not hold
                 # A new key lands on another's leaf: the two leaves go below a new inner node. The old
                 # leaf is in the store already, under `h`: neither hashed nor written again.
-                new = self._pair(depth + len(path), old_key, h, key, self._put_leaf(key, value))
+                new = self._pair(d, old_key, h, key, self._put_leaf(key, value))
                 return self._rejoin(new, path)
-            right = bit(key, depth + len(path))
-            path.append((data[1:33], right) if right else (data[33:65], right))
-            h = data[33:65] if right else data[1:33]
+            if (key[d >> 3] >> (7 - (d & 7))) & 1:  # bit(key, d): the key goes right
+                path.append((data[1:33], 1))
+                h = data[33:65]
+            else:
+                path.append((data[33:65], 0))
+                h = data[1:33]
+            d += 1
         else:
             if value is None:
                 return sub
             entries = {key: value}
-        return self._rejoin(self._build(depth + len(path), entries), path)
+        return self._rejoin(self._build(d, entries), path)
 
     def _rejoin(self, new: _Sub, path: list[tuple[bytes, int]]) -> _Sub:
         """The subtree `new`, rejoined with the untouched siblings of `path`, bottom up."""
