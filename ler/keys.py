@@ -70,6 +70,32 @@ _ED25519_DID_LEN = len(DID_KEY_PREFIX) + 47  # 0xed01 || key is below 58**47 and
 _MULTICODEC_VALUE = int.from_bytes(ED25519_MULTICODEC, "big")
 
 
+_HEAD_DIGITS = 12  # digits read exactly by `check_did_key`; the other 35 only bound the value
+_TAIL_SCALE = 58 ** (47 - _HEAD_DIGITS)
+_DID_VALUE_MIN = _MULTICODEC_VALUE << 256  # a did's number is 0xed01 || key: at least this ...
+_DID_VALUE_END = (_MULTICODEC_VALUE + 1) << 256  # ... and below this
+
+
+def check_did_key(did: str) -> None:
+    """That `did` is a did:key of an Ed25519 key (as `public_key_from_did` would accept), without
+    computing the key: for dids that are only named, such as a record's holder (nearly every one new).
+
+    The usual form's 47 digits are a number whose top bits must be the multicodec 0xed01. The first
+    twelve digits fix that number to within 58**35, far less than the 2**256 the key spans, so they decide
+    unless the number lies that close to an end of the range (then, and for any other form, the key is
+    computed, which also names what is wrong)."""
+    if type(did) is str and len(did) == _ED25519_DID_LEN and did.startswith(DID_KEY_PREFIX) and did.isascii():
+        digits = did[len(DID_KEY_PREFIX):].encode("ascii").translate(_B58_TABLE)
+        if 0xFF not in digits:
+            head = 0
+            for d in digits[:_HEAD_DIGITS]:
+                head = head * 58 + d
+            low = head * _TAIL_SCALE  # the number is in [low, low + _TAIL_SCALE)
+            if _DID_VALUE_MIN <= low and low + _TAIL_SCALE <= _DID_VALUE_END:
+                return
+    public_key_from_did(did)
+
+
 @functools.lru_cache(maxsize=8192)
 def _key_of(did: str) -> bytes:
     # Every record names its holder by did, so most are new to this cache. The usual form is read as one

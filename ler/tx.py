@@ -50,9 +50,13 @@ def scope_covers(scope: str, rtype: str) -> bool:
     return rtype == scope or rtype.startswith(scope + ".")
 
 
-def _check_did(did: str, what: str) -> None:
+def _check_did(did: str, what: str, named_only: bool = False) -> None:
+    """`named_only`: the did is only named (its key is not needed), and mostly new (a record's holder)."""
     try:
-        keys.public_key_from_did(did)
+        if named_only:
+            keys.check_did_key(did)
+        else:
+            keys.public_key_from_did(did)  # cached: issuers and authorities recur
     except DecodeError as exc:
         raise DecodeError(f"{what}: {exc}") from None
 
@@ -130,7 +134,7 @@ class RecordAnchor(Wire):
 
     def __post_init__(self) -> None:
         _check_did(self.issuer, "issuer")
-        _check_did(self.holder, "holder")
+        _check_did(self.holder, "holder", named_only=True)
         check_record_type(self.rtype)
 
 

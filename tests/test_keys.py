@@ -6,6 +6,7 @@ import json
 import os
 import random
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +166,49 @@ def test_one_character_changes_of_dids_parse_as_the_general_rule_says() -> None:
             tried += 1
             accepted += got is not None
     assert accepted and accepted < tried  # both outcomes were met
+
+
+def _b58_number(n: int) -> str:
+    """The 47-digit base-58 spelling of n (58**46 <= n < 58**47), as a did:key body."""
+    digits = []
+    while n:
+        n, d = divmod(n, 58)
+        digits.append(_B58[d])
+    return "did:key:z" + "".join(reversed(digits))
+
+
+def _accepts(check: Callable[[str], object], did: str) -> bool:
+    keys._key_of.cache_clear()
+    try:
+        check(did)
+    except DecodeError:
+        return False
+    return True
+
+
+def test_checking_a_did_without_its_key_decides_as_the_general_rule() -> None:
+    """check_did_key reads only the leading digits when they decide: around both ends of the range of
+    valid numbers (0xed01 || key), where they do not, and on one-character changes, it must agree."""
+    rng = random.Random(11)
+    low, end = 0xED01 << 256, 0xED02 << 256
+    texts = []
+    for edge in (low, end):
+        for delta in (0, 1, 2, 58**5, 58**34, 58**35 - 1, 58**35, 58**35 + 1, 58**36, 2**200, 2**250):
+            texts += [_b58_number(edge - delta), _b58_number(edge + delta)]
+    for _ in range(40):
+        did = keys.did_from_public_key(rng.randbytes(32))
+        texts.append(did)
+        for _ in range(10):
+            i = rng.randrange(len("did:key:z"), len(did))
+            texts.append(did[:i] + rng.choice(_B58 + "0OIl+/ \u00e9") + did[i + 1:])
+    texts += ["did:key:z", "did:web:example.org", "did:key:z" + "1" * 47, 7, None]  # type: ignore[list-item]
+    outcomes = set()
+    for text in texts:
+        want = isinstance(text, str) and reference_key_of(text) is not None
+        assert _accepts(keys.check_did_key, text) == want, text
+        assert _accepts(keys.public_key_from_did, text) == want, text
+        outcomes.add(want)
+    assert outcomes == {True, False}
 
 
 @pytest.mark.parametrize("size", [0, 31, 33, 64])
