@@ -178,7 +178,8 @@ class SparseMerkleTree:
             return self._build(depth, entries)
         left, right = data[1:33], data[33:65]
         # Items are sorted, so those going left (bit 0 at this depth) come first.
-        cut = next((i for i, (k, _) in enumerate(items) if bit(k, depth)), len(items))
+        byte, shift = depth >> 3, 7 - (depth & 7)  # bit(k, depth) is k[byte] >> shift & 1
+        cut = next((i for i, (k, _) in enumerate(items) if k[byte] >> shift & 1), len(items))
         new_left = self._update((left, None), depth + 1, items[:cut])
         new_right = self._update((right, None), depth + 1, items[cut:])
         if new_left[0] == left and new_right[0] == right:
@@ -239,8 +240,9 @@ class SparseMerkleTree:
         if len(entries) == 2:
             (k1, v1), (k2, v2) = entries.items()
             return self._pair(depth, k1, self._put_leaf(k1, v1), k2, self._put_leaf(k2, v2))
-        left = {k: v for k, v in entries.items() if not bit(k, depth)}
-        right = {k: v for k, v in entries.items() if bit(k, depth)}
+        byte, shift = depth >> 3, 7 - (depth & 7)  # bit(k, depth) is k[byte] >> shift & 1
+        left = {k: v for k, v in entries.items() if not k[byte] >> shift & 1}
+        right = {k: v for k, v in entries.items() if k[byte] >> shift & 1}
         # Two or more keys always part within 256 bits, so this recursion ends by depth 255.
         return self._join(self._build(depth + 1, left), self._build(depth + 1, right))
 
