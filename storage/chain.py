@@ -387,9 +387,9 @@ class ChainStore:
             # state key) nearly free; those are most lookups under load. No compression: nearly all
             # that is stored is hashes, keys and signatures, which do not compress, and trying to was
             # a large part of a busy node's CPU. (Blocks written compressed earlier still read.)
-            # A 32 MB write buffer (LevelDB's default is 4 MB): most keys written are hashes (state
-            # tree nodes, transaction ids), spread over the whole key space, so every flushed table
-            # overlaps all of the next level and is merged into it; fewer, larger flushes cut that
+            # A write buffer of tens of MB (LevelDB's default is 4 MB): most keys written are hashes
+            # (state tree nodes, transaction ids), spread over the whole key space, so every flushed
+            # table overlaps all of the next level and is merged into it; fewer, larger flushes cut that
             # background work to less than half under sustained load (see docs/PERFORMANCE.md). A node
             # passes its own size (`write_buffer_mb_for`), so that nodes storing the same blocks do
             # not all flush and compact at the same moment.
