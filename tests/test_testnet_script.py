@@ -83,6 +83,10 @@ def test_the_run_command_starts_the_network_and_ctrl_c_stops_every_node(tmp_path
     pid, fd = pty.fork()
     if pid == 0:  # the child: the script, with this pseudo-terminal as its terminal
         try:
+            # As in a terminal window: Ctrl-C interrupts. (A test run started in the background by a
+            # non-interactive shell inherits SIGINT ignored, and bash cannot trap a signal ignored on
+            # entry.)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
             os.execvpe("bash", ["bash", str(ROOT / "scripts" / "testnet"), "--dir", str(data),
                                 "--base-port", str(base)], env)
         finally:
@@ -100,8 +104,11 @@ def test_the_run_command_starts_the_network_and_ctrl_c_stops_every_node(tmp_path
 
         os.write(fd, b"\x03")  # Ctrl-C, typed at the terminal
         read_until(fd, out, b"\x00never", 60)  # everything it prints until it ends
-        _, status = os.waitpid(pid, 0)
-        pid = 0
+        deadline = time.monotonic() + 30
+        while (ended := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert ended[0] == pid, "the script still runs after Ctrl-C: " + out.decode(errors="replace")[-2000:]
+        status, pid = ended[1], 0
         text = out.decode(errors="replace")
         assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, (status, text[-2000:])
         assert "stopping the network" in text and "stopped authority1" in text, text[-2000:]
