@@ -110,6 +110,11 @@ class FaultPeer:
             self.server.close()
             for w in list(self.writers):
                 w.close()
+            # End the connections' tasks here, rather than leave them pending on a stopped loop.
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(close(), self.loop).result(10)
