@@ -70,6 +70,15 @@ _ED25519_DID_LEN = len(DID_KEY_PREFIX) + 47  # 0xed01 || key is below 58**47 and
 _MULTICODEC_VALUE = int.from_bytes(ED25519_MULTICODEC, "big")
 
 
+def _usual_digits(did: str) -> bytes | None:
+    """The 47 base-58 digit values of a did:key in its usual (Ed25519) form, or None for any other text."""
+    if type(did) is str and len(did) == _ED25519_DID_LEN and did.startswith(DID_KEY_PREFIX) and did.isascii():
+        digits = did[len(DID_KEY_PREFIX):].encode("ascii").translate(_B58_TABLE)
+        if 0xFF not in digits:
+            return digits
+    return None
+
+
 _HEAD_DIGITS = 12  # digits read exactly by `check_did_key`; the other 35 only bound the value
 _TAIL_SCALE = 58 ** (47 - _HEAD_DIGITS)
 _DID_VALUE_MIN = _MULTICODEC_VALUE << 256  # a did's number is 0xed01 || key: at least this ...
@@ -84,15 +93,14 @@ def check_did_key(did: str) -> None:
     twelve digits fix that number to within 58**35, far less than the 2**256 the key spans, so they decide
     unless the number lies that close to an end of the range (then, and for any other form, the key is
     computed, which also names what is wrong)."""
-    if type(did) is str and len(did) == _ED25519_DID_LEN and did.startswith(DID_KEY_PREFIX) and did.isascii():
-        digits = did[len(DID_KEY_PREFIX):].encode("ascii").translate(_B58_TABLE)
-        if 0xFF not in digits:
-            head = 0
-            for d in digits[:_HEAD_DIGITS]:
-                head = head * 58 + d
-            low = head * _TAIL_SCALE  # the number is in [low, low + _TAIL_SCALE)
-            if _DID_VALUE_MIN <= low and low + _TAIL_SCALE <= _DID_VALUE_END:
-                return
+    digits = _usual_digits(did)
+    if digits is not None:
+        head = 0
+        for d in digits[:_HEAD_DIGITS]:
+            head = head * 58 + d
+        low = head * _TAIL_SCALE  # the number is in [low, low + _TAIL_SCALE)
+        if _DID_VALUE_MIN <= low and low + _TAIL_SCALE <= _DID_VALUE_END:
+            return
     public_key_from_did(did)
 
 
@@ -102,14 +110,13 @@ def _key_of(did: str) -> bytes:
     # base-58 number; it is canonical by construction (47 digits whose value starts with the multicodec
     # bytes, so no leading zero digit: no other spelling of the same 34 bytes exists). Anything else takes
     # the general path, which says what is wrong.
-    if len(did) == _ED25519_DID_LEN and did.startswith(DID_KEY_PREFIX) and did.isascii():
-        digits = did[len(DID_KEY_PREFIX):].encode("ascii").translate(_B58_TABLE)
-        if 0xFF not in digits:
-            n = 0
-            for d in digits:
-                n = n * 58 + d
-            if n >> 256 == _MULTICODEC_VALUE:
-                return (n & ((1 << 256) - 1)).to_bytes(32, "big")
+    digits = _usual_digits(did)
+    if digits is not None:
+        n = 0
+        for d in digits:
+            n = n * 58 + d
+        if n >> 256 == _MULTICODEC_VALUE:
+            return (n & ((1 << 256) - 1)).to_bytes(32, "big")
     if not did.startswith(DID_KEY_PREFIX):
         raise DecodeError(f"not a did:key identifier: {str(did)[:80]!r}")
     if len(did) > 64:
