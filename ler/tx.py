@@ -36,8 +36,16 @@ _CHAIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 def check_record_type(rtype: str, what: str = "record type") -> None:
     """Record types (and scopes) are dot-separated lowercase segments: "degree", "degree.bachelor"."""
+    if type(rtype) is str and rtype in _RTYPES_SEEN:
+        return
     if not isinstance(rtype, str) or not _RTYPE.fullmatch(rtype):
         raise DecodeError(f"{what} {rtype!r} must be dot-separated segments of a-z, 0-9, '-' or '_'")
+    if len(_RTYPES_SEEN) < 4096:
+        _RTYPES_SEEN.add(rtype)
+
+
+#: Record types check_record_type accepted (a ledger uses a few dozen; the set stops growing at 4,096).
+_RTYPES_SEEN: set[str] = set()
 
 
 def check_chain_id(chain_id: str) -> None:
@@ -162,6 +170,7 @@ Body = GovVote | IssuerRotate | RecordAnchor | RecordRevoke | RecordEndorse
 BODY_TYPES: dict[str, type[Wire]] = {
     cls.TYPE: cls for cls in (GovVote, IssuerRotate, RecordAnchor, RecordRevoke, RecordEndorse)
 }
+_BODY_WHERE = {t: f"transaction.body ({t})" for t in BODY_TYPES}
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,7 +237,7 @@ class Tx:
             raise DecodeError("transaction.nonce: expected an unsigned 64-bit integer")
         if not isinstance(sig, bytes) or len(sig) != 64:
             raise DecodeError("transaction.sig: expected a 64-byte signature")
-        body = body_cls.from_obj(obj["body"], f"transaction.body ({ttype})")
+        body = body_cls.from_obj(obj["body"], _BODY_WHERE[ttype])
         if raw is None:
             raw = codec.encode(obj)
         if len(raw) > MAX_TX_BYTES:
@@ -237,13 +246,25 @@ class Tx:
 
     @classmethod
     def decode(cls, data: bytes) -> Self:
-        data = bytes(data)
+        if type(data) is not bytes:
+            data = bytes(data)
         obj = _fast_canonical(data)
         if obj is not None:
-            body = obj["body"]
-            signing = packb([_TX_DOMAIN, obj["chain"], {"body": body, "nonce": obj["nonce"],
-                                                        "signer": obj["signer"], "type": obj["type"]}])
-            return cls.from_obj(obj, raw=data, signing=signing)
+            chain, ttype, signer, nonce, sig = obj["chain"], obj["type"], obj["signer"], obj["nonce"], obj["sig"]
+            body_cls = BODY_TYPES.get(ttype) if type(ttype) is str else None
+            if (body_cls is not None and type(chain) is str and chain in _CHAINS_SEEN
+                    and type(signer) is bytes and len(signer) == 32 and type(nonce) is int and 0 <= nonce < 2**64
+                    and type(sig) is bytes and len(sig) == 64):
+                # The fields from_obj checks before the body are well-formed, and the canonical check
+                # fixed every byte of `data`: the body is parsed as from_obj would, and the signed bytes
+                # are spliced out of `data` instead of packed again.
+                body = body_cls.from_obj(obj["body"], _BODY_WHERE[ttype])
+                return cls(chain, ttype, signer, nonce, body, sig, data, sha256(data),
+                           _signing_from_raw(data, chain, nonce, ttype))
+            tx = cls.from_obj(obj, raw=data)
+            if len(_CHAINS_SEEN) < 64:
+                _CHAINS_SEEN.add(tx.chain)
+            return tx
         # Anything else takes the general canonical check, which also says what is wrong.
         return cls.from_obj(codec.decode(data, MAX_TX_BYTES), raw=data)
 
@@ -291,9 +312,56 @@ def _fast_canonical(data: bytes) -> dict[str, Any] | None:
         obj = msgpack.unpackb(data, raw=False, strict_map_key=True, ext_hook=codec.refuse_ext)
     except Exception:  # any fault: the general decoder names it
         return None
-    if type(obj) is not dict or list(obj) != _TX_KEYS or not _maps_sorted(obj) or packb(obj) != data:
+    if type(obj) is not dict or list(obj) != _TX_KEYS or not _tx_maps_sorted(obj) or packb(obj) != data:
         return None
     return obj
+
+
+def _tx_maps_sorted(obj: dict[str, Any]) -> bool:
+    """`_maps_sorted` of a map with the transaction's keys (in order): at once when its body is the one
+    map inside it, as in all but governance votes."""
+    body, *rest = obj.values()
+    if type(body) is dict and _LEAF_TYPES.issuperset(map(type, rest)) and _LEAF_TYPES.issuperset(
+            map(type, body.values())):
+        ks = list(body)
+        try:
+            return "".join(ks).isascii() and ks == sorted(ks)
+        except TypeError:  # a key that is not a string
+            return False
+    return _maps_sorted(obj)
+
+
+#: Chain ids a transaction decoded here named and check_chain_id accepted (a node sees one or two).
+_CHAINS_SEEN: set[str] = set()
+#: (chain id, tx type) -> the signed bytes' opening (array header, domain, chain), the type's entry, and
+#: the length of the chain's entry in a transaction.
+_SPLICE: dict[tuple[str, str], tuple[bytes, bytes, int]] = {}
+_SIG_FIELD = 1 + 3 + 2 + 64  # "sig": bin8 of 64 bytes
+_SIGNER_FIELD = 1 + 6 + 2 + 32  # "signer": bin8 of 32 bytes
+
+
+def _signing_from_raw(data: bytes, chain: str, nonce: int, ttype: str) -> bytes:
+    """keys.signing_bytes("tx", chain, {type, signer, nonce, body}) of the transaction whose canonical
+    encoding is `data`. `data` is the map {body, chain, nonce, sig, signer, type} in that order; the signed
+    map is {body, nonce, signer, type}, whose entries are byte for byte those of `data` (canonical forms do
+    not depend on their neighbours), so it is `data` without its chain and sig entries, behind the
+    opening that names the domain and chain."""
+    try:
+        opening, type_field, chain_field = _SPLICE[(chain, ttype)]
+    except KeyError:
+        opening = b"\x93" + packb(_TX_DOMAIN) + packb(chain)
+        type_field = packb("type") + packb(ttype)
+        chain_field = len(packb("chain") + packb(chain))
+        if len(_SPLICE) < 256:
+            _SPLICE[(chain, ttype)] = (opening, type_field, chain_field)
+    nonce_field = b"\xa5nonce" + packb(nonce)
+    tail = _SIG_FIELD + _SIGNER_FIELD + len(type_field)
+    nonce_at = len(data) - tail - len(nonce_field)
+    body_end = nonce_at - chain_field
+    return b"".join((opening, b"\x84", data[1:body_end], nonce_field, data[len(data) - tail + _SIG_FIELD:]))
+
+
+_LEAF_TYPES = frozenset({str, bytes, int, bool, type(None)})
 
 
 def _maps_sorted(v: Any) -> bool:
@@ -311,9 +379,12 @@ def _maps_sorted(v: Any) -> bool:
                 return False
             if ks != sorted(ks):
                 return False
-            todo.extend(x.values())
+            values = x.values()
+            if not _LEAF_TYPES.issuperset(map(type, values)):  # else nothing below needs a look
+                todo.extend(values)
         elif t is list:
-            todo.extend(x)
+            if not _LEAF_TYPES.issuperset(map(type, x)):
+                todo.extend(x)
         elif t is float:
             return False
     return True

@@ -16,8 +16,8 @@ import pytest
 
 from ler import codec, keys
 from ler.errors import DecodeError
-from ler.tx import MAX_TX_BYTES, Tx
-from tests.test_tx import CHAIN, bodies, signed
+from ler.tx import MAX_TX_BYTES, Tx, sign_tx
+from tests.test_tx import CHAIN, ISSUER, bodies, signed
 
 
 def reference(data: bytes) -> Tx | str:
@@ -56,6 +56,22 @@ def test_valid_transactions_decode_the_same(tx: Tx) -> None:
     same_outcome(tx.raw)
     decoded = Tx.decode(tx.raw)
     assert decoded.signature_valid()
+
+
+def test_signed_bytes_spliced_from_the_encoding_are_those_of_the_fields() -> None:
+    """Decoding splices the signed bytes out of the transaction's encoding (once its chain id is known):
+    for every type and every size of nonce they must be what keys.signing_bytes builds."""
+    for tx in all_txs():
+        Tx.decode(tx.raw)
+        decoded = Tx.decode(tx.raw)  # the chain id is known now
+        assert decoded.signing is not None
+        assert decoded.signing == keys.signing_bytes("tx", tx.chain, tx.signed_payload())
+        assert decoded.signature_valid()
+    long_chain = "c" * 64
+    for nonce in (0, 2**40):
+        tx = sign_tx(ISSUER, long_chain, bodies()["record.anchor"], nonce=nonce)
+        Tx.decode(tx.raw)
+        assert Tx.decode(tx.raw).signing == keys.signing_bytes("tx", long_chain, tx.signed_payload())
 
 
 def test_every_single_byte_change_decides_the_same() -> None:
