@@ -92,16 +92,25 @@ def check_did_key(did: str) -> None:
     The usual form's 47 digits are a number whose top bits must be the multicodec 0xed01. The first
     twelve digits fix that number to within 58**35, far less than the 2**256 the key spans, so they decide
     unless the number lies that close to an end of the range (then, and for any other form, the key is
-    computed, which also names what is wrong)."""
+    computed, which also names what is wrong). Twelve digits of equal length compare as their numbers
+    do, so the test is two comparisons of byte strings."""
     digits = _usual_digits(did)
-    if digits is not None:
-        head = 0
-        for d in digits[:_HEAD_DIGITS]:
-            head = head * 58 + d
-        low = head * _TAIL_SCALE  # the number is in [low, low + _TAIL_SCALE)
-        if _DID_VALUE_MIN <= low and low + _TAIL_SCALE <= _DID_VALUE_END:
-            return
+    if digits is not None and _HEAD_LOW <= digits[:_HEAD_DIGITS] <= _HEAD_HIGH:
+        return
     public_key_from_did(did)
+
+
+def _twelve_digits(n: int) -> bytes:
+    out = bytearray(_HEAD_DIGITS)
+    for i in range(_HEAD_DIGITS - 1, -1, -1):
+        n, out[i] = divmod(n, 58)
+    assert n == 0
+    return bytes(out)
+
+
+# The heads h whose numbers [h * 58**35, (h + 1) * 58**35) lie wholly inside [_DID_VALUE_MIN, _DID_VALUE_END).
+_HEAD_LOW = _twelve_digits(-(-_DID_VALUE_MIN // _TAIL_SCALE))
+_HEAD_HIGH = _twelve_digits(_DID_VALUE_END // _TAIL_SCALE - 1)
 
 
 @functools.lru_cache(maxsize=8192)
