@@ -71,12 +71,18 @@ class IssuerEntry(Wire):
         return current
 
     def covers(self, rtype: str) -> bool:
-        return any(scope_covers(s, rtype) for s in self.scopes)
+        return _covers(self.scopes, rtype)
 
     def accredits(self, rtype: str, time_ms: int) -> bool:
         """Whether a record of `rtype` anchored now, at block time `time_ms`, counts as accredited."""
         return (self.status == ACTIVE and self.covers(rtype)
                 and (self.until is None or time_ms <= self.until))
+
+
+@functools.lru_cache(maxsize=4096)
+def _covers(scopes: tuple[str, ...], rtype: str) -> bool:
+    # Asked for every anchor, with the few scope lists and record types a ledger has.
+    return any(scope_covers(s, rtype) for s in scopes)
 
 
 @dataclass(frozen=True, slots=True)
