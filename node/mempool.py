@@ -135,7 +135,7 @@ class Mempool:
     def _take(self, limit: int, max_bytes: int | None) -> list[Tx]:
         out: list[Tx] = []
         size = 0
-        cursors = {signer: iter(list(q)) for signer, q in self._queues.items()}
+        cursors = {signer: iter(q) for signer, q in self._queues.items()}  # the lock keeps q unchanged
         while cursors and len(out) < limit:
             for signer in list(cursors):
                 tx_id = next(cursors[signer], None)
@@ -156,20 +156,25 @@ class Mempool:
             self._remove(tx_ids)
 
     def _remove(self, tx_ids: Iterable[bytes]) -> None:
-        touched: set[bytes] = set()
+        removed: dict[bytes, int] = {}  # signer -> how many of its transactions left
+        txs = self._txs
         for tx_id in tx_ids:
-            tx = self._txs.pop(tx_id, None)
+            tx = txs.pop(tx_id, None)
             if tx is None:
                 continue
             self._drop_reads(tx_id)
             self._bytes -= len(tx.raw)
-            touched.add(tx.signer)
-        for signer in touched:
+            removed[tx.signer] = removed.get(tx.signer, 0) + 1
+        for signer, n in removed.items():
             queue = self._queues[signer]
-            kept = deque(t for t in queue if t in self._txs)
-            if kept:
-                self._queues[signer] = kept
-            else:
+            # A block takes each signer's transactions from the front of its queue: drop those first,
+            # and walk the whole queue only if some left from further back.
+            while n and queue and queue[0] not in txs:
+                queue.popleft()
+                n -= 1
+            if n:
+                queue = self._queues[signer] = deque(t for t in queue if t in txs)
+            if not queue:
                 del self._queues[signer]
 
     def all_ids(self) -> list[bytes]:

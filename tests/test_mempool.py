@@ -72,6 +72,43 @@ def test_one_signer_cannot_starve_the_others() -> None:
     assert [t for t in pool.take(40) if t.signer == busy.public_key] == flood
 
 
+def test_removal_from_anywhere_keeps_each_signers_order_and_the_counts() -> None:
+    """Against a plain model: whatever is removed (a block's head of a queue, a refused tx from the middle,
+    ids not in the pool), take() gives the rest round-robin in arrival order, and the counts agree."""
+    import random
+
+    rng = random.Random(3)
+    signers = [KeyPair.generate() for _ in range(3)]
+    made = {k.public_key: [anchor(k) for _ in range(12)] for k in signers}
+    for _ in range(40):
+        pool = Mempool(max_txs=1000, max_bytes=10**7)
+        model: dict[bytes, list[Tx]] = {k.public_key: [] for k in signers}
+        for signer, txs in made.items():
+            for tx in txs[:rng.randrange(13)]:
+                pool.add(tx)
+                model[signer].append(tx)
+        for _ in range(3):
+            pooled = [t for q in model.values() for t in q]
+            if rng.random() < 0.5:  # a block: the fronts of the queues
+                gone = [t for q in model.values() for t in q[:rng.randrange(4)]]
+            else:  # refusals: anywhere, plus an id the pool never had
+                gone = rng.sample(pooled, min(len(pooled), rng.randrange(4)))
+            pool.remove([t.tx_id for t in gone] + [os.urandom(32)])
+            for t in gone:
+                model[t.signer].remove(t)
+            cursors = [list(q) for q in model.values() if q]
+            want: list[Tx] = []
+            while cursors:
+                for q in list(cursors):
+                    want.append(q.pop(0))
+                    if not q:
+                        cursors.remove(q)
+            assert sorted(t.tx_id for t in pool.take(1000)) == sorted(t.tx_id for t in want)
+            for signer, q in model.items():
+                assert [t.tx_id for t in pool.take(1000) if t.signer == signer] == [t.tx_id for t in q]
+            assert len(pool) == len(want) and pool.bytes == sum(len(t.raw) for t in want)
+
+
 def test_affected_gives_readers_of_written_keys_and_the_unknown() -> None:
     k = KeyPair.generate()
     pool = Mempool(100, 10**6)
