@@ -17,6 +17,7 @@ costs O(depth) hashes and writes, depth being about log2(number of keys), not 25
 from __future__ import annotations
 
 import hashlib
+from bisect import bisect_left
 from collections.abc import Mapping
 from typing import Protocol
 
@@ -26,7 +27,6 @@ from ler.smt import (
     MAX_VALUE_BYTES,
     StateProof,
     bit,
-    leaf_hash,
     value_hash,
 )
 
@@ -177,9 +177,12 @@ class SparseMerkleTree:
                 return h, True
             return self._build(depth, entries)
         left, right = data[1:33], data[33:65]
-        # Items are sorted, so those going left (bit 0 at this depth) come first.
-        byte, shift = depth >> 3, 7 - (depth & 7)  # bit(k, depth) is k[byte] >> shift & 1
-        cut = next((i for i, (k, _) in enumerate(items) if k[byte] >> shift & 1), len(items))
+        # Items are sorted and share their first `depth` bits, so those going left (bit 0 at this depth)
+        # come first, and the first going right is the first at or above that prefix, then a 1, then 0s.
+        byte, b = depth >> 3, 0x80 >> (depth & 7)
+        k0 = items[0][0]
+        split = k0[:byte] + bytes(((k0[byte] & -b & 0xFF) | b,)) + bytes(KEY_SIZE - 1 - byte)
+        cut = bisect_left(items, (split,))
         new_left = self._update((left, None), depth + 1, items[:cut])
         new_right = self._update((right, None), depth + 1, items[cut:])
         if new_left[0] == left and new_right[0] == right:
@@ -265,14 +268,18 @@ class SparseMerkleTree:
         return self._put_inner(left[0], right[0]), False
 
     def _put_leaf(self, key: bytes, value: bytes) -> bytes:
-        """Store the leaf of (key, value); its hash."""
-        h = leaf_hash(key, value)
+        """Store the leaf of (key, value); its hash: `leaf_hash(key, value)`, spelt out here (it is the
+        tree's one hash per new key besides the inner nodes, and its two nested calls cost more than it)."""
+        h = _sha256(b"\x00" + key + _sha256(value).digest()).digest()
         self.store.put_node(h, b"\x00" + key + value)
         return h
 
     def _put_inner(self, left: bytes, right: bytes) -> bytes:
         """Store the inner node over these children; its hash (`node_hash`: the SHA-256 of its encoding)."""
         data = b"\x01" + left + right
-        h = hashlib.sha256(data).digest()
+        h = _sha256(data).digest()
         self.store.put_node(h, data)
         return h
+
+
+_sha256 = hashlib.sha256
