@@ -42,6 +42,7 @@ from ler.state import (
     record_key,
 )
 from ler.tx import Action, GovVote, IssuerRotate, RecordAnchor, RecordEndorse, RecordRevoke, Tx
+from ler.wire import field_encoder
 
 _E = TypeVar("_E", AuthoritySet, IssuerEntry)
 
@@ -324,10 +325,13 @@ def apply_anchor(state: StateView, ctx: Context, tx: Tx, body: RecordAnchor) -> 
         standing = SELF_ASSERTED
     else:
         standing = UNACCREDITED
-    entry = RecordEntry(issuer=body.issuer, signer=tx.signer, holder=body.holder, rtype=body.rtype,
-                        commitment=body.commitment, standing=standing, anchored=ctx.height, tx=tx.tx_id,
-                        expires=body.expires, revoked=None)
-    state.set(key, entry.encode())
+    state.set(key, _encode_record_entry(
+        issuer=body.issuer, signer=tx.signer, holder=body.holder, rtype=body.rtype, commitment=body.commitment,
+        standing=standing, anchored=ctx.height, tx=tx.tx_id, expires=body.expires, revoked=None))
+
+
+# RecordEntry(...).encode() without the object, which apply_anchor would make only to store its bytes.
+_encode_record_entry = field_encoder(RecordEntry)
 
 
 def apply_revoke(state: StateView, ctx: Context, signer: bytes, body: RecordRevoke) -> None:

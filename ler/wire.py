@@ -536,15 +536,37 @@ def _encoder(cls: type) -> Callable[[Any], dict[str, Any]]:
     if enc is not None:
         return enc
     g = _Gen()
-    g.ns["_sorted_obj"] = _sorted_obj
-    items = []
-    for name, tp, _ in sorted(_fields(cls), key=lambda f: f[0].encode("utf-8")):
-        items.append(f"{name!r}: {_gen_encode(g, f'self.{name}', tp)}")
     g.lines.append("def enc(self):")
-    g.lines.append("    return {" + ", ".join(items) + "}")
+    g.lines.append(f"    return {_map_source(g, cls, 'self.')}")
     exec("\n".join(g.lines), g.ns)  # source generated above from the class's own declarations
     enc = _encoders[cls] = g.ns["enc"]
     return enc
+
+
+def _map_source(g: _Gen, cls: type, prefix: str) -> str:
+    """Source of a dict literal: the canonical map of `cls`'s fields, each read from `prefix` + its name."""
+    g.ns["_sorted_obj"] = _sorted_obj
+    items = [f"{name!r}: {_gen_encode(g, prefix + name, tp)}"
+             for name, tp, _ in sorted(_fields(cls), key=lambda f: f[0].encode("utf-8"))]
+    return "{" + ", ".join(items) + "}"
+
+
+def field_encoder(cls: type) -> Callable[..., bytes]:
+    """A function taking a wire class's fields by keyword and giving the encoding of the object they
+    would make, `cls(**fields).encode()`, without making it (for a value built only to be stored)."""
+    fn = _field_encoders.get(cls)
+    if fn is not None:
+        return fn
+    g = _Gen()
+    g.ns["_packb"] = packb
+    g.lines.append(f"def encode_fields(*, {', '.join(name for name, _, _ in _fields(cls))}):")
+    g.lines.append(f"    return _packb({_map_source(g, cls, '')})")
+    exec("\n".join(g.lines), g.ns)  # source generated above from the class's own declarations
+    fn = _field_encoders[cls] = g.ns["encode_fields"]
+    return fn
+
+
+_field_encoders: dict[type, Callable[..., bytes]] = {}
 
 
 def _gen_encode(g: _Gen, expr: str, tp: Any) -> str:
