@@ -245,7 +245,9 @@ class Tx:
         return cls(chain, ttype, signer, nonce, body, sig, raw, sha256(raw), signing)
 
     @classmethod
-    def decode(cls, data: bytes) -> Self:
+    def decode(cls, data: bytes, tx_id: bytes | None = None) -> Self:
+        """The transaction encoded by `data`, which must be canonical. `tx_id`: sha256(data), when the
+        caller has just computed it (a node hashes what a peer sends before deciding to decode it)."""
         if type(data) is not bytes:
             data = bytes(data)
         obj = _fast_canonical(data)
@@ -259,7 +261,7 @@ class Tx:
                 # fixed every byte of `data`: the body is parsed as from_obj would, and the signed bytes
                 # are spliced out of `data` instead of packed again.
                 body = body_cls.from_obj(obj["body"], _BODY_WHERE[ttype])
-                return cls(chain, ttype, signer, nonce, body, sig, data, sha256(data),
+                return cls(chain, ttype, signer, nonce, body, sig, data, tx_id or sha256(data),
                            _signing_from_raw(data, chain, nonce, ttype))
             tx = cls.from_obj(obj, raw=data)
             if len(_CHAINS_SEEN) < 64:

@@ -232,7 +232,7 @@ class NodeService:
             if self.store.find_tx(tx_id) is not None:
                 continue  # committed already (a late copy): not worth decoding
             try:
-                tx = Tx.decode(raw)
+                tx = Tx.decode(raw, tx_id)
             except LerError:
                 continue  # a peer relays what a client gave it; a bad one is simply not taken
             if tx.chain != self.chain_id:

@@ -894,12 +894,13 @@ class ChainStore:
         txs: list[Tx] = []
         ids: set[bytes] = set()
         for i, raw in enumerate(block.txs):
-            cached = known(sha256(raw)) if known is not None else None
+            tx_id = sha256(raw)
+            cached = known(tx_id) if known is not None else None
             if cached is not None and cached.raw == raw:
                 tx = cached  # the same bytes, decoded (strictly) when they entered the mempool
             else:
                 try:
-                    tx = Tx.decode(raw)
+                    tx = Tx.decode(raw, tx_id)
                 except DecodeError as exc:
                     raise InvalidBlock("tx.decode", f"transaction {i}: {exc}") from None
             if tx.tx_id in ids:

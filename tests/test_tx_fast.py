@@ -67,6 +67,7 @@ def test_signed_bytes_spliced_from_the_encoding_are_those_of_the_fields() -> Non
         assert decoded.signing is not None
         assert decoded.signing == keys.signing_bytes("tx", tx.chain, tx.signed_payload())
         assert decoded.signature_valid()
+        assert Tx.decode(tx.raw, keys.sha256(tx.raw)) == decoded  # with the id a caller already has
     long_chain = "c" * 64
     for nonce in (0, 2**40):
         tx = sign_tx(ISSUER, long_chain, bodies()["record.anchor"], nonce=nonce)
