@@ -156,7 +156,7 @@ class Mempool:
             self._remove(tx_ids)
 
     def _remove(self, tx_ids: Iterable[bytes]) -> None:
-        removed: dict[bytes, int] = {}  # signer -> how many of its transactions left
+        removed: dict[bytes, int] = {}  # signer -> how many of its transactions this call removed
         txs = self._txs
         for tx_id in tx_ids:
             tx = txs.pop(tx_id, None)

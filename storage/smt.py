@@ -268,8 +268,8 @@ class SparseMerkleTree:
         return self._put_inner(left[0], right[0]), False
 
     def _put_leaf(self, key: bytes, value: bytes) -> bytes:
-        """Store the leaf of (key, value); its hash: `leaf_hash(key, value)`, spelt out here (it is the
-        tree's one hash per new key besides the inner nodes, and its two nested calls cost more than it)."""
+        """Store the leaf of (key, value); its hash: `leaf_hash(key, value)`, spelt out here because its
+        two nested helper calls cost more than the hashing (one new leaf per new key of a block)."""
         h = _sha256(b"\x00" + key + _sha256(value).digest()).digest()
         self.store.put_node(h, b"\x00" + key + value)
         return h
