@@ -1296,24 +1296,41 @@ def _testnet_call(fn: Callable[[], Any]) -> Any:
 
 @testnet_group.command("up")
 @click.option("--dir", "directory", required=True, metavar="DIR", help="Where the network lives.")
-@click.option("--authorities", type=click.IntRange(min=1, max=64), default=1, show_default=True)
-@click.option("--observers", type=click.IntRange(min=0, max=64), default=0, show_default=True)
-@click.option("--base-port", type=click.IntRange(min=1024, max=65000), default=8711, show_default=True)
-@click.option("--chain-id", default="ler-testnet", show_default=True)
+@click.option("--config", "network_file", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="A network file (configs/testnet.toml): chain id, node counts, base port, consensus "
+                   "timeouts. The flags below win over it.")
+@click.option("--authorities", type=click.IntRange(min=1, max=64), default=None,
+              help="Validator nodes (default: the network file's, else 1).")
+@click.option("--observers", type=click.IntRange(min=0, max=64), default=None,
+              help="Non-voting nodes (default: the network file's, else 0).")
+@click.option("--base-port", type=click.IntRange(min=1024, max=65000), default=None,
+              help="First port to try (default: the network file's, else 8711).")
+@click.option("--chain-id", default=None, help="Chain id (default: the network file's, else ler-testnet).")
 @click.option("--seed", "seed_demo", is_flag=True, help="Accredit a demo issuer and anchor demo records.")
 @click.option("--propose-timeout", type=click.FloatRange(min=0.1, max=60), default=None, metavar="SECONDS",
-              help="Consensus propose timeout of round 0 for a new network (default: the node's, 3 s).")
-def testnet_up(directory: str, authorities: int, observers: int, base_port: int, chain_id: str,
-               seed_demo: bool, propose_timeout: float | None) -> None:
-    """Create (the first time) and start a local network; returns once every node answers."""
+              help="Consensus propose timeout of round 0 for a new network (default: the network file's, "
+                   "else the node's, 3 s).")
+def testnet_up(directory: str, network_file: str | None, authorities: int | None, observers: int | None,
+               base_port: int | None, chain_id: str | None, seed_demo: bool, propose_timeout: float | None) -> None:
+    """Create (the first time) and start a local network; returns once every node answers.
+
+    The network's shape (from flags, the network file, then the defaults) applies when it is created;
+    a network that exists restarts as it was made."""
+    tn = _testnet()
+    network, consensus = _testnet_call(lambda: tn.load_network_file(network_file)) if network_file else ({}, {})
+    given: dict[str, Any] = {"chain_id": chain_id, "authorities": authorities, "observers": observers,
+                             "base_port": base_port}
+    shape = {k: given[k] if given[k] is not None else network.get(k, default)
+             for k, default in tn.NETWORK_DEFAULTS.items()}
+    if propose_timeout is not None:
+        consensus["propose"] = propose_timeout
     try:
-        check_chain_id(chain_id)
+        check_chain_id(shape["chain_id"])
     except DecodeError as exc:
         raise bad_input(str(exc)) from None
-    tn = _testnet()
-    consensus = {"propose": propose_timeout} if propose_timeout is not None else None
-    manifest = _testnet_call(lambda: tn.up(directory, authorities=authorities, observers=observers,
-                                           base_port=base_port, chain_id=chain_id, consensus=consensus))
+    manifest = _testnet_call(lambda: tn.up(directory, authorities=shape["authorities"],
+                                           observers=shape["observers"], base_port=shape["base_port"],
+                                           chain_id=shape["chain_id"], consensus=consensus or None))
     for n in manifest["nodes"]:
         say(f"{n['name']:<12} {n['role']:<9} {n['url']}  pid {n['pid']}  log {n['data']}/node.log")
     say(f"genesis: {manifest['genesis']}")

@@ -1,49 +1,8 @@
 """Node configuration: DATA/config.toml, written by `ler node init` and read by `ler node run`.
 
 A data folder holds everything a node needs to restart: config.toml, genesis.json, node.key (mode 0600)
-and the LevelDB database in db/. Every table and setting is optional; the defaults are shown.
-
-    [node]
-    listen = "127.0.0.1:8701"
-    role = "authority"            # or "observer": syncs and serves reads, never votes
-    public_url = ""               # the URL peers reach this node at ("" = http://<listen>)
-
-    [limits]
-    max_body_bytes = 8388608       # largest HTTP request body
-    mempool_txs = 100000
-    mempool_bytes = 67108864
-    block_txs = 2000               # most transactions in one block
-    wait_timeout_s = 30            # longest ?wait on a submission
-
-    [blocks]
-    batch_ms = 20                  # after the first pending tx, wait this long to fill a block
-    heartbeat_s = 0                # 0: no empty blocks at all while idle
-
-    [consensus]                    # Tendermint step timeouts: base + round * increment seconds
-    propose = 3.0                  # room to build, send and check a full block on a busy machine
-    propose_increment = 0.5
-    prevote = 0.5
-    prevote_increment = 0.25
-    precommit = 0.5
-    precommit_increment = 0.25
-    max_drift_ms = 10000           # a proposal's time may be at most this far ahead of our clock
-
-    [gossip]
-    resend_s = 0.5                 # repair tick: re-send what a peer may lack, say hello to quiet peers
-    backoff_max_s = 5.0            # longest pause between retries to an unreachable peer
-    timeout_s = 5.0                # one peer request
-    relay_txs = false              # forward transactions learnt from one peer to the others (needed
-                                   # only where authorities are not all peers of each other)
-
-    [sync]
-    batch_blocks = 64              # blocks asked for per request
-    poll_s = 1.0                   # how often to ask quiet peers for their height
-
-    [peers]
-    urls = ["http://127.0.0.1:8702"]          # peers known by URL only
-    [[peers.nodes]]                           # peers known by URL and node identity
-    url = "http://127.0.0.1:8703"
-    did = "did:key:z6Mk..."
+and the LevelDB database in db/. Every table and setting is optional: configs/node.example.toml lists
+them all, with their defaults and what each does (a test keeps it equal to the defaults here).
 
 Who may send this node peer messages: the keys of the authorities in the latest state (and of the
 validators of the next two heights), plus every did listed under [[peers.nodes]]. So authorities need
@@ -257,11 +216,11 @@ def load_config(data: str | os.PathLike[str]) -> NodeConfig:
     public_url = node.get("public_url", "")
     if not isinstance(public_url, str) or (public_url and not public_url.startswith(("http://", "https://"))):
         raise ConfigError(f"{path}: public_url must be an http(s) URL")
-    limits = Limits(**_known(_table(doc, "limits", path), Limits, path))
-    blocks = BlockTiming(**_known(_table(doc, "blocks", path), BlockTiming, path))
-    consensus = ConsensusTiming(**_known(_table(doc, "consensus", path), ConsensusTiming, path))
-    gossip = GossipSettings(**_known(_table(doc, "gossip", path), GossipSettings, path))
-    sync = SyncSettings(**_known(_table(doc, "sync", path), SyncSettings, path))
+    limits = Limits(**known_settings(_table(doc, "limits", path), Limits, path))
+    blocks = BlockTiming(**known_settings(_table(doc, "blocks", path), BlockTiming, path))
+    consensus = ConsensusTiming(**known_settings(_table(doc, "consensus", path), ConsensusTiming, path))
+    gossip = GossipSettings(**known_settings(_table(doc, "gossip", path), GossipSettings, path))
+    sync = SyncSettings(**known_settings(_table(doc, "sync", path), SyncSettings, path))
     if sync.batch_blocks < 1:
         raise ConfigError(f"{path}: sync.batch_blocks must be at least 1")
     peers_table = _table(doc, "peers", path)
@@ -304,7 +263,8 @@ def _table(doc: dict[str, Any], name: str, path: Path) -> dict[str, Any]:
     return t
 
 
-def _known(table: dict[str, Any], cls: type, path: Path) -> dict[str, Any]:
+def known_settings(table: dict[str, Any], cls: type, path: Path) -> dict[str, Any]:
+    """One table's settings, each a field of `cls` with a value of its default's type, not negative."""
     fields = cls.__dataclass_fields__  # type: ignore[attr-defined]
     out = {}
     for k, v in table.items():

@@ -1,6 +1,8 @@
 """A local test network on 127.0.0.1: make keys and genesis, start node processes, seed demo data.
 
-`ler testnet up --dir DIR` returns once every node answers and writes DIR/testnet.json:
+`ler testnet up --dir DIR [--config configs/testnet.toml]` creates the network the first time (its shape
+from flags, else the network file, else NETWORK_DEFAULTS), returns once every node answers and writes
+DIR/testnet.json:
 {"chain_id", "genesis": path, "nodes": [{"name", "url", "role", "pid", "data": path, "key": path}],
 "demo_issuer_key": path, "demo_record_type"}. Every node lists every other as a peer with its did
 ([[peers.nodes]]), so observers are known to the authorities too. A node restarts with
@@ -19,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +31,7 @@ from ler.keys import KeyPair, write_key_file
 from ler.record import RecordDocument, make_claims
 from ler.tx import Action, GovVote, RecordAnchor, sign_tx
 from node.client import ClientError, NodeClient
-from node.config import PeerSpec, init_data_dir
+from node.config import ConfigError, ConsensusTiming, PeerSpec, init_data_dir, known_settings
 
 MANIFEST = "testnet.json"
 DEMO_TYPE = "degree"
@@ -36,6 +39,44 @@ DEMO_TYPE = "degree"
 
 class TestnetError(Exception):
     pass
+
+
+#: A network's shape when neither a flag nor a network file (configs/testnet.toml) says otherwise.
+NETWORK_DEFAULTS: dict[str, Any] = {"chain_id": "ler-testnet", "authorities": 1, "observers": 0, "base_port": 8711}
+_NETWORK_RANGES = {"authorities": (1, 64), "observers": (0, 64), "base_port": (1024, 65000)}
+
+
+def load_network_file(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, float]]:
+    """A network file such as configs/testnet.toml: its [network] settings (chain_id, authorities,
+    observers, base_port; those it leaves out are absent) and its [consensus] settings for every node."""
+    p = Path(path)
+    try:
+        doc = tomllib.loads(p.read_text())
+    except OSError as exc:
+        raise TestnetError(f"cannot read the network file {p}: {exc.strerror or exc}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise TestnetError(f"{p}: {exc}") from None
+    unknown = sorted(set(doc) - {"network", "consensus"})
+    if unknown:
+        raise TestnetError(f"{p}: unknown table [{unknown[0]}] (known: network, consensus)")
+    network, consensus = doc.get("network", {}), doc.get("consensus", {})
+    if not isinstance(network, dict) or not isinstance(consensus, dict):
+        raise TestnetError(f"{p}: [network] and [consensus] must be tables")
+    for key, value in network.items():
+        if key not in NETWORK_DEFAULTS:
+            raise TestnetError(f"{p}: unknown setting network.{key} (known: {', '.join(NETWORK_DEFAULTS)})")
+        if key == "chain_id":
+            if not isinstance(value, str):
+                raise TestnetError(f"{p}: network.chain_id must be a string")
+            continue
+        low, high = _NETWORK_RANGES[key]
+        if type(value) is not int or not low <= value <= high:
+            raise TestnetError(f"{p}: network.{key} must be a whole number from {low} to {high}")
+    try:
+        timing = known_settings(consensus, ConsensusTiming, p)  # the checks a node's own config gets
+    except ConfigError as exc:
+        raise TestnetError(f"{exc} (in [consensus])") from None
+    return dict(network), timing
 
 
 def _free_ports(n: int, start: int) -> list[int]:

@@ -1,0 +1,98 @@
+"""configs/: the local network's file (what `scripts/testnet` starts) and the example node config.
+
+Both are read by the real loaders here, so they cannot drift from what the code accepts; the example
+must also equal the defaults it claims to show.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+from node_proc import LER
+
+from ler.tx import check_chain_id
+from node import testnet
+from node.config import BlockTiming, ConsensusTiming, GossipSettings, Limits, SyncSettings, load_config
+from node.testnet import NETWORK_DEFAULTS, load_network_file
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def test_the_example_node_config_loads_and_shows_the_defaults(tmp_path: Path) -> None:
+    shutil.copyfile(CONFIGS / "node.example.toml", tmp_path / "config.toml")
+    cfg = load_config(tmp_path)
+    assert (cfg.host, cfg.port, cfg.role, cfg.public_url) == ("127.0.0.1", 8701, "authority", "")
+    assert (cfg.limits, cfg.blocks, cfg.consensus, cfg.gossip, cfg.sync) == (
+        Limits(), BlockTiming(), ConsensusTiming(), GossipSettings(), SyncSettings())
+    assert cfg.peers == ()
+    # Every setting of every table is there, not only some.
+    doc = tomllib.loads((CONFIGS / "node.example.toml").read_text())
+    for table, cls in (("limits", Limits), ("blocks", BlockTiming), ("consensus", ConsensusTiming),
+                       ("gossip", GossipSettings), ("sync", SyncSettings)):
+        assert set(doc[table]) == set(cls.__dataclass_fields__), table
+
+
+def test_the_testnet_file_is_four_authorities_and_an_observer() -> None:
+    network, consensus = load_network_file(CONFIGS / "testnet.toml")
+    assert network["authorities"] == 4 and network["observers"] == 1
+    assert set(network) == set(NETWORK_DEFAULTS)
+    check_chain_id(network["chain_id"])
+    assert set(consensus) <= set(ConsensusTiming.__dataclass_fields__)
+
+
+@pytest.mark.parametrize(("text", "error"), [
+    ("[network\n", "network.toml"),  # not TOML
+    ("[nodes]\n", "unknown table [nodes]"),
+    ("[network]\nvalidators = 4\n", "unknown setting network.validators"),
+    ("[network]\nauthorities = 0\n", "network.authorities must be a whole number from 1 to 64"),
+    ("[network]\nauthorities = 4.0\n", "network.authorities must be a whole number"),
+    ("[network]\nobservers = true\n", "network.observers must be a whole number"),
+    ("[network]\nbase_port = 80\n", "network.base_port must be a whole number from 1024 to 65000"),
+    ("[network]\nchain_id = 7\n", "network.chain_id must be a string"),
+    ("network = 3\n", "must be tables"),
+    ("[consensus]\npropose_ms = 3\n", "unknown setting 'propose_ms'"),
+    ("[consensus]\npropose = -1.0\n", "propose must not be negative"),
+    ("[consensus]\npropose = \"3\"\n", "propose must be a float"),
+])
+def test_a_bad_network_file_is_refused_with_its_fault(tmp_path: Path, text: str, error: str) -> None:
+    path = tmp_path / "network.toml"
+    path.write_text(text)
+    with pytest.raises(testnet.TestnetError, match=error.replace("[", r"\[").replace(".", r"\.")):
+        load_network_file(path)
+
+
+def test_a_missing_network_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(testnet.TestnetError, match="cannot read the network file"):
+        load_network_file(tmp_path / "nowhere.toml")
+
+
+def ler(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LER_")}
+    return subprocess.run([str(LER), *args], capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_testnet_up_takes_the_file_and_flags_win_over_it(tmp_path: Path) -> None:
+    """One real node: the file's node counts and consensus timeout, the flag's chain id."""
+    network = tmp_path / "net.toml"
+    network.write_text('[network]\nchain_id = "from-file"\nauthorities = 1\nobservers = 0\nbase_port = 23811\n'
+                       "[consensus]\npropose = 0.75\n")
+    d = tmp_path / "net"
+    r = ler("testnet", "up", "--dir", str(d), "--config", str(network), "--chain-id", "from-flag")
+    try:
+        assert r.returncode == 0, r.stderr
+        manifest = json.loads((d / "testnet.json").read_text())
+        assert manifest["chain_id"] == "from-flag"
+        assert [n["role"] for n in manifest["nodes"]] == ["authority"]
+        assert int(manifest["nodes"][0]["url"].rsplit(":", 1)[1]) >= 23811
+        assert load_config(manifest["nodes"][0]["data"]).consensus.propose == 0.75
+    finally:
+        ler("testnet", "down", "--dir", str(d))
+    bad = ler("testnet", "up", "--dir", str(tmp_path / "other"), "--config", str(tmp_path / "nowhere.toml"))
+    assert bad.returncode != 0 and "cannot read the network file" in bad.stderr
+    assert not (tmp_path / "other").exists()  # nothing made for a network it could not read
