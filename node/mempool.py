@@ -36,7 +36,11 @@ class Mempool:
         self._reads: dict[bytes, frozenset[bytes] | None] = {}
         self._readers: dict[bytes, set[bytes]] = {}  # state key -> ids of the txs that read it
         self._unknown: set[bytes] = set()  # ids of the txs whose reads are not known
+        # Each signer's ids in arrival order. Removal is lazy: a removed id stays in its queue, listed in
+        # `_dead`, until it reaches the front or the dead outnumber the live (see `_remove`).
         self._queues: OrderedDict[bytes, deque[bytes]] = OrderedDict()
+        self._counts: dict[bytes, int] = {}  # signer -> how many of its transactions are pooled
+        self._dead: set[bytes] = set()
         self._bytes = 0
         self._lock = threading.Lock()
 
@@ -104,7 +108,7 @@ class Mempool:
             out: list[Tx] = []
             for queue in self._queues.values():
                 for tx_id in queue:
-                    if tx_id in ids:
+                    if tx_id in ids:  # (only pooled ids have reads or are unknown: no dead one is here)
                         out.append(self._txs[tx_id])
                         if len(out) >= limit:
                             return out
@@ -115,12 +119,19 @@ class Mempool:
             return False
         if len(self._txs) >= self.max_txs or self._bytes + len(tx.raw) > self.max_bytes:
             raise MempoolFull("the node's mempool is full; retry after the next block")
-        queue = self._queues.get(tx.signer)
-        if queue is not None and len(queue) >= self.per_signer:
+        signer = tx.signer
+        count = self._counts.get(signer, 0)
+        if count >= self.per_signer:
             raise MempoolFull("this signer already has its share of the mempool pending; retry shortly")
-        if queue is None:
-            queue = self._queues[tx.signer] = deque()
+        if count:
+            queue = self._queues[signer]
+            if tx.tx_id in self._dead:  # back after a removal: its old place goes, so it is listed once
+                self._dead.discard(tx.tx_id)
+                queue = self._queues[signer] = deque(t for t in queue if t != tx.tx_id)
+        else:
+            queue = self._queues[signer] = deque()
         queue.append(tx.tx_id)
+        self._counts[signer] = count + 1
         self._txs[tx.tx_id] = tx
         self._bytes += len(tx.raw)
         return True
@@ -135,14 +146,16 @@ class Mempool:
     def _take(self, limit: int, max_bytes: int | None) -> list[Tx]:
         out: list[Tx] = []
         size = 0
-        cursors = {signer: iter(q) for signer, q in self._queues.items()}  # the lock keeps q unchanged
+        txs = self._txs
+        # The lock keeps the queues unchanged. A cursor skips removed ids (`_dead`: not in `txs`).
+        cursors = {signer: filter(txs.__contains__, q) for signer, q in self._queues.items()}
         while cursors and len(out) < limit:
             for signer in list(cursors):
                 tx_id = next(cursors[signer], None)
                 if tx_id is None:
                     del cursors[signer]
                     continue
-                tx = self._txs[tx_id]
+                tx = txs[tx_id]
                 if max_bytes is not None and size + len(tx.raw) > max_bytes:
                     return out
                 out.append(tx)
@@ -157,25 +170,35 @@ class Mempool:
 
     def _remove(self, tx_ids: Iterable[bytes]) -> None:
         removed: dict[bytes, int] = {}  # signer -> how many of its transactions this call removed
-        txs = self._txs
+        txs, dead = self._txs, self._dead
         for tx_id in tx_ids:
             tx = txs.pop(tx_id, None)
             if tx is None:
                 continue
             self._drop_reads(tx_id)
             self._bytes -= len(tx.raw)
+            dead.add(tx_id)
             removed[tx.signer] = removed.get(tx.signer, 0) + 1
+        counts = self._counts
         for signer, n in removed.items():
+            live = counts[signer] - n
             queue = self._queues[signer]
-            # A block takes each signer's transactions from the front of its queue: drop those first,
-            # and walk the whole queue only if some left from further back.
-            while n and queue and queue[0] not in txs:
-                queue.popleft()
-                n -= 1
-            if n:
-                queue = self._queues[signer] = deque(t for t in queue if t in txs)
-            if not queue:
-                del self._queues[signer]
+            if not live:
+                dead.difference_update(queue)
+                del self._queues[signer], counts[signer]
+                continue
+            counts[signer] = live
+            # The removed ids stay where they are, so a removal costs the same wherever it is in the
+            # queue (a block's are at the front on its proposer, anywhere on the others, whose gossip
+            # brought them in another order). Those at the front go now (a live id remains behind them);
+            # the rest when they get there, or all at once when they outnumber the live ones, so a
+            # queue is at most about twice its live length and each id is walked over a bounded
+            # number of times.
+            while queue[0] in dead:
+                dead.discard(queue.popleft())
+            if len(queue) > 2 * live + 16:
+                dead.difference_update(t for t in queue if t not in txs)
+                self._queues[signer] = deque(t for t in queue if t in txs)
 
     def all_ids(self) -> list[bytes]:
         with self._lock:

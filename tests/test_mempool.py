@@ -73,29 +73,37 @@ def test_one_signer_cannot_starve_the_others() -> None:
 
 
 def test_removal_from_anywhere_keeps_each_signers_order_and_the_counts() -> None:
-    """Against a plain model: whatever is removed (a block's head of a queue, a refused tx from the middle,
-    ids not in the pool), take() gives the rest round-robin in arrival order, and the counts agree."""
+    """Against a plain model: whatever is removed (a block's head of a queue, refused txs from the middle,
+    ids not in the pool) and whatever comes back after a removal, take() gives the pool round-robin in
+    arrival order, the counts agree, and the lazily kept removed ids are all accounted for."""
     import random
 
     rng = random.Random(3)
     signers = [KeyPair.generate() for _ in range(3)]
-    made = {k.public_key: [anchor(k) for _ in range(12)] for k in signers}
-    for _ in range(40):
+    made = {k.public_key: [anchor(k) for _ in range(60)] for k in signers}
+    for _ in range(30):
         pool = Mempool(max_txs=1000, max_bytes=10**7)
         model: dict[bytes, list[Tx]] = {k.public_key: [] for k in signers}
         for signer, txs in made.items():
-            for tx in txs[:rng.randrange(13)]:
+            for tx in txs[:rng.randrange(61)]:
                 pool.add(tx)
                 model[signer].append(tx)
-        for _ in range(3):
+        for _ in range(8):
             pooled = [t for q in model.values() for t in q]
-            if rng.random() < 0.5:  # a block: the fronts of the queues
-                gone = [t for q in model.values() for t in q[:rng.randrange(4)]]
-            else:  # refusals: anywhere, plus an id the pool never had
-                gone = rng.sample(pooled, min(len(pooled), rng.randrange(4)))
+            r = rng.random()
+            if r < 0.4:  # a block: the fronts of the queues
+                gone = [t for q in model.values() for t in q[:rng.randrange(8)]]
+            elif r < 0.8:  # another node's block, or refusals: anywhere, plus an id the pool never had
+                gone = rng.sample(pooled, min(len(pooled), rng.randrange(30)))
+            else:
+                gone = []
             pool.remove([t.tx_id for t in gone] + [os.urandom(32)])
             for t in gone:
                 model[t.signer].remove(t)
+            back = rng.sample(gone, min(len(gone), rng.randrange(3)))  # admitted again after a removal
+            for t in back:
+                assert pool.add(t)
+                model[t.signer].append(t)
             cursors = [list(q) for q in model.values() if q]
             want: list[Tx] = []
             while cursors:
@@ -107,6 +115,15 @@ def test_removal_from_anywhere_keeps_each_signers_order_and_the_counts() -> None
             for signer, q in model.items():
                 assert [t.tx_id for t in pool.take(1000) if t.signer == signer] == [t.tx_id for t in q]
             assert len(pool) == len(want) and pool.bytes == sum(len(t.raw) for t in want)
+            # The removed ids still queued are exactly those in `_dead`; no queue is empty or mostly dead.
+            queued = [t for q in pool._queues.values() for t in q]
+            assert len(queued) == len(set(queued))
+            assert {t for t in queued if t not in pool} == pool._dead
+            for signer, queue in pool._queues.items():
+                live = len(model[signer])
+                assert live and pool._counts[signer] == live and len(queue) <= 2 * live + 16
+                assert queue[0] in pool
+            assert pool._counts.keys() == pool._queues.keys()
 
 
 def test_affected_gives_readers_of_written_keys_and_the_unknown() -> None:
