@@ -3,12 +3,13 @@
 Layout (all keys ASCII prefixes; heights as 8-byte big-endian so they sort):
   meta/genesis            -> genesis hash (32)          meta/height -> last committed height (8)
   meta/genesis_state      -> state root after genesis (32)
-  meta/flat_state         -> b"1" when st/ below is complete (every folder created by this version)
+  meta/flat_state         -> b"2" when st/ below is complete and holds leaf hashes (every folder created
+                             by this version); b"1" in folders whose st/ holds the values themselves
   b/<h>                   -> Block (canonical msgpack)  c/<h> -> CommitCertificate of block h
   bh/<block hash>         -> h
   tx/<tx id>              -> [height, index] (canonical msgpack)
   n/<node hash>           -> sparse Merkle tree node (storage.smt encoding)
-  st/<state key>          -> the value at that key in the latest state (a flat copy, see below)
+  st/<state key>          -> the hash of that key's leaf in the latest state (a flat index, see below)
   hist/<level:1><index:8> -> hash of a perfect subtree of the history tree (see storage/history.py)
   val/<h>                 -> validator keys for height h, written only where the set changes
   ri/<issuer did>\x00<h><record id>, rh/<holder did>\x00<h><record id> -> b"" (record indexes)
@@ -27,10 +28,13 @@ empty.
 
 The state lives in a sparse Merkle tree (n/): the state at height h is the tree under
 header(h).state_root. Nodes are content-addressed and never deleted, so the state at any committed height
-stays readable and provable. Roots and proofs come from the tree alone. Beside it, st/ holds a flat copy of
-the latest state, written in the same batch as the block that changes it: reading the latest value of a
-key (every admission check and block execution does) is then one lookup instead of a walk of about
-twenty tree nodes, and an absent key costs a Bloom filter probe.
+stays readable and provable. Roots and proofs come from the tree alone. Beside it, st/ indexes the latest
+state, written in the same batch as the block that changes it: for each key, the hash of its leaf, which
+holds the value (n/). Reading the latest value of a key (every admission check and block execution does)
+is then two lookups instead of a walk of about twenty tree nodes, and an absent key, the usual case for a
+new record, costs a Bloom filter probe. The value itself is stored once, in its leaf: a copy in st/ as
+well (as folders made by earlier versions have, and still keep) was about a fifth of all a record
+anchor writes, and every byte written is written again by LevelDB's compactions.
 
 Validator sets: validators(1) = validators(2) = the genesis authorities, and a set change committed in
 block h takes effect at h + 2 (val/<h+2>), so next_validators_hash in block h + 1 announces it. The few
@@ -61,7 +65,7 @@ from ler.errors import DecodeError, ProofError, RuleError
 from ler.keys import sha256
 from ler.ledger import Context, MemoryState, Overlay, apply_genesis, apply_tx, check_tx, get_authorities
 from ler.merkle import inclusion_proof
-from ler.smt import EMPTY, StateProof
+from ler.smt import EMPTY, StateProof, leaf_hash
 from ler.state import (
     AuthoritySet,
     EndorsementEntry,
@@ -84,6 +88,7 @@ META_GENESIS = b"meta/genesis"
 META_GENESIS_STATE = b"meta/genesis_state"
 META_FLAT_STATE = b"meta/flat_state"
 FLAT_STATE_PREFIX = b"st/"
+FLAT_LEAF_HASHES, FLAT_VALUES = b"2", b"1"  # the two forms of st/ (meta/flat_state)
 META_HEIGHT = b"meta/height"
 HISTORY_PREFIX = b"hist/"
 NODE_PREFIX = b"n/"
@@ -423,10 +428,10 @@ class ChainStore:
         staged = StagedWrites(self._db)
         staged.put(META_GENESIS, self._genesis_hash)
         staged.put(META_GENESIS_STATE, root)
-        staged.put(META_FLAT_STATE, b"1")
+        staged.put(META_FLAT_STATE, FLAT_LEAF_HASHES)
         for key, value in state.data.items():
             if value is not None:
-                staged.put(FLAT_STATE_PREFIX + key, value)
+                staged.put(FLAT_STATE_PREFIX + key, leaf_hash(key, value))
         staged.put(META_HEIGHT, _h8(0))
         staged.put(_val_key(1), codec.encode(list(self.genesis.validators)))
         for h, data in staging.nodes.items():
@@ -473,8 +478,10 @@ class ChainStore:
                 raise StoreError(f"the database in {self._path} is corrupt: "
                                  f"meta/height is {height} but that block is missing")
         self._tip: tuple[int, Header | None] = (height, latest)
-        # A folder made before st/ existed lacks it: its reads walk the tree, as they always did.
-        flat = self._db.get if self._db.get(META_FLAT_STATE) == b"1" else None
+        # st/ holds leaf hashes (b"2"), or the values themselves in a folder made before (b"1"), which
+        # goes on writing values. A folder made before st/ existed lacks it: its reads walk the tree.
+        self._flat_form = self._db.get(META_FLAT_STATE)
+        flat = {FLAT_LEAF_HASHES: self._flat_value, FLAT_VALUES: self._db.get}.get(self._flat_form or b"")
         self._latest_state = _LatestStateCache(flat)
         # Ids with a pending/ entry: a commit deletes just those (most committed transactions came by
         # gossip and have none; deleting absent keys would only leave tombstones in the database).
@@ -482,6 +489,16 @@ class ChainStore:
         self._pending_ids: set[bytes] = {
             k[len(PENDING_PREFIX):] for k in self._db.iterator(prefix=PENDING_PREFIX, include_value=False)}
         self._latest_state.start(latest.state_root if latest is not None else gstate)
+
+    def _flat_value(self, flat_key: bytes) -> bytes | None:
+        """The latest value at st/<key> (`flat_key`), by way of the leaf whose hash st/ holds."""
+        pointer = self._db.get(flat_key)
+        if pointer is None:
+            return None
+        data = self._nodes.get_node(pointer) if len(pointer) == 32 else None
+        if data is None or data[:1] != b"\x00" or data[1:1 + 32] != flat_key[len(FLAT_STATE_PREFIX):]:
+            raise NodeStoreError(f"{flat_key!r} does not lead to its leaf")
+        return data[1 + 32:]
 
     def _write(self, staged: StagedWrites, batch: plyvel.WriteBatch | None = None) -> None:
         """One durable batch: after this returns the writes survive a crash; before, none of them exist.
@@ -973,8 +990,11 @@ class ChainStore:
         put(_block_key(h), block.encode())
         put(_cert_key(h), cert.encode())
         put(_block_hash_key(block_hash), _h8(h))
+        leaves: dict[bytes, bytes] = {}  # state key -> the hash of its leaf written by this block
         for node_hash, data in result.node_writes.items():
             put(NODE_PREFIX + node_hash, data)
+            if data[0] == 0:
+                leaves[data[1:33]] = node_hash
         pending = self._pending_ids
         done_pending: list[bytes] = []
         for index, tx in enumerate(result.applied):
@@ -989,7 +1009,15 @@ class ChainStore:
         if changes_validators:
             staged.put(_val_key(h + 2), codec.encode(list(new_validators)))
         staged.put(META_HEIGHT, _h8(h))
-        if self._latest_state.flat is not None:
+        if self._flat_form == FLAT_LEAF_HASHES:
+            for key, value in result.state_writes.items():
+                if value is None:
+                    batch.delete(FLAT_STATE_PREFIX + key)
+                else:
+                    # A value the key held already wrote no leaf: its hash is the one stored before.
+                    leaf = leaves.get(key)
+                    put(FLAT_STATE_PREFIX + key, leaf if leaf is not None else leaf_hash(key, value))
+        elif self._flat_form == FLAT_VALUES:
             for key, value in result.state_writes.items():
                 if value is None:
                     batch.delete(FLAT_STATE_PREFIX + key)

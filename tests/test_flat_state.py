@@ -1,4 +1,4 @@
-"""The flat copy of the latest state (st/ in storage/chain.py) always says what the Merkle tree says.
+"""The flat index of the latest state (st/ in storage/chain.py) always says what the Merkle tree says.
 
 Admission checks and block execution read the latest state through it, so a stale or half-moved copy
 would let a node accept what its own blocks then refuse, or compute another state root than its peers.
@@ -16,11 +16,22 @@ import pytest
 
 import storage.chain as chain_mod
 from ler.keys import KeyPair
+from ler.record import RecordDocument
 from ler.smt import verify_state_proof
 from ler.state import authorities_key, endorsement_key, issuer_key, proposal_key, record_key
 from ler.tx import Action, GovVote, RecordEndorse, RecordRevoke, rotation_body, sign_tx
-from storage.chain import _MISSING, FLAT_STATE_PREFIX, META_FLAT_STATE, ChainStore, _LatestStateCache
-from tests.helpers_chain import CHAIN, ChainBuilder, make_genesis, new_record
+from storage.chain import (
+    _MISSING,
+    FLAT_LEAF_HASHES,
+    FLAT_STATE_PREFIX,
+    FLAT_VALUES,
+    META_FLAT_STATE,
+    NODE_PREFIX,
+    ChainStore,
+    StoreError,
+    _LatestStateCache,
+)
+from tests.helpers_chain import CHAIN, ChainBuilder, certify, make_genesis, new_record
 
 
 def tree_value(store: ChainStore, key: bytes, h: int | None = None) -> bytes | None:
@@ -29,7 +40,17 @@ def tree_value(store: ChainStore, key: bytes, h: int | None = None) -> bytes | N
 
 
 def flat_copy(store: ChainStore) -> dict[bytes, bytes]:
-    return {k[len(FLAT_STATE_PREFIX):]: v for k, v in store._db.iterator(prefix=FLAT_STATE_PREFIX)}
+    """The latest state as st/ gives it: through the leaf each entry names, or (older folders) as is."""
+    out = {}
+    for k, v in store._db.iterator(prefix=FLAT_STATE_PREFIX):
+        key = k[len(FLAT_STATE_PREFIX):]
+        if store._flat_form == FLAT_LEAF_HASHES:
+            assert len(v) == 32
+            leaf = store._db.get(NODE_PREFIX + v)
+            assert leaf is not None and leaf[:33] == b"\x00" + key
+            v = leaf[33:]
+        out[key] = v
+    return out
 
 
 def check_agrees(store: ChainStore, keys: list[bytes]) -> None:
@@ -86,12 +107,84 @@ def test_flat_copy_follows_every_kind_of_write(tmp_path: Path) -> None:
         again.close()
 
 
-def test_a_folder_without_the_flat_copy_reads_the_tree(tmp_path: Path) -> None:
+def one_record_folder(tmp_path: Path) -> tuple[ChainBuilder, KeyPair, KeyPair, RecordDocument]:
+    """A data folder (tmp_path/d) holding one record: the chain, its issuer, the holder, the record."""
     auth, uni, holder = KeyPair.generate(), KeyPair.generate(), KeyPair.generate()
-    genesis = make_genesis([auth], [(uni, ("degree",))])
-    chain = ChainBuilder(tmp_path / "d", genesis, [auth])
+    chain = ChainBuilder(tmp_path / "d", make_genesis([auth], [(uni, ("degree",))]), [auth])
     doc, tx = new_record(uni, holder.did)
     chain.commit([tx])
+    return chain, uni, holder, doc
+
+
+def test_a_write_of_the_value_a_key_holds_keeps_its_leaf_hash(tmp_path: Path) -> None:
+    """A block may write a key's current value again: the tree writes no leaf for it, and st/ must still
+    name the leaf (the one stored before)."""
+    auth, uni, holder = KeyPair.generate(), KeyPair.generate(), KeyPair.generate()
+    chain = ChainBuilder(tmp_path / "d", make_genesis([auth], [(uni, ("degree",))]), [auth])
+    store = chain.store
+    doc, tx = new_record(uni, holder.did)
+    h = store.height + 1
+    block, result = store.make_block([tx], chain.time_of(h), 0, auth.public_key, store.cert(h - 1))
+    same = store.state_get(issuer_key(uni.did))
+    assert same is not None and issuer_key(uni.did) not in result.state_writes
+    result.state_writes[issuer_key(uni.did)] = same
+    store.commit_block(block, certify([auth], block), result)
+    check_agrees(store, [issuer_key(uni.did), record_key(doc.record_id)])
+    chain.close()
+
+
+def test_a_folder_whose_flat_copy_holds_values_keeps_them(tmp_path: Path) -> None:
+    """Folders made before st/ held leaf hashes hold the values themselves (meta/flat_state b"1"): they
+    read them as values and go on writing values."""
+    chain, uni, holder, doc = one_record_folder(tmp_path)
+    genesis, auth = chain.genesis, next(iter(chain.keys.values()))
+    values = flat_copy(chain.store)
+    chain.close()
+    db = plyvel.DB(str(tmp_path / "d"))
+    db.put(META_FLAT_STATE, FLAT_VALUES)
+    for key, value in values.items():
+        db.put(FLAT_STATE_PREFIX + key, value)
+    db.close()
+    chain = ChainBuilder(tmp_path / "d", genesis, [auth])
+    store = chain.store
+    try:
+        assert store._flat_form == FLAT_VALUES
+        doc2, tx2 = new_record(uni, holder.did)
+        chain.commit([tx2, sign_tx(uni, CHAIN, RecordRevoke(doc.record_id, "issued in error"))])
+        keys = [record_key(doc.record_id), record_key(doc2.record_id), issuer_key(uni.did)]
+        check_agrees(store, keys)
+        raw = {k[len(FLAT_STATE_PREFIX):]: v for k, v in store._db.iterator(prefix=FLAT_STATE_PREFIX)}
+        for key in keys:
+            assert raw[key] == tree_value(store, key)  # values, not leaf hashes
+    finally:
+        chain.close()
+
+
+def test_an_index_entry_that_misses_its_leaf_is_reported_as_corruption(tmp_path: Path) -> None:
+    chain, uni, _, doc = one_record_folder(tmp_path)
+    genesis = chain.genesis
+    chain.close()
+    db = plyvel.DB(str(tmp_path / "d"))
+    # The record's entry pointed at another key's leaf, then at no leaf at all, then cut short.
+    other = db.get(FLAT_STATE_PREFIX + issuer_key(uni.did))
+    for bad in (other, bytes(32), b"\x01" * 7):
+        db.put(FLAT_STATE_PREFIX + record_key(doc.record_id), bad)
+        db.close()
+        store = ChainStore(tmp_path / "d", genesis)
+        try:
+            with pytest.raises(StoreError, match=r"corrupt: .* does not lead to its leaf"):
+                store.state_get(record_key(doc.record_id))
+            with pytest.raises(StoreError, match="corrupt"):
+                store.get_record(doc.record_id)
+        finally:
+            store.close()
+        db = plyvel.DB(str(tmp_path / "d"))
+    db.close()
+
+
+def test_a_folder_without_the_flat_copy_reads_the_tree(tmp_path: Path) -> None:
+    chain, uni, holder, doc = one_record_folder(tmp_path)
+    genesis, auth = chain.genesis, next(iter(chain.keys.values()))
     chain.close()
     # As a folder written before the copy existed: no marker, no st/ keys.
     db = plyvel.DB(str(tmp_path / "d"))

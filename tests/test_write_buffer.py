@@ -30,7 +30,7 @@ def test_the_write_buffer_given_is_the_one_the_database_uses(tmp_path: Path) -> 
     records = []
     for name, mb in (("small", 1), ("usual", 32)):
         builder = ChainBuilder(tmp_path / name, genesis, auths, write_buffer_mb=mb)
-        for _ in range(4):
+        for _ in range(6):
             batch = [new_record(uni, KeyPair.generate().did) for _ in range(200)]
             if name == "small":
                 records.extend(doc.record_id for doc, _ in batch)
@@ -39,5 +39,5 @@ def test_the_write_buffer_given_is_the_one_the_database_uses(tmp_path: Path) -> 
         flushed = "Level-0 table" in (tmp_path / name / "LOG").read_text()
         assert flushed == (mb == 1), name
     reopened = ChainStore(tmp_path / "small", genesis, write_buffer_mb=48)
-    assert len(records) == 800 and all(reopened.get_record(r) is not None for r in records)
+    assert len(records) == 1200 and all(reopened.get_record(r) is not None for r in records)
     reopened.close()
