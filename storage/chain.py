@@ -33,7 +33,7 @@ state, written in the same batch as the block that changes it: for each key, the
 holds the value (n/). Reading the latest value of a key (every admission check and block execution does)
 is then two lookups instead of a walk of about twenty tree nodes, and an absent key, the usual case for a
 new record, costs a Bloom filter probe. The value itself is stored once, in its leaf: a copy in st/ as
-well (as folders made by earlier versions have, and still keep) was about a fifth of all a record
+well (as folders made by earlier versions have, and still keep) was nearly a fifth of all a record
 anchor writes, and every byte written is written again by LevelDB's compactions.
 
 Validator sets: validators(1) = validators(2) = the genesis authorities, and a set change committed in
