@@ -256,9 +256,9 @@ class _LatestStateCache:
     `root`. A lookup for any other root misses. Thread-safe: one lock guards the root and the map, so
     a reader never takes a value of one root for another.
 
-    With `flat` (the database's st/ copy of the latest state) a key not in memory is read from there
+    With `flat` (a reader of the latest state through the database's st/ index) a key not in memory is read there
     while `root` is the database's latest. `moving` (called before a block's batch is written) clears
-    `root` until `advance` and counts the move; the copy is read outside the lock (lookups of several
+    `root` until `advance` and counts the move; the index is read outside the lock (lookups of several
     threads run at once, and a commit never waits for them), and its answer is used only if no move
     began meanwhile, so no reader takes a half-moved or moved st/ for either root. (A LevelDB batch is
     seen whole or not at all by a lookup, but the count alone already rules out any overlap.)
