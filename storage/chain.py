@@ -3,8 +3,8 @@
 Layout (all keys ASCII prefixes; heights as 8-byte big-endian so they sort):
   meta/genesis            -> genesis hash (32)          meta/height -> last committed height (8)
   meta/genesis_state      -> state root after genesis (32)
-  meta/flat_state         -> b"2" when st/ below is complete and holds leaf hashes (every folder created
-                             by this version); b"1" in folders whose st/ holds the values themselves
+  meta/flat_state         -> b"2" when st/ below holds leaf hashes and is complete as of meta/flat_height
+  meta/flat_height        -> the height st/ describes (8), written in the batch of every block
   b/<h>                   -> Block (canonical msgpack)  c/<h> -> CommitCertificate of block h
   bh/<block hash>         -> h
   tx/<tx id>              -> [height, index] (canonical msgpack)
@@ -33,8 +33,13 @@ state, written in the same batch as the block that changes it: for each key, the
 holds the value (n/). Reading the latest value of a key (every admission check and block execution does)
 is then two lookups instead of a walk of about twenty tree nodes, and an absent key, the usual case for a
 new record, costs a Bloom filter probe. The value itself is stored once, in its leaf: a copy in st/ as
-well (as folders made by earlier versions have, and still keep) was nearly a fifth of all a record
-anchor writes, and every byte written is written again by LevelDB's compactions.
+well (as earlier versions kept) was nearly a fifth of all a record anchor writes, and every byte written
+is written again by LevelDB's compactions.
+
+st/ is trusted only when meta/flat_state says this form and meta/flat_height equals the height. Otherwise
+(a folder made by an earlier version, whose st/ held values or did not exist; or one that a version
+not keeping this index has committed blocks to since) opening the folder rebuilds st/ from the tree at
+the latest root, in one walk of it.
 
 Validator sets: validators(1) = validators(2) = the genesis authorities, and a set change committed in
 block h takes effect at h + 2 (val/<h+2>), so next_validators_hash in block h + 1 announces it. The few
@@ -88,7 +93,8 @@ META_GENESIS = b"meta/genesis"
 META_GENESIS_STATE = b"meta/genesis_state"
 META_FLAT_STATE = b"meta/flat_state"
 FLAT_STATE_PREFIX = b"st/"
-FLAT_LEAF_HASHES, FLAT_VALUES = b"2", b"1"  # the two forms of st/ (meta/flat_state)
+META_FLAT_HEIGHT = b"meta/flat_height"
+FLAT_LEAF_HASHES = b"2"  # meta/flat_state of st/ as this version keeps it
 META_HEIGHT = b"meta/height"
 HISTORY_PREFIX = b"hist/"
 NODE_PREFIX = b"n/"
@@ -429,6 +435,7 @@ class ChainStore:
         staged.put(META_GENESIS, self._genesis_hash)
         staged.put(META_GENESIS_STATE, root)
         staged.put(META_FLAT_STATE, FLAT_LEAF_HASHES)
+        staged.put(META_FLAT_HEIGHT, _h8(0))
         for key, value in state.data.items():
             if value is not None:
                 staged.put(FLAT_STATE_PREFIX + key, leaf_hash(key, value))
@@ -478,17 +485,43 @@ class ChainStore:
                 raise StoreError(f"the database in {self._path} is corrupt: "
                                  f"meta/height is {height} but that block is missing")
         self._tip: tuple[int, Header | None] = (height, latest)
-        # st/ holds leaf hashes (b"2"), or the values themselves in a folder made before (b"1"), which
-        # goes on writing values. A folder made before st/ existed lacks it: its reads walk the tree.
-        self._flat_form = self._db.get(META_FLAT_STATE)
-        flat = {FLAT_LEAF_HASHES: self._flat_value, FLAT_VALUES: self._db.get}.get(self._flat_form or b"")
-        self._latest_state = _LatestStateCache(flat)
+        root = latest.state_root if latest is not None else gstate
+        if self._db.get(META_FLAT_STATE) != FLAT_LEAF_HASHES or self._db.get(META_FLAT_HEIGHT) != _h8(height):
+            self._rebuild_flat(root, height)
+        self._latest_state = _LatestStateCache(self._flat_value)
         # Ids with a pending/ entry: a commit deletes just those (most committed transactions came by
         # gossip and have none; deleting absent keys would only leave tombstones in the database).
         self._pending_lock = threading.Lock()
         self._pending_ids: set[bytes] = {
             k[len(PENDING_PREFIX):] for k in self._db.iterator(prefix=PENDING_PREFIX, include_value=False)}
-        self._latest_state.start(latest.state_root if latest is not None else gstate)
+        self._latest_state.start(root)
+
+    def _rebuild_flat(self, root: bytes, height: int) -> None:
+        """Write st/ afresh from the tree under `root` (the state after `height`). The marker goes first
+        and comes back last, so an interrupted rebuild is simply done again on the next opening."""
+        db = self._db
+        db.delete(META_FLAT_STATE, sync=True)
+        batch, n = db.write_batch(), 0
+        try:
+            for key in db.iterator(prefix=FLAT_STATE_PREFIX, include_value=False):
+                batch.delete(key)
+                n += 1
+                if n % 10_000 == 0:
+                    batch.write()
+                    batch = db.write_batch()
+            for key, leaf in self._tree.leaves(root):
+                batch.put(FLAT_STATE_PREFIX + key, leaf)
+                n += 1
+                if n % 10_000 == 0:
+                    batch.write()
+                    batch = db.write_batch()
+        except NodeStoreError as exc:
+            raise StoreError(f"the state database is corrupt: {exc}") from None
+        batch.write()
+        done = db.write_batch(sync=True)
+        done.put(META_FLAT_HEIGHT, _h8(height))
+        done.put(META_FLAT_STATE, FLAT_LEAF_HASHES)
+        done.write()
 
     def _flat_value(self, flat_key: bytes) -> bytes | None:
         """The latest value at st/<key> (`flat_key`), by way of the leaf whose hash st/ holds."""
@@ -1009,20 +1042,14 @@ class ChainStore:
         if changes_validators:
             staged.put(_val_key(h + 2), codec.encode(list(new_validators)))
         staged.put(META_HEIGHT, _h8(h))
-        if self._flat_form == FLAT_LEAF_HASHES:
-            for key, value in result.state_writes.items():
-                if value is None:
-                    batch.delete(FLAT_STATE_PREFIX + key)
-                else:
-                    # A value the key held already wrote no leaf: its hash is the one stored before.
-                    leaf = leaves.get(key)
-                    put(FLAT_STATE_PREFIX + key, leaf if leaf is not None else leaf_hash(key, value))
-        elif self._flat_form == FLAT_VALUES:
-            for key, value in result.state_writes.items():
-                if value is None:
-                    batch.delete(FLAT_STATE_PREFIX + key)
-                else:
-                    put(FLAT_STATE_PREFIX + key, value)
+        for key, value in result.state_writes.items():
+            if value is None:
+                batch.delete(FLAT_STATE_PREFIX + key)
+            else:
+                # A value the key held already wrote no leaf: its hash is the one stored before.
+                leaf = leaves.get(key)
+                put(FLAT_STATE_PREFIX + key, leaf if leaf is not None else leaf_hash(key, value))
+        put(META_FLAT_HEIGHT, _h8(h))
         old_root = self.state_root(h - 1)
         # Should the write fail, the cache stays without a root: reads walk the tree, which is right
         # whatever part of the batch the database kept.

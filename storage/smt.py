@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from bisect import bisect_left
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Protocol
 
 from ler.smt import (
@@ -132,6 +132,20 @@ class SparseMerkleTree:
                 siblings.append(right)
                 h = left
         return StateProof(key, None, tuple(siblings), None, None)
+
+    def leaves(self, root: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """Every (key, leaf hash) of the tree under `root`, in key order: one read of each of its nodes."""
+        stack = [root]
+        while stack:
+            h = stack.pop()
+            if h == EMPTY:
+                continue
+            data = self._load(h)
+            if data[0] == _LEAF:
+                yield data[1:1 + KEY_SIZE], h
+            else:
+                stack.append(data[33:65])
+                stack.append(data[1:33])  # popped first: left before right
 
     # --- writing --------------------------------------------------------------------------------------
     def update(self, root: bytes, key: bytes, value: bytes | None) -> bytes:

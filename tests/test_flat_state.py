@@ -24,7 +24,7 @@ from storage.chain import (
     _MISSING,
     FLAT_LEAF_HASHES,
     FLAT_STATE_PREFIX,
-    FLAT_VALUES,
+    META_FLAT_HEIGHT,
     META_FLAT_STATE,
     NODE_PREFIX,
     ChainStore,
@@ -44,12 +44,10 @@ def flat_copy(store: ChainStore) -> dict[bytes, bytes]:
     out = {}
     for k, v in store._db.iterator(prefix=FLAT_STATE_PREFIX):
         key = k[len(FLAT_STATE_PREFIX):]
-        if store._flat_form == FLAT_LEAF_HASHES:
-            assert len(v) == 32
-            leaf = store._db.get(NODE_PREFIX + v)
-            assert leaf is not None and leaf[:33] == b"\x00" + key
-            v = leaf[33:]
-        out[key] = v
+        assert len(v) == 32
+        leaf = store._db.get(NODE_PREFIX + v)
+        assert leaf is not None and leaf[:33] == b"\x00" + key
+        out[key] = leaf[33:]
     return out
 
 
@@ -133,31 +131,66 @@ def test_a_write_of_the_value_a_key_holds_keeps_its_leaf_hash(tmp_path: Path) ->
     chain.close()
 
 
-def test_a_folder_whose_flat_copy_holds_values_keeps_them(tmp_path: Path) -> None:
-    """Folders made before st/ held leaf hashes hold the values themselves (meta/flat_state b"1"): they
-    read them as values and go on writing values."""
-    chain, uni, holder, doc = one_record_folder(tmp_path)
-    genesis, auth = chain.genesis, next(iter(chain.keys.values()))
+def reopened_agrees(tmp_path: Path, chain: ChainBuilder, keys: list[bytes]) -> None:
+    """Opened again, the store has rebuilt st/ (marker and height current) and it agrees with the tree;
+    blocks committed after that keep it so."""
+    auth = next(iter(chain.keys.values()))
+    uni = KeyPair.generate()
+    again = ChainBuilder(tmp_path / "d", chain.genesis, [auth])
+    store = again.store
+    try:
+        assert store._db.get(META_FLAT_STATE) == FLAT_LEAF_HASHES
+        assert store._db.get(META_FLAT_HEIGHT) == store.height.to_bytes(8, "big")
+        check_agrees(store, keys)
+        doc, tx = new_record(uni, KeyPair.generate().did)
+        again.commit([tx])
+        check_agrees(store, [*keys, record_key(doc.record_id)])
+        assert store._db.get(META_FLAT_HEIGHT) == store.height.to_bytes(8, "big")
+    finally:
+        again.close()
+
+
+def test_a_folder_whose_flat_copy_holds_values_gets_the_index(tmp_path: Path) -> None:
+    """Folders of earlier versions hold the values themselves in st/ (meta/flat_state b"1", no height):
+    opening one rebuilds st/ as leaf hashes."""
+    chain, uni, _, doc = one_record_folder(tmp_path)
+    chain.commit([sign_tx(uni, CHAIN, RecordRevoke(doc.record_id, "issued in error"))])
+    keys = [record_key(doc.record_id), issuer_key(uni.did), authorities_key()]
     values = flat_copy(chain.store)
     chain.close()
     db = plyvel.DB(str(tmp_path / "d"))
-    db.put(META_FLAT_STATE, FLAT_VALUES)
+    db.put(META_FLAT_STATE, b"1")
+    db.delete(META_FLAT_HEIGHT)
     for key, value in values.items():
         db.put(FLAT_STATE_PREFIX + key, value)
     db.close()
-    chain = ChainBuilder(tmp_path / "d", genesis, [auth])
+    reopened_agrees(tmp_path, chain, keys)
+
+
+def test_an_index_that_blocks_went_past_is_rebuilt(tmp_path: Path) -> None:
+    """A version that does not keep st/ may have committed blocks to the folder (an operator went back
+    to it for a while): st/ then describes an older height. So may a rebuild cut short (marker gone)."""
+    chain, uni, holder, doc = one_record_folder(tmp_path)
     store = chain.store
-    try:
-        assert store._flat_form == FLAT_VALUES
-        doc2, tx2 = new_record(uni, holder.did)
-        chain.commit([tx2, sign_tx(uni, CHAIN, RecordRevoke(doc.record_id, "issued in error"))])
-        keys = [record_key(doc.record_id), record_key(doc2.record_id), issuer_key(uni.did)]
-        check_agrees(store, keys)
-        raw = {k[len(FLAT_STATE_PREFIX):]: v for k, v in store._db.iterator(prefix=FLAT_STATE_PREFIX)}
-        for key in keys:
-            assert raw[key] == tree_value(store, key)  # values, not leaf hashes
-    finally:
-        chain.close()
+    older = store._db.get(META_FLAT_HEIGHT)
+    before = {k: v for k, v in store._db.iterator(prefix=FLAT_STATE_PREFIX)}
+    doc2, tx2 = new_record(uni, holder.did)
+    chain.commit([tx2, sign_tx(uni, CHAIN, RecordRevoke(doc.record_id, "issued in error"))])
+    keys = [record_key(doc.record_id), record_key(doc2.record_id), issuer_key(uni.did)]
+    chain.close()
+    for cut_short in (False, True):
+        db = plyvel.DB(str(tmp_path / "d"))
+        for key in list(db.iterator(prefix=FLAT_STATE_PREFIX, include_value=False)):
+            db.delete(key)
+        for key, value in before.items():  # st/ as it was a block ago, and an entry for no key at all
+            db.put(key, value)
+        db.put(FLAT_STATE_PREFIX + bytes(32), before[FLAT_STATE_PREFIX + issuer_key(uni.did)])
+        if cut_short:
+            db.delete(META_FLAT_STATE)
+        else:
+            db.put(META_FLAT_HEIGHT, older)
+        db.close()
+        reopened_agrees(tmp_path, chain, keys)
 
 
 def test_an_index_entry_that_misses_its_leaf_is_reported_as_corruption(tmp_path: Path) -> None:
@@ -182,27 +215,17 @@ def test_an_index_entry_that_misses_its_leaf_is_reported_as_corruption(tmp_path:
     db.close()
 
 
-def test_a_folder_without_the_flat_copy_reads_the_tree(tmp_path: Path) -> None:
-    chain, uni, holder, doc = one_record_folder(tmp_path)
-    genesis, auth = chain.genesis, next(iter(chain.keys.values()))
+def test_a_folder_without_the_flat_index_gets_one(tmp_path: Path) -> None:
+    chain, uni, _, doc = one_record_folder(tmp_path)
     chain.close()
-    # As a folder written before the copy existed: no marker, no st/ keys.
+    # As a folder written before st/ existed: no marker, no height, no st/ keys.
     db = plyvel.DB(str(tmp_path / "d"))
     db.delete(META_FLAT_STATE)
+    db.delete(META_FLAT_HEIGHT)
     for key in list(db.iterator(prefix=FLAT_STATE_PREFIX, include_value=False)):
         db.delete(key)
     db.close()
-    chain = ChainBuilder(tmp_path / "d", genesis, [auth])
-    store = chain.store
-    try:
-        assert store.state_get(record_key(doc.record_id)) == tree_value(store, record_key(doc.record_id))
-        assert store.get_record(doc.record_id) is not None
-        doc2, tx2 = new_record(uni, holder.did)
-        chain.commit([tx2])
-        assert store.get_record(doc2.record_id) is not None
-        assert flat_copy(store) == {}  # never half-written: all of it or none of it
-    finally:
-        chain.close()
+    reopened_agrees(tmp_path, chain, [record_key(doc.record_id), issuer_key(uni.did), authorities_key()])
 
 
 def test_readers_during_commits_see_whole_heights(tmp_path: Path) -> None:
