@@ -1284,6 +1284,25 @@ def _testnet() -> Any:
     return testnet
 
 
+_NODES_HELP = ("Authority (validator) nodes, as --authorities: a network of N nodes unless observers are "
+               "added.")
+
+
+def _check_nodes(directory: str, nodes: int | None) -> None:
+    """`--nodes N` on down/status: the network in DIR must be the one of N authorities the caller means."""
+    if nodes is None:
+        return
+    tn = _testnet()
+    manifest = _testnet_call(lambda: tn.load(Path(directory).resolve()))
+    roles = [n["role"] for n in manifest["nodes"]]
+    have = roles.count("authority")
+    if have != nodes:
+        observers = len(roles) - have
+        extra = f" and {observers} observer{'s' * (observers != 1)}" if observers else ""
+        raise bad_input(f"the network in {directory} has {have} authority node{'s' * (have != 1)}{extra}, "
+                        f"not {nodes}")
+
+
 def _testnet_call(fn: Callable[[], Any]) -> Any:
     testnet = _testnet()
     try:
@@ -1301,6 +1320,7 @@ def _testnet_call(fn: Callable[[], Any]) -> Any:
                    "timeouts. The flags below win over it.")
 @click.option("--authorities", type=click.IntRange(min=1, max=64), default=None,
               help="Validator nodes (default: the network file's, else 1).")
+@click.option("--nodes", type=click.IntRange(min=1, max=64), default=None, metavar="N", help=_NODES_HELP)
 @click.option("--observers", type=click.IntRange(min=0, max=64), default=None,
               help="Non-voting nodes (default: the network file's, else 0).")
 @click.option("--base-port", type=click.IntRange(min=1024, max=65000), default=None,
@@ -1310,13 +1330,17 @@ def _testnet_call(fn: Callable[[], Any]) -> Any:
 @click.option("--propose-timeout", type=click.FloatRange(min=0.1, max=60), default=None, metavar="SECONDS",
               help="Consensus propose timeout of round 0 for a new network (default: the network file's, "
                    "else the node's, 3 s).")
-def testnet_up(directory: str, network_file: str | None, authorities: int | None, observers: int | None,
-               base_port: int | None, chain_id: str | None, seed_demo: bool, propose_timeout: float | None) -> None:
+def testnet_up(directory: str, network_file: str | None, authorities: int | None, nodes: int | None,
+               observers: int | None, base_port: int | None, chain_id: str | None, seed_demo: bool,
+               propose_timeout: float | None) -> None:
     """Create (the first time) and start a local network; returns once every node answers.
 
     The network's shape (from flags, the network file, then the defaults) applies when it is created;
-    a network that exists restarts as it was made."""
+    a network that exists restarts as it was made (a note says so if flags asked for another shape)."""
     tn = _testnet()
+    if nodes is not None and authorities is not None and nodes != authorities:
+        raise bad_input(f"--nodes {nodes} and --authorities {authorities} disagree (they are the same count)")
+    authorities = authorities if authorities is not None else nodes
     network, consensus = _testnet_call(lambda: tn.load_network_file(network_file)) if network_file else ({}, {})
     given: dict[str, Any] = {"chain_id": chain_id, "authorities": authorities, "observers": observers,
                              "base_port": base_port}
@@ -1328,9 +1352,17 @@ def testnet_up(directory: str, network_file: str | None, authorities: int | None
         check_chain_id(shape["chain_id"])
     except DecodeError as exc:
         raise bad_input(str(exc)) from None
+    existing = (Path(directory) / tn.MANIFEST).exists()
     manifest = _testnet_call(lambda: tn.up(directory, authorities=shape["authorities"],
                                            observers=shape["observers"], base_port=shape["base_port"],
                                            chain_id=shape["chain_id"], consensus=consensus or None))
+    if existing:
+        made = {"authorities": sum(n["role"] == "authority" for n in manifest["nodes"]),
+                "observers": sum(n["role"] == "observer" for n in manifest["nodes"])}
+        asked = {k: given[k] for k in made if given[k] is not None}
+        if any(made[k] != v for k, v in asked.items()):
+            say(f"note: the network in {directory} already exists and restarts as it was made "
+                f"({made['authorities']} authorities, {made['observers']} observers)")
     for n in manifest["nodes"]:
         say(f"{n['name']:<12} {n['role']:<9} {n['url']}  pid {n['pid']}  log {n['data']}/node.log")
     say(f"genesis: {manifest['genesis']}")
@@ -1344,8 +1376,11 @@ def testnet_up(directory: str, network_file: str | None, authorities: int | None
 
 @testnet_group.command("down")
 @click.option("--dir", "directory", required=True, metavar="DIR", help="Where the network lives.")
-def testnet_down(directory: str) -> None:
+@click.option("--nodes", type=click.IntRange(min=1, max=64), default=None, metavar="N",
+              help="The network's authority nodes, as given to `up` (checked; nothing is stopped if it differs).")
+def testnet_down(directory: str, nodes: int | None) -> None:
     """Stop every node of a local network."""
+    _check_nodes(directory, nodes)
     tn = _testnet()
     stopped = _testnet_call(lambda: tn.down(directory))
     say(f"stopped {', '.join(stopped)}" if stopped else "no node was running")
@@ -1353,9 +1388,12 @@ def testnet_down(directory: str) -> None:
 
 @testnet_group.command("status")
 @click.option("--dir", "directory", required=True, metavar="DIR", help="Where the network lives.")
+@click.option("--nodes", type=click.IntRange(min=1, max=64), default=None, metavar="N",
+              help="The network's authority nodes, as given to `up` (checked).")
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
-def testnet_status(directory: str, as_json: bool) -> None:
+def testnet_status(directory: str, nodes: int | None, as_json: bool) -> None:
     """Show each node of a local network."""
+    _check_nodes(directory, nodes)
     tn = _testnet()
     rows = _testnet_call(lambda: tn.status(directory))
     if as_json:

@@ -96,3 +96,28 @@ def test_testnet_up_takes_the_file_and_flags_win_over_it(tmp_path: Path) -> None
     bad = ler("testnet", "up", "--dir", str(tmp_path / "other"), "--config", str(tmp_path / "nowhere.toml"))
     assert bad.returncode != 0 and "cannot read the network file" in bad.stderr
     assert not (tmp_path / "other").exists()  # nothing made for a network it could not read
+
+
+def test_testnet_nodes_flag_sets_and_checks_the_authority_count(tmp_path: Path) -> None:
+    """`ler testnet up|down|status --dir DIR --nodes N`: N authorities when made; down and status refuse
+    a network of another count (stopping nothing); an existing network restarts as made, with a note."""
+    d = tmp_path / "net"
+    clash = ler("testnet", "up", "--dir", str(d), "--nodes", "2", "--authorities", "3")
+    assert clash.returncode == 2 and "disagree" in clash.stderr and not d.exists()
+    r = ler("testnet", "up", "--dir", str(d), "--nodes", "2", "--base-port", "23831")
+    try:
+        assert r.returncode == 0, r.stderr
+        manifest = json.loads((d / "testnet.json").read_text())
+        assert [n["role"] for n in manifest["nodes"]] == ["authority", "authority"]
+        assert ler("testnet", "status", "--dir", str(d), "--nodes", "2").returncode == 0
+        for command in ("status", "down"):
+            wrong = ler("testnet", command, "--dir", str(d), "--nodes", "3")
+            assert wrong.returncode == 2 and "has 2 authority nodes, not 3" in wrong.stderr
+        assert ler("testnet", "status", "--dir", str(d)).returncode == 0  # all still running
+        assert ler("testnet", "down", "--dir", str(d), "--nodes", "2").returncode == 0
+        again = ler("testnet", "up", "--dir", str(d), "--nodes", "3")
+        assert again.returncode == 0, again.stderr
+        assert "restarts as it was made (2 authorities, 0 observers)" in again.stdout
+        assert len(json.loads((d / "testnet.json").read_text())["nodes"]) == 2
+    finally:
+        ler("testnet", "down", "--dir", str(d))
