@@ -45,6 +45,16 @@ PENALTY_S = 5.0     # how long a peer that failed us is skipped
 LAG_GRACE_S = 1.0   # one block behind for this long: fetch it rather than wait for consensus
 
 
+def progress(first: int, height: int, target: int, seconds: float) -> str:
+    """How far a catch-up from `first` is, for the log: height, target, share done of this catch-up, rate
+    and the time left at that rate (eta_s=- until a block has come)."""
+    done, todo = height - first, max(0, target - height)
+    share = 100.0 if target <= first else min(100.0, max(0.0, 100.0 * done / (target - first)))
+    rate = done / seconds if seconds > 0 else 0.0
+    eta = f"{todo / rate:.0f}" if rate > 0 else "-"
+    return f"height={height} target={target} done_pct={share:.1f} blocks_per_s={rate:.1f} eta_s={eta}"
+
+
 class SyncError(Exception):
     pass
 
@@ -108,6 +118,7 @@ class Syncer:
 
     async def _catch_up(self) -> None:
         self.syncing = True
+        began, first = time.monotonic(), self.store.height
         try:
             while True:
                 target = self.network.best_height()
@@ -127,8 +138,8 @@ class Syncer:
                     self._penalty[link.url] = time.monotonic() + PENALTY_S
                     log.warning("event=sync_failed peer=%s from=%d reason=%r", link.url, start, str(exc))
                     continue
-                log.info("event=sync_progress height=%d target=%d peer=%s blocks=%d", self.store.height,
-                         target, link.url, committed)
+                log.info("event=sync_progress %s peer=%s blocks=%d",
+                         progress(first, self.store.height, target, time.monotonic() - began), link.url, committed)
                 if committed == 0 and self.store.height < start:
                     self._penalty[link.url] = time.monotonic() + PENALTY_S
         finally:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -397,6 +398,8 @@ def test_a_new_observer_syncs_the_whole_chain_from_scratch(net: Net, tmp_path: P
     assert observer.get("/health")["ok"] is True
     net.assert_agree([observer, *net.nodes])
     assert "event=sync_progress" in observer.log()
+    assert re.search(r"event=sync_progress height=\d+ target=\d+ done_pct=[\d.]+ blocks_per_s=[\d.]+ eta_s=",
+                     observer.log())
     st = observer.get("/v1/status")
     assert st["role"] == "observer" and st["validator"] is False
     # It serves what it synced: a record anchored before it existed.

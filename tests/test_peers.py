@@ -17,7 +17,7 @@ from ler.keys import KeyPair, write_key_file
 from node.config import ConfigError, PeerSpec, init_data_dir, load_config, parse_peer
 from node.metrics import Metrics
 from node.peers import PeerRefusal, decode_messages, parse_body, parse_envelope, sign_envelope, verify_envelope
-from node.sync import SyncError, decode_range
+from node.sync import SyncError, decode_range, progress
 from storage.chain import ChainStore
 
 CHAIN = "peer-test"
@@ -192,3 +192,11 @@ def test_metrics_render_in_prometheus_text_format() -> None:
     assert 'ler_commit_latency_seconds_bucket{le="+Inf"} 2' in lines
     assert "ler_commit_latency_seconds_count 2" in lines
     assert text.endswith("\n")
+
+
+def test_sync_progress_says_how_far_how_fast_and_how_long() -> None:
+    assert progress(0, 0, 1000, 0.0) == "height=0 target=1000 done_pct=0.0 blocks_per_s=0.0 eta_s=-"
+    assert progress(200, 450, 1200, 2.0) == "height=450 target=1200 done_pct=25.0 blocks_per_s=125.0 eta_s=6"
+    assert progress(500, 1000, 1000, 4.0).endswith("done_pct=100.0 blocks_per_s=125.0 eta_s=0")
+    # A peer's best height below ours (it is behind too): nothing left, never past 100%.
+    assert progress(10, 12, 5, 1.0) == "height=12 target=5 done_pct=100.0 blocks_per_s=2.0 eta_s=0"
