@@ -4,9 +4,10 @@
 from flags, else the network file, else NETWORK_DEFAULTS), returns once every node answers and writes
 DIR/testnet.json:
 {"chain_id", "genesis": path, "nodes": [{"name", "url", "role", "pid", "data": path, "key": path}],
-"demo_issuer_key": path, "demo_record_type"}. Every node lists every other as a peer with its did
-([[peers.nodes]]), so observers are known to the authorities too. A node restarts with
-`ler node run --data <its data path>`.
+"demo_issuer_key": path, "demo_record_type"}. The demo issuer is accredited for demo_record_type in the
+genesis, so it can anchor accredited records as soon as `up` returns. Every node lists every other as a
+peer with its did ([[peers.nodes]]), so observers are known to the authorities too. A node restarts
+with `ler node run --data <its data path>`.
 `ler testnet down --dir DIR` stops them (SIGTERM, then SIGKILL after a grace period);
 `ler testnet status --dir DIR` reports each node. `scripts/testnet` runs `up`, seeds demo data, prints
 where to look and stops everything on Ctrl-C. Each node's log is DIR/<name>/node.log.
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ler import keys
-from ler.block import GENESIS_FORMAT, Genesis, GenesisAuthority
+from ler.block import GENESIS_FORMAT, Genesis, GenesisAuthority, GenesisIssuer
 from ler.keys import KeyPair, write_key_file
 from ler.record import RecordDocument, make_claims
 from ler.tx import Action, GovVote, RecordAnchor, sign_tx
@@ -35,6 +36,7 @@ from node.config import ConfigError, ConsensusTiming, PeerSpec, init_data_dir, k
 
 MANIFEST = "testnet.json"
 DEMO_TYPE = "degree"
+DEMO_ISSUER_NAME = "Demo University"
 
 
 class TestnetError(Exception):
@@ -147,7 +149,7 @@ def _create(d: Path, authorities: int, observers: int, base_port: int, chain_id:
     genesis = Genesis(format=GENESIS_FORMAT, chain_id=chain_id, genesis_time=int(time.time() * 1000),
                       authorities=tuple(GenesisAuthority(node_keys[n].did, f"Demo Authority {i + 1}")
                                         for i, n in enumerate(names[:authorities])),
-                      issuers=())
+                      issuers=(GenesisIssuer(issuer.did, DEMO_ISSUER_NAME, (DEMO_TYPE,)),))
     genesis.save(d / "genesis.json")
     ports = _free_ports(len(names), base_port)
     urls = [f"http://127.0.0.1:{p}" for p in ports]
@@ -238,14 +240,15 @@ def status(directory: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 
 def seed_demo(directory: str | os.PathLike[str]) -> dict[str, Any]:
-    """Accredit the demo issuer (votes from the authorities) and anchor two demo records."""
+    """Anchor two demo records (once), accrediting the demo issuer first by the authorities' votes if the
+    network predates its accreditation in the genesis."""
     d = Path(directory).resolve()
     manifest = load(d)
     client = NodeClient(manifest["nodes"][0]["url"], timeout=30.0)
     chain = manifest["chain_id"]
     issuer = keys.read_key_file(manifest["demo_issuer_key"])
     if client.issuer_or_none(issuer.did) is None:
-        action = Action(kind="accredit", subject=issuer.did, name="Demo University", scopes=(DEMO_TYPE,),
+        action = Action(kind="accredit", subject=issuer.did, name=DEMO_ISSUER_NAME, scopes=(DEMO_TYPE,),
                         until=None)
         votes = []
         for node in manifest["nodes"]:

@@ -226,16 +226,22 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
 
 def test_network_commits_records_and_every_node_agrees(net: Net) -> None:
     a = net.authorities
-    accredit = Action(kind="accredit", subject=net.issuer.did, name="Net University", scopes=(net.rtype,),
-                      until=None)
+    # testnet.json's demo issuer is accredited for its record type from the genesis on.
+    demo = a[0].get(f"/v1/issuers/{net.issuer.did}")
+    assert demo["status"] == "active" and net.rtype in demo["scopes"] and demo["accredited"] == 0
+    other = KeyPair.generate()
+    accredit = Action(kind="accredit", subject=other.did, name="Net University", scopes=(net.rtype,), until=None)
     votes = [net.vote(node, accredit) for node in a[:3]]  # 3 of 4: more than 2/3
     for node, vote in zip(a, votes, strict=False):  # each vote to a different node: gossip brings them together
         node.submit([vote])
     net.wait_committed(votes, net.nodes)
+    assert a[3].get(f"/v1/issuers/{other.did}")["status"] == "active"
     txs = net.anchors(30)
     for i, node in enumerate(net.nodes):  # the observer takes submissions too and passes them on
         node.submit(txs[i * 6:(i + 1) * 6])
     net.wait_committed(txs, net.nodes)
+    record = txs[0].body.record.hex()  # type: ignore[union-attr]
+    assert net.observer.get(f"/v1/records/{record}")["standing"] == "accredited"
     net.wait_height(net.nodes, max(n.height() for n in net.nodes))
     top = net.assert_agree(net.nodes)
     assert top >= 2
