@@ -1284,8 +1284,8 @@ def _testnet() -> Any:
     return testnet
 
 
-_NODES_HELP = ("Authority (validator) nodes, as --authorities: a network of N nodes unless observers are "
-               "added.")
+_NODES_HELP = ("Authority (validator) nodes, as --authorities (default: the network file's, else 4): a "
+               "network of N nodes unless observers are added.")
 
 
 def _check_nodes(directory: str, nodes: int | None) -> None:
@@ -1319,7 +1319,7 @@ def _testnet_call(fn: Callable[[], Any]) -> Any:
               help="A network file (configs/testnet.toml): chain id, node counts, base port, consensus "
                    "timeouts. The flags below win over it.")
 @click.option("--authorities", type=click.IntRange(min=1, max=64), default=None,
-              help="Validator nodes (default: the network file's, else 1).")
+              help="Validator nodes (default: the network file's, else 4).")
 @click.option("--nodes", type=click.IntRange(min=1, max=64), default=None, metavar="N", help=_NODES_HELP)
 @click.option("--observers", type=click.IntRange(min=0, max=64), default=None,
               help="Non-voting nodes (default: the network file's, else 0).")

@@ -44,7 +44,7 @@ class TestnetError(Exception):
 
 
 #: A network's shape when neither a flag nor a network file (configs/testnet.toml) says otherwise.
-NETWORK_DEFAULTS: dict[str, Any] = {"chain_id": "ler-testnet", "authorities": 1, "observers": 0, "base_port": 8711}
+NETWORK_DEFAULTS: dict[str, Any] = {"chain_id": "ler-testnet", "authorities": 4, "observers": 0, "base_port": 8711}
 _NETWORK_RANGES = {"authorities": (1, 64), "observers": (0, 64), "base_port": (1024, 65000)}
 
 
@@ -97,7 +97,7 @@ def _free_ports(n: int, start: int) -> list[int]:
     return ports
 
 
-def up(directory: str | os.PathLike[str], authorities: int = 1, observers: int = 0, base_port: int = 8711,
+def up(directory: str | os.PathLike[str], authorities: int = 4, observers: int = 0, base_port: int = 8711,
        chain_id: str = "ler-testnet", timeout: float = 60.0,
        consensus: dict[str, float] | None = None) -> dict[str, Any]:
     """Create (first time) and start the network; return the manifest.

@@ -121,3 +121,11 @@ def test_testnet_nodes_flag_sets_and_checks_the_authority_count(tmp_path: Path) 
         assert len(json.loads((d / "testnet.json").read_text())["nodes"]) == 2
     finally:
         ler("testnet", "down", "--dir", str(d))
+    plain = tmp_path / "plain"  # no counts and no network file: four authorities
+    r = ler("testnet", "up", "--dir", str(plain), "--base-port", "23841")
+    try:
+        assert r.returncode == 0, r.stderr
+        roles = [n["role"] for n in json.loads((plain / "testnet.json").read_text())["nodes"]]
+        assert roles == ["authority"] * 4
+    finally:
+        ler("testnet", "down", "--dir", str(plain))
