@@ -54,8 +54,10 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import logging
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
@@ -88,6 +90,8 @@ from ler.tx import GovVote, IssuerRotate, RecordAnchor, RecordEndorse, Tx
 from ler.wire import Wire, packb
 from storage.history import HistoryError, HistoryTree, StagedWrites
 from storage.smt import MemoryNodeStore, NodeStoreError, SparseMerkleTree
+
+log = logging.getLogger("ler.storage")
 
 META_GENESIS = b"meta/genesis"
 META_GENESIS_STATE = b"meta/genesis_state"
@@ -500,8 +504,10 @@ class ChainStore:
         """Write st/ afresh from the tree under `root` (the state after `height`). The marker goes first
         and comes back last, so an interrupted rebuild is simply done again on the next opening."""
         db = self._db
+        log.info("event=state_index_rebuild height=%d path=%s", height, self._path)
+        started = time.monotonic()
         db.delete(META_FLAT_STATE, sync=True)
-        batch, n = db.write_batch(), 0
+        batch, n, keys = db.write_batch(), 0, 0
         try:
             for key in db.iterator(prefix=FLAT_STATE_PREFIX, include_value=False):
                 batch.delete(key)
@@ -512,6 +518,7 @@ class ChainStore:
             for key, leaf in self._tree.leaves(root):
                 batch.put(FLAT_STATE_PREFIX + key, leaf)
                 n += 1
+                keys += 1
                 if n % 10_000 == 0:
                     batch.write()
                     batch = db.write_batch()
@@ -522,6 +529,8 @@ class ChainStore:
         done.put(META_FLAT_HEIGHT, _h8(height))
         done.put(META_FLAT_STATE, FLAT_LEAF_HASHES)
         done.write()
+        log.info("event=state_index_rebuilt height=%d keys=%d seconds=%.1f", height, keys,
+                 time.monotonic() - started)
 
     def _flat_value(self, flat_key: bytes) -> bytes | None:
         """The latest value at st/<key> (`flat_key`), by way of the leaf whose hash st/ holds."""

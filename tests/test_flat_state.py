@@ -7,6 +7,7 @@ would let a node accept what its own blocks then refuse, or compute another stat
 from __future__ import annotations
 
 import random
+import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -215,7 +216,7 @@ def test_an_index_entry_that_misses_its_leaf_is_reported_as_corruption(tmp_path:
     db.close()
 
 
-def test_a_folder_without_the_flat_index_gets_one(tmp_path: Path) -> None:
+def test_a_folder_without_the_flat_index_gets_one(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     chain, uni, _, doc = one_record_folder(tmp_path)
     chain.close()
     # As a folder written before st/ existed: no marker, no height, no st/ keys.
@@ -225,7 +226,11 @@ def test_a_folder_without_the_flat_index_gets_one(tmp_path: Path) -> None:
     for key in list(db.iterator(prefix=FLAT_STATE_PREFIX, include_value=False)):
         db.delete(key)
     db.close()
+    caplog.set_level("INFO", logger="ler.storage")
     reopened_agrees(tmp_path, chain, [record_key(doc.record_id), issuer_key(uni.did), authorities_key()])
+    # The operator sees it happen: the node may take a while to open a large folder the first time.
+    assert "event=state_index_rebuild height=1" in caplog.text
+    assert re.search(r"event=state_index_rebuilt height=1 keys=3 seconds=[\d.]+", caplog.text)
 
 
 def test_readers_during_commits_see_whole_heights(tmp_path: Path) -> None:
