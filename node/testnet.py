@@ -108,7 +108,7 @@ def up(directory: str | os.PathLike[str], authorities: int = 4, observers: int =
     d = Path(directory).resolve()
     manifest_path = d / MANIFEST
     if manifest_path.exists():
-        manifest = json.loads(manifest_path.read_text())
+        manifest = load(d)
         if any(_alive(n.get("pid")) for n in manifest["nodes"]):
             raise TestnetError(f"a testnet is already running from {d}; `ler testnet down --dir {d}` first")
     else:
@@ -218,10 +218,41 @@ def down(directory: str | os.PathLike[str], grace: float = 10.0) -> list[str]:
 
 
 def load(d: Path) -> dict[str, Any]:
+    """DIR/testnet.json, checked: TestnetError names the file and what is wrong with it."""
+    path = d / MANIFEST
     try:
-        return json.loads((d / MANIFEST).read_text())
+        manifest = json.loads(path.read_text())
     except FileNotFoundError:
         raise TestnetError(f"no testnet in {d} (no {MANIFEST}); `ler testnet up --dir {d}` makes one") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TestnetError(f"{path} cannot be read as a testnet manifest: {exc}") from None
+    fault = _manifest_fault(manifest)
+    if fault:
+        raise TestnetError(f"{path} is not a testnet manifest as `ler testnet up` writes it: {fault}")
+    return manifest
+
+
+def _manifest_fault(m: object) -> str | None:
+    if not isinstance(m, dict):
+        return "not a JSON object"
+    for k in ("chain_id", "genesis", "demo_issuer_key", "demo_record_type"):
+        if not isinstance(m.get(k), str):
+            return f"{k} is missing or not a string"
+    nodes = m.get("nodes")
+    if not isinstance(nodes, list) or not nodes:
+        return "nodes is missing or not a list of nodes"
+    for i, n in enumerate(nodes):
+        if not isinstance(n, dict):
+            return f"nodes[{i}] is not an object"
+        for k in ("name", "url", "data", "key"):
+            if not isinstance(n.get(k), str):
+                return f"nodes[{i}].{k} is missing or not a string"
+        if n.get("role") not in ("authority", "observer"):
+            return f"nodes[{i}].role is not \"authority\" or \"observer\""
+        pid = n.get("pid")
+        if pid is not None and (not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0):
+            return f"nodes[{i}].pid is not a process id or null"
+    return None
 
 
 def status(directory: str | os.PathLike[str]) -> list[dict[str, Any]]:

@@ -129,3 +129,33 @@ def test_testnet_nodes_flag_sets_and_checks_the_authority_count(tmp_path: Path) 
         assert roles == ["authority"] * 4
     finally:
         ler("testnet", "down", "--dir", str(plain))
+
+
+GOOD_NODE = {"name": "authority1", "url": "http://127.0.0.1:1", "role": "authority", "pid": None,
+             "data": "/nowhere/a1", "key": "/nowhere/a1.key"}
+GOOD_MANIFEST = {"chain_id": "c", "genesis": "/nowhere/genesis.json", "nodes": [GOOD_NODE],
+                 "demo_issuer_key": "/nowhere/demo.key", "demo_record_type": "degree"}
+
+
+@pytest.mark.parametrize(("text", "fault"), [
+    ("{not json", "cannot be read as a testnet manifest"),
+    ("[]", "not a JSON object"),
+    (json.dumps({**GOOD_MANIFEST, "chain_id": 7}), "chain_id is missing or not a string"),
+    (json.dumps({**GOOD_MANIFEST, "nodes": {}}), "nodes is missing or not a list"),
+    (json.dumps({**GOOD_MANIFEST, "nodes": [{**GOOD_NODE, "url": None}]}), "nodes[0].url is missing"),
+    (json.dumps({**GOOD_MANIFEST, "nodes": [{**GOOD_NODE, "role": "boss"}]}), "nodes[0].role is not"),
+    (json.dumps({**GOOD_MANIFEST, "nodes": [{**GOOD_NODE, "pid": "12"}]}), "nodes[0].pid is not a process id"),
+    (json.dumps({**GOOD_MANIFEST, "nodes": [{**GOOD_NODE, "pid": True}]}), "nodes[0].pid is not a process id"),
+])
+def test_a_tampered_testnet_manifest_is_refused_with_its_fault(tmp_path: Path, text: str, fault: str) -> None:
+    (tmp_path / "testnet.json").write_text(text)
+    for command in ("up", "status", "down"):
+        r = ler("testnet", command, "--dir", str(tmp_path))
+        assert r.returncode == 1 and fault in r.stderr and str(tmp_path / "testnet.json") in r.stderr, r.stderr
+        assert "unexpected" not in r.stderr
+    assert (tmp_path / "testnet.json").read_text() == text  # left as it was
+
+
+def test_the_manifest_check_takes_what_up_writes() -> None:
+    assert testnet._manifest_fault(GOOD_MANIFEST) is None
+    assert testnet._manifest_fault({**GOOD_MANIFEST, "nodes": [{**GOOD_NODE, "pid": 4242}]}) is None
