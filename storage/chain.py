@@ -53,16 +53,17 @@ because the cached height moves only after a block's batch is durable.
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import logging
 import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Container, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import plyvel
 
@@ -169,6 +170,60 @@ class StoreError(Exception):
         return str(self)
 
 
+def _leveldb_says(exc: BaseException) -> str:
+    """LevelDB's message (plyvel gives it as bytes)."""
+    arg = exc.args[0] if exc.args else exc
+    return arg.decode("utf-8", "replace") if isinstance(arg, bytes) else str(arg)
+
+
+class _CheckedDB:
+    """The database handle the store uses: point reads verify the checksum of the table block they read,
+    so a damaged file is reported (StoreError naming the folder) instead of taken as data; so are
+    failed writes. Iterators are plyvel's own, unchecked: a checked plyvel iterator ends silently at a
+    bad block, which would hide entries, while what an unchecked one returns is decoded and checked by
+    its reader. (Opened with paranoid_checks, LevelDB also checks what it compacts.)"""
+
+    __slots__ = ("_checked_get", "db", "path")
+
+    def __init__(self, db: plyvel.DB, path: Path) -> None:
+        self.db = db
+        self.path = path
+        self._checked_get = functools.partial(db.get, verify_checksums=True)
+
+    def damaged(self, exc: BaseException) -> StoreError:
+        return StoreError(f"the database in {self.path} is corrupt or unreadable: {_leveldb_says(exc)}")
+
+    def get(self, key: bytes) -> bytes | None:
+        try:
+            return self._checked_get(key)
+        except plyvel.Error as exc:
+            raise self.damaged(exc) from None
+
+    def iterator(self, **options: Any) -> Iterator[Any]:
+        try:
+            yield from self.db.iterator(**options)
+        except plyvel.Error as exc:
+            raise self.damaged(exc) from None
+
+    def write_batch(self, **options: Any) -> Any:
+        return self.db.write_batch(**options)
+
+    def put(self, key: bytes, value: bytes, **options: Any) -> None:
+        try:
+            self.db.put(key, value, **options)
+        except plyvel.Error as exc:
+            raise self.damaged(exc) from None
+
+    def delete(self, key: bytes, **options: Any) -> None:
+        try:
+            self.db.delete(key, **options)
+        except plyvel.Error as exc:
+            raise self.damaged(exc) from None
+
+    def close(self) -> None:
+        self.db.close()
+
+
 class InvalidBlock(StoreError):
     """A block that breaks a validity rule. `rule` names it: "header.<field>", "block.last_cert",
     "tx.decode", "tx.duplicate", "tx.chain", "tx.signature", or a ledger rule such as "anchor.duplicate"."""
@@ -205,7 +260,7 @@ class _DbNodes:
 
     __slots__ = ("db", "old", "young")
 
-    def __init__(self, db: plyvel.DB) -> None:
+    def __init__(self, db: _CheckedDB) -> None:
         self.db = db
         self.young: dict[bytes, bytes] = {}
         self.old: dict[bytes, bytes] = {}
@@ -408,15 +463,17 @@ class ChainStore:
             # background work to less than half under sustained load (see docs/PERFORMANCE.md). A node
             # passes its own size (`write_buffer_mb_for`), so that nodes storing the same blocks do
             # not all flush and compact at the same moment.
-            self._db = plyvel.DB(str(self._path), create_if_missing=True, bloom_filter_bits=10, compression=None,
-                                 lru_cache_size=64 * 1024 * 1024, write_buffer_size=write_buffer_mb * 1024 * 1024)
+            db = plyvel.DB(str(self._path), create_if_missing=True, bloom_filter_bits=10, compression=None,
+                           lru_cache_size=64 * 1024 * 1024, write_buffer_size=write_buffer_mb * 1024 * 1024,
+                           paranoid_checks=True)
         except plyvel.IOError as exc:
-            raise StoreError(f"cannot open the data folder {self._path}: {exc} "
+            raise StoreError(f"cannot open the data folder {self._path}: {_leveldb_says(exc)} "
                              "(is another node using it?)") from None
         except plyvel.CorruptionError as exc:
-            raise StoreError(f"the database in {self._path} is corrupt: {exc}") from None
+            raise StoreError(f"the database in {self._path} is corrupt: {_leveldb_says(exc)}") from None
         except OSError as exc:
             raise StoreError(f"cannot open the data folder {self._path}: {exc.strerror}") from None
+        self._db = _CheckedDB(db, self._path)
         try:
             self._nodes = _DbNodes(self._db)
             self._tree = SparseMerkleTree(self._nodes)
@@ -522,13 +579,15 @@ class ChainStore:
                 if n % 10_000 == 0:
                     batch.write()
                     batch = db.write_batch()
+            batch.write()
+            done = db.write_batch(sync=True)
+            done.put(META_FLAT_HEIGHT, _h8(height))
+            done.put(META_FLAT_STATE, FLAT_LEAF_HASHES)
+            done.write()
         except NodeStoreError as exc:
             raise StoreError(f"the state database is corrupt: {exc}") from None
-        batch.write()
-        done = db.write_batch(sync=True)
-        done.put(META_FLAT_HEIGHT, _h8(height))
-        done.put(META_FLAT_STATE, FLAT_LEAF_HASHES)
-        done.write()
+        except plyvel.Error as exc:
+            raise db.damaged(exc) from None
         log.info("event=state_index_rebuilt height=%d keys=%d seconds=%.1f", height, keys,
                  time.monotonic() - started)
 
@@ -549,7 +608,10 @@ class ChainStore:
         if batch is None:
             batch = self._db.write_batch(sync=True)
         staged.write_to(batch)
-        batch.write()
+        try:
+            batch.write()
+        except plyvel.Error as exc:
+            raise self._db.damaged(exc) from None
 
     def close(self) -> None:
         self._db.close()
@@ -1147,7 +1209,10 @@ class ChainStore:
         batch = self._db.write_batch(sync=True)
         for key, value in items.items():
             batch.put(key, value)
-        batch.write()
+        try:
+            batch.write()
+        except plyvel.Error as exc:
+            raise self._db.damaged(exc) from None
 
     def get_meta(self, key: bytes) -> bytes | None:
         if not key.startswith(META_PREFIXES):

@@ -32,7 +32,7 @@ from ler.block import (
 )
 from ler.keys import KeyPair
 from ler.smt import verify_state_proof
-from ler.state import ACCREDITED, SELF_ASSERTED, issuer_key, record_key
+from ler.state import ACCREDITED, SELF_ASSERTED, authorities_key, issuer_key, record_key
 from ler.tx import (
     Action,
     GovVote,
@@ -168,6 +168,31 @@ def test_height_without_block_is_corrupt(tmp_path: Path, genesis: Genesis) -> No
     db.close()
     with pytest.raises(StoreError, match=r"corrupt.*block is missing"):
         ChainStore(tmp_path / "d", genesis)
+
+
+@pytest.mark.parametrize("damage", ["overwritten", "truncated"])
+def test_a_damaged_table_file_is_reported_not_read_as_data(tmp_path: Path, genesis: Genesis, damage: str) -> None:
+    """A table file changed behind LevelDB's back: its block checksums no longer match (or it is cut
+    short). The store says the database is damaged; it never answers with what the bytes now say."""
+    ChainStore(tmp_path / "d", genesis).close()
+    ChainStore(tmp_path / "d", genesis).close()  # the second opening moves the log into a table file
+    tables = sorted((tmp_path / "d").glob("*.ldb"))
+    assert tables
+    for table in tables:
+        data = bytearray(table.read_bytes())
+        if damage == "truncated":
+            data = data[: len(data) // 2]
+        else:
+            for at in range(50, len(data) - 8, 500):  # a few bytes in every block
+                data[at:at + 4] = b"\xde\xad\xbe\xef"
+        table.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match="corrupt or unreadable"):
+        store = ChainStore(tmp_path / "d", genesis)
+        try:
+            store.state_get(authorities_key())
+            store.history_root(1)
+        finally:
+            store.close()
 
 
 def test_folder_in_use_is_refused(store: ChainStore, tmp_path: Path, genesis: Genesis) -> None:
