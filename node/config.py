@@ -263,6 +263,9 @@ def _table(doc: dict[str, Any], name: str, path: Path) -> dict[str, Any]:
     return t
 
 
+_KINDS = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
+
+
 def known_settings(table: dict[str, Any], cls: type, path: Path) -> dict[str, Any]:
     """One table's settings, each a field of `cls` with a value of its default's type, not negative."""
     fields = cls.__dataclass_fields__  # type: ignore[attr-defined]
@@ -273,7 +276,7 @@ def known_settings(table: dict[str, Any], cls: type, path: Path) -> dict[str, An
         default = fields[k].default
         if isinstance(v, bool) != isinstance(default, bool) or (
                 not isinstance(v, type(default)) and not (isinstance(default, float) and isinstance(v, int))):
-            raise ConfigError(f"{path}: {k} must be a {type(default).__name__}")
+            raise ConfigError(f"{path}: {k} must be {_KINDS.get(type(default), type(default).__name__)}")
         if v < 0:
             raise ConfigError(f"{path}: {k} must not be negative")
         out[k] = v

@@ -58,7 +58,7 @@ def test_the_testnet_file_is_four_authorities_and_an_observer() -> None:
     ("network = 3\n", "must be tables"),
     ("[consensus]\npropose_ms = 3\n", "unknown setting 'propose_ms'"),
     ("[consensus]\npropose = -1.0\n", "propose must not be negative"),
-    ("[consensus]\npropose = \"3\"\n", "propose must be a float"),
+    ("[consensus]\npropose = \"3\"\n", "propose must be a number"),
 ])
 def test_a_bad_network_file_is_refused_with_its_fault(tmp_path: Path, text: str, error: str) -> None:
     path = tmp_path / "network.toml"

@@ -162,8 +162,8 @@ def test_bad_peers_are_refused(text: str, words: str) -> None:
 @pytest.mark.parametrize("extra, words", [
     ("[consensus]\nproposee = 1\n", "unknown setting"),
     ("[consensus]\npropose = -1\n", "negative"),
-    ("[gossip]\nrelay_txs = 1\n", "relay_txs must be a bool"),
-    ("[sync]\nbatch_blocks = true\n", "batch_blocks must be a int"),
+    ("[gossip]\nrelay_txs = 1\n", "relay_txs must be true or false"),
+    ("[sync]\nbatch_blocks = true\n", "batch_blocks must be a whole number"),
     ('[peers]\nurls = ["http://x:1"]\nfoo = 1\n', "peers.foo"),
     ('[[peers.nodes]]\nurl = "http://x:1"\n', "exactly url and did"),
 ])
