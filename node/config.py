@@ -32,6 +32,7 @@ CONFIG_FILE = "config.toml"
 GENESIS_FILE = "genesis.json"
 KEY_FILE = "node.key"
 DB_DIR = "db"
+PID_FILE = "node.pid"  # the running node's process id, there while it runs (`ler testnet` reads it)
 
 
 class ConfigError(LerError):
@@ -112,6 +113,10 @@ class NodeConfig:
     @property
     def db_path(self) -> Path:
         return self.data / DB_DIR
+
+    @property
+    def pid_path(self) -> Path:
+        return self.data / PID_FILE
 
     @property
     def url(self) -> str:

@@ -18,8 +18,10 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 import sys
+from pathlib import Path
 
 from aiohttp import web
 
@@ -83,6 +85,8 @@ class Node:
 async def serve(config: NodeConfig, key: KeyPair, stop: asyncio.Event) -> None:
     node = Node(config, key)
     svc = node.svc
+    # The store is open (its folder lock held): this process is the data folder's node until it exits.
+    write_pid_file(config.pid_path)
     try:
         reloaded = svc.reload_pending()
         runner = web.AppRunner(node.app(), access_log=None, handle_signals=False,
@@ -117,7 +121,21 @@ async def serve(config: NodeConfig, key: KeyPair, stop: asyncio.Event) -> None:
             await asyncio.get_running_loop().shutdown_default_executor()
     finally:
         svc.close()
+        remove_pid_file(config.pid_path)
         log.info("event=node_stopped")
+
+
+def write_pid_file(path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(f"{os.getpid()}\n")
+    os.replace(tmp, path)
+
+
+def remove_pid_file(path: Path) -> None:
+    """Only if it is still ours (a node killed and restarted has written its own since)."""
+    with contextlib.suppress(OSError, ValueError):
+        if int(path.read_text()) == os.getpid():
+            path.unlink()
 
 
 def tune_gc() -> None:

@@ -7,7 +7,8 @@ DIR/testnet.json:
 "demo_issuer_key": path, "demo_record_type"}. The demo issuer is accredited for demo_record_type in the
 genesis, so it can anchor accredited records as soon as `up` returns. Every node lists every other as a
 peer with its did ([[peers.nodes]]), so observers are known to the authorities too. A node restarts
-with `ler node run --data <its data path>`.
+with `ler node run --data <its data path>`; a running node keeps its process id in <data>/node.pid, so
+`status` and `down` see a node restarted that way as well as those `up` started.
 `ler testnet down --dir DIR` stops them (SIGTERM, then SIGKILL after a grace period);
 `ler testnet status --dir DIR` reports each node. `scripts/testnet` runs `up`, seeds demo data, prints
 where to look and stops everything on Ctrl-C. Each node's log is DIR/<name>/node.log.
@@ -32,7 +33,7 @@ from ler.keys import KeyPair, write_key_file
 from ler.record import RecordDocument, make_claims
 from ler.tx import Action, GovVote, RecordAnchor, sign_tx
 from node.client import ClientError, NodeClient
-from node.config import ConfigError, ConsensusTiming, PeerSpec, init_data_dir, known_settings
+from node.config import PID_FILE, ConfigError, ConsensusTiming, PeerSpec, init_data_dir, known_settings
 
 MANIFEST = "testnet.json"
 DEMO_TYPE = "degree"
@@ -109,7 +110,7 @@ def up(directory: str | os.PathLike[str], authorities: int = 4, observers: int =
     manifest_path = d / MANIFEST
     if manifest_path.exists():
         manifest = load(d)
-        if any(_alive(n.get("pid")) for n in manifest["nodes"]):
+        if any(_running_pid(n) for n in manifest["nodes"]):
             raise TestnetError(f"a testnet is already running from {d}; `ler testnet down --dir {d}` first")
     else:
         manifest = _create(d, authorities, observers, base_port, chain_id, consensus)
@@ -195,23 +196,46 @@ def _alive(pid: Any) -> bool:
         return True  # no /proc here: trust kill(pid, 0)
 
 
+def _runs_a_node(pid: int) -> bool:
+    """Whether process `pid` is a `ler node run` (not another program that got a dead node's pid)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"\x00node\x00run\x00" in b"\x00" + f.read()
+    except OSError:
+        return True  # no /proc here: trust that it is alive
+
+
+def _running_pid(node: dict[str, Any]) -> int | None:
+    """The process running this node now, or None: the one its data folder's node.pid names (a node
+    restarted by hand with `ler node run --data` writes its own there), else the one `up` started."""
+    with contextlib.suppress(OSError, ValueError):
+        pid = int((Path(node["data"]) / PID_FILE).read_text())
+        if pid > 0 and _alive(pid) and _runs_a_node(pid):
+            return pid
+    started = node.get("pid")
+    return started if isinstance(started, int) and _alive(started) else None
+
+
 def down(directory: str | os.PathLike[str], grace: float = 10.0) -> list[str]:
     d = Path(directory).resolve()
     manifest = load(d)
     stopped = []
+    running: dict[str, int] = {}
     for node in manifest["nodes"]:
-        pid = node.get("pid")
-        if _alive(pid):
+        pid = _running_pid(node)
+        if pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
+            running[node["name"]] = pid
             stopped.append(node["name"])
     deadline = time.monotonic() + grace
     for node in manifest["nodes"]:
-        while _alive(node.get("pid")) and time.monotonic() < deadline:
+        pid = running.get(node["name"])
+        while pid is not None and _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if _alive(node.get("pid")):
+        if pid is not None and _alive(pid):
             with contextlib.suppress(ProcessLookupError):
-                os.kill(node["pid"], signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
         node["pid"] = None
     (d / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return stopped
@@ -259,8 +283,9 @@ def status(directory: str | os.PathLike[str]) -> list[dict[str, Any]]:
     d = Path(directory).resolve()
     out = []
     for node in load(d)["nodes"]:
+        pid = _running_pid(node)
         row: dict[str, Any] = {"name": node["name"], "url": node["url"], "role": node["role"],
-                               "pid": node.get("pid"), "running": _alive(node.get("pid"))}
+                               "pid": pid, "running": pid is not None}
         try:
             s = NodeClient(node["url"], timeout=2.0).status()
             row.update(height=s["height"], mempool=s["mempool"]["txs"])

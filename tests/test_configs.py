@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 import tomllib
 from pathlib import Path
 
@@ -159,3 +160,40 @@ def test_a_tampered_testnet_manifest_is_refused_with_its_fault(tmp_path: Path, t
 def test_the_manifest_check_takes_what_up_writes() -> None:
     assert testnet._manifest_fault(GOOD_MANIFEST) is None
     assert testnet._manifest_fault({**GOOD_MANIFEST, "nodes": [{**GOOD_NODE, "pid": 4242}]}) is None
+
+
+def test_a_node_restarted_by_hand_is_one_the_testnet_commands_see_and_stop(tmp_path: Path) -> None:
+    """The issue's way back after a kill -9: `ler node run --data <its data path>`. That process is the
+    node's now (its node.pid), so `ler testnet status` shows it running and `ler testnet down` stops it."""
+    d = tmp_path / "net"
+    assert ler("testnet", "up", "--dir", str(d), "--nodes", "1", "--base-port", "23851").returncode == 0
+    node = json.loads((d / "testnet.json").read_text())["nodes"][0]
+    pid_file = Path(node["data"]) / "node.pid"
+    restarted = None
+    try:
+        assert int(pid_file.read_text()) == node["pid"]  # written by the node itself
+        os.kill(node["pid"], 9)
+        deadline = time.monotonic() + 10
+        while testnet._alive(node["pid"]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stale = ler("testnet", "status", "--dir", str(d))  # node.pid is left behind, naming a dead process
+        assert stale.returncode == 1 and "stopped" in stale.stdout
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LER_")}
+        with open(tmp_path / "restarted.log", "wb") as log:
+            restarted = subprocess.Popen([str(LER), "node", "run", "--data", node["data"]], stdout=log,
+                                         stderr=log, env=env)
+        deadline = time.monotonic() + 30
+        while ler("testnet", "status", "--dir", str(d)).returncode != 0:
+            assert time.monotonic() < deadline and restarted.poll() is None
+            time.sleep(0.2)
+        assert int(pid_file.read_text()) == restarted.pid
+        rows = json.loads(ler("testnet", "status", "--dir", str(d), "--json").stdout)
+        assert rows[0]["running"] and rows[0]["pid"] == restarted.pid
+        down = ler("testnet", "down", "--dir", str(d))
+        assert down.returncode == 0 and "stopped authority1" in down.stdout
+        assert restarted.wait(15) == 0  # a clean stop (SIGTERM), which removes its node.pid
+        assert not pid_file.exists()
+    finally:
+        if restarted is not None and restarted.poll() is None:
+            restarted.kill()
+        ler("testnet", "down", "--dir", str(d))
