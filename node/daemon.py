@@ -85,9 +85,9 @@ class Node:
 async def serve(config: NodeConfig, key: KeyPair, stop: asyncio.Event) -> None:
     node = Node(config, key)
     svc = node.svc
-    # The store is open (its folder lock held): this process is the data folder's node until it exits.
-    write_pid_file(config.pid_path)
     try:
+        # The store is open (its folder lock held): this process is the data folder's node until it exits.
+        write_pid_file(config.pid_path)
         reloaded = svc.reload_pending()
         runner = web.AppRunner(node.app(), access_log=None, handle_signals=False,
                                shutdown_timeout=SHUTDOWN_TIMEOUT_S)

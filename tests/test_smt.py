@@ -511,3 +511,17 @@ def test_malformed_state_proofs_are_decode_errors() -> None:
         StateProof.from_json({**json_form, "siblings": ["zz" * 32]})
     with pytest.raises(DecodeError):
         StateProof.from_json({**json_form, "siblings": ["ab" * 31]})
+
+
+def test_leaves_lists_every_key_once_in_order_with_its_leaf_hash() -> None:
+    tree = new_tree()
+    assert list(tree.leaves(EMPTY)) == []
+    keys = rand_keys(300, seed=9)
+    root = tree.update_many(EMPTY, {k: b"v%d" % i for i, k in enumerate(keys)})
+    one = tree.update_many(EMPTY, {keys[0]: b"only"})
+    # A later root, with some keys gone and some changed: the earlier root still lists what it held.
+    later = tree.update_many(root, {**{k: None for k in keys[:100]}, **{k: b"new" for k in keys[100:150]}})
+    assert list(tree.leaves(root)) == sorted((k, leaf_hash(k, b"v%d" % i)) for i, k in enumerate(keys))
+    assert list(tree.leaves(one)) == [(keys[0], leaf_hash(keys[0], b"only"))]
+    want = {k: b"new" if k in keys[100:150] else b"v%d" % keys.index(k) for k in keys[100:]}
+    assert list(tree.leaves(later)) == sorted((k, leaf_hash(k, v)) for k, v in want.items())
