@@ -14,8 +14,9 @@
    throughput / (cores x verify rate / nodes): each node verifies each signature once, so that bound
    is what signature checks alone would allow. That ratio is the product of two figures each run
    reports: the share of the cores the nodes kept busy, and the inverse of a node's CPU per
-   transaction counted in Ed25519 checks (bound_ratio = busy / cost). The cost depends far less on
-   how busy the shared machine is than throughput does, so it is the figure to compare code with.
+   transaction counted in Ed25519 checks (bound_ratio = busy / cost). The cost depends less on how
+   busy the shared machine is than throughput does (though not little under heavy load from other
+   work), so it is the figure to compare code with.
 
 Latency is measured from the moment a batch is sent to the moment a client polling the node sees the
 block holding the transaction (the poll interval is part of it). The last line is one JSON object:
