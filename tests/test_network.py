@@ -132,15 +132,6 @@ class Net:
     def live(self) -> list[Node]:
         return [n for n in self.nodes + self.extra if n.alive()]
 
-    def save_pids(self) -> None:
-        """Record restarted nodes' pids in testnet.json, so `ler testnet down` stops them too."""
-        path = self.root / "testnet.json"
-        manifest = json.loads(path.read_text())
-        for entry in manifest["nodes"]:
-            node = next(n for n in self.nodes if n.name == entry["name"])
-            entry["pid"] = node.pid
-        path.write_text(json.dumps(manifest, indent=2))
-
     def anchors(self, n: int) -> list[Tx]:
         return [sign_tx(self.issuer, self.chain_id, RecordAnchor(
             record=os.urandom(16), issuer=self.issuer.did, holder=KeyPair.generate().did, rtype=self.rtype,
@@ -214,7 +205,8 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
         for extra in network.extra:
             if extra.alive():
                 extra.kill()
-        network.save_pids()
+        # Nodes the tests restarted with `ler node run --data` are not those `up` started: `down` finds
+        # them by their node.pid, and every one of them must be gone.
         r = ler("testnet", "down", "--dir", str(root))
         assert r.returncode == 0, r.stderr
         for n in network.nodes:
@@ -352,7 +344,6 @@ def test_killing_the_proposer_costs_a_timeout_and_it_catches_up_after_restart(ne
     assert "event=round_started" in entry.log()  # some height needed a second round
 
     victim.start()
-    net.save_pids()
     txs = net.anchors(5)
     victim.submit(txs)  # it takes submissions at once and catches up by sync
     net.wait_committed(txs, net.nodes)
@@ -380,7 +371,6 @@ def test_two_authorities_down_stops_commits_without_a_fork_and_one_back_resumes(
     down[0].start()  # three of four again
     net.wait_committed(txs, [*up, down[0], net.observer])
     down[1].start()
-    net.save_pids()
     net.wait_height(net.nodes, up[0].height())
     net.assert_agree(net.nodes)
     assert up[0].get("/v1/evidence")["evidence"] == evidence_before  # crashes and restarts are not equivocation
@@ -512,4 +502,3 @@ def test_an_authority_added_and_another_removed_by_vote_while_transactions_flow(
         assert removed.key.public_key.hex() not in {s["validator"] for s in cert["sigs"]}
     assert new_key.public_key.hex() in signers
     assert "event=height_started" in newcomer.log()  # it took part in consensus, not only sync
-    net.save_pids()
