@@ -1293,11 +1293,9 @@ def _check_nodes(directory: str, nodes: int | None) -> None:
     if nodes is None:
         return
     tn = _testnet()
-    manifest = _testnet_call(lambda: tn.load(Path(directory).resolve()))
-    roles = [n["role"] for n in manifest["nodes"]]
-    have = roles.count("authority")
+    made = tn.shape(_testnet_call(lambda: tn.load(Path(directory).resolve())))
+    have, observers = made["authorities"], made["observers"]
     if have != nodes:
-        observers = len(roles) - have
         extra = f" and {observers} observer{'s' * (observers != 1)}" if observers else ""
         raise bad_input(f"the network in {directory} has {have} authority node{'s' * (have != 1)}{extra}, "
                         f"not {nodes}")
@@ -1357,8 +1355,7 @@ def testnet_up(directory: str, network_file: str | None, authorities: int | None
                                            observers=shape["observers"], base_port=shape["base_port"],
                                            chain_id=shape["chain_id"], consensus=consensus or None))
     if existing:
-        made = {"authorities": sum(n["role"] == "authority" for n in manifest["nodes"]),
-                "observers": sum(n["role"] == "observer" for n in manifest["nodes"])}
+        made = tn.shape(manifest)
         asked = {k: given[k] for k in made if given[k] is not None}
         if any(made[k] != v for k, v in asked.items()):
             say(f"note: the network in {directory} already exists and restarts as it was made "

@@ -256,6 +256,12 @@ def load(d: Path) -> dict[str, Any]:
     return manifest
 
 
+def shape(manifest: dict[str, Any]) -> dict[str, int]:
+    """How many authority and observer nodes the network of `manifest` has."""
+    roles = [n["role"] for n in manifest["nodes"]]
+    return {"authorities": roles.count("authority"), "observers": roles.count("observer")}
+
+
 def _manifest_fault(m: object) -> str | None:
     if not isinstance(m, dict):
         return "not a JSON object"

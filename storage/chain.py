@@ -90,7 +90,7 @@ from ler.state import (
 from ler.tx import GovVote, IssuerRotate, RecordAnchor, RecordEndorse, Tx
 from ler.wire import Wire, packb
 from storage.history import HistoryError, HistoryTree, StagedWrites
-from storage.smt import MemoryNodeStore, NodeStoreError, SparseMerkleTree
+from storage.smt import LEAF_TAG, MemoryNodeStore, NodeStoreError, SparseMerkleTree
 
 log = logging.getLogger("ler.storage")
 
@@ -207,6 +207,13 @@ class _CheckedDB:
 
     def write_batch(self, **options: Any) -> Any:
         return self.db.write_batch(**options)
+
+    def write(self, batch: Any) -> None:
+        """Write a batch made by `write_batch`."""
+        try:
+            batch.write()
+        except plyvel.Error as exc:
+            raise self.damaged(exc) from None
 
     def put(self, key: bytes, value: bytes, **options: Any) -> None:
         try:
@@ -570,24 +577,22 @@ class ChainStore:
                 batch.delete(key)
                 n += 1
                 if n % 10_000 == 0:
-                    batch.write()
+                    db.write(batch)
                     batch = db.write_batch()
             for key, leaf in self._tree.leaves(root):
                 batch.put(FLAT_STATE_PREFIX + key, leaf)
                 n += 1
                 keys += 1
                 if n % 10_000 == 0:
-                    batch.write()
+                    db.write(batch)
                     batch = db.write_batch()
-            batch.write()
+            db.write(batch)
             done = db.write_batch(sync=True)
             done.put(META_FLAT_HEIGHT, _h8(height))
             done.put(META_FLAT_STATE, FLAT_LEAF_HASHES)
-            done.write()
+            db.write(done)
         except NodeStoreError as exc:
             raise StoreError(f"the state database is corrupt: {exc}") from None
-        except plyvel.Error as exc:
-            raise db.damaged(exc) from None
         log.info("event=state_index_rebuilt height=%d keys=%d seconds=%.1f", height, keys,
                  time.monotonic() - started)
 
@@ -596,10 +601,13 @@ class ChainStore:
         pointer = self._db.get(flat_key)
         if pointer is None:
             return None
-        data = self._nodes.get_node(pointer) if len(pointer) == 32 else None
-        if data is None or data[:1] != b"\x00" or data[1:1 + 32] != flat_key[len(FLAT_STATE_PREFIX):]:
+        try:
+            key, value = self._tree.leaf(pointer)
+        except NodeStoreError:
+            key = None
+        if key != flat_key[len(FLAT_STATE_PREFIX):]:
             raise NodeStoreError(f"{flat_key!r} does not lead to its leaf")
-        return data[1 + 32:]
+        return value
 
     def _write(self, staged: StagedWrites, batch: plyvel.WriteBatch | None = None) -> None:
         """One durable batch: after this returns the writes survive a crash; before, none of them exist.
@@ -608,10 +616,7 @@ class ChainStore:
         if batch is None:
             batch = self._db.write_batch(sync=True)
         staged.write_to(batch)
-        try:
-            batch.write()
-        except plyvel.Error as exc:
-            raise self._db.damaged(exc) from None
+        self._db.write(batch)
 
     def close(self) -> None:
         self._db.close()
@@ -1097,7 +1102,7 @@ class ChainStore:
         leaves: dict[bytes, bytes] = {}  # state key -> the hash of its leaf written by this block
         for node_hash, data in result.node_writes.items():
             put(NODE_PREFIX + node_hash, data)
-            if data[0] == 0:
+            if data[0] == LEAF_TAG:
                 leaves[data[1:33]] = node_hash
         pending = self._pending_ids
         done_pending: list[bytes] = []
@@ -1209,10 +1214,7 @@ class ChainStore:
         batch = self._db.write_batch(sync=True)
         for key, value in items.items():
             batch.put(key, value)
-        try:
-            batch.write()
-        except plyvel.Error as exc:
-            raise self._db.damaged(exc) from None
+        self._db.write(batch)
 
     def get_meta(self, key: bytes) -> bytes | None:
         if not key.startswith(META_PREFIXES):

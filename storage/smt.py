@@ -30,7 +30,9 @@ from ler.smt import (
     value_hash,
 )
 
-_LEAF = 0x00
+#: The first byte of a stored leaf's encoding (an inner node's is 0x01).
+LEAF_TAG = 0x00
+_LEAF = LEAF_TAG
 _NODE = 0x01
 _NODE_LEN = 1 + 32 + 32
 _LEAF_MIN_LEN = 1 + KEY_SIZE
@@ -132,6 +134,13 @@ class SparseMerkleTree:
                 siblings.append(right)
                 h = left
         return StateProof(key, None, tuple(siblings), None, None)
+
+    def leaf(self, h: bytes) -> tuple[bytes, bytes]:
+        """The (key, value) of the stored leaf named `h`; NodeStoreError if `h` names no stored leaf."""
+        data = self._load(h)
+        if data[0] != _LEAF:
+            raise NodeStoreError(f"state node {h.hex()} is not a leaf")
+        return data[1:1 + KEY_SIZE], data[1 + KEY_SIZE:]
 
     def leaves(self, root: bytes) -> Iterator[tuple[bytes, bytes]]:
         """Every (key, leaf hash) of the tree under `root`, in key order: one read of each of its nodes."""

@@ -157,7 +157,7 @@ def test_a_tampered_testnet_manifest_is_refused_with_its_fault(tmp_path: Path, t
     assert (tmp_path / "testnet.json").read_text() == text  # left as it was
 
 
-def test_the_manifest_check_takes_what_up_writes() -> None:
+def test_the_manifest_check_takes_a_well_formed_manifest() -> None:
     assert testnet._manifest_fault(GOOD_MANIFEST) is None
     assert testnet._manifest_fault({**GOOD_MANIFEST, "nodes": [{**GOOD_NODE, "pid": 4242}]}) is None
 
