@@ -64,7 +64,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return _json({"error": f"request body too large (limit {request.client_max_size} bytes)"}, 413)
     except web.HTTPException as exc:
         if exc.status >= 400:
-            return _json({"error": exc.reason or exc.text or "request refused"}, exc.status)
+            resp = _json({"error": exc.reason or exc.text or "request refused"}, exc.status)
+            if "Allow" in exc.headers:  # a 405 names the methods the path takes (RFC 9110, 15.5.6)
+                resp.headers["Allow"] = exc.headers["Allow"]
+            return resp
         raise
     except Exception:  # a bug, never the client's fault; say so without leaking internals
         log.exception("event=internal_error path=%s", request.path)
@@ -113,6 +116,20 @@ def _hex_id(text: str, size: int, what: str) -> bytes:
         return hex_bytes(text, size, what)
     except DecodeError as exc:
         raise ApiError(400, str(exc)) from None
+
+
+#: The largest height a request may name (18 digits, as `_int_param` reads them).
+_MAX_HEIGHT = 10**18 - 1
+
+
+def _json_int(v: Any) -> int | None:
+    """A JSON integer, or None. 408.0 counts (JSON has one number type, and JSON Schema calls a number
+    with no fraction an integer); true and 408.5 do not."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, float) and v.is_integer() and abs(v) <= 2**53:
+        return int(v)
+    return v if isinstance(v, int) else None
 
 
 def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
@@ -394,6 +411,10 @@ class Api:
         return await self._bundle_for(items)
 
     async def _status_for(self, ids: list[bytes], since: int) -> web.Response:
+        head = self.svc.store.height
+        if since > head:
+            raise ApiError(409, f"since: this node's chain ends at height {head}, before the bundle's head {since} "
+                                "(it is behind: ask a node that has caught up)")
         try:
             proof = await asyncio.to_thread(build_status, self.svc.store, ids, since)
         except BundleError as exc:
@@ -403,18 +424,18 @@ class Api:
     async def record_status(self, request: web.Request) -> web.Response:
         """A fresh status proof for one record (ler.bundle.StatusProof); ?since=H, the verifier's head height."""
         record_id = _hex_id(request.match_info["id"], RECORD_ID_BYTES, "record id")
-        height = self.svc.store.height
-        since = _int_param(request, "since", height, 1, max(height, 1))
+        since = _int_param(request, "since", self.svc.store.height, 1, _MAX_HEIGHT)
         return await self._status_for([record_id], since)
 
     async def status_proof(self, request: web.Request) -> web.Response:
         """A fresh status proof for the records of a (stacked) bundle whose head is block `since`."""
         doc = await _read_json(request)
         recs = doc.get("records") if isinstance(doc, dict) and set(doc) == {"records", "since"} else None
-        since = doc.get("since") if isinstance(doc, dict) else None
-        if not isinstance(recs, list) or not 1 <= len(recs) <= 64 or not isinstance(since, int) \
-                or isinstance(since, bool):
+        since = _json_int(doc.get("since")) if isinstance(doc, dict) else None
+        if not isinstance(recs, list) or not 1 <= len(recs) <= 64 or since is None:
             raise ApiError(400, 'expected {"records": [record id hex, ...] (1-64), "since": height}')
+        if not 1 <= since <= _MAX_HEIGHT:
+            raise ApiError(400, f"since must be a height from 1 to {_MAX_HEIGHT}")
         ids = [_hex_id(r, RECORD_ID_BYTES, "record id") for r in recs]
         if len(set(ids)) != len(ids):
             raise ApiError(400, "the same record id appears twice")

@@ -6,8 +6,12 @@ from typing import Any
 
 HEX32 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
 HEX16 = {"type": "string", "pattern": "^[0-9a-f]{32}$"}
-DID = {"type": "string", "pattern": "^did:key:z6Mk[1-9A-HJ-NP-Za-km-z]+$", "maxLength": 64}
+#: An Ed25519 did:key ("z" and the base58btc of 0xed01 and the 32-byte key: always 48 characters). The
+#: pattern cannot bound the number the base58 digits spell: the node refuses one outside the key range (400).
+DID = {"type": "string", "pattern": "^did:key:z6Mk[1-9A-HJ-NP-Za-km-z]{44}$"}
 ERROR = {"$ref": "#/components/schemas/Error"}
+HEIGHT = {"type": "integer", "minimum": 1, "maximum": 10**18 - 1}  # a height, as the node reads one (18 digits)
+HEX_SALT = {"type": "string", "pattern": "^[0-9a-f]{32}$"}
 
 
 def _resp(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -17,7 +21,8 @@ def _resp(description: str, schema: dict[str, Any] | None = None) -> dict[str, A
 
 
 def _errors(*codes: int) -> dict[str, Any]:
-    text = {400: "Bad request (reason in error)", 404: "Not found", 413: "Payload too large",
+    text = {400: "Bad request (reason in error)", 404: "Not found",
+            409: "This node has not reached the height asked about (it is behind)", 413: "Payload too large",
             415: "Unsupported content type"}
     return {str(c): _resp(text[c], ERROR) for c in codes}
 
@@ -59,7 +64,10 @@ def document(version: str) -> dict[str, Any]:
                                                                       "transactions, each as bin"}}}},
                 "responses": {"200": _resp("All settled (with wait)", results),
                               "202": _resp("Accepted, pending", results),
-                              **_errors(400, 413, 415)}}},
+                              "400": _resp("Every transaction refused (one result each, with its rule and "
+                                           "error), or the request itself malformed (error)",
+                                           {"oneOf": [results, ERROR]}),
+                              **_errors(413, 415)}}},
             "/v1/txs/{id}": {"get": {
                 "summary": "A transaction's status", "operationId": "getTx",
                 "parameters": [_param("id", "path", HEX32, True, "Transaction id")],
@@ -68,10 +76,11 @@ def document(version: str) -> dict[str, Any]:
                                           "responses": {"200": _resp("Block"), **_errors(404)}}},
             "/v1/blocks/{height}": {"get": {
                 "summary": "A committed block", "operationId": "getBlock",
-                "parameters": [_param("height", "path", {"type": "integer", "minimum": 1}, True, "Height")],
+                "parameters": [_param("height", "path", HEIGHT, True, "Height")],
                 "responses": {"200": _resp("Block"), **_errors(400, 404)}}},
             "/v1/records": {"get": {
                 "summary": "Records by issuer or by holder", "operationId": "listRecords",
+                "description": "Give exactly one of issuer and holder (400 otherwise).",
                 "parameters": [_param("issuer", "query", DID, False, "Issuer did"),
                                _param("holder", "query", DID, False, "Holder did"),
                                _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 1000},
@@ -97,17 +106,18 @@ def document(version: str) -> dict[str, Any]:
                            "from block `since`; verifiers check all of it and trust nothing (ler verify --refresh)",
                 "operationId": "recordStatus",
                 "parameters": [_param("id", "path", HEX16, True, "Record id"),
-                               _param("since", "query", {"type": "integer", "minimum": 1}, False,
+                               _param("since", "query", HEIGHT, False,
                                       "The head height of the bundle being refreshed (default: the latest)")],
-                "responses": {"200": _resp("Status proof"), **_errors(400, 404)}}},
+                "responses": {"200": _resp("Status proof"), **_errors(400, 404, 409)}}},
             "/v1/status/records": {"post": {
                 "summary": "A fresh status proof for the records of a (stacked) bundle whose head is block `since`",
                 "operationId": "statusProof",
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
                     "type": "object", "required": ["records", "since"], "additionalProperties": False,
-                    "properties": {"records": {"type": "array", "minItems": 1, "maxItems": 64, "items": HEX16},
-                                   "since": {"type": "integer", "minimum": 1}}}}}},
-                "responses": {"200": _resp("Status proof"), **_errors(400, 404)}}},
+                    "properties": {"records": {"type": "array", "minItems": 1, "maxItems": 64, "uniqueItems": True,
+                                               "items": HEX16},
+                                   "since": HEIGHT}}}}},
+                "responses": {"200": _resp("Status proof"), **_errors(400, 404, 409)}}},
             "/v1/bundles": {"post": {
                 "summary": "One proof bundle stacking several records", "operationId": "stackBundle",
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
@@ -130,7 +140,9 @@ def document(version: str) -> dict[str, Any]:
                                "embedded bundle's verification result, or null), \"checks\"} (ler verify FILE "
                                "--genesis). Anything else is judged as a bundle: verdict tampered.",
                 "operationId": "verifyBundle",
-                "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}},
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "description": "Any JSON: what is neither a bundle nor a credential gets the verdict "
+                                   "tampered"}}}},
                 "responses": {"200": _resp("Verification result with verdict and checks"), **_errors(400, 413)}}},
             "/v1/issuers": {"get": {"summary": "The issuer registry", "operationId": "listIssuers",
                                     "responses": {"200": _resp("Issuers")}}},
@@ -179,20 +191,28 @@ def document(version: str) -> dict[str, Any]:
                                                         "record.revoke", "record.endorse"]},
                     "signer": DID, "nonce": {"type": "integer", "minimum": 0},
                     "body": {"type": "object"}, "sig": {"type": "string", "pattern": "^[0-9a-f]{128}$"}}},
-            "SubmitResults": {"type": "object", "properties": {"results": {"type": "array", "items": {
-                "type": "object", "properties": {
+            "SubmitResults": {"type": "object", "required": ["results"], "additionalProperties": False,
+                              "properties": {"results": {"type": "array", "items": {
+                "type": "object", "required": ["id", "status"], "properties": {
                     "id": {"type": ["string", "null"]},
                     "status": {"type": "string", "enum": ["pending", "committed", "rejected"]},
                     "height": {"type": ["integer", "null"]}, "index": {"type": ["integer", "null"]},
                     "error": {"type": ["string", "null"]}, "rule": {"type": ["string", "null"]}}}}}},
             "Disclosure": {
-                "type": "object", "required": ["total", "claims"], "additionalProperties": False,
-                "properties": {"total": {"type": "integer", "minimum": 1, "maximum": 256},
-                               "claims": {"type": "array", "items": {
-                                   "type": "object", "required": ["key", "value", "salt", "index", "path"],
-                                   "properties": {"key": {"type": "string"}, "value": {},
-                                                  "salt": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
-                                                  "index": {"type": "integer", "minimum": 0},
-                                                  "path": {"type": "array", "items": HEX32}}}}}},
+                "type": "object", "required": ["revealed", "hidden"], "additionalProperties": False,
+                "description": "Every claim of the record, 1 to 256 in all: the revealed ones in full (key, "
+                               "value, salt), the hidden ones as key and digest; each list in ascending key order "
+                               "(docs/PROTOCOL.md). The holder computes it from the record file.",
+                "anyOf": [{"properties": {"revealed": {"minItems": 1}}},
+                          {"properties": {"hidden": {"minItems": 1}}}],
+                "properties": {
+                    "revealed": {"type": "array", "maxItems": 256, "items": {
+                        "type": "object", "required": ["key", "value", "salt"], "additionalProperties": False,
+                        "properties": {"key": {"type": "string", "minLength": 1, "maxLength": 100}, "value": {},
+                                       "salt": HEX_SALT}}},
+                    "hidden": {"type": "array", "maxItems": 256, "items": {
+                        "type": "object", "required": ["key", "digest"], "additionalProperties": False,
+                        "properties": {"key": {"type": "string", "minLength": 1, "maxLength": 100},
+                                       "digest": HEX32}}}}},
         }},
     }

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -62,6 +62,7 @@ class Reply:
     status: int
     content_type: str  # the media type, without parameters
     body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -82,7 +83,7 @@ def http(url: str, method: str, path: str, body: bytes | None = None, content_ty
         conn.request(method, path, body=body, headers=headers)
         resp = conn.getresponse()
         ctype = resp.headers.get("Content-Type", "").split(";")[0].strip()
-        return Reply(resp.status, ctype, resp.read())
+        return Reply(resp.status, ctype, resp.read(), dict(resp.headers.items()))
     finally:
         conn.close()
 

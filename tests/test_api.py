@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import msgpack
 import pytest
 from node_proc import LER, Chain, NodeProc, Reply, init_node, make_chain, tx_json_body, tx_msgpack_body
@@ -45,6 +47,46 @@ def node(chain: Chain) -> Iterator[NodeProc]:
     proc = NodeProc(data).start()
     yield proc
     assert proc.terminate() == 0, proc.log()
+
+
+@pytest.fixture(scope="module")
+def api_doc(node: NodeProc) -> dict[str, Any]:
+    return node.get_json("/v1/openapi.json")
+
+
+def _operation(doc: dict[str, Any], method: str, path: str) -> dict[str, Any] | None:
+    """The document's operation serving `method` on the concrete `path` (None if it lists none)."""
+    path = path.partition("?")[0]
+    for template, ops in doc["paths"].items():
+        if re.fullmatch(re.sub(r"\{[^}/]+\}", "[^/]+", template), path) and method.lower() in ops:
+            return ops[method.lower()]
+    return None
+
+
+def _schema_check(doc: dict[str, Any], schema: dict[str, Any], value: Any) -> None:
+    """Validate `value` against `schema`, whose $refs point into the document's components."""
+    jsonschema.Draft202012Validator({**schema, "components": doc["components"]}).validate(value)
+
+
+def documented(doc: dict[str, Any], method: str, path: str, r: Reply) -> None:
+    """The answer is one the document promises: a listed status, and a JSON body of its schema."""
+    op = _operation(doc, method, path)
+    if op is None:  # an unrouted path or method: 404 or 405, nothing to look up
+        assert r.status in (404, 405), r
+        return
+    assert str(r.status) in op["responses"], (method, path, r.status, sorted(op["responses"]))
+    media = op["responses"][str(r.status)]["content"]
+    if r.content_type == "application/json":
+        _schema_check(doc, media["application/json"]["schema"], r.json())
+    else:
+        assert r.content_type in media, (method, path, r)
+
+
+def request_documented(doc: dict[str, Any], method: str, path: str, body: Any) -> None:
+    """A JSON request body the node takes fits the document's schema for it."""
+    op = _operation(doc, method, path)
+    assert op is not None, (method, path)
+    _schema_check(doc, op["requestBody"]["content"]["application/json"]["schema"], body)
 
 
 def anchor(chain: Chain, issuer: KeyPair | None = None, holder: str | None = None, rtype: str = "degree",
@@ -115,10 +157,13 @@ def test_openapi_document_lists_every_route(node: NodeProc) -> None:
 
 # --- submitting --------------------------------------------------------------------------------------
 
-def test_submit_one_json_transaction_then_poll_it(node: NodeProc, chain: Chain) -> None:
+def test_submit_one_json_transaction_then_poll_it(node: NodeProc, chain: Chain, api_doc: dict[str, Any]) -> None:
     _, tx = anchor(chain)
+    request_documented(api_doc, "POST", "/v1/txs", tx.to_json())
+    request_documented(api_doc, "POST", "/v1/txs", {"txs": [tx.to_json()]})
     r = node.request("POST", "/v1/txs", json.dumps(tx.to_json()).encode(), "application/json")
     assert r.status == 202, r
+    documented(api_doc, "POST", "/v1/txs", r)
     [res] = results_of(r)
     assert res == {"id": tx.tx_id.hex(), "status": "pending", "height": None, "index": None, "error": None,
                    "rule": None}
@@ -378,11 +423,14 @@ def test_authorities_with_an_open_proposal(tmp_path: Path) -> None:
 
 # --- bundles and verification --------------------------------------------------------------------------
 
-def test_bundle_for_a_record_verifies_offline(node: NodeProc, chain: Chain) -> None:
+def test_bundle_for_a_record_verifies_offline(node: NodeProc, chain: Chain, api_doc: dict[str, Any]) -> None:
     doc, _, h = committed_record(node, chain)
     disclosure = doc.disclose(["degree", "field"])
-    r = node.post_json(f"/v1/records/{doc.record_id.hex()}/bundle", {"disclosure": disclosure.to_json()})
+    path, body = f"/v1/records/{doc.record_id.hex()}/bundle", {"disclosure": disclosure.to_json()}
+    request_documented(api_doc, "POST", path, body)
+    r = node.post_json(path, body)
     assert r.status == 200 and r.content_type == "application/json", r
+    documented(api_doc, "POST", path, r)
     result = verify_bundle(r.body, chain.genesis)
     assert result.verdict == "valid", [c for c in result.checks if not c.ok]
     [rep] = result.records
@@ -391,13 +439,15 @@ def test_bundle_for_a_record_verifies_offline(node: NodeProc, chain: Chain) -> N
     assert b"2009" not in r.body
 
 
-def test_stacked_bundle_of_several_records(node: NodeProc, chain: Chain) -> None:
+def test_stacked_bundle_of_several_records(node: NodeProc, chain: Chain, api_doc: dict[str, Any]) -> None:
     holder = KeyPair.generate().did
     a, _, _ = committed_record(node, chain, holder=holder)
     b, _, _ = committed_record(node, chain, holder=holder, claims={"course": "Forklift safety", "hours": 12})
-    r = node.post_json("/v1/bundles", {"records": [
+    body = {"records": [
         {"record_id": a.record_id.hex(), "disclosure": a.disclose(["degree"]).to_json()},
-        {"record_id": b.record_id.hex(), "disclosure": b.disclose(["course", "hours"]).to_json()}]})
+        {"record_id": b.record_id.hex(), "disclosure": b.disclose(["course", "hours"]).to_json()}]}
+    request_documented(api_doc, "POST", "/v1/bundles", body)
+    r = node.post_json("/v1/bundles", body)
     assert r.status == 200, r
     result = verify_bundle(r.body, chain.genesis)
     assert result.verdict == "valid", [c for c in result.checks if not c.ok]
@@ -616,15 +666,25 @@ BAD_INPUT: list[tuple[str, str, str, bytes | None, str | None, int]] = [
 
 @pytest.mark.parametrize("method, path, body, ctype, status", [c[1:] for c in BAD_INPUT],
                          ids=[c[0] for c in BAD_INPUT])
-def test_bad_input_is_a_4xx_with_a_reason(node: NodeProc, chain: Chain, method: str, path: str,
-                                          body: bytes | None, ctype: str | None, status: int) -> None:
+def test_bad_input_is_a_4xx_with_a_reason(node: NodeProc, chain: Chain, api_doc: dict[str, Any], method: str,
+                                          path: str, body: bytes | None, ctype: str | None, status: int) -> None:
     before = node.get_json("/v1/status")["mempool"]["txs"]
-    r = node.request(method, path.format(did=KeyPair.generate().did), body, ctype)
+    path = path.format(did=KeyPair.generate().did)
+    r = node.request(method, path, body, ctype)
     refused(r, status)
+    documented(api_doc, method, path, r)
     assert node.get("/health").status == 200
     if method == "POST" and path.startswith(TX):
         # Nothing of a refused submission was taken.
         assert node.get_json("/v1/status")["mempool"]["txs"] <= before
+
+
+def test_a_method_a_path_does_not_take_is_405_naming_those_it_does(node: NodeProc) -> None:
+    for method, path, allowed in (("TRACE", "/health", {"GET", "HEAD"}), ("GET", "/v1/txs", {"POST"}),
+                                  ("DELETE", "/v1/verify", {"POST"}), ("PUT", "/v1/records/" + RID, {"GET", "HEAD"})):
+        r = node.request(method, path)
+        refused(r, 405)
+        assert {m.strip() for m in r.headers["Allow"].split(",")} == allowed, (method, path, r.headers)
 
 
 def test_a_refused_query_parameter_accepts_nothing(node: NodeProc, chain: Chain) -> None:

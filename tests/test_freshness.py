@@ -95,7 +95,18 @@ def test_status_routes(node: NodeProc, chain: Chain) -> None:
     for body in ({"records": [doc.record_id.hex()]}, {"records": [], "since": 1}, {"records": ["zz"], "since": 1},
                  {"records": [doc.record_id.hex()] * 2, "since": 1}, {"records": [doc.record_id.hex()], "since": True}):
         assert node.post_json("/v1/status/records", body).status == 400, body
-    assert node.post_json("/v1/status/records", {"records": [doc.record_id.hex()], "since": 10**9}).status == 404
+    for body in ({"records": [doc.record_id.hex()], "since": 0}, {"records": [doc.record_id.hex()], "since": 1.5},
+                 {"records": [doc.record_id.hex()], "since": 10**18}):
+        assert node.post_json("/v1/status/records", body).status == 400, body
+    # JSON has one number type: a height written 2.0 is the height 2.
+    r = node.post_json("/v1/status/records", {"records": [doc.record_id.hex()], "since": float(h)})
+    assert r.status == 200 and r.json()["since"] == h
+    # A bundle whose head this node has not reached: the node is behind, and says so (not "bad request").
+    ahead = node.height() + 1000
+    r = node.post_json("/v1/status/records", {"records": [doc.record_id.hex()], "since": ahead})
+    assert r.status == 409 and "behind" in r.json()["error"], r
+    r = node.get(f"/v1/records/{doc.record_id.hex()}/status?since={ahead}")
+    assert r.status == 409 and "behind" in r.json()["error"], r
 
 
 def test_verify_refresh_from_a_real_node(node: NodeProc, chain: Chain, tmp_path: Path) -> None:
