@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ler.keys import KeyPair
 from node.api import make_app
@@ -38,6 +39,23 @@ log = logging.getLogger("ler.node")
 SHUTDOWN_TIMEOUT_S = 5.0  # longest wait for requests still running when the server stops
 
 
+class MalformedHttpFilter(logging.Filter):
+    """aiohttp answers a request it cannot parse (a NUL in a header, a line too long) with 400 itself, and
+    logs it as an ERROR with a traceback. That is the client's fault, not the node's: one WARNING line
+    with the sender and the reason, as the node's own events are logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            remote = record.args[0] if isinstance(record.args, tuple) and record.args else None
+            reason = " ".join(str(exc.message or exc).split())[:200]
+            record.msg, record.args = "event=bad_http_request remote=%s status=%d reason=%r", (remote, exc.code,
+                                                                                                 reason)
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info = record.exc_text = None
+        return True
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"))
@@ -45,6 +63,9 @@ def setup_logging(level: int = logging.INFO) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedHttpFilter) for f in server.filters):
+        server.addFilter(MalformedHttpFilter())
 
 
 class Node:

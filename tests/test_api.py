@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -685,6 +686,18 @@ def test_a_method_a_path_does_not_take_is_405_naming_those_it_does(node: NodePro
         r = node.request(method, path)
         refused(r, 405)
         assert {m.strip() for m in r.headers["Allow"].split(",")} == allowed, (method, path, r.headers)
+
+
+def test_a_request_that_is_not_http_is_a_400_and_one_log_line(node: NodeProc) -> None:
+    host, _, port = node.url.removeprefix("http://").partition(":")
+    for raw in (b"GET /health HTTP/1.1\r\nHost: x\r\nX-Probe: a\x00b\r\n\r\n",
+                b"GET /health HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 20_000 + b"\r\n\r\n"):
+        with socket.create_connection((host, int(port)), timeout=10) as conn:
+            conn.sendall(raw)
+            assert re.match(rb"HTTP/1\.[01] 400 ", conn.recv(4096)), raw[:60]
+    assert node.get("/health").status == 200
+    log = node.log()
+    assert log.count("event=bad_http_request") >= 2 and "Traceback" not in log, log[-3000:]
 
 
 def test_a_refused_query_parameter_accepts_nothing(node: NodeProc, chain: Chain) -> None:
