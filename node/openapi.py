@@ -11,7 +11,6 @@ HEX16 = {"type": "string", "pattern": "^[0-9a-f]{32}$"}
 DID = {"type": "string", "pattern": "^did:key:z6Mk[1-9A-HJ-NP-Za-km-z]{44}$"}
 ERROR = {"$ref": "#/components/schemas/Error"}
 HEIGHT = {"type": "integer", "minimum": 1, "maximum": 10**18 - 1}  # a height, as the node reads one (18 digits)
-HEX_SALT = {"type": "string", "pattern": "^[0-9a-f]{32}$"}
 
 
 def _resp(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -209,7 +208,7 @@ def document(version: str) -> dict[str, Any]:
                     "revealed": {"type": "array", "maxItems": 256, "items": {
                         "type": "object", "required": ["key", "value", "salt"], "additionalProperties": False,
                         "properties": {"key": {"type": "string", "minLength": 1, "maxLength": 100}, "value": {},
-                                       "salt": HEX_SALT}}},
+                                       "salt": HEX16}}},
                     "hidden": {"type": "array", "maxItems": 256, "items": {
                         "type": "object", "required": ["key", "digest"], "additionalProperties": False,
                         "properties": {"key": {"type": "string", "minLength": 1, "maxLength": 100},
