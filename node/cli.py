@@ -1334,7 +1334,8 @@ def testnet_up(directory: str, network_file: str | None, authorities: int | None
     """Create (the first time) and start a local network; returns once every node answers.
 
     The network's shape (from flags, the network file, then the defaults) applies when it is created;
-    a network that exists restarts as it was made (a note says so if flags asked for another shape)."""
+    a network that exists restarts as it was made (a note says so if flags asked for another shape). If a
+    node cannot start (its port taken, say), it says which and why, and stops the nodes it started."""
     tn = _testnet()
     if nodes is not None and authorities is not None and nodes != authorities:
         raise bad_input(f"--nodes {nodes} and --authorities {authorities} disagree (they are the same count)")

@@ -117,8 +117,17 @@ def up(directory: str | os.PathLike[str], authorities: int = 4, observers: int =
     for node in manifest["nodes"]:
         node["pid"] = _start_node(Path(node["data"]))
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
-    deadline = time.monotonic() + timeout
-    for node in manifest["nodes"]:
+    try:
+        _wait_answering(manifest["nodes"], time.monotonic() + timeout, timeout)
+    except TestnetError as exc:
+        # Half a network is no network: stop what this call started, so that a script sees nothing running.
+        down(d)
+        raise TestnetError(f"{exc}; the testnet's other nodes were stopped again") from None
+    return manifest
+
+
+def _wait_answering(nodes: list[dict[str, Any]], deadline: float, timeout: float) -> None:
+    for node in nodes:
         client = NodeClient(node["url"], timeout=2.0)
         while True:
             try:
@@ -126,11 +135,21 @@ def up(directory: str | os.PathLike[str], authorities: int = 4, observers: int =
                 break
             except ClientError:
                 if not _alive(node["pid"]):
-                    raise TestnetError(f"node {node['name']} exited; see {node['data']}/node.log") from None
+                    log = Path(node["data"]) / "node.log"
+                    raise TestnetError(f"node {node['name']} exited ({_last_error(log)}); see {log}") from None
                 if time.monotonic() > deadline:
                     raise TestnetError(f"node {node['name']} did not answer within {timeout:.0f} s") from None
                 time.sleep(0.1)
-    return manifest
+
+
+def _last_error(log: Path) -> str:
+    """The reason a node gave for stopping: its log's last "error:" line (`ler node run` writes one)."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return "no log"
+    reason = next((line for line in reversed(lines) if line.startswith("error:")), None)
+    return reason.removeprefix("error:").strip() if reason else "no reason in its log"
 
 
 def _create(d: Path, authorities: int, observers: int, base_port: int, chain_id: str,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import time
 import tomllib
@@ -130,6 +131,33 @@ def test_testnet_nodes_flag_sets_and_checks_the_authority_count(tmp_path: Path) 
         assert roles == ["authority"] * 4
     finally:
         ler("testnet", "down", "--dir", str(plain))
+
+
+def test_a_failed_up_says_why_and_leaves_no_node_running(tmp_path: Path) -> None:
+    """A node of an existing network cannot start (another program took its port): `up` fails naming the
+    node and its reason, and stops the nodes it did start, so a script finds nothing half-running."""
+    d = tmp_path / "net"
+    assert ler("testnet", "up", "--dir", str(d), "--nodes", "2", "--base-port", "23861").returncode == 0
+    assert ler("testnet", "down", "--dir", str(d)).returncode == 0
+    nodes = json.loads((d / "testnet.json").read_text())["nodes"]
+    port = int(nodes[1]["url"].rsplit(":", 1)[1])
+    squatter = socket.socket()
+    try:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the node's closed sockets linger
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        r = ler("testnet", "up", "--dir", str(d))
+        assert r.returncode == 1 and "node authority2 exited" in r.stderr, r.stderr
+        assert "address already in use" in r.stderr and "other nodes were stopped" in r.stderr, r.stderr
+        after = json.loads((d / "testnet.json").read_text())["nodes"]
+        assert [n["pid"] for n in after] == [None, None]
+        assert not any(testnet._alive(n["pid"]) for n in nodes + after if n["pid"])
+        assert ler("testnet", "status", "--dir", str(d)).returncode == 1  # stopped, all of them
+    finally:
+        squatter.close()
+        ler("testnet", "down", "--dir", str(d))
+    assert ler("testnet", "up", "--dir", str(d)).returncode == 0  # the port is free again: it starts
+    ler("testnet", "down", "--dir", str(d))
 
 
 GOOD_NODE = {"name": "authority1", "url": "http://127.0.0.1:1", "role": "authority", "pid": None,
