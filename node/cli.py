@@ -1334,8 +1334,9 @@ def testnet_up(directory: str, network_file: str | None, authorities: int | None
     """Create (the first time) and start a local network; returns once every node answers.
 
     The network's shape (from flags, the network file, then the defaults) applies when it is created;
-    a network that exists restarts as it was made (a note says so if flags asked for another shape). If a
-    node cannot start (its port taken, say), it says which and why, and stops the nodes it started."""
+    a network that exists restarts as it was made (a note says so if flags asked for another shape), and
+    only its stopped nodes are started. If a node cannot start (its port taken, say), it says which and
+    why, and stops the nodes it started."""
     tn = _testnet()
     if nodes is not None and authorities is not None and nodes != authorities:
         raise bad_input(f"--nodes {nodes} and --authorities {authorities} disagree (they are the same count)")
@@ -1352,6 +1353,7 @@ def testnet_up(directory: str, network_file: str | None, authorities: int | None
     except DecodeError as exc:
         raise bad_input(str(exc)) from None
     existing = (Path(directory) / tn.MANIFEST).exists()
+    already = set(_testnet_call(lambda: tn.running(directory))) if existing else set()
     manifest = _testnet_call(lambda: tn.up(directory, authorities=shape["authorities"],
                                            observers=shape["observers"], base_port=shape["base_port"],
                                            chain_id=shape["chain_id"], consensus=consensus or None))
@@ -1362,7 +1364,8 @@ def testnet_up(directory: str, network_file: str | None, authorities: int | None
             say(f"note: the network in {directory} already exists and restarts as it was made "
                 f"({made['authorities']} authorities, {made['observers']} observers)")
     for n in manifest["nodes"]:
-        say(f"{n['name']:<12} {n['role']:<9} {n['url']}  pid {n['pid']}  log {n['data']}/node.log")
+        was = "  (was running)" if n["name"] in already else ""
+        say(f"{n['name']:<12} {n['role']:<9} {n['url']}  pid {n['pid']}  log {n['data']}/node.log{was}")
     say(f"genesis: {manifest['genesis']}")
     if seed_demo:
         seeded = _testnet_call(lambda: tn.seed_demo(directory))

@@ -103,27 +103,40 @@ def up(directory: str | os.PathLike[str], authorities: int = 4, observers: int =
        consensus: dict[str, float] | None = None) -> dict[str, Any]:
     """Create (first time) and start the network; return the manifest.
 
-    `consensus` sets [consensus] timeouts in every node's config when the network is created (tests use
-    short ones); a network that exists keeps its configs.
+    Nodes of an existing network that are running already (a node restarted by hand included) are left
+    as they are; the others are started. `consensus` sets [consensus] timeouts in every node's config when
+    the network is created (tests use short ones); a network that exists keeps its configs.
     """
     d = Path(directory).resolve()
     manifest_path = d / MANIFEST
-    if manifest_path.exists():
-        manifest = load(d)
-        if any(_running_pid(n) for n in manifest["nodes"]):
-            raise TestnetError(f"a testnet is already running from {d}; `ler testnet down --dir {d}` first")
-    else:
-        manifest = _create(d, authorities, observers, base_port, chain_id, consensus)
+    manifest = load(d) if manifest_path.exists() else _create(d, authorities, observers, base_port, chain_id,
+                                                                 consensus)
+    started: dict[str, int] = {}
     for node in manifest["nodes"]:
-        node["pid"] = _start_node(Path(node["data"]))
+        pid = _running_pid(node)
+        if pid is None:
+            pid = started[node["name"]] = _start_node(Path(node["data"]))
+        node["pid"] = pid
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     try:
         _wait_answering(manifest["nodes"], time.monotonic() + timeout, timeout)
     except TestnetError as exc:
-        # Half a network is no network: stop what this call started, so that a script sees nothing running.
-        down(d)
-        raise TestnetError(f"{exc}; the testnet's other nodes were stopped again") from None
+        # Half a network is no network: stop what this call started, so that a script sees nothing of it
+        # running (nodes that ran before the call go on running).
+        alive = [name for name, pid in started.items() if _alive(pid)]
+        _stop(started)
+        for node in manifest["nodes"]:
+            if node["name"] in started:
+                node["pid"] = None
+        manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+        raise TestnetError(f"{exc}; stopped again what this command started ({', '.join(alive) or 'nothing else'})"
+                           ) from None
     return manifest
+
+
+def running(directory: str | os.PathLike[str]) -> list[str]:
+    """Names of the network's nodes that are running now."""
+    return [n["name"] for n in load(Path(directory).resolve())["nodes"] if _running_pid(n) is not None]
 
 
 def _wait_answering(nodes: list[dict[str, Any]], deadline: float, timeout: float) -> None:
@@ -238,26 +251,26 @@ def _running_pid(node: dict[str, Any]) -> int | None:
 def down(directory: str | os.PathLike[str], grace: float = 10.0) -> list[str]:
     d = Path(directory).resolve()
     manifest = load(d)
-    stopped = []
-    running: dict[str, int] = {}
+    running_now = {node["name"]: pid for node in manifest["nodes"] if (pid := _running_pid(node)) is not None}
+    _stop(running_now, grace)
     for node in manifest["nodes"]:
-        pid = _running_pid(node)
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-            running[node["name"]] = pid
-            stopped.append(node["name"])
-    deadline = time.monotonic() + grace
-    for node in manifest["nodes"]:
-        pid = running.get(node["name"])
-        while pid is not None and _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if pid is not None and _alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
         node["pid"] = None
     (d / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    return stopped
+    return list(running_now)
+
+
+def _stop(pids: dict[str, int], grace: float = 10.0) -> None:
+    """SIGTERM each process (a node stops cleanly on it), then SIGKILL what is still there after `grace`."""
+    for pid in pids.values():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for pid in pids.values():
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def load(d: Path) -> dict[str, Any]:

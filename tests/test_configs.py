@@ -133,6 +133,28 @@ def test_testnet_nodes_flag_sets_and_checks_the_authority_count(tmp_path: Path) 
         ler("testnet", "down", "--dir", str(plain))
 
 
+def test_up_on_a_network_with_a_dead_node_starts_that_node_only(tmp_path: Path) -> None:
+    d = tmp_path / "net"
+    assert ler("testnet", "up", "--dir", str(d), "--nodes", "2", "--base-port", "23871").returncode == 0
+    try:
+        first, second = json.loads((d / "testnet.json").read_text())["nodes"]
+        os.kill(second["pid"], 9)
+        deadline = time.monotonic() + 10
+        while testnet._alive(second["pid"]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        r = ler("testnet", "up", "--dir", str(d))
+        assert r.returncode == 0, r.stderr
+        now = json.loads((d / "testnet.json").read_text())["nodes"]
+        assert now[0]["pid"] == first["pid"] and now[1]["pid"] not in (None, second["pid"])
+        assert "(was running)" in r.stdout.splitlines()[0] and "(was running)" not in r.stdout.splitlines()[1]
+        assert ler("testnet", "status", "--dir", str(d)).returncode == 0  # both answer
+        again = ler("testnet", "up", "--dir", str(d))  # all running: nothing to start, nothing changes
+        assert again.returncode == 0 and again.stdout.count("(was running)") == 2, again.stdout
+        assert json.loads((d / "testnet.json").read_text())["nodes"] == now
+    finally:
+        ler("testnet", "down", "--dir", str(d))
+
+
 def test_a_failed_up_says_why_and_leaves_no_node_running(tmp_path: Path) -> None:
     """A node of an existing network cannot start (another program took its port): `up` fails naming the
     node and its reason, and stops the nodes it did start, so a script finds nothing half-running."""
@@ -148,7 +170,8 @@ def test_a_failed_up_says_why_and_leaves_no_node_running(tmp_path: Path) -> None
         squatter.listen()
         r = ler("testnet", "up", "--dir", str(d))
         assert r.returncode == 1 and "node authority2 exited" in r.stderr, r.stderr
-        assert "address already in use" in r.stderr and "other nodes were stopped" in r.stderr, r.stderr
+        assert "address already in use" in r.stderr and "stopped again what this command started (authority1)" \
+            in r.stderr, r.stderr
         after = json.loads((d / "testnet.json").read_text())["nodes"]
         assert [n["pid"] for n in after] == [None, None]
         assert not any(testnet._alive(n["pid"]) for n in nodes + after if n["pid"])
