@@ -16,6 +16,7 @@ from typing import Any
 
 from ler import codec, keys, merkle
 from ler.errors import DecodeError, ProofError
+from ler.files import read_capped
 from ler.keys import KeyPair, sha256
 from ler.tx import Tx, check_chain_id, check_record_type
 from ler.wire import Wire, b32, b64, limit
@@ -196,7 +197,7 @@ class Genesis(Wire):
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Genesis:
         try:
-            raw = Path(path).read_bytes()
+            raw = read_capped(path, 1024 * 1024)
         except OSError as exc:
             raise DecodeError(f"cannot read genesis file {path}: {exc.strerror}") from None
         if len(raw) > 1024 * 1024:

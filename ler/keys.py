@@ -17,7 +17,6 @@ import json
 import os
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import base58
@@ -31,6 +30,7 @@ import nacl.utils
 
 from ler import codec
 from ler.errors import DecodeError, KeyFileError
+from ler.files import read_capped
 from ler.wire import packb
 
 ED25519_MULTICODEC = b"\xed\x01"
@@ -315,7 +315,7 @@ def read_key_file(path: str | os.PathLike[str], passphrase: str | None = None) -
 
 def _load_key_doc(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
-        raw = Path(path).read_bytes()
+        raw = read_capped(path, 64 * 1024)
     except FileNotFoundError:
         raise KeyFileError(f"key file {path} not found") from None
     except OSError as exc:

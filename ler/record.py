@@ -28,6 +28,7 @@ from typing import Any
 
 from ler import codec, merkle
 from ler.errors import DecodeError
+from ler.files import read_capped
 from ler.tx import RECORD_ID_BYTES, check_chain_id, check_record_type
 from ler.wire import b64url, b64url_bytes, hex_bytes, packb
 
@@ -156,14 +157,18 @@ def make_claims(values: dict[str, Any]) -> tuple[Claim, ...]:
     return tuple(sorted(claims, key=_sort_key))
 
 
-def evidence_value(path: str | os.PathLike[str], media_type: str) -> dict[str, Any]:
-    """The claim value that commits to a file: its SHA-256, media type and name."""
-    p = Path(path)
+def file_sha256(path: str | os.PathLike[str]) -> bytes:
+    """A file's SHA-256, read in pieces (evidence can be large: a portfolio, a video)."""
     h = hashlib.sha256()
-    with p.open("rb") as f:
+    with Path(path).open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    return {"sha256": h.hexdigest(), "media_type": media_type, "name": p.name}
+    return h.digest()
+
+
+def evidence_value(path: str | os.PathLike[str], media_type: str) -> dict[str, Any]:
+    """The claim value that commits to a file: its SHA-256, media type and name."""
+    return {"sha256": file_sha256(path).hex(), "media_type": media_type, "name": Path(path).name}
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +253,7 @@ class RecordDocument:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> RecordDocument:
         try:
-            raw = Path(path).read_bytes()
+            raw = read_capped(path, 4 * 1024 * 1024)
         except OSError as exc:
             raise DecodeError(f"cannot read record file {path}: {exc.strerror}") from None
         if len(raw) > 4 * 1024 * 1024:

@@ -14,7 +14,6 @@ printed with control characters escaped: a bundle cannot rewrite a verifier's te
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import mimetypes
 import os
@@ -34,6 +33,7 @@ from ler import keys
 from ler.block import GENESIS_FORMAT, Genesis, GenesisAuthority, GenesisIssuer
 from ler.bundle import (
     EXPIRED,
+    MAX_BUNDLE_BYTES,
     REFRESH_FAILED,
     REVOKED,
     SELF_ASSERTED_V,
@@ -50,8 +50,9 @@ from ler.bundle import (
     verify_refreshed,
 )
 from ler.errors import DecodeError, KeyFileError, LerError
+from ler.files import read_capped
 from ler.keys import PASSPHRASE_ENV, KeyPair
-from ler.record import Claim, Disclosure, RecordDocument, evidence_value, make_claims
+from ler.record import Claim, Disclosure, RecordDocument, evidence_value, file_sha256, make_claims
 from ler.tx import (
     RECORD_ID_BYTES,
     Action,
@@ -246,7 +247,7 @@ def refuse_existing(path: str, what: str, force: bool = False) -> None:
 
 def read_json_file(path: str, what: str, max_bytes: int = 4 * 1024 * 1024, **hooks: Any) -> Any:
     try:
-        raw = Path(path).read_bytes()
+        raw = read_capped(path, max_bytes)
     except OSError as exc:
         raise bad_input(f"cannot read {what} {path}: {exc.strerror}") from None
     if len(raw) > max_bytes:
@@ -906,7 +907,7 @@ def endorse(node_url: str, key_path: str, record_path: str | None, record_id: st
     digest_bytes = None
     if statement:
         try:
-            digest_bytes = hashlib.sha256(Path(statement).read_bytes()).digest()
+            digest_bytes = file_sha256(statement)
         except OSError as exc:
             raise bad_input(f"cannot read {statement}: {exc.strerror}") from None
     elif digest:
@@ -1162,7 +1163,7 @@ def check_evidence(res: VerificationResult, specs: tuple[str, ...]) -> list[Chec
         if not sep or not key or not path:
             raise bad_input(f"--evidence {spec!r} must be KEY=PATH")
         try:
-            digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+            digest = file_sha256(path).hex()
         except OSError as exc:
             raise bad_input(f"cannot read evidence file {path}: {exc.strerror}") from None
         claims = [(i, r.disclosed[key]) for i, r in enumerate(res.records) if key in r.disclosed]
@@ -1238,7 +1239,7 @@ def verify(bundle_path: str, genesis_path: str, evidence_specs: tuple[str, ...],
     """
     genesis = load_genesis(genesis_path)
     try:
-        data = Path(bundle_path).read_bytes()
+        data = read_capped(bundle_path, MAX_BUNDLE_BYTES)
     except OSError as exc:
         res = VerificationResult(TAMPERED, [Check("format", False, f"cannot read {bundle_path}: "
                                                                    f"{exc.strerror}")], [])

@@ -20,8 +20,18 @@ import click
 
 from ler import keys
 from ler.block import Genesis
-from ler.bundle import TAMPERED, WRONG_CHAIN, Check, ProofBundle, RecordReport, VerificationResult, verify_bundle
+from ler.bundle import (
+    MAX_BUNDLE_BYTES,
+    TAMPERED,
+    WRONG_CHAIN,
+    Check,
+    ProofBundle,
+    RecordReport,
+    VerificationResult,
+    verify_bundle,
+)
 from ler.errors import DecodeError
+from ler.files import read_capped
 from ler.presentation import (
     MAX_PRESENTATION_BYTES,
     PRESENTATION_FORMAT,
@@ -191,7 +201,7 @@ def import_badge(node_url: str, key_path: str, credential_path: str, holder: str
     """
     refuse_existing(out, "a record file")
     try:
-        raw = Path(credential_path).read_bytes()
+        raw = read_capped(credential_path, MAX_CREDENTIAL_BYTES)
     except OSError as exc:
         raise bad_input(f"cannot read credential {credential_path}: {exc.strerror}") from None
     try:
@@ -254,7 +264,7 @@ def present(bundle_path: str | None, credential_path: str | None, key_path: str,
     kind, path = ("bundle", bundle_path) if bundle_path else ("credential", credential_path)
     assert path is not None
     try:
-        raw = Path(path).read_bytes()
+        raw = read_capped(path, max(MAX_BUNDLE_BYTES, MAX_CREDENTIAL_BYTES))
     except OSError as exc:
         raise bad_input(f"cannot read {kind} {path}: {exc.strerror}") from None
     if kind == "bundle":

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ import click
 import pytest
 import rfc8785
 from click.testing import CliRunner, Result
+from node_proc import LER
 
 from ler import keys
 from ler.block import PRECOMMIT, CertSig, CommitCertificate, Genesis, Vote
@@ -657,3 +660,47 @@ def test_parse_time_ms() -> None:
     with pytest.raises(Failure) as exc:
         parse_time_ms("yesterday", "--expires")
     assert exc.value.exit_code == 2
+
+
+# --- files far too large -------------------------------------------------------------------------------
+
+HUGE = 200 * 1024 * 1024  # a sparse file: costs no disk, but reading it whole would cost 200 MB of memory
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["verify", "{huge}", "--genesis", "{genesis}"], "bundle larger than"),
+    (["verify", "{bundle}", "--genesis", "{huge}"], "too large for a genesis file"),
+    (["prove", "--record", "{huge}", "--reveal", "x", "--out", "{out}"], "too large for a record file"),
+    (["keys", "show", "--key", "{huge}"], "too large to be a key file"),
+    (["present", "--bundle", "{huge}", "--key", "{key}", "--challenge", "c", "--out", "{out}"], "larger than"),
+    (["import-badge", "--credential", "{huge}", "--key", "{key}", "--holder", "{did}", "--type", "badge",
+      "--out", "{out}"], "larger than"),
+])
+def test_a_huge_file_is_refused_without_being_read_whole(tmp_path: Path, args: list[str], says: str) -> None:
+    """Every command that reads a file reads at most a little more than it would accept."""
+    huge = tmp_path / "huge.json"
+    with open(huge, "wb") as f:
+        f.truncate(HUGE)
+    key = KeyPair.generate()
+    write_key_file(tmp_path / "k.key", key)
+    genesis, _ = make_genesis_files(tmp_path)
+    (tmp_path / "b.json").write_text("{}")
+    names = {"huge": huge, "genesis": genesis, "bundle": tmp_path / "b.json", "out": tmp_path / "out.json",
+             "key": tmp_path / "k.key", "did": key.did}
+    # A child's peak memory counts the memory of the process it was forked from (until its exec), so
+    # the command is started by a small interpreter of its own, which reports the command's peak.
+    r = subprocess.run([sys.executable, "-S", "-c", _PEAK_OF, str(LER), *(a.format(**names) for a in args)],
+                       capture_output=True, text=True, env={**os.environ, "LER_NODE": "http://127.0.0.1:9"})
+    code, peak_kib = (int(x) for x in r.stderr.rsplit("\n", 2)[-2].split())
+    assert code in (1, 2) and says in r.stderr + r.stdout, r.stderr + r.stdout
+    assert peak_kib * 1024 < HUGE / 2, f"{peak_kib} KiB resident: the file was read whole"
+
+
+_PEAK_OF = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+_, status, usage = os.wait4(pid, 0)
+print(os.waitstatus_to_exitcode(status), usage.ru_maxrss, file=sys.stderr)
+"""
