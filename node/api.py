@@ -31,6 +31,7 @@ from node.service import COMMITTED, PENDING, REJECTED, NodeService, now_ms
 from node.validator import EVIDENCE_PREFIX, evidence_json
 from node.verify_page import add_verify_page
 from storage.bundles import BundleError, build_bundle, build_status
+from storage.chain import StoreError
 
 log = logging.getLogger("ler.api")
 
@@ -69,6 +70,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
                 resp.headers["Allow"] = exc.headers["Allow"]
             return resp
         raise
+    except StoreError as exc:  # the database failed (a full disk, a damaged file): nothing was taken
+        log.error("event=store_error path=%s reason=%r", request.path, exc.reason)
+        return _json({"error": f"this node cannot serve the request now: {exc.reason}"}, 503)
     except Exception:  # a bug, never the client's fault; say so without leaking internals
         log.exception("event=internal_error path=%s", request.path)
         return _json({"error": "internal error; the node logged the details"}, 500)

@@ -547,8 +547,15 @@ def node_run(data: str) -> None:
     except Exception as exc:
         if os.environ.get(DEBUG_ENV):
             raise
-        reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
-        raise negative(f"the node stopped: {reason}") from None
+        raise negative(f"the node stopped: {stop_reason(exc)}") from None
+
+
+def stop_reason(exc: BaseException) -> str:
+    """What made the node stop, in words: the first failure inside a failed task group (a part of the
+    node that failed takes the others down with it), not the group's own "unhandled errors" line."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return getattr(exc, "reason", None) or str(exc) or type(exc).__name__
 
 
 # --- governance ------------------------------------------------------------------------------------------

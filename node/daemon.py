@@ -132,9 +132,11 @@ async def serve(config: NodeConfig, key: KeyPair, stop: asyncio.Event) -> None:
                 node.driver.stop()
                 await driver
                 network.cancel()
-            # No block comes after this: clients still waiting on pending txs get their answer now.
-            await svc.release_waiters()
         finally:
+            # No block comes after this (a stop, or a part of the node failing, a full disk say): clients
+            # still waiting on pending transactions get their answer now, not a dropped connection.
+            svc.stop()
+            await svc.release_waiters()
             await runner.cleanup()
             # A request cancelled by the server's shutdown may still have store work running in a
             # worker thread (a bundle being built, pending txs being written): let it finish before

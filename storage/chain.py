@@ -193,6 +193,14 @@ class _CheckedDB:
     def damaged(self, exc: BaseException) -> StoreError:
         return StoreError(f"the database in {self.path} is corrupt or unreadable: {_leveldb_says(exc)}")
 
+    def unwritable(self, exc: BaseException) -> StoreError:
+        """A failed write: LevelDB refuses every write after one, so the node has to stop. A full disk is
+        the usual cause, and one the operator can mend: the batch never landed, and what it held was not
+        acknowledged to anyone."""
+        says = _leveldb_says(exc)
+        hint = "; free some space on that disk and start the node again" if "No space left" in says else ""
+        return StoreError(f"the database in {self.path} could not be written: {says}{hint}")
+
     def get(self, key: bytes) -> bytes | None:
         try:
             return self._checked_get(key)
@@ -213,19 +221,19 @@ class _CheckedDB:
         try:
             batch.write()
         except plyvel.Error as exc:
-            raise self.damaged(exc) from None
+            raise self.unwritable(exc) from None
 
     def put(self, key: bytes, value: bytes, **options: Any) -> None:
         try:
             self.db.put(key, value, **options)
         except plyvel.Error as exc:
-            raise self.damaged(exc) from None
+            raise self.unwritable(exc) from None
 
     def delete(self, key: bytes, **options: Any) -> None:
         try:
             self.db.delete(key, **options)
         except plyvel.Error as exc:
-            raise self.damaged(exc) from None
+            raise self.unwritable(exc) from None
 
     def close(self) -> None:
         self.db.close()

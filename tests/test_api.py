@@ -700,6 +700,26 @@ def test_a_request_that_is_not_http_is_a_400_and_one_log_line(node: NodeProc) ->
     assert log.count("event=bad_http_request") >= 2 and "Traceback" not in log, log[-3000:]
 
 
+async def test_a_database_failure_is_a_503_with_its_reason_not_an_internal_error() -> None:
+    """The store's errors (a full disk, a damaged file) reach a client as 503 with the store's words."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from node.api import error_middleware
+    from storage.chain import StoreError
+
+    async def failing(request: web.Request) -> web.Response:
+        raise StoreError("the database in /data/db could not be written: IO error: No space left on device")
+
+    app = web.Application(middlewares=[error_middleware])
+    app.router.add_post("/v1/txs", failing)
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        r = await client.post("/v1/txs", data=b"{}")
+        assert r.status == 503
+        assert (await r.json())["error"] == ("this node cannot serve the request now: the database in /data/db "
+                                             "could not be written: IO error: No space left on device")
+
+
 def test_a_refused_query_parameter_accepts_nothing(node: NodeProc, chain: Chain) -> None:
     _, tx = anchor(chain)
     r = node.request("POST", "/v1/txs?wait=1&timeout=later", tx_json_body([tx]), J)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import random
+import resource
+import signal
 import socket
 import subprocess
 import threading
@@ -300,3 +302,52 @@ def test_sigterm_is_not_held_up_by_a_stalled_upload(tmp_path: Path) -> None:
             pytest.fail("a stalled upload held the node's shutdown up")
     assert code == 0, node.log()
     assert "event=node_stopped" in node.log()
+
+
+# --- a disk that refuses writes ---------------------------------------------------------------------------
+
+FILE_LIMIT = 1024 * 1024  # RLIMIT_FSIZE: no file of the node may grow past this, as on a disk that is full
+
+
+def _limit_file_size() -> None:  # runs in the node's process before exec
+    resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_LIMIT, FILE_LIMIT))
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails (EFBIG), as ENOSPC would
+
+
+def test_a_disk_that_refuses_writes_stops_the_node_with_the_reason_and_loses_nothing(tmp_path: Path) -> None:
+    """LevelDB's writes start failing (files may not grow: the failure a full disk gives). The node stops
+    and says why; nothing it acknowledged is lost; started again with room to write, it goes on."""
+    chain = make_chain(tmp_path, chain_id="full-disk")
+    node = NodeProc(init_node(chain, tmp_path / "node"))
+    with open(node.log_path, "ab") as log:
+        node.proc = subprocess.Popen(node.command, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=node.env,
+                                     start_new_session=True, preexec_fn=_limit_file_size)
+    node.wait_ready()
+    client = Client(chain, node.url, random.Random(SEED), [chain.issuer])
+    refused = 0
+    try:
+        while node.proc.poll() is None and refused < 50:
+            batch = [client.make_tx() for _ in range(50)]
+            try:
+                r = node.submit(batch, wait=True, timeout=10)
+            except OSError:
+                continue  # the node went down during the request: nothing of it was acknowledged
+            if r.status in (200, 202):
+                for tx, res in zip(batch, r.json()["results"], strict=True):
+                    client.acked[tx.tx_id] = res["status"]
+            else:
+                assert r.status == 503 and "could not be written" in r.json()["error"], r  # not a 500
+                refused += 1
+        assert node.proc.wait(60) == 1, node.log()
+    finally:
+        if node.proc.poll() is None:
+            node.proc.kill()
+    log = node.log()
+    assert "error: the node stopped: the database in" in log and "could not be written" in log, log[-2000:]
+    assert "File too large" in log and "Traceback" not in log and "TaskGroup" not in log, log[-2000:]
+    assert client.acked, "the node refused everything: the limit is too low to test anything"
+
+    node.start()  # no limit now
+    node.wait_committed(list(client.acked), timeout=60)  # every acknowledged transaction, committed
+    node.commit([client.make_tx()])  # and it goes on
+    assert node.terminate() == 0, node.log()
