@@ -158,7 +158,9 @@ def _wait_answering(nodes: list[dict[str, Any]], deadline: float, timeout: float
 def _last_error(log: Path) -> str:
     """The reason a node gave for stopping: its log's last "error:" line (`ler node run` writes one)."""
     try:
-        lines = log.read_text(errors="replace").splitlines()
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 64 * 1024))  # the end is enough (a log can be long)
+            lines = f.read().decode("utf-8", "replace").splitlines()
     except OSError:
         return "no log"
     reason = next((line for line in reversed(lines) if line.startswith("error:")), None)
