@@ -185,7 +185,7 @@ class NodeClient:
                 status, raw = resp.status, resp.read(MAX_RESPONSE_BYTES + 1)
         except urllib.error.HTTPError as exc:
             status, raw = exc.code, _read_quietly(exc)
-            raise _HttpError(self.url, method, path, status, _parse(raw)) from None
+            raise _HttpError(self.url, method, path, status, json_or_none(raw)) from None
         except urllib.error.URLError as exc:
             reason = exc.reason
             why = reason.strerror if isinstance(reason, OSError) and reason.strerror else str(reason)
@@ -199,7 +199,7 @@ class NodeClient:
             raise ClientError(f"cannot reach node at {self.url}: {exc}") from None
         if len(raw) > MAX_RESPONSE_BYTES:
             raise ClientError(f"node at {self.url} sent an answer larger than {MAX_RESPONSE_BYTES} bytes")
-        obj = _parse(raw)
+        obj = json_or_none(raw)
         if not isinstance(obj, dict):
             raise ClientError(f"node at {self.url} answered {method} {path} with something that is not "
                               f"a JSON object (HTTP {status})", status)
@@ -220,10 +220,12 @@ class _HttpError(Exception):
         return ClientError(reason, self.status)
 
 
-def _parse(raw: bytes) -> Any:
+def json_or_none(raw: bytes) -> Any:
+    """The JSON another party sent, or None for anything else: not UTF-8, not JSON, nested past the
+    parser's depth (RecursionError), an integer past Python's digit limit (a bare ValueError)."""
     try:
         return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):
         return None
 
 

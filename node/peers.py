@@ -40,7 +40,6 @@ which drop their oldest items when full; it never delays another peer.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import time
@@ -60,6 +59,7 @@ from ler.block import Vote
 from ler.errors import DecodeError, LerError
 from ler.keys import sha256
 from ler.tx import MAX_TX_BYTES, Tx
+from node.client import json_or_none
 from node.service import NodeService
 from node.validator import ConsensusDriver, Incoming, decode_proposal
 
@@ -683,8 +683,5 @@ def _is_http_url(url: str) -> bool:
 
 
 def _error_text(payload: bytes) -> str:
-    try:
-        obj = json.loads(payload)
-    except ValueError:
-        return ""
+    obj = json_or_none(payload)
     return str(obj.get("error", "")) if isinstance(obj, dict) else ""

@@ -20,7 +20,6 @@ This is all an observer does; a validator syncs when it was down, partitioned or
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import time
@@ -32,6 +31,7 @@ from aiohttp import web
 from ler import codec
 from ler.block import Block, CommitCertificate
 from ler.errors import LerError
+from node.client import json_or_none
 from node.peers import Network, PeerLink, read_response
 from node.service import NodeService
 from node.validator import ConsensusDriver, SyncRefused
@@ -195,7 +195,7 @@ class Syncer:
             async with session.get(link.url + "/v1/status", timeout=aiohttp.ClientTimeout(total=3)) as resp:
                 if resp.status != 200:
                     return
-                status = json.loads(await read_response(resp, 64 * 1024))
+                status = json_or_none(await read_response(resp, 64 * 1024))
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
             return
         if not isinstance(status, dict) or status.get("genesis_hash") != self.store.genesis_hash().hex():

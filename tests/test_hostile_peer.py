@@ -1,0 +1,119 @@
+"""A peer that answers with hostile bytes must not take a node down.
+
+A real node process (one authority) lists as its peer a small HTTP server in this module that answers
+every request with something built to break a parser: JSON nested thousands deep, integers of
+thousands of digits, msgpack garbage, a body cut short. The node posts its gossip there, polls the
+peer's status for block sync and asks it for blocks; whatever comes back, it must go on committing what
+its clients submit, answer its API, and log no traceback.
+"""
+
+from __future__ import annotations
+
+import http.server
+import itertools
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from node_proc import NodeProc, free_port, make_chain, wait_until
+
+from ler.keys import KeyPair
+from ler.record import RecordDocument, make_claims
+from ler.tx import RecordAnchor, sign_tx
+from node.config import PeerSpec, init_data_dir
+
+pytestmark = pytest.mark.slow
+
+HOSTILE_BODIES = [
+    b"[" * 50_000,                                  # JSON (and msgpack-looking) nesting far past any limit
+    b'{"error": ' * 5_000 + b"1" + b"}" * 5_000,
+    b'{"height": ' + b"9" * 20_000 + b"}",          # an integer past Python's 4,300-digit limit
+    b'{"genesis_hash": "' + b"\xff" * 100 + b'"}',  # not UTF-8
+    b"\xdc" + b"\xff" * 1000,                       # msgpack: a huge array header, then junk
+    b"\x91" * 20_000 + b"\xc0",                     # msgpack nested 20,000 deep
+]
+
+
+class HostilePeer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.bodies = itertools.cycle(HOSTILE_BODIES)
+        self.requests: list[str] = []
+        self.lock = threading.Lock()
+        self.status = b""  # every other status poll: a chain far ahead, so that the node asks for blocks
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server: HostilePeer
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        with self.server.lock:
+            body = next(self.server.bodies)
+            self.server.requests.append(f"{self.command} {self.path}")
+            n = len(self.server.requests)
+        status = (200, 400, 503)[n % 3]
+        if self.path == "/v1/status" and n % 2:
+            body, status = self.server.status, 200
+        ctype = "application/msgpack" if n % 2 else "application/json"
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body) + (n % 5 == 0) * 100))  # sometimes cut short
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def hostile() -> Iterator[HostilePeer]:
+    server = HostilePeer()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_hostile_peer_does_not_take_the_node_down(tmp_path: Path, hostile: HostilePeer) -> None:
+    chain = make_chain(tmp_path, chain_id="hostile-peer")
+    peer_key = KeyPair.generate()  # the hostile peer claims some node's key: the node gossips to it
+    data = tmp_path / "node"
+    init_data_dir(data, chain.genesis_path, chain.authority_key_path, f"127.0.0.1:{free_port()}",
+                  peers=(PeerSpec(hostile.url, peer_key.did),))
+    hostile.status = json.dumps({"chain_id": chain.chain_id, "genesis_hash": chain.genesis.hash.hex(),
+                                 "height": 10_000}).encode()
+    node = NodeProc(data).start()
+    try:
+        for i in range(6):  # each commit gossips to the peer; sync polls it all along
+            doc = RecordDocument(chain_id=chain.chain_id, record_id=bytes([i + 1]) * 16, issuer=chain.issuer.did,
+                                 holder=KeyPair.generate().did, rtype="degree", expires=None,
+                                 claims=make_claims({"degree": "BSc"}))
+            node.commit([sign_tx(chain.issuer, chain.chain_id, RecordAnchor(
+                record=doc.record_id, issuer=doc.issuer, holder=doc.holder, rtype="degree",
+                commitment=doc.commitment, expires=None))])
+        # Every kind of request the node makes to a peer met hostile answers, more than once each.
+        def count(prefix: str) -> int:
+            return sum(r.startswith(prefix) for r in hostile.requests)
+
+        wait_until(lambda: count("POST /peer/v1/gossip") >= 6 and count("GET /v1/status") >= 6
+                   and count("GET /peer/v1/blocks") >= 3, 60,
+                   "the node to gossip to the peer, poll its status and ask it for blocks")
+        assert node.get("/health").status == 200 and node.proc is not None and node.proc.poll() is None
+        log = node.log(tail=None)
+        assert "Traceback" not in log and "TaskGroup" not in log and "internal_error" not in log, log[-4000:]
+    finally:
+        assert node.terminate() == 0, node.log()
