@@ -350,14 +350,14 @@ class Network:
                     if not items and not link.hello_due:
                         break
                     link.hello_due = False
-                    outcome = await self._post(link, items, [])
+                    outcome = await self._post_contained(link, items, [])
                     if outcome == RETRY:
                         self._requeue_consensus(link, items)
                 else:
                     txs = self._take_txs(link)
                     if not txs:
                         break
-                    outcome = await self._post(link, [], txs)
+                    outcome = await self._post_contained(link, [], txs)
                     if outcome == RETRY:
                         self._requeue_txs(link, txs)
                 if outcome == OK:
@@ -423,6 +423,17 @@ class Network:
         raw_body = codec.encode(body)
         return codec.encode({"from": self.my_key, "body": raw_body,
                              "sig": sign_envelope(self.svc.key, self.chain_id, raw_body)})
+
+    async def _post_contained(self, link: PeerLink, items: list[_Item], txs: list[bytes]) -> str:
+        """`_post`, with any fault it meets kept to this peer: logged with its traceback, then treated as
+        an unreachable peer (the items are kept and offered again after a back-off). A peer's answer,
+        however strange, never stops the node."""
+        try:
+            return await self._post(link, items, txs)
+        except Exception:
+            log.exception("event=gossip_error peer=%s", link.url)
+            self._down(link, "an answer this node could not handle (see the log)")
+            return RETRY
 
     async def _post(self, link: PeerLink, items: list[_Item], txs: list[bytes]) -> str:
         """One envelope to one peer: OK (it took them), RETRY (keep the items) or DROP (give them up)."""

@@ -168,7 +168,19 @@ class Syncer:
                 data = await read_response(resp, MAX_ANSWER)
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
             raise SyncError(f"{type(exc).__name__}: {exc}") from None
-        return await asyncio.to_thread(decode_range, data, start, end)
+        return await self._decode(link, data, start, end)
+
+    async def _decode(self, link: PeerLink, data: bytes, start: int, end: int) -> list[tuple[Block, CommitCertificate]]:
+        """decode_range, with any fault it meets kept to this peer: logged with its traceback, then the
+        answer is refused as malformed (the peer is passed over for a while). A peer's bytes, however
+        strange, never stop the node."""
+        try:
+            return await asyncio.to_thread(decode_range, data, start, end)
+        except SyncError:
+            raise
+        except Exception as exc:
+            log.exception("event=sync_decode_error peer=%s", link.url)
+            raise SyncError(f"an answer this node could not decode ({type(exc).__name__})") from None
 
     def _poll_quiet_peers(self) -> None:
         """Ask peers we have not heard from lately for their height (they may not know our key).

@@ -117,3 +117,38 @@ def test_a_hostile_peer_does_not_take_the_node_down(tmp_path: Path, hostile: Hos
         assert "Traceback" not in log and "TaskGroup" not in log and "internal_error" not in log, log[-4000:]
     finally:
         assert node.terminate() == 0, node.log()
+
+
+# --- faults the node has no name for stay with the peer -------------------------------------------------
+# Whatever a peer's answer trips (a fault no test above foresaw), the gossip sender and block sync keep it
+# to that peer: logged with its traceback, the peer treated as unreachable or its answer as malformed.
+# The fault is raised here by hand, since no known answer raises one any more.
+
+async def test_a_fault_in_posting_to_a_peer_is_kept_to_that_peer(caplog: pytest.LogCaptureFixture) -> None:
+    from node.peers import RETRY, Network, PeerLink
+
+    class Sender:
+        _down = Network._down
+
+        async def _post(self, *_: object) -> str:
+            raise KeyError("a fault nobody foresaw")
+
+    link = PeerLink(url="http://127.0.0.1:9", key=bytes(32))
+    link.connected = True
+    assert await Network._post_contained(Sender(), link, [], [b"tx"]) == RETRY  # type: ignore[arg-type]
+    assert not link.connected and "could not handle" in link.last_error
+    assert "event=gossip_error peer=http://127.0.0.1:9" in caplog.text and "KeyError" in caplog.text
+
+
+async def test_a_fault_in_decoding_a_peers_blocks_is_kept_to_that_peer(monkeypatch: pytest.MonkeyPatch,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    from node import sync
+
+    def decode_fault(*_: object) -> None:
+        raise IndexError("a fault nobody foresaw")
+
+    monkeypatch.setattr(sync, "decode_range", decode_fault)
+    link = sync.PeerLink(url="http://127.0.0.1:9", key=bytes(32))
+    with pytest.raises(sync.SyncError, match="could not decode"):
+        await sync.Syncer._decode(None, link, b"", 1, 2)  # type: ignore[arg-type]
+    assert "event=sync_decode_error peer=http://127.0.0.1:9" in caplog.text and "IndexError" in caplog.text
