@@ -254,8 +254,10 @@ def read_json_file(path: str, what: str, max_bytes: int = 4 * 1024 * 1024, **hoo
         raise bad_input(f"{what} {path} is larger than {max_bytes} bytes")
     try:
         return json.loads(raw, **hooks)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # not UTF-8, not JSON, an integer past Python's 4,300-digit limit
         raise bad_input(f"{what} {path} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise bad_input(f"{what} {path} is not valid JSON: nested too deeply") from None
 
 
 def split_list(values: Iterable[str]) -> list[str]:

@@ -276,6 +276,8 @@ def present(bundle_path: str | None, credential_path: str | None, key_path: str,
         content = json.loads(raw, object_pairs_hook=base.reject_duplicate_keys)
     except (ValueError, DecodeError) as exc:
         raise bad_input(f"{path} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise bad_input(f"{path} is not valid JSON: nested too deeply") from None
     if not isinstance(content, dict):
         raise bad_input(f"{path} is not a {kind}")
     key = load_key(key_path)

@@ -211,8 +211,10 @@ def load_config(data: str | os.PathLike[str]) -> NodeConfig:
     except FileNotFoundError:
         raise ConfigError(f"{d} is not a node data folder (no {CONFIG_FILE}); run `ler node init` first") \
             from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: arrays or tables nested too deeply") from None
     node = _table(doc, "node", path)
     host, port = parse_listen(str(node.get("listen", "127.0.0.1:8701")))
     role = node.get("role", "authority")

@@ -59,6 +59,8 @@ def load_network_file(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dic
         raise TestnetError(f"cannot read the network file {p}: {exc.strerror or exc}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise TestnetError(f"{p}: {exc}") from None
+    except RecursionError:
+        raise TestnetError(f"{p}: arrays or tables nested too deeply") from None
     unknown = sorted(set(doc) - {"network", "consensus"})
     if unknown:
         raise TestnetError(f"{p}: unknown table [{unknown[0]}] (known: network, consensus)")
@@ -282,7 +284,7 @@ def load(d: Path) -> dict[str, Any]:
         manifest = json.loads(path.read_text())
     except FileNotFoundError:
         raise TestnetError(f"no testnet in {d} (no {MANIFEST}); `ler testnet up --dir {d}` makes one") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: not UTF-8, not JSON, too many digits
         raise TestnetError(f"{path} cannot be read as a testnet manifest: {exc}") from None
     fault = _manifest_fault(manifest)
     if fault:

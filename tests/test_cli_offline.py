@@ -704,3 +704,33 @@ if pid == 0:
 _, status, usage = os.wait4(pid, 0)
 print(os.waitstatus_to_exitcode(status), usage.ru_maxrss, file=sys.stderr)
 """
+
+
+# --- pathological JSON and TOML ---------------------------------------------------------------------------
+# Python's parsers raise RecursionError for deep nesting and a bare ValueError for an integer of more than
+# 4,300 digits, neither a "decode error": each reader must still answer with one line saying what is wrong.
+
+DEEP_JSON = "[" * 100_000 + "]" * 100_000
+DEEP_TOML = "a = " + "[" * 5_000 + "]" * 5_000 + "\n"
+
+
+@pytest.mark.parametrize(("name", "text", "args", "says"), [
+    ("claims.json", DEEP_JSON, ["issue", "--key", "{key}", "--holder", "{did}", "--type", "degree", "--claims",
+                                "{file}", "--out", "{out}"], "nested too deeply"),
+    ("claims.json", '{"n": ' + "9" * 5_000 + "}", ["issue", "--key", "{key}", "--holder", "{did}", "--type",
+                                                    "degree", "--claims", "{file}", "--out", "{out}"], "4300 digits"),
+    ("b.json", DEEP_JSON, ["present", "--bundle", "{file}", "--key", "{key}", "--challenge", "c", "--out", "{out}"],
+     "nested too deeply"),
+    ("net.toml", DEEP_TOML, ["testnet", "up", "--dir", "{dir}", "--config", "{file}"], "nested too deeply"),
+    ("config.toml", DEEP_TOML, ["node", "run", "--data", "{dir}"], "nested too deeply"),
+    ("testnet.json", DEEP_JSON, ["testnet", "status", "--dir", "{dir}"], "maximum recursion depth"),
+])
+def test_pathological_json_and_toml_get_a_one_line_error(tmp_path: Path, name: str, text: str, args: list[str],
+                                                        says: str) -> None:
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / name).write_text(text)
+    key = new_key(tmp_path / "k.key")
+    fields = {"file": d / name, "dir": d, "key": tmp_path / "k.key", "did": key.did, "out": tmp_path / "out.json"}
+    r = run(*(a.format(**fields) for a in args), env={"LER_NODE": UNREACHABLE})
+    assert r.exit_code in (1, 2) and says in one_line_error(r), r.output
