@@ -611,6 +611,10 @@ class ConsensusDriver:
             if not batch.done.done():
                 batch.done.set_exception(exc)
             return
+        except BaseException:
+            if not batch.done.done():
+                batch.done.cancel()
+            raise
         if not batch.done.done():
             batch.done.set_result(committed)
 
@@ -633,8 +637,8 @@ class ConsensusDriver:
             raise SyncRefused(f"certificate of block {h}: {exc}") from None
         except InvalidBlock as exc:
             raise SyncRefused(f"block {h}: {exc}") from None
-        except StoreError as exc:
-            raise SyncRefused(f"block {h}: {exc.reason}") from None
+        # Any other StoreError is this node's own (a damaged or unwritable database), not the peer's:
+        # it stops the node with the reason, as it does when met by consensus.
         self._results.clear()
         self._invalid.clear()
         return result

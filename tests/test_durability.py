@@ -21,13 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from node_proc import LER, Chain, NodeProc, Reply, http, init_node, make_chain, tx_json_body, wait_until
+from node_proc import LER, Chain, NodeProc, Reply, free_port, http, init_node, make_chain, tx_json_body, wait_until
 
 from ler.block import CommitCertificate, Header
 from ler.bundle import verify_bundle
-from ler.keys import KeyPair
+from ler.keys import KeyPair, write_key_file
 from ler.record import RecordDocument, make_claims
 from ler.tx import RecordAnchor, Tx, sign_tx
+from node.config import init_data_dir
 from storage.chain import ChainStore
 
 pytestmark = pytest.mark.slow
@@ -351,3 +352,37 @@ def test_a_disk_that_refuses_writes_stops_the_node_with_the_reason_and_loses_not
     node.wait_committed(list(client.acked), timeout=60)  # every acknowledged transaction, committed
     node.commit([client.make_tx()])  # and it goes on
     assert node.terminate() == 0, node.log()
+
+
+def test_a_disk_that_refuses_writes_while_syncing_stops_the_node_and_blames_no_peer(tmp_path: Path) -> None:
+    """The same fault met by block sync: it is this node's, so the node stops with the reason instead of
+    taking it for a bad answer, turning from peer to peer while it serves reads it can no longer advance."""
+    chain = make_chain(tmp_path, chain_id="full-disk-sync")
+    source = NodeProc(init_node(chain, tmp_path / "authority")).start()
+    try:
+        client = Client(chain, source.url, random.Random(SEED), [chain.issuer])
+        for _ in range(12):  # about 3 MB of blocks, well past what the observer may write
+            source.commit([client.make_tx() for _ in range(200)])
+        key_path = tmp_path / "observer.key"
+        write_key_file(key_path, KeyPair.generate())
+        data = tmp_path / "observer"
+        init_data_dir(data, chain.genesis_path, key_path, f"127.0.0.1:{free_port()}", role="observer",
+                      peers=(source.url,))
+        observer = NodeProc(data)
+        with open(observer.log_path, "ab") as log:
+            observer.proc = subprocess.Popen(observer.command, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                             env=observer.env, start_new_session=True, preexec_fn=_limit_file_size)
+        try:
+            code = observer.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            observer.proc.kill()
+            pytest.fail("the observer kept running with a database it cannot write:\n" + observer.log(3000))
+        log = observer.log()
+        assert code == 1 and "error: the node stopped: the database in" in log, log[-2000:]
+        assert "could not be written" in log and "event=sync_failed" not in log, log[-2000:]
+        assert "Traceback" not in log, log[-2000:]
+        observer.start()  # no limit now: it syncs the rest
+        wait_until(lambda: observer.height() == source.height() or None, 60, "the observer caught up")
+        observer.terminate()
+    finally:
+        source.terminate()
