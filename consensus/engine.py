@@ -92,7 +92,8 @@ Counting votes, equivocation
 "2f+1 PREVOTE(r, id(v))" counts distinct validators that signed a prevote for v at r: Algorithm 1
 counts messages per value. A validator's first vote of a (round, type) is its vote in every "2f+1 of
 any kind" total (rules 34, 47) and in rule 55; a second, different, validly signed vote is reported
-once as `Evidence` and never adds to those totals. It does count for its own block when that block is
+once as `Evidence` (for at most EVIDENCE_PER_VALIDATOR slots of one validator per height; one proves
+the fault) and never adds to those totals. It does count for its own block when that block is
 relevant (nil, proposed in that round, or some validator's first vote): an honest node may have locked
 on v because the equivocator's vote for v reached it first, and every other honest node must be able
 to verify that proof of lock whatever order the two votes reach it in; otherwise two honest validators
@@ -133,6 +134,9 @@ from ler.errors import ProofError
 from ler.keys import KeyPair
 
 BUFFER_PER_SENDER = 16
+# One conflicting pair proves equivocation; a few more per validator and height are kept, and no more, so
+# that a faulty validator signing two votes for each of millions of rounds fills neither memory nor disk.
+EVIDENCE_PER_VALIDATOR = 4
 TIMEOUT_STEPS = ("propose", "prevote", "precommit")
 
 
@@ -312,10 +316,20 @@ class _Height:
         self.precommit_timeout: set[int] = set()  # rule 47
         self.rule36: set[int] = set()
         self.reported: set[tuple[bytes, int, int]] = set()  # (validator, round, type or 0 for proposals)
+        self.reports_of: dict[bytes, int] = {}  # validator -> how many of its slots were reported
         self.decided = False
 
     def proposer(self, round_: int) -> bytes:
         return proposer_of(self.validators, self.height, round_)
+
+    def first_report(self, slot: tuple[bytes, int, int]) -> bool:
+        """Whether a conflict at `slot` is to be reported: once per slot, and for at most
+        EVIDENCE_PER_VALIDATOR slots of one validator at this height."""
+        if slot in self.reported or self.reports_of.get(slot[0], 0) >= EVIDENCE_PER_VALIDATOR:
+            return False
+        self.reported.add(slot)
+        self.reports_of[slot[0]] = self.reports_of.get(slot[0], 0) + 1
+        return True
 
     def tallies(self, vtype: int) -> dict[int, _Tally]:
         return self.prevotes if vtype == PREVOTE else self.precommits
@@ -592,9 +606,7 @@ class Tendermint:
                 return False  # a duplicate (or the same vote with a signature we already hold)
             if not vote.signature_valid(self.chain_id):
                 return self._reject(f"{describe(vote)}: invalid signature")
-            slot = (vote.validator, vote.round, vote.type)
-            if slot not in hs.reported:
-                hs.reported.add(slot)
+            if hs.first_report((vote.validator, vote.round, vote.type)):
                 self._out.append(Evidence(existing, vote))
             if not hs.relevant(vote.round, vote.block):
                 return False
@@ -622,8 +634,7 @@ class Tendermint:
         if not own and not proposal.signature_valid(self.chain_id):
             return self._reject(f"{describe(proposal)}: invalid signature")
         conflicting = next((e.proposal for e in entries if e.proposal.sig != proposal.sig), None)
-        if conflicting is not None and (proposal.proposer, proposal.round, 0) not in hs.reported:
-            hs.reported.add((proposal.proposer, proposal.round, 0))
+        if conflicting is not None and hs.first_report((proposal.proposer, proposal.round, 0)):
             self._out.append(ConflictingProposals(conflicting, proposal))
         if len(entries) >= self._proposals_per_round and not hs.has_votes_for(proposal.round,
                                                                                proposal.block_hash):

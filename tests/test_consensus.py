@@ -31,6 +31,7 @@ from consensus import (
     quorum,
     skip_threshold,
 )
+from consensus.engine import EVIDENCE_PER_VALIDATOR
 from consensus.messages import PROPOSE, describe, sender
 from ler.block import PRECOMMIT, PREVOTE, CertSig, CommitCertificate, Vote
 from ler.errors import DecodeError, ProofError
@@ -873,3 +874,21 @@ def test_describe_is_log_friendly() -> None:
     assert describe(prevote(1, 2, None)).startswith("prevote h=1 r=2 by ")
     assert describe(prevote(1, 2, None)).endswith("for nil")
     assert describe(proposal(0, A)).startswith("proposal h=1 r=0 pol=-1 by ")
+
+
+def test_an_equivocator_cannot_fill_memory_or_disk_with_evidence() -> None:
+    """Two conflicting votes for each of thousands of rounds: a few are reported, the rest only cost their
+    signature checks (each is still a vote the engine may count)."""
+    e = engine(0, future_rounds=3)
+    e.start_height(H)
+    acts: list[Action] = []
+    for r in range(1, 2_000):
+        acts += feed(e, prevote(1, r, None), prevote(1, r, A), precommit(1, r, None), precommit(1, r, A))
+    for r in range(2_000, 2_050):  # proposals too: validator 1 proposes every fourth round
+        if proposer_index(H, r) == 1:
+            acts += feed(e, proposal(r, A), proposal(r, B))
+    reports = [a for a in acts if isinstance(a, Evidence | ConflictingProposals)]
+    assert len(reports) == EVIDENCE_PER_VALIDATOR, reports
+    assert len(e._hs.reported) == EVIDENCE_PER_VALIDATOR  # type: ignore[union-attr]
+    # another validator's first equivocation is still reported
+    assert feed(e, prevote(2, 0, None), prevote(2, 0, A)) == [Evidence(prevote(2, 0, None), prevote(2, 0, A))]
