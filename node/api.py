@@ -267,7 +267,8 @@ class Api:
             "ler_mempool_bytes": ("Bytes of transactions waiting in the mempool", s.mempool.bytes),
             "ler_peers_connected": ("Peers whose last request succeeded", net.peers_connected if net else 0),
             "ler_peers_known": ("Peers this node sends to", net.peers_known if net else 0),
-            "ler_sync_lag_blocks": ("Blocks the best peer is ahead of this node", net.sync_lag if net else 0),
+            "ler_sync_lag_blocks": ("Blocks the best peer (not skipped for failing sync) is ahead of this node",
+                                    net.sync_lag if net else 0),
             "ler_syncing": ("1 while block sync is fetching", 1 if net and net.syncing else 0),
             "ler_validator": ("1 if this node is a validator of the next height", 1 if s.is_validator else 0),
         }

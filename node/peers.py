@@ -208,9 +208,6 @@ class Network:
     def connected(self) -> int:
         return sum(1 for link in self.links.values() if link.connected)
 
-    def best_height(self) -> int:
-        return max((link.height for link in self.links.values() if link.height is not None), default=0)
-
     # --- running -------------------------------------------------------------------------------------
     async def run(self) -> None:
         timeout = aiohttp.ClientTimeout(total=self.settings.timeout_s)

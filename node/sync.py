@@ -41,7 +41,8 @@ log = logging.getLogger("ler.sync")
 MAX_RANGE_BLOCKS = 256
 MAX_RANGE_BYTES = 8 * 1024 * 1024
 MAX_ANSWER = codec.MAX_MESSAGE_BYTES * 2 + 1024 * 1024  # one largest block and its certificate, and more
-PENALTY_S = 5.0     # how long a peer that failed us is skipped
+PENALTY_S = 5.0     # how long a peer that failed us is skipped, doubled for each failure in a row ...
+MAX_PENALTY_S = 60.0  # ... up to this: a peer claiming a height it cannot serve is asked once a minute
 LAG_GRACE_S = 1.0   # one block behind for this long: fetch it rather than wait for consensus
 
 
@@ -67,7 +68,8 @@ class Syncer:
         self.network = network
         self.settings = svc.config.sync
         self._poke = asyncio.Event()
-        self._penalty: dict[str, float] = {}
+        self._penalty: dict[str, float] = {}  # peer URL -> until when it is skipped
+        self._failures: dict[str, int] = {}  # peer URL -> failed fetches in a row
         self._polls: dict[str, asyncio.Task[None]] = {}  # height polls in flight, by peer URL
         self._lag_since: float | None = None
         self.syncing = False
@@ -76,7 +78,22 @@ class Syncer:
 
     @property
     def lag(self) -> int:
-        return max(0, self.network.best_height() - self.store.height)
+        return max(0, self._best_height() - self.store.height)
+
+    def _best_height(self) -> int:
+        """The highest height a peer claims, among peers not skipped for failing to serve what they
+        claimed: a peer that lies about its height makes this node neither look nor keep trying to be
+        behind."""
+        now = time.monotonic()
+        return max((link.height for link in self.network.links.values()
+                    if link.height is not None and self._penalty.get(link.url, 0.0) <= now), default=0)
+
+    def _fail(self, url: str) -> float:
+        """Skip the peer for a while, longer for each failure in a row; returns for how long."""
+        n = self._failures[url] = self._failures.get(url, 0) + 1
+        wait = min(PENALTY_S * 2 ** min(n - 1, 16), MAX_PENALTY_S)
+        self._penalty[url] = time.monotonic() + wait
+        return wait
 
     def _on_height(self, height: int) -> None:
         if height > self.store.height:
@@ -121,7 +138,7 @@ class Syncer:
         began, first = time.monotonic(), self.store.height
         try:
             while True:
-                target = self.network.best_height()
+                target = self._best_height()
                 self.target = target
                 start = self.store.height + 1
                 if start > target:
@@ -135,13 +152,16 @@ class Syncer:
                     pairs = await self._fetch(link, start, end)
                     committed = await self.driver.submit_synced(pairs)
                 except (SyncError, SyncRefused) as exc:
-                    self._penalty[link.url] = time.monotonic() + PENALTY_S
-                    log.warning("event=sync_failed peer=%s from=%d reason=%r", link.url, start, str(exc))
+                    wait = self._fail(link.url)
+                    log.warning("event=sync_failed peer=%s from=%d retry_in_s=%.0f reason=%r", link.url, start,
+                                wait, str(exc))
                     continue
                 log.info("event=sync_progress %s peer=%s blocks=%d",
                          progress(first, self.store.height, target, time.monotonic() - began), link.url, committed)
                 if committed == 0 and self.store.height < start:
-                    self._penalty[link.url] = time.monotonic() + PENALTY_S
+                    self._fail(link.url)
+                else:
+                    self._failures.pop(link.url, None)
         finally:
             self.syncing = False
             self._lag_since = None

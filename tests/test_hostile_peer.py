@@ -13,6 +13,7 @@ import http.server
 import itertools
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -152,3 +153,69 @@ async def test_a_fault_in_decoding_a_peers_blocks_is_kept_to_that_peer(monkeypat
     with pytest.raises(sync.SyncError, match="could not decode"):
         await sync.Syncer._decode(None, link, b"", 1, 2)  # type: ignore[arg-type]
     assert "event=sync_decode_error peer=http://127.0.0.1:9" in caplog.text and "IndexError" in caplog.text
+
+
+# --- a peer that claims a height it cannot serve -------------------------------------------------------------
+
+class _LyingHandler(http.server.BaseHTTPRequestHandler):
+    server: HostilePeer
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        with self.server.lock:
+            self.server.requests.append(f"{self.command} {self.path}")
+        body, status = (self.server.status, 200) if self.path == "/v1/status" else (b'{"error": "no"}', 404)
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_peer_claiming_a_height_it_cannot_serve_is_asked_less_and_less(tmp_path: Path) -> None:
+    """Its claimed height would make the node look far behind forever (metrics, health) and ask it for
+    blocks every few seconds; after a failed fetch it is skipped for 5 s, then 10, 20 ... up to a minute,
+    and while skipped its claim counts for nothing."""
+    liar = HostilePeer()
+    liar.RequestHandlerClass = _LyingHandler
+    thread = threading.Thread(target=liar.serve_forever, daemon=True)
+    thread.start()
+    chain = make_chain(tmp_path, chain_id="lying-peer")
+    data = tmp_path / "node"
+    init_data_dir(data, chain.genesis_path, chain.authority_key_path, f"127.0.0.1:{free_port()}",
+                  peers=(PeerSpec(liar.url, KeyPair.generate().did),))
+    liar.status = json.dumps({"chain_id": chain.chain_id, "genesis_hash": chain.genesis.hash.hex(),
+                              "height": 10_000}).encode()
+    node = NodeProc(data).start()
+    try:
+        def fetches() -> int:
+            with liar.lock:
+                return sum(r.startswith("GET /peer/v1/blocks") for r in liar.requests)
+
+        wait_until(lambda: fetches() >= 1 or None, 30, "the node to ask the lying peer for blocks")
+        lags = []
+        for _ in range(24):  # 12 s: asked at about 0, 5 and 15 s, not every 5 s
+            lags.append(_metric(node.get("/metrics").body.decode(), "ler_sync_lag_blocks"))
+            time.sleep(0.5)
+        assert fetches() <= 2, liar.requests
+        assert lags.count(0) >= 18, lags  # the claim counts only while the peer is not skipped
+        assert node.get("/health").json()["ok"] is True
+        assert "retry_in_s=10" in node.log(tail=None)
+    finally:
+        assert node.terminate() == 0, node.log()
+        liar.shutdown()
+        liar.server_close()
+
+
+def _metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
