@@ -56,9 +56,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     server: HostilePeer
 
     def _answer(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length:
-            self.rfile.read(length)
+        _read_request(self)
         with self.server.lock:
             body = next(self.server.bodies)
             self.server.requests.append(f"{self.command} {self.path}")
@@ -67,16 +65,26 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if self.path == "/v1/status" and n % 2:
             body, status = self.server.status, 200
         ctype = "application/msgpack" if n % 2 else "application/json"
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body) + (n % 5 == 0) * 100))  # sometimes cut short
-        self.end_headers()
-        self.wfile.write(body)
+        _send(self, status, ctype, body, len(body) + (n % 5 == 0) * 100)  # sometimes cut short
 
     do_GET = do_POST = _answer
 
     def log_message(self, *args: object) -> None:
         pass
+
+
+def _read_request(handler: http.server.BaseHTTPRequestHandler) -> None:
+    length = int(handler.headers.get("Content-Length") or 0)
+    if length:
+        handler.rfile.read(length)
+
+
+def _send(handler: http.server.BaseHTTPRequestHandler, status: int, ctype: str, body: bytes, declared: int) -> None:
+    handler.send_response(status)
+    handler.send_header("Content-Type", ctype)
+    handler.send_header("Content-Length", str(declared))
+    handler.end_headers()
+    handler.wfile.write(body)
 
 
 @pytest.fixture
@@ -161,17 +169,11 @@ class _LyingHandler(http.server.BaseHTTPRequestHandler):
     server: HostilePeer
 
     def _answer(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length:
-            self.rfile.read(length)
+        _read_request(self)
         with self.server.lock:
             self.server.requests.append(f"{self.command} {self.path}")
         body, status = (self.server.status, 200) if self.path == "/v1/status" else (b'{"error": "no"}', 404)
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        _send(self, status, "application/json", body, len(body))
 
     do_GET = do_POST = _answer
 
