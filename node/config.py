@@ -71,6 +71,7 @@ class GossipSettings:
     backoff_max_s: float = 5.0
     timeout_s: float = 5.0
     relay_txs: bool = False
+    rebroadcast_s: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,10 @@ them. Transactions: one a client gave us goes to every peer. One learnt from a p
 unless `relay_txs` is on (then to every peer but the one it came from): where the authorities are all
 peers of each other (the usual set-up, and the test network's) each already had it from its origin,
 and relaying would deliver every transaction to every node three times over. A transaction that
-misses a node (a link down) still commits: the nodes that have it propose it in their turn.
+misses a node (a link down) still commits: the nodes that have it propose it in their turn. A peer
+keeps what it is gossiped only in memory, so the node a client gave a transaction to (the one that
+stored it as pending) sends it again to a peer seen restarted, and to every peer while it stays
+pending (`rebroadcast_s`): what an observer's clients submit commits only through its peers.
 Consensus messages go only to peers that are validators of the message's height (or whose key we do
 not know yet); transactions to all.
 
@@ -139,14 +142,18 @@ class PeerLink:
     def did(self) -> str:
         return keys.did_from_public_key(self.key) if self.key else "?"
 
-    def observe(self, boot: bytes | None, height: int) -> None:
+    def observe(self, boot: bytes | None, height: int) -> bool:
+        """Note the peer's process start and height; True if it has restarted since last seen."""
+        restarted = False
         if boot is not None and boot != self.boot:
             if self.boot is not None:
                 log.info("event=peer_restarted url=%s", self.url)
+                restarted = True
             self.boot = boot
             self.known.clear()  # a restarted peer remembers nothing of the height in progress
         self.height = height
         self.height_at = time.monotonic()
+        return restarted
 
 
 class Network:
@@ -181,6 +188,9 @@ class Network:
         self._session: aiohttp.ClientSession | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._ticks = 0
+        # Own clients' pending transactions as of the last rebroadcast pass (see `_rebroadcast`).
+        self._pending_seen: frozenset[bytes] = frozenset()
+        self._rebroadcast_at = time.monotonic() + self.settings.rebroadcast_s
         self.on_height_seen: list[Callable[[int], None]] = []  # told each height a peer reports
         svc.tx_listeners.append(self.broadcast_txs)
 
@@ -268,13 +278,45 @@ class Network:
         for link in self.links.values():
             if source is not None and link.key == source:
                 continue
-            for tx in txs:
-                if len(link.tq) >= TX_QUEUE or link.tq_bytes + len(tx.raw) > TX_QUEUE_BYTES:
-                    self.svc.metrics.gossip_dropped += 1
-                    continue
-                link.tq.append(tx.raw)
-                link.tq_bytes += len(tx.raw)
-            link.t_ready.set()
+            self._queue_txs(link, txs)
+
+    def _queue_txs(self, link: PeerLink, txs: Iterable[Tx]) -> None:
+        for tx in txs:
+            if len(link.tq) >= TX_QUEUE or link.tq_bytes + len(tx.raw) > TX_QUEUE_BYTES:
+                self.svc.metrics.gossip_dropped += 1
+                continue
+            link.tq.append(tx.raw)
+            link.tq_bytes += len(tx.raw)
+        link.t_ready.set()
+
+    def _own_pending(self, ids: frozenset[bytes] | None = None) -> list[Tx]:
+        """This node's clients' transactions still in the mempool (of `ids` if given), in arrival order
+        (a signer's later transactions may depend on its earlier ones)."""
+        ids = self.store.pending_ids() if ids is None else ids
+        if not ids:
+            return []
+        pool = self.svc.mempool
+        return [tx for tx_id in pool.all_ids() if tx_id in ids and (tx := pool.get(tx_id)) is not None]
+
+    def _rebroadcast(self) -> None:
+        """Own clients' transactions pending since the last pass go to every peer again. A peer keeps a
+        gossiped transaction only in memory: one that lost it (a restart, a full pool) would otherwise
+        never get it from us again, and what an observer's clients submit commits only through its
+        peers. (An authority would propose its own in its turn; the copies cost a peer a lookup each.)"""
+        pending = self.store.pending_ids()
+        again = self._own_pending(pending & self._pending_seen)
+        self._pending_seen = pending
+        if again:
+            log.info("event=txs_rebroadcast count=%d peers=%d", len(again), len(self.links))
+            for link in self.links.values():
+                self._queue_txs(link, again)
+
+    def _peer_restarted(self, link: PeerLink) -> None:
+        """A restarted peer lost the transactions we gave it that it had not committed: send ours again."""
+        own = self._own_pending()
+        if own:
+            log.info("event=txs_resent url=%s count=%d", link.url, len(own))
+            self._queue_txs(link, own)
 
     def _remember(self, message: Message, raw: bytes, digest: bytes, own: bool) -> _Logged:
         entry = self._log.get(digest)
@@ -311,6 +353,9 @@ class Network:
     def _repair(self) -> None:
         self._ticks += 1
         now = time.monotonic()
+        if self.settings.rebroadcast_s > 0 and now >= self._rebroadcast_at:
+            self._rebroadcast_at = now + self.settings.rebroadcast_s
+            self._rebroadcast()
         current = self.store.height + 1
         entries = [e for e in self._log.values() if e.item.height >= current]
         latest_round = max((e.round for e in entries if e.own), default=-1)
@@ -460,7 +505,8 @@ class Network:
                 return DROP
             self._up(link)
             link.public_only = False
-            link.observe(boot, height)
+            if link.observe(boot, height):
+                self._peer_restarted(link)
             self._note_height(height)
             for item in items:
                 if item.height <= height + 1:
@@ -548,7 +594,8 @@ class Network:
                     if body["proposals"] or body["votes"] else [])
         link = self._link_for(sender, body["url"])
         if link is not None:
-            link.observe(body["boot"], body["height"])
+            if link.observe(body["boot"], body["height"]):
+                self._peer_restarted(link)
             if not link.connected:
                 link.c_revived.set()
                 link.t_revived.set()

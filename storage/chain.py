@@ -1199,6 +1199,11 @@ class ChainStore:
         with self._pending_lock:
             self._pending_ids.difference_update(tx_ids)
 
+    def pending_ids(self) -> frozenset[bytes]:
+        """Ids of the transactions this node acknowledged and has not seen committed."""
+        with self._pending_lock:
+            return frozenset(self._pending_ids)
+
     def pending(self) -> list[bytes]:
         """Raw transactions accepted before a restart and not yet committed (in tx id order)."""
         return [raw for _, raw in self._db.iterator(prefix=PENDING_PREFIX)]

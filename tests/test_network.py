@@ -376,6 +376,36 @@ def test_two_authorities_down_stops_commits_without_a_fork_and_one_back_resumes(
     assert up[0].get("/v1/evidence")["evidence"] == evidence_before  # crashes and restarts are not equivocation
 
 
+def test_what_an_observer_took_commits_though_every_authority_that_held_it_crashed(net: Net) -> None:
+    """An observer never proposes: what its clients submit commits only through the authorities, which
+    keep gossiped transactions in memory. Every authority holds the observer's transactions (their blocks
+    wait a minute to fill), then all crash: restarted, they must get them again from the observer."""
+    a = net.authorities
+
+    def restart_all(batch_ms: int) -> None:
+        for node in a:
+            if node.alive():
+                node.kill()
+            cfg = node.data / "config.toml"
+            cfg.write_text(re.sub(r"\[blocks\]\n(batch_ms = \d+\n)?", f"[blocks]\nbatch_ms = {batch_ms}\n",
+                                  cfg.read_text(), count=1))
+        for node in a:
+            node.start()
+
+    restart_all(60_000)
+    try:
+        txs = net.anchors(4)
+        assert {r["status"] for r in net.observer.submit(txs)} == {"pending"}
+        wait_until(lambda: all(n.tx_status(tx) == "pending" for n in a for tx in txs), 20,
+                   "every authority to hold the observer's transactions")
+    finally:
+        restart_all(20)  # the default: blocks made at once again
+    # Sooner than the periodic rebroadcast (30 s): the observer resends to each peer it sees restarted.
+    net.wait_committed(txs, net.nodes, timeout=25)
+    net.assert_agree(net.nodes)
+    assert "event=txs_resent" in net.observer.log()
+
+
 def test_a_new_observer_syncs_the_whole_chain_from_scratch(net: Net, tmp_path: Path) -> None:
     key_path = tmp_path / "observer.key"
     write_key_file(key_path, KeyPair.generate())
