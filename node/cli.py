@@ -13,6 +13,7 @@ printed with control characters escaped: a bundle cannot rewrite a verifier's te
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import mimetypes
@@ -311,13 +312,17 @@ def chain_id_of(client: NodeClient) -> str:
 
 def submit_and_wait(client: NodeClient, tx: Tx, wait_s: float) -> dict[str, Any]:
     """Submit one transaction and wait for it to settle; the last result (maybe still pending)."""
+    return node_call(lambda: settle(client, tx, wait_s))
+
+
+def settle(client: NodeClient, tx: Tx, wait_s: float) -> dict[str, Any]:
+    """`submit_and_wait`, raising the client's ClientError."""
     deadline = time.monotonic() + wait_s
-    results = node_call(lambda: client.submit([tx], wait=True, timeout=wait_s))
-    result: dict[str, Any] = results[0]
+    result: dict[str, Any] = client.submit([tx], wait=True, timeout=wait_s)[0]
     if result.get("status") not in ("committed", "rejected"):
         remaining = deadline - time.monotonic()
         if remaining > 0:
-            result = node_call(lambda: client.wait_tx(tx.tx_id.hex(), timeout=remaining))
+            result = client.wait_tx(tx.tx_id.hex(), timeout=remaining)
     return result
 
 
@@ -772,10 +777,24 @@ def anchor_record(client: NodeClient, key: KeyPair, issuer_did: str, holder_did:
     tx = sign_tx(key, chain_id, RecordAnchor(record=doc.record_id, issuer=issuer_did, holder=holder_did,
                                              rtype=rtype, commitment=doc.commitment, expires=expires_ms))
     doc = dataclasses.replace(doc, anchor_tx=tx.tx_id)
-    result = submit_and_wait(client, tx, wait_s)
+    # The holder's file first: should the node's answer be lost (it crashed, the connection broke), the
+    # record may still commit, and without the file's salts it could never be shown.
+    try:
+        doc.save(out)
+    except OSError as exc:
+        raise negative(f"{out} could not be written ({exc.strerror}); nothing was sent to the node") from None
+    try:
+        result = settle(client, tx, wait_s)
+    except ClientError as exc:
+        if exc.unreachable:
+            raise negative(f"{exc.reason}; the node may have taken the record before its answer was lost, "
+                           f"so {out} is kept: ask a node whether transaction {tx.tx_id.hex()} committed "
+                           "(GET /v1/txs/ID) before issuing the record again") from None
+        _discard(out)
+        raise negative(exc.reason) from None
     if result.get("status") == "rejected":
+        _discard(out)
         raise negative(rejection(result))
-    _save_record(doc, out)
     if result.get("status") != "committed":
         raise negative(f"transaction {tx.tx_id.hex()} was not committed within {wait_s:g} s; the record "
                        f"file was written to {out} in case it still is (ask the node: GET /v1/txs/ID)")
@@ -855,12 +874,10 @@ def issuer_label(name: str | None, did: str, holder: str | None) -> str:
     return f"unregistered issuer ({did})"
 
 
-def _save_record(doc: RecordDocument, out: str) -> None:
-    try:
-        doc.save(out)
-    except OSError as exc:
-        raise negative(f"the record was anchored but {out} could not be written ({exc.strerror}); its "
-                       "claims are lost: revoke record " + doc.record_id.hex()) from None
+def _discard(path: str) -> None:
+    """Remove a record file written for a submission the node refused."""
+    with contextlib.suppress(OSError):
+        os.unlink(path)
 
 
 def record_target(record_path: str | None, record_id: str | None) -> bytes:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from node_proc import LER, Chain, NodeProc, free_port, init_node, make_chain
+from node_proc import LER, Chain, NodeProc, free_port, init_node, make_chain, wait_until
 
 from ler import keys
 from ler.bundle import verify_bundle
@@ -392,6 +392,36 @@ def test_issue_not_committed_in_time_keeps_the_record_file(tmp_path: Path) -> No
         assert rec["commitment"] == doc.commitment.hex()
     finally:
         assert node.terminate() == 0, node.log()
+
+
+def test_issue_whose_answer_is_lost_keeps_the_record_file(tmp_path: Path) -> None:
+    """The node takes the anchor (durably) and is killed before it answers: the issuer hears nothing
+    certain, so the holder's file must already be on disk, since the record commits once the node is
+    back. A refused anchor, by contrast, leaves no file (see the suspended issuer above)."""
+    chain = make_chain(tmp_path / "chain", chain_id="lost-answer")
+    node = NodeProc(init_node(chain, tmp_path / "node", blocks={"batch_ms": 60_000})).start()
+    try:
+        (tmp_path / "claims.json").write_text('{"degree": "BSc"}')
+        cli = subprocess.Popen([str(LER), "issue", "--node", node.url, "--key", str(chain.root / "issuer.key"),
+                                "--holder", KeyPair.generate().did, "--type", "degree", "--claims", "claims.json",
+                                "--out", "record.json", "--timeout", "30"], cwd=tmp_path, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        wait_until(lambda: node.get_json("/v1/status")["mempool"]["txs"] == 1 or None, 30,
+                   "the node to take the anchor")
+        node.kill()
+        _, err = cli.communicate(timeout=30)
+        assert cli.returncode == 1 and "Traceback" not in err, err
+        assert "the node may have taken the record" in err and "record.json is kept" in err, err
+        doc = RecordDocument.load(tmp_path / "record.json")
+        assert doc.anchor_tx is not None
+
+        cfg = tmp_path / "node" / "config.toml"
+        cfg.write_text(cfg.read_text().replace("batch_ms = 60000", "batch_ms = 20"))
+        node.start()  # it reloads what it acknowledged, and commits it (a single authority's block)
+        node.wait_committed([doc.anchor_tx])
+        assert node.get_json(f"/v1/records/{doc.record_id.hex()}")["commitment"] == doc.commitment.hex()
+    finally:
+        node.close()
 
 
 def test_node_run_with_an_encrypted_key(tmp_path: Path) -> None:
