@@ -232,24 +232,36 @@ def _alive(pid: Any) -> bool:
         return True  # no /proc here: trust kill(pid, 0)
 
 
-def _runs_a_node(pid: int) -> bool:
-    """Whether process `pid` is a `ler node run` (not another program that got a dead node's pid)."""
+def _runs_node(pid: int, data: Path) -> bool:
+    """Whether process `pid` is `ler node run --data` of this node's folder: not another program, nor
+    another node, that got the pid of a node that died since (a node killed, the machine restarted)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"\x00node\x00run\x00" in b"\x00" + f.read()
+            args = f.read().split(b"\x00")
+        cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
     except OSError:
-        return True  # no /proc here: trust that it is alive
+        return not Path("/proc/self").exists()  # no /proc here: trust kill(pid, 0)
+    for i in range(len(args) - 3):
+        if args[i:i + 2] != [b"node", b"run"]:
+            continue
+        for j, arg in enumerate(args[i + 2:], i + 2):
+            given = args[j + 1] if arg == b"--data" and j + 1 < len(args) else (
+                arg[len(b"--data="):] if arg.startswith(b"--data=") else None)
+            if given is not None:
+                return (cwd / os.fsdecode(given)).resolve() == data.resolve()
+    return False
 
 
 def _running_pid(node: dict[str, Any]) -> int | None:
     """The process running this node now, or None: the one its data folder's node.pid names (a node
     restarted by hand with `ler node run --data` writes its own there), else the one `up` started."""
+    data = Path(node["data"])
     with contextlib.suppress(OSError, ValueError):
-        pid = int((Path(node["data"]) / PID_FILE).read_text())
-        if pid > 0 and _alive(pid) and _runs_a_node(pid):
+        pid = int((data / PID_FILE).read_text())
+        if pid > 0 and _alive(pid) and _runs_node(pid, data):
             return pid
     started = node.get("pid")
-    return started if isinstance(started, int) and _alive(started) else None
+    return started if isinstance(started, int) and _alive(started) and _runs_node(started, data) else None
 
 
 def down(directory: str | os.PathLike[str], grace: float = 10.0) -> list[str]:

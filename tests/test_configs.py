@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import tomllib
 from pathlib import Path
@@ -211,6 +212,33 @@ def test_a_tampered_testnet_manifest_is_refused_with_its_fault(tmp_path: Path, t
 def test_the_manifest_check_takes_a_well_formed_manifest() -> None:
     assert testnet._manifest_fault(GOOD_MANIFEST) is None
     assert testnet._manifest_fault({**GOOD_MANIFEST, "nodes": [{**GOOD_NODE, "pid": 4242}]}) is None
+
+
+def test_a_dead_nodes_pid_taken_by_another_process_is_never_signalled(tmp_path: Path) -> None:
+    """The nodes of a testnet died (killed, the machine restarted) and their pids went to other programs,
+    or to another node: `ler testnet down` must leave those alone, and status must show the nodes stopped."""
+    other = tmp_path / "other-node"
+    impostors = [subprocess.Popen(["sleep", "60"]),
+                 # a process that looks like a node, of another folder: the command line is what counts
+                 subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "node", "run", "--data",
+                                   str(other)])]
+    try:
+        nodes = []
+        for i, p in enumerate(impostors):
+            data = tmp_path / f"a{i}"
+            data.mkdir()
+            (data / "node.pid").write_text(str(p.pid))  # left behind by the dead node
+            nodes.append({**GOOD_NODE, "name": f"authority{i}", "data": str(data), "pid": p.pid})
+        (tmp_path / "testnet.json").write_text(json.dumps({**GOOD_MANIFEST, "nodes": nodes}))
+        assert testnet.running(tmp_path) == []
+        r = ler("testnet", "down", "--dir", str(tmp_path))
+        assert r.returncode == 0, r.stderr
+        time.sleep(0.3)
+        assert all(p.poll() is None for p in impostors), "ler testnet down signalled a process not its node's"
+    finally:
+        for p in impostors:
+            p.kill()
+            p.wait()
 
 
 def test_a_node_restarted_by_hand_is_one_the_testnet_commands_see_and_stop(tmp_path: Path) -> None:
