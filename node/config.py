@@ -229,8 +229,6 @@ def load_config(data: str | os.PathLike[str]) -> NodeConfig:
     consensus = ConsensusTiming(**known_settings(_table(doc, "consensus", path), ConsensusTiming, path))
     gossip = GossipSettings(**known_settings(_table(doc, "gossip", path), GossipSettings, path))
     sync = SyncSettings(**known_settings(_table(doc, "sync", path), SyncSettings, path))
-    if sync.batch_blocks < 1:
-        raise ConfigError(f"{path}: sync.batch_blocks must be at least 1")
     peers_table = _table(doc, "peers", path)
     unknown = sorted(set(peers_table) - {"urls", "nodes"})
     if unknown:
@@ -274,8 +272,20 @@ def _table(doc: dict[str, Any], name: str, path: Path) -> dict[str, Any]:
 _KINDS = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
 
 
+# Settings for which 0 is not a choice but a fault: a loop with no pause in it (resend_s, poll_s), a
+# block that can hold nothing, a body or pool that takes nothing, a peer request that times out at once,
+# a consensus step that times out before any message can arrive. They must be more than 0.
+_POSITIVE: dict[type, frozenset[str]] = {
+    Limits: frozenset({"max_body_bytes", "mempool_txs", "mempool_bytes", "block_txs"}),
+    ConsensusTiming: frozenset({"propose", "prevote", "precommit"}),
+    GossipSettings: frozenset({"resend_s", "timeout_s"}),
+    SyncSettings: frozenset({"batch_blocks", "poll_s"}),
+}
+
+
 def known_settings(table: dict[str, Any], cls: type, path: Path) -> dict[str, Any]:
-    """One table's settings, each a field of `cls` with a value of its default's type, not negative."""
+    """One table's settings, each a field of `cls` with a value of its default's type, not negative (and
+    more than 0 where 0 would stop the node working)."""
     fields = cls.__dataclass_fields__  # type: ignore[attr-defined]
     out = {}
     for k, v in table.items():
@@ -287,6 +297,8 @@ def known_settings(table: dict[str, Any], cls: type, path: Path) -> dict[str, An
             raise ConfigError(f"{path}: {k} must be {_KINDS.get(type(default), type(default).__name__)}")
         if v < 0:
             raise ConfigError(f"{path}: {k} must not be negative")
+        if v == 0 and k in _POSITIVE.get(cls, ()):
+            raise ConfigError(f"{path}: {k} must be more than 0")
         out[k] = v
     return out
 

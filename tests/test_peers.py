@@ -166,12 +166,20 @@ def test_bad_peers_are_refused(text: str, words: str) -> None:
     ("[sync]\nbatch_blocks = true\n", "batch_blocks must be a whole number"),
     ('[peers]\nurls = ["http://x:1"]\nfoo = 1\n', "peers.foo"),
     ('[[peers.nodes]]\nurl = "http://x:1"\n', "exactly url and did"),
+    # 0 would make the node spin at full CPU (resend_s, poll_s) or stop it working
+    ("[gossip]\nresend_s = 0\n", "resend_s must be more than 0"),
+    ("[gossip]\ntimeout_s = 0.0\n", "timeout_s must be more than 0"),
+    ("[sync]\npoll_s = 0\n", "poll_s must be more than 0"),
+    ("[sync]\nbatch_blocks = 0\n", "batch_blocks must be more than 0"),
+    ("[consensus]\npropose = 0\n", "propose must be more than 0"),
+    ("[limits]\nblock_txs = 0\n", "block_txs must be more than 0"),
+    ("[limits]\nmax_body_bytes = 0\n", "max_body_bytes must be more than 0"),
 ])
 def test_bad_network_settings_are_refused(tmp_path: Path, extra: str, words: str) -> None:
     data = make_folder(tmp_path)
     cfg = data / "config.toml"
     text = cfg.read_text()
-    for table in ("[consensus]\n", "[gossip]\n", "[sync]\n", "[peers]\nurls = []\n"):
+    for table in ("[limits]\n", "[consensus]\n", "[gossip]\n", "[sync]\n", "[peers]\nurls = []\n"):
         text = text.replace(table, "")
     cfg.write_text(text + extra)
     with pytest.raises(ConfigError, match=words):
