@@ -38,10 +38,15 @@ class ClientError(LerError):
 
 
 def check_node_url(url: str) -> str:
-    """The URL without a trailing slash; ClientError unless it is an http(s) URL with a host."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ClientError(f"node URL {url!r} must look like http://HOST:PORT")
+    """The URL without a trailing slash; ClientError unless it is an http(s) URL with a host (and a port
+    from 1 to 65535 if it gives one)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        usable = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # an unclosed [IPv6 address, a port that is not a number up to 65535
+        usable = False
+    if not usable:
+        raise ClientError(f"node URL {url!r} must look like http://HOST:PORT (a port from 1 to 65535)")
     return url.rstrip("/")
 
 

@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import tomllib
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,8 +144,8 @@ def parse_listen(listen: str) -> tuple[str, int]:
         p = int(port)
     except ValueError:
         raise ConfigError(f"listen port {port!r} is not a number") from None
-    if not 0 <= p <= 65535:
-        raise ConfigError(f"listen port {p} is out of range")
+    if not 1 <= p <= 65535:
+        raise ConfigError(f"listen port {p} is out of range (1 to 65535)")
     return host, p
 
 
@@ -156,6 +157,13 @@ def parse_peer(text: str) -> PeerSpec:
         raise ConfigError(f"peer URL {url!r} must look like http://HOST:PORT")
     if '"' in url or "\\" in url or any(ord(c) < 0x21 for c in url):
         raise ConfigError(f"peer URL {url!r} holds a character a URL cannot have")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        usable = bool(parts.hostname) and parts.port != 0  # .port: ValueError unless a number to 65535
+    except ValueError:
+        usable = False
+    if not usable:
+        raise ConfigError(f"peer URL {url!r} must look like http://HOST:PORT (a port from 1 to 65535)")
     if not sep:
         return PeerSpec(url)
     try:

@@ -247,6 +247,9 @@ def test_node_init_notes_a_key_that_is_not_a_genesis_authority(tmp_path: Path) -
     ("--genesis", "missing.json", "genesis"),
     ("--key", "missing.key", "not found"),
     ("--peer", "ftp://x", "http://HOST:PORT"),
+    ("--peer", "http://127.0.0.1:99999", "a port from 1 to 65535"),
+    ("--peer", "http://[::1", "a port from 1 to 65535"),
+    ("--listen", "127.0.0.1:0", "out of range"),
 ])
 def test_node_init_bad_input(tmp_path: Path, flag: str, value: str, message: str) -> None:
     genesis, auth = make_genesis_files(tmp_path)
@@ -622,6 +625,13 @@ def test_status_unreachable_is_negative() -> None:
     r = run("status", "--node", UNREACHABLE)
     assert r.exit_code == 1
     assert "cannot reach node at http://127.0.0.1:9" in one_line_error(r)
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:99999", "http://127.0.0.1:0", "http://[::1",
+                                 "http://127.0.0.1:abc", "http://:8701", "127.0.0.1:8701"])
+def test_a_malformed_node_url_is_bad_usage(url: str) -> None:
+    for r in (run("status", "--node", url), run("status", env={"LER_NODE": url})):
+        assert r.exit_code == 2 and "must look like http://HOST:PORT" in one_line_error(r), r.output
 
 
 def test_node_url_from_env(monkeypatch: pytest.MonkeyPatch) -> None:

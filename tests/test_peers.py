@@ -153,6 +153,9 @@ def test_peers_by_url_and_by_did_round_trip_through_config_toml(tmp_path: Path) 
     ("ftp://x", "http://HOST:PORT"),
     ('http://a"b:1', "character"),
     ("http://127.0.0.1:1#did:key:nonsense", "peer"),
+    ("http://127.0.0.1:99999", "a port from 1 to 65535"),
+    ("http://127.0.0.1:0", "a port from 1 to 65535"),
+    ("http://[::1", "a port from 1 to 65535"),
 ])
 def test_bad_peers_are_refused(text: str, words: str) -> None:
     with pytest.raises(ConfigError, match=words):
