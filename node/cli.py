@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import mimetypes
 import os
 import re
@@ -281,8 +282,20 @@ def node_option(f: Callable[..., Any]) -> Callable[..., Any]:
                         help=f"The node's API (default from ${NODE_ENV}).")(f)
 
 
+class Seconds(click.FloatRange):
+    """A number of seconds in a range; not NaN or infinity, which a range check alone lets through."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number of seconds", param, ctx)
+        return rv
+
+
 def wait_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--timeout", "wait_s", type=click.FloatRange(min=0.1), default=DEFAULT_WAIT_S,
+    return click.option("--timeout", "wait_s", type=Seconds(min=0.1, max=3600), default=DEFAULT_WAIT_S,
                         show_default=True, metavar="SECONDS",
                         help="How long to wait for the transaction to be committed.")(f)
 
@@ -1352,7 +1365,7 @@ def _testnet_call(fn: Callable[[], Any]) -> Any:
               help="First port to try (default: the network file's, else 8711).")
 @click.option("--chain-id", default=None, help="Chain id (default: the network file's, else ler-testnet).")
 @click.option("--seed", "seed_demo", is_flag=True, help="Accredit a demo issuer and anchor demo records.")
-@click.option("--propose-timeout", type=click.FloatRange(min=0.1, max=60), default=None, metavar="SECONDS",
+@click.option("--propose-timeout", type=Seconds(min=0.1, max=60), default=None, metavar="SECONDS",
               help="Consensus propose timeout of round 0 for a new network (default: the network file's, "
                    "else the node's, 3 s).")
 def testnet_up(directory: str, network_file: str | None, authorities: int | None, nodes: int | None,

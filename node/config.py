@@ -17,6 +17,7 @@ reached without editing every config.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tomllib
@@ -303,6 +304,8 @@ def known_settings(table: dict[str, Any], cls: type, path: Path) -> dict[str, An
         if isinstance(v, bool) != isinstance(default, bool) or (
                 not isinstance(v, type(default)) and not (isinstance(default, float) and isinstance(v, int))):
             raise ConfigError(f"{path}: {k} must be {_KINDS.get(type(default), type(default).__name__)}")
+        if isinstance(v, float) and not math.isfinite(v):  # TOML has inf and nan
+            raise ConfigError(f"{path}: {k} must be a finite number")
         if v < 0:
             raise ConfigError(f"{path}: {k} must not be negative")
         if v == 0 and k in _POSITIVE.get(cls, ()):

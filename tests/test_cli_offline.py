@@ -627,6 +627,17 @@ def test_status_unreachable_is_negative() -> None:
     assert "cannot reach node at http://127.0.0.1:9" in one_line_error(r)
 
 
+@pytest.mark.parametrize("args", [["revoke", "--record-id", "00" * 16, "--reason", "x", "--key", "k.key"],
+                                  ["testnet", "up", "--dir", "d", "--propose-timeout"]])
+@pytest.mark.parametrize("seconds", ["nan", "inf", "1e308", "-1", "0"])
+def test_seconds_must_be_a_finite_number_in_range(tmp_path: Path, args: list[str], seconds: str) -> None:
+    flag = [] if args[-1] == "--propose-timeout" else ["--timeout"]
+    args = [str(tmp_path / "d") if a == "d" else a for a in args]
+    r = run(*args, *flag, seconds, env={"LER_NODE": UNREACHABLE})
+    assert r.exit_code == 2 and "Invalid value for" in one_line_error(r), r.output
+    assert not (tmp_path / "d").exists()
+
+
 @pytest.mark.parametrize("url", ["http://127.0.0.1:99999", "http://127.0.0.1:0", "http://[::1",
                                  "http://127.0.0.1:abc", "http://:8701", "127.0.0.1:8701"])
 def test_a_malformed_node_url_is_bad_usage(url: str) -> None:

@@ -177,6 +177,8 @@ def test_bad_peers_are_refused(text: str, words: str) -> None:
     ("[consensus]\npropose = 0\n", "propose must be more than 0"),
     ("[limits]\nblock_txs = 0\n", "block_txs must be more than 0"),
     ("[limits]\nmax_body_bytes = 0\n", "max_body_bytes must be more than 0"),
+    ("[gossip]\nresend_s = inf\n", "resend_s must be a finite number"),  # TOML has inf and nan
+    ("[consensus]\npropose = nan\n", "propose must be a finite number"),
 ])
 def test_bad_network_settings_are_refused(tmp_path: Path, extra: str, words: str) -> None:
     data = make_folder(tmp_path)
