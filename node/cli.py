@@ -497,6 +497,12 @@ def genesis_new(chain_id: str, authorities: tuple[str, ...], names: tuple[str, .
         say(f"  authority:    {a.name} ({a.did})")
     for i in genesis.issuers:
         say(f"  issuer:       {i.name} ({i.did}) for {', '.join(i.scopes)}")
+    ahead_s = (genesis.genesis_time - now_ms()) / 1000
+    if ahead_s > 60:
+        ahead = (f"{ahead_s / 86400:,.0f} days" if ahead_s >= 2 * 86400 else
+                 f"{ahead_s / 3600:.1f} hours" if ahead_s >= 3600 else f"{ahead_s / 60:.0f} minutes")
+        say(f"note: the genesis time is {ahead} from now; no block can be made before it (nodes refuse a "
+            "block time more than a few seconds ahead of their clocks)", err=True)
 
 
 # --- node ------------------------------------------------------------------------------------------------

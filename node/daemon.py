@@ -30,7 +30,7 @@ from ler.keys import KeyPair
 from node.api import make_app
 from node.config import NodeConfig
 from node.peers import Network
-from node.service import NodeService
+from node.service import NodeService, now_ms
 from node.sync import Syncer, block_routes
 from node.validator import ConsensusDriver
 
@@ -118,6 +118,11 @@ async def serve(config: NodeConfig, key: KeyPair, stop: asyncio.Event) -> None:
         log.info("event=node_started chain=%s height=%d node=%s role=%s url=%s pending_reloaded=%d "
                  "validator=%s peers=%d", svc.chain_id, svc.store.height, key.did, config.role, config.url,
                  reloaded, svc.is_validator, len(node.network.links))
+        ahead_s = (svc.store.genesis.genesis_time - now_ms()) / 1000
+        if ahead_s > config.consensus.max_drift_ms / 1000:
+            log.warning("event=genesis_in_future seconds_ahead=%.0f reason=%r", ahead_s,
+                        "no block can be made before the genesis time: every node refuses a block time "
+                        "that far ahead of its clock")
         try:
             async with asyncio.TaskGroup() as tg:
                 network = tg.create_task(node.network.run(), name="network")

@@ -424,6 +424,24 @@ def test_issue_whose_answer_is_lost_keeps_the_record_file(tmp_path: Path) -> Non
         node.close()
 
 
+def test_a_genesis_time_in_the_future_is_taken_with_a_note_and_the_node_warns(tmp_path: Path) -> None:
+    """A planned launch is a choice, a typo in the year a chain that makes no block for decades: either
+    way the operator is told, by `ler genesis new` and by the node when it starts."""
+    ler("keys", "new", "--out", "auth.key", cwd=tmp_path)
+    r = ler("genesis", "new", "--chain-id", "later", "--authority", "auth.key", "--out", "g.json", "--time",
+            "2100-01-01", cwd=tmp_path)
+    assert "note: the genesis time is" in r.stderr and "days from now" in r.stderr, r.stderr
+    ler("node", "init", "--genesis", "g.json", "--key", "auth.key", "--data", "node", "--listen",
+        f"127.0.0.1:{free_port()}", cwd=tmp_path)
+    node = NodeProc(tmp_path / "node").start()
+    try:
+        assert "level=WARNING logger=ler.node event=genesis_in_future" in node.log()
+    finally:
+        assert node.terminate() == 0, node.log()
+    r = ler("genesis", "new", "--chain-id", "now", "--authority", "auth.key", "--out", "n.json", cwd=tmp_path)
+    assert "note:" not in r.stderr
+
+
 def test_node_run_with_an_encrypted_key(tmp_path: Path) -> None:
     """The passphrase from $LER_KEY_PASSPHRASE unlocks the node key; the node signs as that key."""
     chain = make_chain(tmp_path / "chain", chain_id="enc-test")
