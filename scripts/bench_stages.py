@@ -74,7 +74,8 @@ def main() -> None:
                           tuple(GenesisIssuer(k.did, f"Issuer {i}", ("degree",)) for i, k in enumerate(issuers)))
         genesis.save(root / "genesis.json")
         write_key_file(root / "authority.key", authority)
-        config = init_data_dir(root / "node", root / "genesis.json", root / "authority.key", "127.0.0.1:0")
+        config = init_data_dir(root / "node", root / "genesis.json", root / "authority.key",
+                               "127.0.0.1:8701")  # in this process: nothing listens
         svc = NodeService(config, authority)
         try:
             windows = asyncio.run(run(svc, authority, peer, issuers, genesis.genesis_time, args))

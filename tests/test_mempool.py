@@ -155,7 +155,7 @@ class Node:
         gpath, kpath = tmp / "genesis.json", tmp / "a.key"
         genesis.save(gpath)
         write_key_file(kpath, authority)
-        self.config = init_data_dir(tmp / "node", gpath, kpath, "127.0.0.1:0")
+        self.config = init_data_dir(tmp / "node", gpath, kpath, "127.0.0.1:8701")  # in process: never listens
         self.svc = NodeService(self.config, authority)
 
     async def commit(self, txs: list[Tx]) -> list[bytes]:
