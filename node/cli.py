@@ -263,8 +263,9 @@ def read_json_file(path: str, what: str, max_bytes: int = 4 * 1024 * 1024, **hoo
 
 
 def split_list(values: Iterable[str]) -> list[str]:
-    """Repeatable options that also take comma-separated lists: --scope a --scope b,c -> [a, b, c]."""
-    return [item.strip() for v in values for item in v.split(",") if item.strip()]
+    """Repeatable options that also take comma-separated lists: --scope a --scope b,c -> [a, b, c]
+    (each item once, in the order first given)."""
+    return list(dict.fromkeys(item.strip() for v in values for item in v.split(",") if item.strip()))
 
 
 # --- node access -----------------------------------------------------------------------------------------

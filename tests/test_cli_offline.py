@@ -755,3 +755,8 @@ def test_pathological_json_and_toml_get_a_one_line_error(tmp_path: Path, name: s
     fields = {"file": d / name, "dir": d, "key": tmp_path / "k.key", "did": key.did, "out": tmp_path / "out.json"}
     r = run(*(a.format(**fields) for a in args), env={"LER_NODE": UNREACHABLE})
     assert r.exit_code in (1, 2) and says in one_line_error(r), r.output
+
+
+def test_listed_options_keep_each_item_once_in_order() -> None:
+    from node.cli import split_list
+    assert split_list(["degree,degree", " field ,degree", "", ",awarded,"]) == ["degree", "field", "awarded"]
