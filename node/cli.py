@@ -326,17 +326,13 @@ def chain_id_of(client: NodeClient) -> str:
 
 def submit_and_wait(client: NodeClient, tx: Tx, wait_s: float) -> dict[str, Any]:
     """Submit one transaction and wait for it to settle; the last result (maybe still pending)."""
-    return node_call(lambda: settle(client, tx, wait_s))
-
-
-def settle(client: NodeClient, tx: Tx, wait_s: float) -> dict[str, Any]:
-    """`submit_and_wait`, raising the client's ClientError."""
     deadline = time.monotonic() + wait_s
-    result: dict[str, Any] = client.submit([tx], wait=True, timeout=wait_s)[0]
+    results = node_call(lambda: client.submit([tx], wait=True, timeout=wait_s))
+    result: dict[str, Any] = results[0]
     if result.get("status") not in ("committed", "rejected"):
         remaining = deadline - time.monotonic()
         if remaining > 0:
-            result = client.wait_tx(tx.tx_id.hex(), timeout=remaining)
+            result = node_call(lambda: client.wait_tx(tx.tx_id.hex(), timeout=remaining))
     return result
 
 
@@ -803,18 +799,28 @@ def anchor_record(client: NodeClient, key: KeyPair, issuer_did: str, holder_did:
         doc.save(out)
     except OSError as exc:
         raise negative(f"{out} could not be written ({exc.strerror}); nothing was sent to the node") from None
+    deadline = time.monotonic() + wait_s
     try:
-        result = settle(client, tx, wait_s)
+        result: dict[str, Any] = client.submit([tx], wait=True, timeout=wait_s)[0]
     except ClientError as exc:
         if exc.unreachable:
             raise negative(f"{exc.reason}; the node may have taken the record before its answer was lost, "
                            f"so {out} is kept: ask a node whether transaction {tx.tx_id.hex()} committed "
                            "(GET /v1/txs/ID) before issuing the record again") from None
-        _discard(out)
+        _discard(out)  # refused as a whole: nothing was taken
         raise negative(exc.reason) from None
     if result.get("status") == "rejected":
         _discard(out)
         raise negative(rejection(result))
+    if result.get("status") != "committed" and deadline > time.monotonic():
+        try:  # taken: from here on the file stays, whatever happens
+            result = client.wait_tx(tx.tx_id.hex(), timeout=deadline - time.monotonic())
+        except ClientError as exc:
+            raise negative(f"{exc.reason}; the node had taken the record, so it may still commit: {out} "
+                           f"is kept (ask a node about transaction {tx.tx_id.hex()}: GET /v1/txs/ID)") from None
+        if result.get("status") == "rejected":  # dropped while pending (a block made it invalid)
+            _discard(out)
+            raise negative(rejection(result))
     if result.get("status") != "committed":
         raise negative(f"transaction {tx.tx_id.hex()} was not committed within {wait_s:g} s; the record "
                        f"file was written to {out} in case it still is (ask the node: GET /v1/txs/ID)")

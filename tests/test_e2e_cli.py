@@ -16,6 +16,7 @@ import os
 import re
 import shlex
 import subprocess
+import time
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -394,12 +395,17 @@ def test_issue_not_committed_in_time_keeps_the_record_file(tmp_path: Path) -> No
         assert node.terminate() == 0, node.log()
 
 
-def test_issue_whose_answer_is_lost_keeps_the_record_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("node_wait_s", "says"), [
+    (30, "the node may have taken the record"),  # killed while the submission itself waits
+    (1, "the node had taken the record"),        # killed after it answered "pending", while ler asks again
+])
+def test_issue_whose_answer_is_lost_keeps_the_record_file(tmp_path: Path, node_wait_s: int, says: str) -> None:
     """The node takes the anchor (durably) and is killed before it answers: the issuer hears nothing
     certain, so the holder's file must already be on disk, since the record commits once the node is
     back. A refused anchor, by contrast, leaves no file (see the suspended issuer above)."""
     chain = make_chain(tmp_path / "chain", chain_id="lost-answer")
-    node = NodeProc(init_node(chain, tmp_path / "node", blocks={"batch_ms": 60_000})).start()
+    node = NodeProc(init_node(chain, tmp_path / "node", blocks={"batch_ms": 60_000},
+                              limits={"wait_timeout_s": float(node_wait_s)})).start()
     try:
         (tmp_path / "claims.json").write_text('{"degree": "BSc"}')
         cli = subprocess.Popen([str(LER), "issue", "--node", node.url, "--key", str(chain.root / "issuer.key"),
@@ -408,10 +414,12 @@ def test_issue_whose_answer_is_lost_keeps_the_record_file(tmp_path: Path) -> Non
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         wait_until(lambda: node.get_json("/v1/status")["mempool"]["txs"] == 1 or None, 30,
                    "the node to take the anchor")
+        if node_wait_s < 30:
+            time.sleep(node_wait_s + 0.5)  # past the node's own wait: ler is now asking it again
         node.kill()
         _, err = cli.communicate(timeout=30)
         assert cli.returncode == 1 and "Traceback" not in err, err
-        assert "the node may have taken the record" in err and "record.json is kept" in err, err
+        assert says in err and "record.json is kept" in err, err
         doc = RecordDocument.load(tmp_path / "record.json")
         assert doc.anchor_tx is not None
 
