@@ -21,6 +21,7 @@ import mimetypes
 import os
 import re
 import secrets
+import shlex
 import sys
 import time
 import unicodedata
@@ -543,7 +544,7 @@ def node_init(genesis_path: str, key_path: str, data: str, listen: str, role: st
     if role == "authority" and did not in {a.did for a in genesis.authorities}:
         say(f"note: {did} is not a genesis authority; it takes part in consensus only once the "
             "authorities vote it in (ler authority add)", err=True)
-    say(f"start it with: ler node run --data {data}")
+    say(f"start it with: ler node run --data {shlex.quote(str(data))}")
 
 
 @node_group.command("run")
@@ -1425,7 +1426,7 @@ def testnet_up(directory: str, network_file: str | None, authorities: int | None
         say(f"demo issuer {seeded['issuer']} accredited; {len(seeded['records'])} new demo record(s)")
         for r in seeded["records"]:
             say(f"  {r}")
-    say(f"stop it with: ler testnet down --dir {directory}")
+    say(f"stop it with: ler testnet down --dir {shlex.quote(str(directory))}")
 
 
 @testnet_group.command("down")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -295,7 +296,8 @@ def load(d: Path) -> dict[str, Any]:
     try:
         manifest = json.loads(path.read_text())
     except FileNotFoundError:
-        raise TestnetError(f"no testnet in {d} (no {MANIFEST}); `ler testnet up --dir {d}` makes one") from None
+        raise TestnetError(f"no testnet in {d} (no {MANIFEST}); `ler testnet up --dir {shlex.quote(str(d))}` "
+                           "makes one") from None
     except (OSError, ValueError, RecursionError) as exc:  # ValueError: not UTF-8, not JSON, too many digits
         raise TestnetError(f"{path} cannot be read as a testnet manifest: {exc}") from None
     fault = _manifest_fault(manifest)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import stat
 import subprocess
 import sys
@@ -760,3 +761,12 @@ def test_pathological_json_and_toml_get_a_one_line_error(tmp_path: Path, name: s
 def test_listed_options_keep_each_item_once_in_order() -> None:
     from node.cli import split_list
     assert split_list(["degree,degree", " field ,degree", "", ",awarded,"]) == ["degree", "field", "awarded"]
+
+
+def test_commands_printed_for_the_user_to_run_work_as_pasted_with_spaces_in_paths(tmp_path: Path) -> None:
+    genesis, auth = make_genesis_files(tmp_path)
+    data = tmp_path / "my nodes" / "node 1"
+    r = run("node", "init", "--genesis", str(genesis), "--key", str(auth), "--data", str(data))
+    assert r.exit_code == 0, r.output
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("start it with: "))
+    assert shlex.split(line.removeprefix("start it with: ")) == ["ler", "node", "run", "--data", str(data)]
