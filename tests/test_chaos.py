@@ -9,7 +9,6 @@ The schedule of kills and restarts comes from a fixed seed; what the processes d
 
 from __future__ import annotations
 
-import json
 import random
 import threading
 import time
@@ -17,10 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from node_proc import free_port, http, tx_json_body, wait_until
-from test_network import PROPOSE_TIMEOUT, Net, Node, ler
-
-from ler.keys import read_key_file
+from node_proc import http, tx_json_body, wait_until
+from test_network import Net, Node, running_testnet
 
 pytestmark = pytest.mark.slow
 
@@ -30,21 +27,8 @@ CHAOS_S = 30.0
 
 @pytest.fixture
 def chaos_net(tmp_path: Path) -> Iterator[Net]:
-    r = ler("testnet", "up", "--dir", str(tmp_path), "--authorities", "4", "--observers", "1",
-            "--base-port", str(free_port()), "--chain-id", "chaos-test", "--propose-timeout", PROPOSE_TIMEOUT)
-    assert r.returncode == 0, r.stderr + r.stdout
-    manifest = json.loads((tmp_path / "testnet.json").read_text())
-    nodes = [Node(n["name"], n["url"], n["role"], Path(n["data"]), Path(n["key"]), n["pid"])
-             for n in manifest["nodes"]]
-    net = Net(tmp_path, manifest["chain_id"], nodes, read_key_file(manifest["demo_issuer_key"]),
-              manifest["demo_record_type"])
-    try:
+    with running_testnet(tmp_path, "chaos-test") as net:
         yield net
-    finally:
-        assert ler("testnet", "down", "--dir", str(tmp_path)).returncode == 0
-        for n in nodes:
-            if n.proc is not None:
-                n.proc.wait(15)
 
 
 class Load(threading.Thread):

@@ -414,8 +414,8 @@ def test_issue_whose_answer_is_lost_keeps_the_record_file(tmp_path: Path, node_w
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         wait_until(lambda: node.get_json("/v1/status")["mempool"]["txs"] == 1 or None, 30,
                    "the node to take the anchor")
-        if node_wait_s < 30:
-            time.sleep(node_wait_s + 0.5)  # past the node's own wait: ler is now asking it again
+        if node_wait_s < 30:  # well past the node's own 1 s wait: ler has its answer and is asking again
+            time.sleep(node_wait_s + 2)
         node.kill()
         _, err = cli.communicate(timeout=30)
         assert cli.returncode == 1 and "Traceback" not in err, err

@@ -9,6 +9,7 @@ Agreement is checked by comparing every node's block hash at every height.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -187,11 +188,11 @@ def ler(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(LER), *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
-@pytest.fixture(scope="module")
-def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
-    root = tmp_path_factory.mktemp("testnet")
+@contextlib.contextmanager
+def running_testnet(root: Path, chain_id: str) -> Iterator[Net]:
+    """`ler testnet up` of 4 authorities and 1 observer in `root`; on leaving, every node is stopped."""
     r = ler("testnet", "up", "--dir", str(root), "--authorities", "4", "--observers", "1",
-            "--base-port", str(free_port()), "--chain-id", "net-test", "--propose-timeout", PROPOSE_TIMEOUT)
+            "--base-port", str(free_port()), "--chain-id", chain_id, "--propose-timeout", PROPOSE_TIMEOUT)
     assert r.returncode == 0, r.stderr + r.stdout
     manifest = json.loads((root / "testnet.json").read_text())
     assert set(manifest) >= {"chain_id", "genesis", "nodes", "demo_issuer_key", "demo_record_type"}
@@ -212,6 +213,12 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
         for n in network.nodes:
             if n.proc is not None:
                 n.proc.wait(15)
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
+    with running_testnet(tmp_path_factory.mktemp("testnet"), "net-test") as network:
+        yield network
 
 
 # --- the tests, in order -------------------------------------------------------------------------------
