@@ -35,6 +35,7 @@ GENESIS_FILE = "genesis.json"
 KEY_FILE = "node.key"
 DB_DIR = "db"
 PID_FILE = "node.pid"  # the running node's process id, there while it runs (`ler testnet` reads it)
+SIGNED_FILE = "signed-state"  # a validator's record of what it last signed, beside the database's
 
 
 class ConfigError(LerError):
@@ -116,6 +117,10 @@ class NodeConfig:
     @property
     def db_path(self) -> Path:
         return self.data / DB_DIR
+
+    @property
+    def signed_path(self) -> Path:
+        return self.data / SIGNED_FILE
 
     @property
     def pid_path(self) -> Path:

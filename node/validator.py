@@ -8,9 +8,10 @@ The engine decides; this module carries its messages, keeps its time and makes i
   and `ChainStore.validate_block` with the mempool as the set of already verified transactions: a
   signature checked on submission or gossip is not checked again, nor are its bytes decoded again.
   Verdicts are kept by block hash.
-- RecordSigned is written to LevelDB with a synced write (consensus/signed) inside the same engine
-  call, so it is durable before the loop sends any Broadcast that follows it. A restarted node builds
-  its engine with it and never signs a conflicting vote.
+- RecordSigned is written to LevelDB with a synced write (consensus/signed), and to the data folder's
+  signed-state file (node/signed_file.py), inside the same engine call, so it is durable before the
+  loop sends any Broadcast that follows it. A restarted node builds its engine with the later of the
+  two and never signs a conflicting vote, even if its database lost its latest writes.
 - ScheduleTimeout becomes `loop.call_later`; Decide commits the block with its certificate; Evidence
   and ConflictingProposals are stored (evidence/...) and served at GET /v1/evidence.
 
@@ -62,6 +63,7 @@ from ler.errors import DecodeError, ProofError, RuleError
 from ler.keys import sha256
 from ler.tx import Tx
 from node.service import NodeService, now_ms
+from node.signed_file import read_signed_file, write_signed_file
 from storage.chain import ExecutionResult, InvalidBlock, StoreError
 
 log = logging.getLogger("ler.consensus")
@@ -196,7 +198,19 @@ class ConsensusDriver:
         svc.tx_listeners.append(self._on_txs)
 
     def _load_signed(self) -> SignedState | None:
-        return load_signed(self.store.get_meta(SIGNED_KEY))
+        """The later of the two records of what this validator last signed (the database's and its
+        file's, node/signed_file.py): either one alone may have lost writes."""
+        in_db = load_signed(self.store.get_meta(SIGNED_KEY))
+        if not self.voting:
+            return in_db
+        in_file = read_signed_file(self.svc.config.signed_path, self.svc.chain_id, self.svc.key.public_key)
+        signed = max((s for s in (in_db, in_file) if s is not None), key=lambda s: s.position, default=None)
+        if signed is not None and signed.height > self.store.height + 1:
+            # Only a database that lost blocks it had committed gets here: signing at h needs h - 1.
+            log.warning("event=database_behind_signed height=%d signed_height=%d: the database lost blocks "
+                        "it had (a removed or cut-short log, or a restored copy); the node syncs them again "
+                        "and signs nothing below height %d", self.store.height, signed.height, signed.height)
+        return signed
 
     def _load_proposal(self) -> Proposal | None:
         raw = self.store.get_meta(PROPOSAL_KEY)
@@ -431,8 +445,8 @@ class ConsensusDriver:
         durable: dict[bytes, bytes] = {}
         signed = [a for a in actions if isinstance(a, RecordSigned)]
         if signed:
-            self.signed = signed[-1].state  # states only move forward: the newest covers the rest
-            durable[SIGNED_KEY] = self.signed.encode()
+            state = self.signed = signed[-1].state  # states only move forward: the newest covers the rest
+            durable[SIGNED_KEY] = state.encode()
         sends: dict[int, _Send] = {}
         for i, a in enumerate(actions):
             if isinstance(a, Broadcast):
@@ -441,6 +455,8 @@ class ConsensusDriver:
                 if isinstance(a.message, Proposal):
                     self.own_proposal = a.message
                     durable[PROPOSAL_KEY] = raw
+        if signed:
+            write_signed_file(self.svc.config.signed_path, self.svc.chain_id, self.svc.key.public_key, state)
         if durable:
             self.store.put_meta_many(durable)
         for i, a in enumerate(actions):

@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -355,6 +356,27 @@ def test_killing_the_proposer_costs_a_timeout_and_it_catches_up_after_restart(ne
     victim.submit(txs)  # it takes submissions at once and catches up by sync
     net.wait_committed(txs, net.nodes)
     net.assert_agree(net.nodes)
+
+
+def test_an_authority_whose_database_was_removed_knows_what_it_signed_and_syncs_again(net: Net) -> None:
+    """LevelDB opens a folder whose files were removed as an empty database: the validator's second
+    record of what it signed (its signed-state file) is what tells it where it was."""
+    victim = net.authorities[1]
+    evidence_before = net.authorities[0].get("/v1/evidence")["evidence"]
+    txs = net.anchors(3)
+    victim.submit(txs)
+    net.wait_committed(txs, net.nodes)  # it has signed at this height, at least
+    height = victim.height()
+    victim.kill()
+    shutil.rmtree(victim.data / "db")
+    victim.start()
+    said = re.search(r"event=database_behind_signed height=0 signed_height=(\d+)", victim.log())
+    assert said and int(said.group(1)) >= height, "the restarted validator forgot what it had signed"
+    txs = net.anchors(5)
+    victim.submit(txs)
+    net.wait_committed(txs, net.nodes)
+    net.assert_agree(net.nodes)
+    assert net.authorities[0].get("/v1/evidence")["evidence"] == evidence_before
 
 
 def test_two_authorities_down_stops_commits_without_a_fork_and_one_back_resumes(net: Net) -> None:

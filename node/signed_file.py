@@ -1,0 +1,92 @@
+"""A second record of what a validator last signed, in a file of its own beside the database.
+
+The validator writes its SignedState to LevelDB (`consensus/signed`) before it sends what it signed. A
+LevelDB whose write-ahead log was removed or cut short opens without error and without its latest
+writes, that record among them: on its own, the node would have forgotten what it signed and could sign
+again, in conflict. This file holds the same state, replaced atomically (written to a temporary file,
+synced, renamed over the old one, and the folder synced) before anything is sent. At start the node takes
+the later of the two records, so losing either one loses nothing.
+
+Layout: the 8-byte magic "LERSIGN1", the SHA-256 of the payload, then the payload: the canonical
+encoding of {"chain": chain id, "key": the validator's public key, "state": the SignedState's encoding}.
+A file that fails any check stops the node with the reason: it is not guessed around.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from consensus import SignedState
+from ler import codec
+from ler.errors import DecodeError
+from ler.keys import sha256
+from storage.chain import StoreError
+
+MAGIC = b"LERSIGN1"
+_HEAD = len(MAGIC) + 32
+#: A SignedState encodes in under 200 bytes; anything much larger is not this file.
+_MAX_BYTES = 4096
+
+
+def write_signed_file(path: Path, chain_id: str, key: bytes, state: SignedState) -> None:
+    """Replace the file with `state`, durably, or raise StoreError (the node must then stop)."""
+    payload = codec.encode({"chain": chain_id, "key": key, "state": state.encode()})
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, MAGIC + sha256(payload) + payload)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise StoreError(f"could not write {path}: {exc.strerror or exc}") from None
+
+
+def read_signed_file(path: Path, chain_id: str, key: bytes) -> SignedState | None:
+    """The state the file holds, None if there is no file; StoreError if it cannot be trusted."""
+    try:
+        with path.open("rb") as f:
+            data = f.read(_MAX_BYTES + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StoreError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        state = _parse(data, chain_id, key)
+    except (DecodeError, ValueError) as exc:
+        raise StoreError(
+            f"{path}, this validator's record of what it last signed, is damaged: {exc}. Its database "
+            "keeps a copy: only if that database was neither restored from an older copy nor damaged, "
+            "remove the file and start the node again") from None
+    return state
+
+
+def _parse(data: bytes, chain_id: str, key: bytes) -> SignedState:
+    if len(data) > _MAX_BYTES:
+        raise ValueError(f"it is longer than {_MAX_BYTES} bytes")
+    if len(data) < _HEAD or not data.startswith(MAGIC):
+        raise ValueError("it does not start as this file does")
+    payload = data[_HEAD:]
+    if sha256(payload) != data[len(MAGIC):_HEAD]:
+        raise ValueError("its checksum does not match its contents")
+    doc = codec.decode(payload)
+    if not isinstance(doc, dict) or set(doc) != {"chain", "key", "state"}:
+        raise ValueError("its contents are not a signed state")
+    if doc["chain"] != chain_id:
+        raise ValueError(f"it is for chain {doc['chain']!r}, this node's is {chain_id!r}")
+    if doc["key"] != key:
+        raise ValueError("it is for another validator key than this node's")
+    if not isinstance(doc["state"], bytes):
+        raise ValueError("its contents are not a signed state")
+    return SignedState.decode(doc["state"])

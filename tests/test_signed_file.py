@@ -1,0 +1,173 @@
+"""A validator's second record of what it last signed (node/signed_file.py): a database that lost its
+latest writes must not make the validator forget what it signed, and a damaged file stops the node with
+the reason instead of being guessed around."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from consensus import Broadcast, RecordSigned, Rejected, SignedState
+from consensus.messages import PRECOMMIT, PREVOTE
+from ler import codec
+from ler.block import GENESIS_FORMAT, Genesis, GenesisAuthority, GenesisIssuer
+from ler.keys import KeyPair, sha256, write_key_file
+from ler.tx import RecordAnchor, sign_tx
+from node.config import NodeConfig, init_data_dir, load_config
+from node.service import PENDING, NodeService
+from node.signed_file import MAGIC, read_signed_file, write_signed_file
+from node.validator import SIGNED_KEY, ConsensusDriver, _Outcome
+from storage.chain import StoreError
+
+CHAIN = "ler-test"
+STATE = SignedState(7, 2, PREVOTE, b"\x11" * 32, -1, 1, b"\x22" * 32, 1, b"\x22" * 32)
+
+
+# --- the file itself ------------------------------------------------------------------------------------
+
+def test_the_file_gives_back_what_was_written_and_nothing_when_absent(tmp_path: Path) -> None:
+    path, key = tmp_path / "signed-state", os.urandom(32)
+    assert read_signed_file(path, CHAIN, key) is None
+    write_signed_file(path, CHAIN, key, STATE)
+    assert read_signed_file(path, CHAIN, key) == STATE
+    later = SignedState(8, 0, PRECOMMIT, None, -1, -1, None, -1, None)
+    write_signed_file(path, CHAIN, key, later)
+    assert read_signed_file(path, CHAIN, key) == later
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["signed-state"]  # no temporary file left
+
+
+def test_every_damaged_byte_and_every_cut_is_refused_with_the_reason(tmp_path: Path) -> None:
+    path, key = tmp_path / "signed-state", os.urandom(32)
+    write_signed_file(path, CHAIN, key, STATE)
+    good = path.read_bytes()
+    for i in range(len(good)):
+        for flip in (0x01, 0x80):
+            path.write_bytes(good[:i] + bytes([good[i] ^ flip]) + good[i + 1:])
+            with pytest.raises(StoreError, match="is damaged"):
+                read_signed_file(path, CHAIN, key)
+    for n in range(len(good)):
+        path.write_bytes(good[:n])
+        with pytest.raises(StoreError, match="is damaged"):
+            read_signed_file(path, CHAIN, key)
+    path.write_bytes(good + b"\x00")
+    with pytest.raises(StoreError, match="is damaged"):
+        read_signed_file(path, CHAIN, key)
+    path.write_bytes(b"\x00" * 5000)
+    with pytest.raises(StoreError, match="longer than"):
+        read_signed_file(path, CHAIN, key)
+
+
+def test_a_file_of_another_chain_or_key_or_with_other_contents_is_refused(tmp_path: Path) -> None:
+    path, key = tmp_path / "signed-state", os.urandom(32)
+    write_signed_file(path, "other-chain", key, STATE)
+    with pytest.raises(StoreError, match="for chain 'other-chain'"):
+        read_signed_file(path, CHAIN, key)
+    write_signed_file(path, CHAIN, os.urandom(32), STATE)
+    with pytest.raises(StoreError, match="another validator key"):
+        read_signed_file(path, CHAIN, key)
+    # Well-formed files (magic and checksum right) whose payload is not a signed state.
+    for payload in (codec.encode([1, 2]), codec.encode({"chain": CHAIN, "key": key}),
+                    codec.encode({"chain": CHAIN, "key": key, "state": "text"}),
+                    codec.encode({"chain": CHAIN, "key": key, "state": b"\x90"}), b"\xc1"):
+        path.write_bytes(MAGIC + sha256(payload) + payload)
+        with pytest.raises(StoreError, match="is damaged"):
+            read_signed_file(path, CHAIN, key)
+
+
+def test_a_file_that_cannot_be_written_is_an_error_not_silence(tmp_path: Path) -> None:
+    missing = tmp_path / "gone" / "signed-state"
+    with pytest.raises(StoreError, match="could not write"):
+        write_signed_file(missing, CHAIN, os.urandom(32), STATE)
+
+
+# --- the validator that uses it --------------------------------------------------------------------------
+
+def single_authority_node(tmp: Path) -> tuple[NodeConfig, KeyPair, KeyPair]:
+    authority, issuer = KeyPair.generate(), KeyPair.generate()
+    genesis = Genesis(GENESIS_FORMAT, CHAIN, 1_700_000_000_000, (GenesisAuthority(authority.did, "A"),),
+                      (GenesisIssuer(issuer.did, "Uni", ("degree",)),))
+    genesis.save(tmp / "genesis.json")
+    write_key_file(tmp / "a.key", authority)
+    return init_data_dir(tmp / "node", tmp / "genesis.json", tmp / "a.key", "127.0.0.1:8701"), authority, issuer
+
+
+def open_with_a_pending_record(config: NodeConfig, authority: KeyPair, issuer: KeyPair) -> ConsensusDriver:
+    """The node's service and consensus driver, with one record waiting: a validator that may sign at
+    height 1 proposes it."""
+    svc = NodeService(load_config(config.data), authority)
+    tx = sign_tx(issuer, CHAIN, RecordAnchor(os.urandom(16), issuer.did, issuer.did, "degree", os.urandom(32), None))
+    assert [r.status for r in asyncio.run(svc.submit([tx]))] == [PENDING]
+    return ConsensusDriver(svc)
+
+
+def test_a_validator_whose_database_lost_its_writes_still_refuses_to_sign_below_what_it_signed(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    config, authority, issuer = single_authority_node(tmp_path)
+    driver = open_with_a_pending_record(config, authority, issuer)
+    driver._absorb(_Outcome(), [RecordSigned(STATE)])  # as the engine hands it over, before any send
+    assert driver.store.get_meta(SIGNED_KEY) == STATE.encode()
+    assert read_signed_file(config.signed_path, CHAIN, authority.public_key) == STATE
+    driver.svc.close()
+
+    shutil.rmtree(config.db_path)  # the database forgot everything: its log and tables removed
+    with caplog.at_level(logging.WARNING, logger="ler.consensus"):
+        driver = open_with_a_pending_record(config, authority, issuer)
+    try:
+        assert driver.store.height == 0 and driver.signed == STATE
+        assert "event=database_behind_signed height=0 signed_height=7" in caplog.text
+        assert driver.engine is not None
+        actions = driver.engine.start_height(1)
+        assert not [a for a in actions if isinstance(a, Broadcast)]
+        assert any(isinstance(a, Rejected) and "already signed a prevote at h=7 r=2" in a.reason for a in actions)
+    finally:
+        driver.svc.close()
+
+    # The control: with neither record, the same node proposes the pending record at height 1.
+    config.signed_path.unlink()
+    shutil.rmtree(config.db_path)
+    driver = open_with_a_pending_record(config, authority, issuer)
+    try:
+        assert driver.signed is None and driver.engine is not None
+        assert [a for a in driver.engine.start_height(1) if isinstance(a, Broadcast)]
+    finally:
+        driver.svc.close()
+
+
+def signed_once(tmp: Path) -> tuple[NodeConfig, KeyPair, KeyPair]:
+    """A stopped single-authority node that has recorded STATE (in its database and its file)."""
+    config, authority, issuer = single_authority_node(tmp)
+    driver = open_with_a_pending_record(config, authority, issuer)
+    driver._absorb(_Outcome(), [RecordSigned(STATE)])
+    driver.svc.close()
+    return config, authority, issuer
+
+
+def test_the_later_record_wins_whichever_holds_it(tmp_path: Path) -> None:
+    config, authority, issuer = signed_once(tmp_path)
+    older = SignedState(6, 0, PRECOMMIT, None, -1, -1, None, -1, None)
+    write_signed_file(config.signed_path, CHAIN, authority.public_key, older)  # a file from a restored copy
+    driver = open_with_a_pending_record(config, authority, issuer)
+    assert driver.signed == STATE  # the database's record is the later one
+    driver.svc.close()
+    config.signed_path.unlink()
+    driver = open_with_a_pending_record(config, authority, issuer)
+    assert driver.signed == STATE
+    driver.svc.close()
+
+
+def test_a_damaged_file_stops_the_validator_with_the_reason(tmp_path: Path) -> None:
+    config, authority, _ = signed_once(tmp_path)
+    data = config.signed_path.read_bytes()
+    config.signed_path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    svc = NodeService(load_config(config.data), authority)
+    try:
+        with pytest.raises(StoreError, match="signed-state, this validator's record of what it last signed, is "
+                                             "damaged: its checksum does not match"):
+            ConsensusDriver(svc)
+    finally:
+        svc.close()
