@@ -9,12 +9,15 @@ the later of the two records, so losing either one loses nothing.
 
 Layout: the 8-byte magic "LERSIGN1", the SHA-256 of the payload, then the payload: the canonical
 encoding of {"chain": chain id, "key": the validator's public key, "state": the SignedState's encoding}.
-A file that fails any check stops the node with the reason: it is not guessed around.
+A damaged file stops the node with the reason: it is not guessed around. A whole file of another chain or
+key (a folder given a new node key, say) says nothing about what this key signed on this chain: it is
+left aside with a warning, and replaced at this key's first signature.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from pathlib import Path
 
@@ -28,6 +31,8 @@ MAGIC = b"LERSIGN1"
 _HEAD = len(MAGIC) + 32
 #: A SignedState encodes in under 200 bytes; anything much larger is not this file.
 _MAX_BYTES = 4096
+
+log = logging.getLogger("ler.consensus")
 
 
 def write_signed_file(path: Path, chain_id: str, key: bytes, state: SignedState) -> None:
@@ -63,16 +68,20 @@ def read_signed_file(path: Path, chain_id: str, key: bytes) -> SignedState | Non
     except OSError as exc:
         raise StoreError(f"cannot read {path}: {exc.strerror or exc}") from None
     try:
-        state = _parse(data, chain_id, key)
+        chain, signer, state = _parse(data)
     except (DecodeError, ValueError) as exc:
         raise StoreError(
             f"{path}, this validator's record of what it last signed, is damaged: {exc}. Its database "
             "keeps a copy: only if that database was neither restored from an older copy nor damaged, "
             "remove the file and start the node again") from None
+    if (chain, signer) != (chain_id, key):
+        whose = f"chain {chain!r}" if chain != chain_id else "another validator key than this node's"
+        log.warning("event=signed_state_not_ours path=%s: it is for %s; left aside", path, whose)
+        return None
     return state
 
 
-def _parse(data: bytes, chain_id: str, key: bytes) -> SignedState:
+def _parse(data: bytes) -> tuple[object, object, SignedState]:
     if len(data) > _MAX_BYTES:
         raise ValueError(f"it is longer than {_MAX_BYTES} bytes")
     if len(data) < _HEAD or not data.startswith(MAGIC):
@@ -83,10 +92,6 @@ def _parse(data: bytes, chain_id: str, key: bytes) -> SignedState:
     doc = codec.decode(payload)
     if not isinstance(doc, dict) or set(doc) != {"chain", "key", "state"}:
         raise ValueError("its contents are not a signed state")
-    if doc["chain"] != chain_id:
-        raise ValueError(f"it is for chain {doc['chain']!r}, this node's is {chain_id!r}")
-    if doc["key"] != key:
-        raise ValueError("it is for another validator key than this node's")
     if not isinstance(doc["state"], bytes):
         raise ValueError("its contents are not a signed state")
-    return SignedState.decode(doc["state"])
+    return doc["chain"], doc["key"], SignedState.decode(doc["state"])

@@ -62,14 +62,16 @@ def test_every_damaged_byte_and_every_cut_is_refused_with_the_reason(tmp_path: P
         read_signed_file(path, CHAIN, key)
 
 
-def test_a_file_of_another_chain_or_key_or_with_other_contents_is_refused(tmp_path: Path) -> None:
+def test_a_file_of_another_chain_or_key_is_left_aside_and_other_contents_are_refused(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path, key = tmp_path / "signed-state", os.urandom(32)
-    write_signed_file(path, "other-chain", key, STATE)
-    with pytest.raises(StoreError, match="for chain 'other-chain'"):
-        read_signed_file(path, CHAIN, key)
-    write_signed_file(path, CHAIN, os.urandom(32), STATE)
-    with pytest.raises(StoreError, match="another validator key"):
-        read_signed_file(path, CHAIN, key)
+    with caplog.at_level(logging.WARNING, logger="ler.consensus"):
+        write_signed_file(path, "other-chain", key, STATE)
+        assert read_signed_file(path, CHAIN, key) is None  # says nothing of what this key signed here
+        assert "event=signed_state_not_ours" in caplog.text and "chain 'other-chain'" in caplog.text
+        write_signed_file(path, CHAIN, os.urandom(32), STATE)
+        assert read_signed_file(path, CHAIN, key) is None
+        assert "another validator key" in caplog.text
     # Well-formed files (magic and checksum right) whose payload is not a signed state.
     for payload in (codec.encode([1, 2]), codec.encode({"chain": CHAIN, "key": key}),
                     codec.encode({"chain": CHAIN, "key": key, "state": "text"}),
