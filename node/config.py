@@ -230,7 +230,14 @@ def load_config(data: str | os.PathLike[str]) -> NodeConfig:
         raise ConfigError(f"{path}: {exc}") from None
     except RecursionError:
         raise ConfigError(f"{path}: arrays or tables nested too deeply") from None
+    # A misspelt table or key would otherwise be ignored in silence, and the node run without the setting.
+    unknown = sorted(set(doc) - set(_TABLES))
+    if unknown:
+        raise ConfigError(f"{path}: unknown table or setting {unknown[0]!r} (known: {', '.join(_TABLES)})")
     node = _table(doc, "node", path)
+    unknown = sorted(set(node) - {"listen", "role", "public_url"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown setting node.{unknown[0]} (known: listen, role, public_url)")
     host, port = parse_listen(str(node.get("listen", "127.0.0.1:8701")))
     role = node.get("role", "authority")
     if role not in ("authority", "observer"):
@@ -267,6 +274,9 @@ def load_config(data: str | os.PathLike[str]) -> NodeConfig:
     return NodeConfig(data=d.resolve(), host=host, port=port, role=role, limits=limits, blocks=blocks,
                       peers=tuple(by_url), peer_nodes=tuple(by_url.values()), consensus=consensus,
                       gossip=gossip, sync=sync, public_url=public_url.rstrip("/"))
+
+
+_TABLES = ("node", "limits", "blocks", "consensus", "gossip", "sync", "peers")
 
 
 def _peer_or_error(text: str, path: Path) -> PeerSpec:

@@ -6,6 +6,7 @@ The real multi-process network is tests/test_network.py.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -179,6 +180,9 @@ def test_bad_peers_are_refused(text: str, words: str) -> None:
     ("[limits]\nmax_body_bytes = 0\n", "max_body_bytes must be more than 0"),
     ("[gossip]\nresend_s = inf\n", "resend_s must be a finite number"),  # TOML has inf and nan
     ("[consensus]\npropose = nan\n", "propose must be a finite number"),
+    # A misspelt table or key outside the settings tables: refused, not ignored in silence.
+    ("[consesus]\npropose = 1.0\n", "unknown table or setting 'consesus'"),
+    ("[gossip.extra]\n", "unknown setting 'extra'"),
 ])
 def test_bad_network_settings_are_refused(tmp_path: Path, extra: str, words: str) -> None:
     data = make_folder(tmp_path)
@@ -187,6 +191,19 @@ def test_bad_network_settings_are_refused(tmp_path: Path, extra: str, words: str
     for table in ("[limits]\n", "[consensus]\n", "[gossip]\n", "[sync]\n", "[peers]\nurls = []\n"):
         text = text.replace(table, "")
     cfg.write_text(text + extra)
+    with pytest.raises(ConfigError, match=words):
+        load_config(data)
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda t: "relay = true\n" + t, "unknown table or setting 'relay'"),
+    (lambda t: t.replace('role = "authority"', 'rol = "observer"'), "unknown setting node.rol"),
+])
+def test_misspelt_names_outside_the_tables_are_refused(tmp_path: Path, edit: Callable[[str], str],
+                                                       words: str) -> None:
+    data = make_folder(tmp_path)
+    cfg = data / "config.toml"
+    cfg.write_text(edit(cfg.read_text()))
     with pytest.raises(ConfigError, match=words):
         load_config(data)
 
