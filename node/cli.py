@@ -102,8 +102,30 @@ def negative(message: str) -> Failure:
     return Failure(message)
 
 
+_PATH_METAVARS = frozenset({"FILE", "DIR", "BUNDLE"})
+
+
+class LerCommand(click.Command):
+    """A command whose file and folder options refuse an empty path (`--out ""` would otherwise name the
+    current folder, or fail later with a message about a file with no name)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        rest = super().parse_args(ctx, args)
+        for param in self.params:
+            if param.metavar not in _PATH_METAVARS and not isinstance(param.type, click.Path):
+                continue
+            value = ctx.params.get(param.name or "")
+            values = value if isinstance(value, tuple) else (value,)
+            if any(isinstance(v, str) and not v.strip() for v in values):
+                raise click.BadParameter("the path is empty", ctx=ctx, param=param)
+        return rest
+
+
 class LerGroup(click.Group):
     """The root group: turns every failure into one line on stderr with the documented exit status."""
+
+    command_class = LerCommand
+    group_class = type  # subgroups are LerGroups, whose commands are LerCommands
 
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
              complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:

@@ -94,7 +94,7 @@ def _write_json(path: str, obj: Any) -> None:
 
 # --- export ------------------------------------------------------------------------------------------------
 
-@click.command("export")
+@click.command("export", cls=base.LerCommand)
 @node_option
 @click.option("--record", "record_path", required=True, metavar="FILE", help="The holder's record file.")
 @click.option("--reveal", "reveal", multiple=True, metavar="K1,K2",
@@ -179,7 +179,7 @@ def export(node_url: str, record_path: str, reveal: tuple[str, ...], reveal_none
 
 # --- import ------------------------------------------------------------------------------------------------
 
-@click.command("import-badge")
+@click.command("import-badge", cls=base.LerCommand)
 @node_option
 @click.option("--key", "key_path", required=True, metavar="FILE", help="The anchoring issuer's signing key.")
 @click.option("--credential", "credential_path", required=True, metavar="FILE",
@@ -247,7 +247,7 @@ def import_badge(node_url: str, key_path: str, credential_path: str, holder: str
 
 # --- present -----------------------------------------------------------------------------------------------
 
-@click.command("present")
+@click.command("present", cls=base.LerCommand)
 @click.option("--bundle", "bundle_path", metavar="FILE", help="A proof bundle of your records.")
 @click.option("--credential", "credential_path", metavar="FILE", help="Or: an exported credential of yours.")
 @click.option("--key", "key_path", required=True, metavar="FILE", help="Your holder key (the records' holder did).")
@@ -391,7 +391,7 @@ def _verify(**kw: Any) -> None:
         sys.exit(EXIT_NEGATIVE)
 
 
-verify = click.Command("verify", params=_verify_params(), callback=_verify, help=_VERIFY_HELP,
+verify = base.LerCommand("verify", params=_verify_params(), callback=_verify, help=_VERIFY_HELP,
                        short_help="Verify a proof bundle, a credential or a holder's presentation, offline.")
 
 

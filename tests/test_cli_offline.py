@@ -770,3 +770,48 @@ def test_commands_printed_for_the_user_to_run_work_as_pasted_with_spaces_in_path
     assert r.exit_code == 0, r.output
     line = next(ln for ln in r.stdout.splitlines() if ln.startswith("start it with: "))
     assert shlex.split(line.removeprefix("start it with: ")) == ["ler", "node", "run", "--data", str(data)]
+
+
+def _command(path: tuple[str, ...]) -> click.Command:
+    cmd: click.Command = cli
+    for name in path:
+        assert isinstance(cmd, click.Group)
+        cmd = cmd.commands[name]
+    return cmd
+
+
+def _path_params() -> Iterator[tuple[tuple[str, ...], str]]:
+    for path in ALL_COMMANDS:
+        cmd = _command(path)
+        if isinstance(cmd, click.Group):
+            continue
+        for p in cmd.params:
+            if p.metavar in ("FILE", "DIR", "BUNDLE") or isinstance(p.type, click.Path):
+                yield path, p.name or ""
+
+
+def _dummy(p: click.Parameter) -> str:
+    if p.metavar in ("FILE", "DIR", "BUNDLE") or isinstance(p.type, click.Path):
+        return "no-such-file"
+    if isinstance(p.type, click.Choice):
+        return str(p.type.choices[0])
+    if isinstance(p.type, click.types.IntParamType | click.types.FloatParamType):
+        return "1"
+    return "x"
+
+
+@pytest.mark.parametrize("path, name", list(_path_params()), ids=lambda v: v if isinstance(v, str) else " ".join(v))
+def test_an_empty_path_is_refused_by_every_command(path: tuple[str, ...], name: str) -> None:
+    """`--out ""` named the current folder, or failed with a message about a file with no name."""
+    args: list[str] = []
+    for p in _command(path).params:
+        if p.name != name and not p.required:
+            continue
+        value = "" if p.name == name else _dummy(p)
+        if isinstance(p, click.Argument):
+            args.append(value)
+        elif isinstance(p, click.Option):
+            args += [p.opts[0], value]
+    r = run(*path, *args)
+    assert r.exit_code == 2, (args, r.output)
+    assert "the path is empty" in one_line_error(r), (args, r.output)
