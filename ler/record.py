@@ -29,6 +29,7 @@ from typing import Any
 from ler import codec, merkle
 from ler.errors import DecodeError
 from ler.files import read_capped
+from ler.keys import check_did_key
 from ler.tx import RECORD_ID_BYTES, check_chain_id, check_record_type
 from ler.wire import b64url, b64url_bytes, hex_bytes, packb
 
@@ -187,6 +188,15 @@ class RecordDocument:
     def __post_init__(self) -> None:
         check_chain_id(self.chain_id)
         check_record_type(self.rtype)
+        for what, did in (("issuer", self.issuer), ("holder", self.holder)):
+            if not isinstance(did, str):
+                raise DecodeError(f"{what}: expected a did:key")
+            try:
+                check_did_key(did)
+            except DecodeError as exc:
+                raise DecodeError(f"{what}: {exc}") from None
+        if self.expires is not None and not 0 <= self.expires <= _INT_MAX:
+            raise DecodeError("expires must be a time in ms since 1970")
         if len(self.record_id) != RECORD_ID_BYTES:
             raise DecodeError(f"record id must be {RECORD_ID_BYTES} bytes")
         if not self.claims or len(self.claims) > MAX_CLAIMS:
@@ -229,7 +239,7 @@ class RecordDocument:
             odd = sorted(set(obj) ^ fields)
             raise DecodeError(f"record file: unexpected or missing field {odd[0]!r}")
         record_id = hex_bytes(obj["record_id"], RECORD_ID_BYTES, "record file: record_id")
-        anchor = hex_bytes(obj["anchor_tx"], 32, "record file: anchor_tx") if obj["anchor_tx"] else None
+        anchor = None if obj["anchor_tx"] is None else hex_bytes(obj["anchor_tx"], 32, "record file: anchor_tx")
         if not isinstance(obj["claims"], list):
             raise DecodeError("record file: claims must be a list")
         expires = obj["expires"]

@@ -1072,6 +1072,10 @@ def write_bundle(obj: Any, asked: list[tuple[RecordDocument, Disclosure]], out: 
             raise negative(f"the node is on chain {bundle.chain_id!r}, the record on {doc.chain_id!r}")
     if [(r.record_id, r.disclosure) for r in bundle.records] != [(d.record_id, x) for d, x in asked]:
         raise negative("the node returned a bundle for something other than what was asked")
+    for (doc, _), proof in zip(asked, bundle.records, strict=True):
+        differs = ledger_mismatch(doc, proof.anchor.tx)
+        if differs:
+            raise negative(differs)
     data = bundle.dumps()
     try:
         ProofBundle.loads(data)  # exactly what a verifier will read back
@@ -1088,6 +1092,28 @@ def write_bundle(obj: Any, asked: list[tuple[RecordDocument, Disclosure]], out: 
     except OSError as exc:
         raise bad_input(f"cannot write {out}: {exc.strerror}") from None
     return bundle, verdict
+
+
+def ledger_mismatch(doc: RecordDocument, anchor_raw: bytes) -> str | None:
+    """What a record file says that its anchoring transaction on the ledger does not, if anything.
+
+    The bundle is built from the ledger alone, so a record file whose copy of the anchor was altered would
+    still give a good bundle: the holder is told instead of being left with a file that lies."""
+    try:
+        tx = Tx.decode(anchor_raw)
+    except DecodeError as exc:
+        return f"the node returned an unreadable anchoring transaction: {exc}"
+    body = tx.body
+    if not isinstance(body, RecordAnchor) or body.record != doc.record_id:
+        return "the node returned an anchoring transaction of another record"
+    for name, mine, ledger in (("issuer", doc.issuer, body.issuer), ("holder", doc.holder, body.holder),
+                               ("type", doc.rtype, body.rtype), ("expires", doc.expires, body.expires),
+                               ("commitment", doc.commitment.hex(), body.commitment.hex()),
+                               ("anchor_tx", (doc.anchor_tx or tx.tx_id).hex(), tx.tx_id.hex())):
+        if mine != ledger:
+            return (f"the record file does not match the ledger: its {name} is {mine!r}, the ledger's "
+                    f"{ledger!r} (the file was altered, or belongs to another record)")
+    return None
 
 
 @cli.command("stack")

@@ -143,8 +143,9 @@ def export(node_url: str, record_path: str, reveal: tuple[str, ...], reveal_none
         rec = bundle_record(bundle)
     except CredentialError as exc:
         raise negative(f"the node returned an unusable bundle: {exc}") from None
-    if rec.anchor.issuer != doc.issuer or rec.anchor.holder != doc.holder:
-        raise negative("the ledger's record names another issuer or holder than the record file")
+    differs = base.ledger_mismatch(doc, bundle.records[0].anchor.tx)
+    if differs:
+        raise negative(differs)
     want = rec.signing_key()
     if key.public_key != want:
         raise bad_input(f"--key is {key.did}, but this record's issuer ({doc.issuer}) signs with "

@@ -517,3 +517,36 @@ def test_stack_records_from_different_issuers(tmp_path: Path, net: tuple[Chain, 
     assert run("stack", *nodeopt, "degree-record.json=grade", "--out", "x.json", check=2).returncode == 2
     assert run("stack", *nodeopt, "degree-record.json=degree", "degree-record.json=field", "--out", "x.json",
                check=2).returncode == 2
+
+
+def test_a_record_file_that_disagrees_with_the_ledger_gets_no_bundle(tmp_path: Path,
+                                                                       net: tuple[Chain, NodeProc]) -> None:
+    """The bundle is built from the ledger alone, so an altered copy of the anchor in the holder's file
+    would have gone unnoticed: each field the file shares with the ledger is compared, and a field that
+    is not even of its kind is refused before the node is asked."""
+    chain, node = net
+    (tmp_path / "claims.json").write_text('{"degree": "BSc"}')
+    good = json.loads(_any_record(tmp_path, chain, node).read_text())
+    cases: list[tuple[str, Any, int, str]] = [
+        ("issuer", KeyPair.generate().did, 1, "its issuer is"),
+        ("holder", KeyPair.generate().did, 1, "its holder is"),
+        ("type", "degree.master", 1, "its type is 'degree.master'"),
+        ("expires", 4102444800000, 1, "its expires is 4102444800000"),
+        ("anchor_tx", "ab" * 32, 1, "its anchor_tx is"),
+        ("issuer", None, 2, "issuer: expected a did:key"),
+        ("holder", "did:web:example.com", 2, "holder:"),
+        ("expires", -1, 2, "expires must be a time"),
+        ("anchor_tx", 0, 2, "anchor_tx"),
+        ("anchor_tx", "", 2, "anchor_tx"),
+    ]
+    for field, value, status, says in cases:
+        (tmp_path / "altered.json").write_text(json.dumps({**good, field: value}))
+        for command in (["prove", "--record", "altered.json", "--reveal", "degree"],
+                        ["stack", "altered.json=degree"],
+                        ["export", "--record", "altered.json", "--key", str(chain.root / "issuer.key")]):
+            r = ler(*command, "--node", node.url, "--out", "bundle.json", cwd=tmp_path, check=status)
+            assert says in one_line_error(r), (field, value, r.stderr)
+            assert not (tmp_path / "bundle.json").exists()
+    (tmp_path / "same.json").write_text(json.dumps({**good, "anchor_tx": None}))  # a file made before anchoring
+    ler("prove", "--record", "same.json", "--reveal", "degree", "--node", node.url, "--out", "bundle.json",
+        cwd=tmp_path)
