@@ -211,8 +211,13 @@ def _start_node(data: Path) -> int:
     return proc.pid
 
 
+#: No process id is larger (a pid_t is a signed 32-bit number); os.kill refuses a larger one with an
+#: OverflowError, and a node.pid file may hold anything.
+_PID_MAX = 2**31 - 1
+
+
 def _alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
+    if not isinstance(pid, int) or not 0 < pid <= _PID_MAX:
         return False
     try:
         os.kill(pid, 0)
@@ -330,7 +335,7 @@ def _manifest_fault(m: object) -> str | None:
         if n.get("role") not in ("authority", "observer"):
             return f"nodes[{i}].role is not \"authority\" or \"observer\""
         pid = n.get("pid")
-        if pid is not None and (not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0):
+        if pid is not None and (not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid <= _PID_MAX):
             return f"nodes[{i}].pid is not a process id or null"
     return None
 

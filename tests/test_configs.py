@@ -199,6 +199,8 @@ GOOD_MANIFEST = {"chain_id": "c", "genesis": "/nowhere/genesis.json", "nodes": [
     (json.dumps({**GOOD_MANIFEST, "nodes": [{**GOOD_NODE, "role": "boss"}]}), "nodes[0].role is not"),
     (json.dumps({**GOOD_MANIFEST, "nodes": [{**GOOD_NODE, "pid": "12"}]}), "nodes[0].pid is not a process id"),
     (json.dumps({**GOOD_MANIFEST, "nodes": [{**GOOD_NODE, "pid": True}]}), "nodes[0].pid is not a process id"),
+    (json.dumps({**GOOD_MANIFEST, "nodes": [{**GOOD_NODE, "pid": -1}]}), "nodes[0].pid is not a process id"),
+    (json.dumps({**GOOD_MANIFEST, "nodes": [{**GOOD_NODE, "pid": 2**31}]}), "nodes[0].pid is not a process id"),
 ])
 def test_a_tampered_testnet_manifest_is_refused_with_its_fault(tmp_path: Path, text: str, fault: str) -> None:
     (tmp_path / "testnet.json").write_text(text)
@@ -212,6 +214,18 @@ def test_a_tampered_testnet_manifest_is_refused_with_its_fault(tmp_path: Path, t
 def test_the_manifest_check_takes_a_well_formed_manifest() -> None:
     assert testnet._manifest_fault(GOOD_MANIFEST) is None
     assert testnet._manifest_fault({**GOOD_MANIFEST, "nodes": [{**GOOD_NODE, "pid": 4242}]}) is None
+
+
+@pytest.mark.parametrize("text", ["99999999999999999999999", "-1", "0", "2147483648", "x"])
+def test_a_node_pid_file_holding_no_process_id_reads_as_stopped(tmp_path: Path, text: str) -> None:
+    data = tmp_path / "a0"
+    data.mkdir()
+    (data / "node.pid").write_text(text)
+    (tmp_path / "testnet.json").write_text(json.dumps({**GOOD_MANIFEST, "nodes": [{**GOOD_NODE, "data": str(data)}]}))
+    assert testnet.running(tmp_path) == []
+    for command in ("status", "down"):
+        r = ler("testnet", command, "--dir", str(tmp_path))
+        assert "unexpected" not in r.stderr, r.stderr
 
 
 def test_a_dead_nodes_pid_taken_by_another_process_is_never_signalled(tmp_path: Path) -> None:
