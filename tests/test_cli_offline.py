@@ -801,8 +801,11 @@ def _dummy(p: click.Parameter) -> str:
 
 
 @pytest.mark.parametrize("path, name", list(_path_params()), ids=lambda v: v if isinstance(v, str) else " ".join(v))
-def test_an_empty_path_is_refused_by_every_command(path: tuple[str, ...], name: str) -> None:
-    """`--out ""` named the current folder, or failed with a message about a file with no name."""
+def test_an_empty_path_is_refused_by_every_command(path: tuple[str, ...], name: str, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--out ""` named the current folder, or failed with a message about a file with no name. Run in a
+    folder of its own: should the check ever fail, what the command made lands there and is stopped."""
+    monkeypatch.chdir(tmp_path)
     args: list[str] = []
     for p in _command(path).params:
         if p.name != name and not p.required:
@@ -812,6 +815,10 @@ def test_an_empty_path_is_refused_by_every_command(path: tuple[str, ...], name: 
             args.append(value)
         elif isinstance(p, click.Option):
             args += [p.opts[0], value]
-    r = run(*path, *args)
+    try:
+        r = run(*path, *args)
+    finally:
+        for made in tmp_path.rglob("testnet.json"):  # `testnet up` ran after all: stop its nodes
+            run("testnet", "down", "--dir", str(made.parent))
     assert r.exit_code == 2, (args, r.output)
     assert "the path is empty" in one_line_error(r), (args, r.output)
