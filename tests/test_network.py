@@ -18,13 +18,13 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from node_proc import LER, free_port, http, tx_json_body, wait_until
+from node_proc import LER, Reply, free_port, http, tx_json_body, wait_until
 
 from consensus import proposer_of
 from ler import codec, keys
@@ -63,14 +63,19 @@ class Node:
     def key(self) -> KeyPair:
         return read_key_file(self.key_path)
 
+    def request(self, method: str, path: str, body: bytes | None = None, content_type: str | None = None,
+                timeout: float = 30.0) -> Reply:
+        """Every request the tests make of this node goes through here."""
+        return http(self.url, method, path, body, content_type, timeout)
+
     def get(self, path: str) -> Any:
-        r = http(self.url, "GET", path, timeout=10)
+        r = self.request("GET", path, timeout=10)
         assert r.status == 200, (self.name, path, r)
         return r.json()
 
     def try_get(self, path: str) -> Any | None:
         try:
-            r = http(self.url, "GET", path, timeout=5)
+            r = self.request("GET", path, timeout=5)
         except OSError:
             return None
         return r.json() if r.status == 200 else None
@@ -82,7 +87,7 @@ class Node:
         return str(self.get(f"/v1/blocks/{h}")["hash"])
 
     def submit(self, txs: list[Tx]) -> list[dict[str, Any]]:
-        r = http(self.url, "POST", "/v1/txs", tx_json_body(txs), "application/json", timeout=30)
+        r = self.request("POST", "/v1/txs", tx_json_body(txs), "application/json")
         assert r.status == 202, (self.name, r)
         return list(r.json()["results"])
 
@@ -143,7 +148,7 @@ class Net:
         key = voter.key if isinstance(voter, Node) else voter
         return sign_tx(key, self.chain_id, GovVote(action=action))
 
-    def wait_committed(self, txs: list[Tx], nodes: list[Node], timeout: float = COMMIT_TIMEOUT) -> None:
+    def wait_committed(self, txs: list[Tx], nodes: Sequence[Node], timeout: float = COMMIT_TIMEOUT) -> None:
         def done() -> bool:
             for node in nodes:
                 for tx in txs:
@@ -155,11 +160,11 @@ class Net:
 
         wait_until(done, timeout, f"{len(txs)} transaction(s) to commit on {[n.name for n in nodes]}")
 
-    def wait_height(self, nodes: list[Node], height: int, timeout: float = COMMIT_TIMEOUT) -> None:
+    def wait_height(self, nodes: Sequence[Node], height: int, timeout: float = COMMIT_TIMEOUT) -> None:
         wait_until(lambda: all(n.height() >= height for n in nodes), timeout,
                    f"{[n.name for n in nodes]} to reach height {height}")
 
-    def assert_agree(self, nodes: list[Node]) -> int:
+    def assert_agree(self, nodes: Sequence[Node]) -> int:
         """Every node has the same block at every height they all have; returns that height."""
         top = min(n.height() for n in nodes)
         for h in range(1, top + 1):
