@@ -664,12 +664,15 @@ class ChainStore:
         block = self.block(h)
         if block is None:
             return None
-        # Committed headers never change, so a bounded cache of them is always right; it spares decoding a
-        # whole block for every state root, block hash or proof that needs one header.
-        self._headers[h] = block.header
-        if len(self._headers) > _HEADER_CACHE_SIZE:
-            self._headers.popitem(last=False)
+        self._remember_header(h, block.header)
         return block.header
+
+    def _remember_header(self, h: int, header: Header) -> None:
+        """Committed headers never change, so a bounded cache of them is always right; it spares decoding
+        a whole block for every state root, block hash or proof that needs one header."""
+        self._headers[h] = header
+        while len(self._headers) > _HEADER_CACHE_SIZE:
+            self._headers.popitem(last=False)
 
     def header(self, h: int) -> Header | None:
         if not 1 <= h <= self.height:
@@ -1148,7 +1151,7 @@ class ChainStore:
         if changes_validators:
             self._val_heights.append(h + 2)
             self._val_sets.append(new_validators)
-        self._headers[h] = block.header
+        self._remember_header(h, block.header)
         self._tip = (h, block.header)
 
     @staticmethod

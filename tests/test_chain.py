@@ -358,6 +358,16 @@ def test_empty_block_and_genesis_cert_rules(store: ChainStore, driver: Driver) -
     assert nxt.last_cert == store.cert(1)
 
 
+def test_a_long_running_store_keeps_a_bounded_number_of_headers(store: ChainStore, driver: Driver,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each commit remembers its header; a node up for weeks must not hold every one of them."""
+    monkeypatch.setattr("storage.chain._HEADER_CACHE_SIZE", 8)
+    blocks = [driver.commit([]) for _ in range(30)]
+    assert len(store._headers) <= 8
+    for h in (1, 15, 30):  # an evicted header is read back from its block
+        assert store.header(h) == blocks[h - 1].header
+
+
 # --- refusals: commit ------------------------------------------------------------------------------------
 
 def test_commit_out_of_order(store: ChainStore, driver: Driver, uni: KeyPair) -> None:
