@@ -69,6 +69,8 @@ from storage.chain import ExecutionResult, InvalidBlock, StoreError
 log = logging.getLogger("ler.consensus")
 
 SIGNED_KEY = b"consensus/signed"
+#: The least time between two warnings that this node's clock is behind the network's.
+CLOCK_WARNING_EVERY_S = 60.0
 PROPOSAL_KEY = b"consensus/proposal"
 EVIDENCE_PREFIX = b"evidence/"
 MAX_INBOX = 20_000       # queued peer messages before gossip is answered "busy, retry"
@@ -191,6 +193,7 @@ class ConsensusDriver:
         self._pending_since: float | None = None
         self._height_started_at: float | None = None
         self._last_block_at = time.monotonic()
+        self._clock_warned_at = float("-inf")
         self._logged: tuple[int, int] = (0, -1)
         self._stopping = False
         self._finish_height: int | None = None
@@ -567,9 +570,11 @@ class ConsensusDriver:
             return False
         ahead = hd.time - now_ms()
         if ahead > self.max_drift_ms:
-            # Not remembered: our clock catches up, and the engine asks again next round.
-            log.info("event=proposal_refused height=%d round=%d rule=header.time reason=%r", hd.height,
-                     hd.round, f"{ahead} ms ahead of this node's clock (at most {self.max_drift_ms})")
+            # Not remembered: our clock catches up, and the engine asks again next round. A warning: the
+            # proposer's clock or this node's is wrong, and the log names the proposer.
+            log.warning("event=proposal_refused height=%d round=%d rule=header.time proposer=%s reason=%r",
+                        hd.height, hd.round, keys.did_from_public_key(hd.proposer),
+                        f"{ahead} ms ahead of this node's clock (at most {self.max_drift_ms})")
             return False
         block_hash = value.hash
         if block_hash in self._results:
@@ -661,6 +666,7 @@ class ConsensusDriver:
 
     async def _after_commit(self, block: Block, result: ExecutionResult, source: str) -> None:
         h = block.header.height
+        self._check_clock(block)
         started = self._height_started_at if source == "consensus" else None
         self._height_started_at = None
         self._last_block_at = time.monotonic()
@@ -672,6 +678,19 @@ class ConsensusDriver:
             await self.svc.recheck_mempool(result.state_writes, self.block_txs)
         # Left-over transactions have waited already: the next height starts at once.
         self._pending_since = float("-inf") if len(self.svc.mempool) else None
+
+
+    def _check_clock(self, block: Block) -> None:
+        """Warn (once a minute at most) when the network committed a block whose time is further ahead of
+        this node's clock than a voter accepts: more than 2/3 of the authorities took that time, so it is
+        this clock that is behind, and until it is set right this node refuses every proposal."""
+        ahead = block.header.time - now_ms()
+        now = time.monotonic()
+        if ahead > self.max_drift_ms and now >= self._clock_warned_at + CLOCK_WARNING_EVERY_S:
+            self._clock_warned_at = now
+            log.warning("event=clock_behind height=%d ms_behind=%d reason=%r", block.header.height, ahead,
+                        "the network committed a block timed this far ahead of this node's clock: set the "
+                        "clock right (NTP); until then this node refuses every proposal and does not vote")
 
 
 # --- evidence for the API --------------------------------------------------------------------------------

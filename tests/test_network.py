@@ -106,12 +106,14 @@ class Node:
             self.proc.wait(10)
         wait_until(lambda: not self.alive(), 10, f"{self.name} to die")
 
-    def start(self) -> None:
-        """`ler node run --data DIR`, as an operator restarts a node, then wait until it answers."""
+    def start(self, env: dict[str, str] | None = None) -> None:
+        """`ler node run --data DIR`, as an operator restarts a node, then wait until it answers.
+        `env`: variables added to the node's environment."""
         assert not self.alive()
         with open(self.data / "node.log", "ab") as log:
             self.proc = subprocess.Popen([str(LER), "node", "run", "--data", str(self.data)], stdout=log,
-                                         stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+                                         stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
+                                         env={**os.environ, **(env or {})})
         self.pid = self.proc.pid
         wait_until(lambda: self.try_get("/health"), 30, f"{self.name} to answer")
 
@@ -382,6 +384,45 @@ def test_an_authority_whose_database_was_removed_knows_what_it_signed_and_syncs_
     net.wait_committed(txs, net.nodes)
     net.assert_agree(net.nodes)
     assert net.authorities[0].get("/v1/evidence")["evidence"] == evidence_before
+
+
+def skewed(seconds: int) -> dict[str, str]:
+    """A node environment whose clock (time.time) runs `seconds` off: tests/data/clock_skew."""
+    return {"PYTHONPATH": str(Path(__file__).parent / "data" / "clock_skew"), "LER_TEST_SKEW_S": str(seconds)}
+
+
+def test_an_authority_with_a_wrong_clock_is_named_in_the_logs_and_the_network_goes_on(net: Net) -> None:
+    """A clock a minute behind refuses every proposal (too far ahead of it) and warns that it is behind;
+    a clock a minute ahead makes proposals the others refuse, naming its proposer. Neither stops the
+    network, and both nodes stay on its chain."""
+    a = net.authorities
+    odd = a[2]
+    others = [n for n in a if n is not odd]
+    odd.kill()
+    odd.start(skewed(-60))
+    txs = net.anchors(4)
+    others[0].submit(txs)
+    net.wait_committed(txs, net.nodes)
+    wait_until(lambda: "event=clock_behind" in odd.log(), 30, "the node a minute behind to warn")
+
+    odd.kill()
+    odd.start(skewed(60))
+    did = odd.key.did
+    for _ in range(12):  # until a height whose round-0 proposer it is has passed
+        txs = net.anchors(2)
+        others[0].submit(txs)
+        net.wait_committed(txs, net.nodes)
+        if any(f"rule=header.time proposer={did}" in n.log() for n in others):
+            break
+    assert all("level=WARNING" in line for n in others for line in n.log().splitlines()
+               if f"rule=header.time proposer={did}" in line)
+    assert any(f"rule=header.time proposer={did}" in n.log() for n in others)
+    odd.kill()
+    odd.start()
+    txs = net.anchors(2)
+    odd.submit(txs)
+    net.wait_committed(txs, net.nodes)
+    net.assert_agree(net.nodes)
 
 
 def test_two_authorities_down_stops_commits_without_a_fork_and_one_back_resumes(net: Net) -> None:
