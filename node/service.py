@@ -15,15 +15,16 @@ against the new state (dropping what the block made invalid) and answers the cli
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from ler.block import Block
+from ler.block import MAX_BLOCK_TXS, Block
 from ler.errors import DecodeError, LerError, RuleError
 from ler.keys import KeyPair, public_key_from_did, sha256
 from ler.ledger import Context, Overlay, apply_tx, check_tx, clock_dependent
@@ -38,6 +39,10 @@ log = logging.getLogger("ler.node")
 
 PENDING, COMMITTED, REJECTED = "pending", "committed", "rejected"
 _REJECTED_MEMORY = 100_000
+#: Transaction ids kept in NodeService.verified_ids: the checks of the last few seconds under full load.
+VERIFIED_IDS = 2 * MAX_BLOCK_TXS
+#: The longest block validation waits for admission to finish checking transactions it also holds.
+ADMISSION_WAIT_S = 1.0
 
 #: Called with transactions newly in the mempool and the peer key they came from (None: a client).
 TxListener = Callable[[list[Tx], bytes | None], None]
@@ -98,6 +103,55 @@ class NodeService:
         self._stopping = False
         self.started = time.monotonic()
         self.last_commit_ms: float | None = None
+        # Ids of transactions whose signatures this node checked lately, by admission (before the
+        # transaction reaches the mempool) or by block validation (a proposal that outran their gossip):
+        # whichever comes second finds the id here, or in the mempool, and does not check it again.
+        self.verified_ids: dict[bytes, None] = {}
+        self._verified_lock = threading.Lock()  # admission threads and the consensus thread all add
+        # Ids an admission thread is checking now: block validation waits for those instead of checking
+        # the same signatures at the same time (a proposal and the gossip of its transactions often
+        # arrive together, in the same order).
+        self._admitting: dict[bytes, int] = {}
+        self._admitted = threading.Condition()
+
+    def remember_verified(self, tx_ids: Iterable[bytes]) -> None:
+        with self._verified_lock:
+            seen = self.verified_ids
+            for tx_id in tx_ids:
+                seen[tx_id] = None
+            while len(seen) > VERIFIED_IDS:
+                del seen[next(iter(seen))]
+
+    def wait_admitted(self, tx_ids: list[bytes], timeout: float = ADMISSION_WAIT_S) -> None:
+        """Return once no admission thread is checking any of `tx_ids` (or after `timeout`)."""
+        with self._admitted:
+            self._admitted.wait_for(lambda: not any(i in self._admitting for i in tx_ids), timeout)
+
+    @contextlib.contextmanager
+    def _admitting_now(self, tx_ids: list[bytes]) -> Iterator[None]:
+        with self._admitted:
+            for i in tx_ids:
+                self._admitting[i] = self._admitting.get(i, 0) + 1
+        try:
+            yield
+        finally:
+            with self._admitted:
+                for i in tx_ids:
+                    if self._admitting[i] == 1:
+                        del self._admitting[i]
+                    else:
+                        self._admitting[i] -= 1
+                self._admitted.notify_all()
+
+    def signature_valid(self, tx: Tx) -> bool:
+        """The signature check, once per node: a transaction checked lately is not checked again, and
+        one that passes is remembered at once (block validation may be about to check it too)."""
+        if tx.tx_id in self.verified_ids:
+            return True
+        if not tx.signature_valid():
+            return False
+        self.remember_verified((tx.tx_id,))
+        return True
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def reload_pending(self) -> int:
@@ -178,9 +232,14 @@ class NodeService:
         return results
 
     def _submit_sync(self, txs: Sequence[Tx | LerError]) -> tuple[list[SubmitResult], list[Tx]]:
-        results: list[SubmitResult] = []
         decoded = [t for t in txs if isinstance(t, Tx)]
-        ok_by_id = {t.tx_id: t.signature_valid() for t in decoded}
+        with self._admitting_now([t.tx_id for t in decoded]):
+            return self._submit_decoded(txs, decoded)
+
+    def _submit_decoded(self, txs: Sequence[Tx | LerError],
+                        decoded: list[Tx]) -> tuple[list[SubmitResult], list[Tx]]:
+        results: list[SubmitResult] = []
+        ok_by_id = {t.tx_id: self.signature_valid(t) for t in decoded}
         h = self.store.height
         view = self.store.state_view(h)
         ctx = Context(self.chain_id, h + 1, now_ms(), seen=lambda _i: False)
@@ -240,7 +299,11 @@ class NodeService:
             fresh.append(tx)
         if not fresh:
             return []
-        sig_ok = [t.signature_valid() for t in fresh]
+        with self._admitting_now([t.tx_id for t in fresh]):
+            return self._ingest_decoded(fresh)
+
+    def _ingest_decoded(self, fresh: list[Tx]) -> list[Tx]:
+        sig_ok = [self.signature_valid(t) for t in fresh]
         h = self.store.height
         view = self.store.state_view(h)
         ctx = Context(self.chain_id, h + 1, now_ms(), seen=lambda _i: False)

@@ -36,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -140,6 +140,18 @@ class SyncRefused(Exception):
     @property
     def reason(self) -> str:
         return str(self)
+
+
+class _Either:
+    """A Container holding what any of `sets` holds."""
+
+    __slots__ = ("sets",)
+
+    def __init__(self, *sets: Container[bytes]) -> None:
+        self.sets = sets
+
+    def __contains__(self, item: object) -> bool:
+        return any(item in s for s in self.sets)
 
 
 @dataclass(frozen=True, slots=True)
@@ -591,9 +603,12 @@ class ConsensusDriver:
         return True
 
     def _validate(self, block: Block) -> ExecutionResult:
-        """validate_block, reusing what the mempool holds: signatures checked and transactions decoded."""
-        mempool = self.svc.mempool
-        return self.store.validate_block(block, verified=mempool, known=mempool.get)
+        """validate_block, reusing what the mempool holds (signatures checked, transactions decoded) and
+        the signatures admission checked lately; those it checks itself are remembered in turn."""
+        svc = self.svc
+        return self.store.validate_block(block, verified=_Either(svc.mempool, svc.verified_ids),
+                                         known=svc.mempool.get, before_checks=svc.wait_admitted,
+                                         signatures_checked=svc.remember_verified)
 
     # --- committing ------------------------------------------------------------------------------------
     async def _commit_decided(self, d: Decide) -> None:

@@ -992,12 +992,17 @@ class ChainStore:
         return Block(header=header, txs=tuple(tx.raw for tx in result.applied), last_cert=last_cert), result
 
     def validate_block(self, block: Block, verified: Container[bytes] = frozenset(),
-                       known: Callable[[bytes], Tx | None] | None = None) -> ExecutionResult:
+                       known: Callable[[bytes], Tx | None] | None = None,
+                       before_checks: Callable[[list[bytes]], None] | None = None,
+                       signatures_checked: Callable[[list[bytes]], None] | None = None) -> ExecutionResult:
         """Check `block` as the next block of this chain; InvalidBlock names the first rule it breaks.
 
         `verified` holds tx ids whose signatures this node already checked (e.g. in its mempool): each
         signature is verified once per node. `known` (e.g. the mempool's `get`) gives an already decoded
         transaction by id: one whose bytes equal the block's is used as is instead of decoding them again.
+        `before_checks` is given the ids not in `verified` before their signatures are checked (it may wait
+        for another check of them to end); `signatures_checked` is told each one this call checked itself,
+        as soon as it passed.
         """
         hd = block.header
         h = self.height + 1
@@ -1045,13 +1050,20 @@ class ChainStore:
             ids.add(tx.tx_id)
             txs.append(tx)
         expect("tx_root", hd.tx_root, tx_root([tx.tx_id for tx in txs]))
-        for i, tx in enumerate(txs):
-            if tx.tx_id in verified:
+        unchecked = [i for i, tx in enumerate(txs) if tx.tx_id not in verified]
+        if unchecked and before_checks is not None:
+            before_checks([txs[i].tx_id for i in unchecked])  # e.g. let a check already under way end
+            unchecked = [i for i in unchecked if txs[i].tx_id not in verified]
+        for i in unchecked:
+            tx = txs[i]
+            if tx.tx_id in verified:  # checked meanwhile by another thread
                 continue
             try:
                 check_tx(tx, self.chain_id)
             except RuleError as exc:
                 raise InvalidBlock(exc.rule, f"transaction {i} ({tx.tx_id.hex()}): {exc.reason}") from None
+            if signatures_checked is not None:
+                signatures_checked([tx.tx_id])  # at once: another thread may be about to check it too
         result = self.execute(txs, hd.time, drop_invalid=False)
         expect("state_root", hd.state_root, result.state_root)
         return result

@@ -236,3 +236,72 @@ def test_a_record_expiring_while_pending_is_checked_after_any_block(tmp_path: Pa
 
     asyncio.run(run())
     svc.close()
+
+
+def test_a_signature_block_validation_checked_is_not_checked_again_when_gossip_brings_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A proposal can outrun the gossip of its transactions: validating it checks their signatures, and
+    the same transactions arriving by gossip (or from a client) before the block commits must not be
+    checked a second time. Each signature is checked once per node."""
+    from ler import keys
+    from node.validator import ConsensusDriver
+
+    uni = KeyPair.generate()
+    node = Node(tmp_path, KeyPair.generate(), [uni])
+    svc = node.svc
+    checks: list[bytes] = []
+    real_verify = keys.verify
+
+    def counting_verify(public_key: bytes, message: bytes, signature: bytes) -> bool:
+        checks.append(signature)
+        return real_verify(public_key, message, signature)
+
+    monkeypatch.setattr(keys, "verify", counting_verify)
+    txs = [anchor(uni) for _ in range(5)]
+    s = svc.store
+    block, _ = s.make_block(txs, T0 + 1000, 0, node.authority.public_key, None)  # another node's proposal
+    driver = ConsensusDriver(svc)
+    driver._validate(block)
+    assert sorted(checks) == sorted(t.sig for t in txs)  # validation checked each, once
+
+    forged = sign_tx(uni, CHAIN, RecordAnchor(os.urandom(16), uni.did, uni.did, "degree", os.urandom(32), None))
+    forged = Tx.decode(forged.raw.replace(forged.sig, bytes(64)))  # a signature that does not verify
+    assert sorted(checks) == sorted(t.sig for t in txs)
+    added = svc._ingest_sync([t.raw for t in txs[:3]] + [forged.raw])
+    assert [t.tx_id for t in added] == [t.tx_id for t in txs[:3]]
+    results, _ = svc._submit_sync(txs[3:])
+    assert [r.status for r in results] == [PENDING, PENDING]
+    assert sorted(checks) == sorted([t.sig for t in txs] + [forged.sig])  # only the new one was checked
+    svc.close()
+
+
+def test_block_validation_waits_for_an_admission_checking_the_same_transactions(tmp_path: Path) -> None:
+    """A proposal and the gossip of its transactions arrive together: validation waits for the admission
+    thread already checking them (then finds them verified) rather than checking them alongside it."""
+    import threading
+
+    node = Node(tmp_path, KeyPair.generate(), [KeyPair.generate()])
+    svc = node.svc
+    ids, other = [os.urandom(32) for _ in range(3)], os.urandom(32)
+    entered, release = threading.Event(), threading.Event()
+
+    def admission() -> None:
+        with svc._admitting_now(ids):
+            entered.set()
+            release.wait(10)
+            svc.remember_verified(ids)
+
+    t = threading.Thread(target=admission)
+    t.start()
+    entered.wait(10)
+    svc.wait_admitted([other])  # nothing of its own in flight: at once
+    waited = threading.Event()
+    w = threading.Thread(target=lambda: (svc.wait_admitted(ids[1:], timeout=10), waited.set()))
+    w.start()
+    assert not waited.wait(0.3)  # still held by the admission
+    release.set()
+    assert waited.wait(10)
+    assert all(i in svc.verified_ids for i in ids) and not svc._admitting
+    t.join()
+    w.join()
+    svc.close()
