@@ -106,7 +106,7 @@ class NodeService:
         # Ids of transactions whose signatures this node checked lately, by admission (before the
         # transaction reaches the mempool) or by block validation (a proposal that outran their gossip):
         # whichever comes second finds the id here, or in the mempool, and does not check it again.
-        self.verified_ids: dict[bytes, None] = {}
+        self.verified_ids: OrderedDict[bytes, None] = OrderedDict()
         self._verified_lock = threading.Lock()  # admission threads and the consensus thread all add
         # Ids an admission thread is checking now: block validation waits for those instead of checking
         # the same signatures at the same time (a proposal and the gossip of its transactions often
@@ -120,7 +120,7 @@ class NodeService:
             for tx_id in tx_ids:
                 seen[tx_id] = None
             while len(seen) > VERIFIED_IDS:
-                del seen[next(iter(seen))]
+                seen.popitem(last=False)  # O(1); a plain dict would scan the deleted slots at its front
 
     def wait_admitted(self, tx_ids: list[bytes], timeout: float = ADMISSION_WAIT_S) -> None:
         """Return once no admission thread is checking any of `tx_ids` (or after `timeout`)."""
