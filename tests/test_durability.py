@@ -178,8 +178,17 @@ def test_kill_9_at_random_points_loses_no_acknowledged_transaction(setup: tuple[
         # Every block since the restart holds exactly the transactions it reloaded from its pending set.
         started_at, reloaded = last_start(node)
         assert started_at >= max_seen
-        after = [tx_id for h in range(started_at + 1, node.height() + 1)
-                 for tx_id in node.get_json(f"/v1/blocks/{h}")["txs"]]
+
+        def since_restart(n: NodeProc = node, h0: int = started_at) -> list[str]:
+            return [tx_id for h in range(h0 + 1, n.height() + 1) for tx_id in n.get_json(f"/v1/blocks/{h}")["txs"]]
+
+        # What it reloaded may include transactions written but never answered (killed before the reply):
+        # nobody waits for those, so wait here until they are in blocks too.
+        def all_in(want: int = reloaded) -> tuple[list[str]] | None:
+            got = since_restart()
+            return (got,) if len(got) >= want else None
+
+        (after,) = wait_until(all_in, 60, f"the {reloaded} reloaded transaction(s) to commit")
         assert len(after) == reloaded
         assert {i.hex() for i, st in done.items() if st["height"] > started_at} <= set(after)
 
