@@ -4,7 +4,8 @@ The validator writes its SignedState to LevelDB (`consensus/signed`) before it s
 LevelDB whose write-ahead log was removed or cut short opens without error and without its latest
 writes, that record among them: on its own, the node would have forgotten what it signed and could sign
 again, in conflict. This file holds the same state, replaced atomically (written to a temporary file,
-synced, renamed over the old one, and the folder synced) before anything is sent. At start the node takes
+synced, renamed over the old one, and the folder synced) after the database's write and before anything
+is sent. At start the node takes
 the later of the two records, so losing either one loses nothing.
 
 Layout: the 8-byte magic "LERSIGN1", the SHA-256 of the payload, then the payload: the canonical

@@ -470,10 +470,13 @@ class ConsensusDriver:
                 if isinstance(a.message, Proposal):
                     self.own_proposal = a.message
                     durable[PROPOSAL_KEY] = raw
-        if signed:
-            write_signed_file(self.svc.config.signed_path, self.svc.chain_id, self.svc.key.public_key, state)
         if durable:
             self.store.put_meta_many(durable)
+        if signed:
+            # After the database, never before: the database's batch also holds our proposal with its
+            # block. A file ahead of it after a crash between the two would lock the restarted node on a
+            # block it no longer has, which a lone validator can never re-propose.
+            write_signed_file(self.svc.config.signed_path, self.svc.chain_id, self.svc.key.public_key, state)
         for i, a in enumerate(actions):
             if isinstance(a, Broadcast):
                 out.actions.append(sends[i])

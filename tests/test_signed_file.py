@@ -21,7 +21,7 @@ from ler.tx import RecordAnchor, sign_tx
 from node.config import NodeConfig, init_data_dir, load_config
 from node.service import PENDING, NodeService
 from node.signed_file import MAGIC, read_signed_file, write_signed_file
-from node.validator import SIGNED_KEY, ConsensusDriver, _Outcome
+from node.validator import PROPOSAL_KEY, SIGNED_KEY, ConsensusDriver, _Outcome, load_signed
 from storage.chain import StoreError
 
 CHAIN = "ler-test"
@@ -173,3 +173,27 @@ def test_a_damaged_file_stops_the_validator_with_the_reason(tmp_path: Path) -> N
             ConsensusDriver(svc)
     finally:
         svc.close()
+
+
+def test_the_file_is_written_after_the_database_batch_that_holds_the_proposal(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crash between the two writes must leave the database, which also holds the proposal and its
+    block, at least as far as the file. The other order once stalled a lone validator for good: restarted
+    from the file alone, it was locked on a block it no longer had."""
+    import node.validator as validator
+
+    config, authority, issuer = single_authority_node(tmp_path)
+    driver = open_with_a_pending_record(config, authority, issuer)
+    assert driver.engine is not None
+
+    def crash(*_args: object) -> None:
+        raise SystemExit("killed between the database write and the file write")
+
+    monkeypatch.setattr(validator, "write_signed_file", crash)
+    with pytest.raises(SystemExit):
+        driver._thread_start(1, [])  # proposes the pending record, prevotes and precommits it
+    signed = load_signed(driver.store.get_meta(SIGNED_KEY))
+    assert signed is not None and signed.height == 1
+    assert driver.store.get_meta(PROPOSAL_KEY) is not None  # the block it signed for is not lost
+    assert read_signed_file(config.signed_path, CHAIN, authority.public_key) is None
+    driver.svc.close()
