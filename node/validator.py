@@ -187,6 +187,7 @@ class ConsensusDriver:
         self.block_txs = cfg.limits.block_txs
         self.signed = self._load_signed()
         self.own_proposal = self._load_proposal()
+        self._warn_if_locked_on_a_lost_block()
         # Observers run no engine: they never vote and follow the chain by block sync alone.
         self.engine: Tendermint | None = None
         if self.voting:
@@ -226,6 +227,23 @@ class ConsensusDriver:
                         "it had (a removed or cut-short log, or a restored copy); the node syncs them again "
                         "and signs nothing below height %d", self.store.height, signed.height, signed.height)
         return signed
+
+    def _warn_if_locked_on_a_lost_block(self) -> None:
+        """A lone validator resumes a height locked on (or with a polka for) a block that only its own
+        proposal record could hold, and that record does not hold it: its database lost the block. Among
+        several validators another one proposes it again; alone, it can neither re-propose it nor vote for
+        anything else, so the height never ends. Say so: only the operator can decide what to do."""
+        s, own = self.signed, self.own_proposal
+        if s is None or s.height != self.store.height + 1:
+            return
+        if tuple(self.store.validators(s.height)) != (self.svc.key.public_key,):
+            return
+        held = own.block_hash if own is not None and own.height == s.height else None
+        lost = {b for b in (s.locked_block, s.valid_block) if b is not None} - {held}
+        if lost:
+            log.warning("event=locked_block_unknown height=%d block=%s reason=%r", s.height, min(lost).hex(),
+                        "this lone validator locked on a block its database no longer holds (removed or cut "
+                        "short); it cannot make another block at this height: see docs/NETWORK.md")
 
     def _load_proposal(self) -> Proposal | None:
         raw = self.store.get_meta(PROPOSAL_KEY)

@@ -197,3 +197,22 @@ def test_the_file_is_written_after_the_database_batch_that_holds_the_proposal(
     assert driver.store.get_meta(PROPOSAL_KEY) is not None  # the block it signed for is not lost
     assert read_signed_file(config.signed_path, CHAIN, authority.public_key) is None
     driver.svc.close()
+
+
+def test_a_lone_validator_locked_on_a_block_its_database_lost_says_so(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    config, authority, issuer = single_authority_node(tmp_path)
+    driver = open_with_a_pending_record(config, authority, issuer)
+    assert driver.engine is not None
+    driver._thread_start(1, [])  # proposes, prevotes, precommits: locked on its own block at height 1
+    locked = driver.signed
+    assert locked is not None and locked.height == 1 and locked.locked_block is not None
+    driver.svc.close()
+    with caplog.at_level(logging.WARNING, logger="ler.consensus"):
+        driver = open_with_a_pending_record(config, authority, issuer)  # it still has its proposal: silent
+        driver.svc.close()
+        assert "locked_block_unknown" not in caplog.text
+        shutil.rmtree(config.db_path)  # the proposal and its block are gone; the file keeps the lock
+        driver = open_with_a_pending_record(config, authority, issuer)
+        driver.svc.close()
+    assert f"event=locked_block_unknown height=1 block={locked.locked_block.hex()}" in caplog.text
