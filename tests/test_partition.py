@@ -165,7 +165,11 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
         for name in made:
             if name == "bridge":
                 subprocess.run(["ip", "link", "del", bridge], capture_output=True, timeout=30)
-            else:  # deleting a namespace deletes the veth pair whose end it holds
+            else:
+                # The pair goes at once with its bridge end (the kernel drops a namespace's own links
+                # only some seconds after the namespace is gone), then the namespace.
+                subprocess.run(["ip", "link", "del", f"lpv{name.removeprefix('lpn')}"], capture_output=True,
+                               timeout=30)
                 subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
 
 
