@@ -21,7 +21,6 @@ import math
 import os
 import shutil
 import tomllib
-import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from typing import Any
 from ler.block import Genesis
 from ler.errors import LerError
 from ler.keys import KeyPair, public_key_from_did, read_key_file, read_key_file_did, write_key_file
+from node.client import ClientError, check_node_url
 
 CONFIG_FILE = "config.toml"
 GENESIS_FILE = "genesis.json"
@@ -159,17 +159,12 @@ def parse_peer(text: str) -> PeerSpec:
     """A peer as given to `ler node init --peer`: "URL" or "URL#DID" (the did of the peer's node key)."""
     url, sep, did = text.partition("#")
     url = url.rstrip("/")
-    if not url.startswith(("http://", "https://")) or len(url) <= len("https://"):
-        raise ConfigError(f"peer URL {url!r} must look like http://HOST:PORT")
     if '"' in url or "\\" in url or any(ord(c) < 0x21 for c in url):
         raise ConfigError(f"peer URL {url!r} holds a character a URL cannot have")
     try:
-        parts = urllib.parse.urlsplit(url)
-        usable = bool(parts.hostname) and parts.port != 0  # .port: ValueError unless a number to 65535
-    except ValueError:
-        usable = False
-    if not usable:
-        raise ConfigError(f"peer URL {url!r} must look like http://HOST:PORT (a port from 1 to 65535)")
+        check_node_url(url)  # the same test as a client's --node
+    except ClientError as exc:
+        raise ConfigError(str(exc).replace("node URL", "peer URL", 1)) from None
     if not sep:
         return PeerSpec(url)
     try:

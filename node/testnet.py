@@ -264,7 +264,7 @@ def _running_pid(node: dict[str, Any]) -> int | None:
     data = Path(node["data"])
     with contextlib.suppress(OSError, ValueError):
         pid = int((data / PID_FILE).read_text())
-        if pid > 0 and _alive(pid) and _runs_node(pid, data):
+        if _alive(pid) and _runs_node(pid, data):
             return pid
     started = node.get("pid")
     return started if isinstance(started, int) and _alive(started) and _runs_node(started, data) else None

@@ -8,7 +8,7 @@ The engine decides; this module carries its messages, keeps its time and makes i
   and `ChainStore.validate_block` with the mempool as the set of already verified transactions: a
   signature checked on submission or gossip is not checked again, nor are its bytes decoded again.
   Verdicts are kept by block hash.
-- RecordSigned is written to LevelDB with a synced write (consensus/signed), and to the data folder's
+- RecordSigned is written to LevelDB with a synced write (consensus/signed), then to the data folder's
   signed-state file (node/signed_file.py), inside the same engine call, so it is durable before the
   loop sends any Broadcast that follows it. A restarted node builds its engine with the later of the
   two and never signs a conflicting vote, even if its database lost its latest writes.
@@ -69,9 +69,9 @@ from storage.chain import ExecutionResult, InvalidBlock, StoreError
 log = logging.getLogger("ler.consensus")
 
 SIGNED_KEY = b"consensus/signed"
+PROPOSAL_KEY = b"consensus/proposal"
 #: The least time between two warnings that this node's clock is behind the network's.
 CLOCK_WARNING_EVERY_S = 60.0
-PROPOSAL_KEY = b"consensus/proposal"
 EVIDENCE_PREFIX = b"evidence/"
 MAX_INBOX = 20_000       # queued peer messages before gossip is answered "busy, retry"
 MAX_EARLY = 1024         # messages for the next height kept before that height starts
@@ -714,7 +714,6 @@ class ConsensusDriver:
             await self.svc.recheck_mempool(result.state_writes, self.block_txs)
         # Left-over transactions have waited already: the next height starts at once.
         self._pending_since = float("-inf") if len(self.svc.mempool) else None
-
 
     def _check_clock(self, block: Block) -> None:
         """Warn (once a minute at most) when the network committed a block whose time is further ahead of

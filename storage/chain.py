@@ -1053,7 +1053,6 @@ class ChainStore:
         unchecked = [i for i, tx in enumerate(txs) if tx.tx_id not in verified]
         if unchecked and before_checks is not None:
             before_checks([txs[i].tx_id for i in unchecked])  # e.g. let a check already under way end
-            unchecked = [i for i in unchecked if txs[i].tx_id not in verified]
         for i in unchecked:
             tx = txs[i]
             if tx.tx_id in verified:  # checked meanwhile by another thread
