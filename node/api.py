@@ -27,6 +27,7 @@ from ler.tx import MAX_TX_BYTES, RECORD_ID_BYTES, Tx
 from ler.vc import verify_ler_credential
 from ler.wire import hex_bytes
 from node import openapi
+from node.listener import BODY_TIMEOUT_KEY, read_body
 from node.service import COMMITTED, PENDING, REJECTED, NodeService, now_ms
 from node.validator import EVIDENCE_PREFIX, evidence_json
 from node.verify_page import add_verify_page
@@ -65,7 +66,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return _json({"error": f"request body too large (limit {request.client_max_size} bytes)"}, 413)
     except web.HTTPException as exc:
         if exc.status >= 400:
-            resp = _json({"error": exc.reason or exc.text or "request refused"}, exc.status)
+            resp = _json({"error": exc.text if exc.status == 408 else exc.reason or exc.text or "request refused"},
+                         exc.status)
+            if exc.status == 408:
+                resp.force_close()  # the rest of the body may still be on its way
             if "Allow" in exc.headers:  # a 405 names the methods the path takes (RFC 9110, 15.5.6)
                 resp.headers["Allow"] = exc.headers["Allow"]
             return resp
@@ -100,7 +104,7 @@ def _credential_or_none(raw: bytes) -> dict[str, Any] | None:
 
 
 async def _read_json(request: web.Request) -> Any:
-    raw = await request.read()
+    raw = await read_body(request)
     if not raw:
         raise ApiError(400, "empty request body; expected JSON")
     return _parse_json(raw)
@@ -303,7 +307,7 @@ class Api:
 
     async def submit(self, request: web.Request) -> web.Response:
         ctype = request.content_type
-        raw = await request.read()
+        raw = await read_body(request)
         if not raw:
             raise ApiError(400, "empty request body; expected transactions")
         # Query parameters are checked before anything is accepted: a 400 must mean nothing was taken.
@@ -449,7 +453,7 @@ class Api:
     async def verify(self, request: web.Request) -> web.Response:
         """A proof bundle (its VerificationResult), or a W3C VC / Open Badges 3.0 credential (its
         CredentialReport, "kind": "credential"). Anything else is judged as a bundle: tampered."""
-        raw = await request.read()
+        raw = await read_body(request)
         if not raw:
             raise ApiError(400, "empty request body; expected a proof bundle or a credential")
         doc = _credential_or_none(raw)
@@ -532,6 +536,7 @@ def _decode_json_batch(raw: bytes) -> list[Tx | LerError]:
 def make_app(svc: NodeService, net: NetworkView | None = None,
              peer_routes: list[web.RouteDef] | None = None) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=svc.config.limits.max_body_bytes)
+    app[BODY_TIMEOUT_KEY] = svc.config.limits.body_timeout_s
     api = Api(svc, net)
     app.add_routes(api.routes())
     add_verify_page(app)

@@ -49,6 +49,9 @@ class Limits:
     mempool_bytes: int = 64 * 1024 * 1024
     block_txs: int = 2000
     wait_timeout_s: float = 30.0
+    max_connections: int = 1024
+    idle_timeout_s: float = 30.0
+    body_timeout_s: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,7 +298,8 @@ _KINDS = {bool: "true or false", int: "a whole number", float: "a number", str: 
 # block that can hold nothing, a body or pool that takes nothing, a peer request that times out at once,
 # a consensus step that times out before any message can arrive. They must be more than 0.
 _POSITIVE: dict[type, frozenset[str]] = {
-    Limits: frozenset({"max_body_bytes", "mempool_txs", "mempool_bytes", "block_txs"}),
+    Limits: frozenset({"max_body_bytes", "mempool_txs", "mempool_bytes", "block_txs", "max_connections",
+                       "idle_timeout_s", "body_timeout_s"}),
     ConsensusTiming: frozenset({"propose", "prevote", "precommit"}),
     GossipSettings: frozenset({"resend_s", "timeout_s"}),
     SyncSettings: frozenset({"batch_blocks", "poll_s"}),

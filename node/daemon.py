@@ -29,6 +29,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from ler.keys import KeyPair
 from node.api import make_app
 from node.config import NodeConfig
+from node.listener import LINGER_S, CappedSite, connection_cap, quiet_accept_errors, raise_fd_limit
 from node.peers import Network
 from node.service import NodeService, now_ms
 from node.sync import Syncer, block_routes
@@ -110,11 +111,21 @@ async def serve(config: NodeConfig, key: KeyPair, stop: asyncio.Event) -> None:
         # The store is open (its folder lock held): this process is the data folder's node until it exits.
         write_pid_file(config.pid_path)
         reloaded = svc.reload_pending()
+        limits = config.limits
+        quiet_accept_errors(asyncio.get_running_loop())
+        fd_limit = raise_fd_limit()
+        cap = connection_cap(limits.max_connections, fd_limit, len(config.peers))
+        if cap < limits.max_connections:
+            log.warning("event=max_connections_lowered max_connections=%d open_file_limit=%d reason=%r",
+                        cap, fd_limit, "the open-file limit leaves room for no more beside the database's "
+                                       "files and the peers; raise it (ulimit -n) to allow more")
         runner = web.AppRunner(node.app(), access_log=None, handle_signals=False,
-                               shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+                               shutdown_timeout=SHUTDOWN_TIMEOUT_S, keepalive_timeout=limits.idle_timeout_s,
+                               lingering_time=LINGER_S)
         await runner.setup()
-        site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
+        site = CappedSite(runner, config.host, config.port, cap, reuse_address=True)
         await site.start()
+        svc.metrics.connections = lambda: (site.open_connections, site.refusals.total)
         log.info("event=node_started chain=%s height=%d node=%s role=%s url=%s pending_reloaded=%d "
                  "validator=%s peers=%d", svc.chain_id, svc.store.height, key.did, config.role, config.url,
                  reloaded, svc.is_validator, len(node.network.links))

@@ -56,6 +56,8 @@ class Metrics:
     commit_latency: Histogram = field(default_factory=Histogram)
     #: name -> (help, value) of live gauges, filled in by the daemon at scrape time
     gauges: Callable[[], dict[str, tuple[str, float]]] | None = None
+    #: (connections open now, connections refused so far) of the node's HTTP listener, once it listens
+    connections: Callable[[], tuple[int, int]] | None = None
 
     def render(self) -> str:
         lines: list[str] = []
@@ -86,6 +88,11 @@ class Metrics:
                "Peer requests refused (unknown sender, bad signature, malformed)", self.peer_rejected)
         metric("ler_evidence_total", "counter", "Equivocation evidence recorded", self.evidence)
         metric("ler_sync_blocks_total", "counter", "Blocks committed through block sync", self.sync_blocks)
+        if self.connections is not None:
+            open_now, refused = self.connections()
+            metric("ler_http_connections", "gauge", "HTTP connections open to this node", open_now)
+            metric("ler_http_connections_refused_total", "counter",
+                   "HTTP connections closed on arrival: the node held [limits] max_connections", refused)
         lines.append("# HELP ler_commit_latency_seconds From starting a height to its block being durable")
         lines.append("# TYPE ler_commit_latency_seconds histogram")
         lines.extend(self.commit_latency.lines("ler_commit_latency_seconds"))

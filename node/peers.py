@@ -63,6 +63,7 @@ from ler.errors import DecodeError, LerError
 from ler.keys import sha256
 from ler.tx import MAX_TX_BYTES, Tx
 from node.client import json_or_none
+from node.listener import body_deadline
 from node.service import NodeService
 from node.validator import ConsensusDriver, Incoming, decode_proposal
 
@@ -645,10 +646,11 @@ async def read_limited(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise PeerRefusal(413, f"request body too large (limit {limit} bytes)")
     data = bytearray()
-    async for chunk in request.content.iter_chunked(64 * 1024):
-        data += chunk
-        if len(data) > limit:
-            raise PeerRefusal(413, f"request body too large (limit {limit} bytes)")
+    async with body_deadline(request):
+        async for chunk in request.content.iter_chunked(64 * 1024):
+            data += chunk
+            if len(data) > limit:
+                raise PeerRefusal(413, f"request body too large (limit {limit} bytes)")
     if not data:
         raise PeerRefusal(400, "empty request body; expected a peer envelope (msgpack)")
     return bytes(data)

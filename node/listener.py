@@ -1,0 +1,171 @@
+"""The node's HTTP listener: what it bounds beyond a request's size, namely connections and time.
+
+A client that opens connections and sends nothing, or sends its request a byte at a time, holds one of
+the node's file descriptors for as long as it keeps the connection. Unbounded, enough of them leave the
+node none to accept its peers' messages with or to open its database files, and asyncio logs a traceback
+for every accept that fails, several thousand a second, until the disk is full. So:
+- at most `[limits] max_connections` at once: past that, a new connection is closed as soon as it is
+  accepted, and one WARNING a minute at most says how many were (`event=connections_refused`);
+- a connection that has not sent a whole request head `idle_timeout_s` after it opened, or after its
+  last answer, is closed (aiohttp's keep-alive timer, which also runs before a connection's first
+  request);
+- a request body must have arrived `body_timeout_s` after its head (408, and the connection is closed
+  after at most `LINGER_S` more);
+- at start the process's open-file limit is raised to its hard limit, and the connection cap lowered
+  (with a WARNING) when that limit leaves too little room for the database's files and the peers;
+- an accept that fails anyway (descriptors used up by something else) is logged as one line a minute.
+
+A peer keeps its connection busy (it says hello every `[gossip] resend_s`), so the idle timeout never
+closes one between two of its messages; were it closed, the next message would open another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import resource
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from aiohttp import web
+
+log = logging.getLogger("ler.node")
+
+#: File descriptors kept out of the connection cap's reach: LevelDB's table files (its default
+#: max_open_files) and logs, some for everything else the process opens, and one burst of accepted
+#: connections past the cap (asyncio accepts up to the listen backlog, 128, before any is closed).
+FD_RESERVE = 1000 + 64 + 128
+#: Descriptors kept per peer on top (its outgoing connections).
+FD_PER_PEER = 8
+#: The fewest connections the cap is ever lowered to.
+MIN_CONNECTIONS = 16
+#: How long the node goes on reading (and dropping) a body it answered before it arrived (a 413 or a
+#: 408), so that the client gets the answer rather than a reset; then the connection is closed.
+LINGER_S = 2.0
+#: Whatever the refusals, at most one WARNING line per this many seconds says so.
+WARN_EVERY_S = 60.0
+BODY_TIMEOUT_KEY: web.AppKey[float] = web.AppKey("body_timeout_s", float)
+
+
+def raise_fd_limit() -> int:
+    """Raise this process's soft open-file limit to its hard limit; the soft limit in force after."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass  # not allowed here: the cap below adapts to the limit as it is
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return soft if soft != resource.RLIM_INFINITY else 1 << 30
+
+
+def connection_cap(wanted: int, fd_limit: int, peers: int) -> int:
+    """The most connections to accept: `wanted`, lowered to fit in `fd_limit` beside the reserve."""
+    room = fd_limit - FD_RESERVE - FD_PER_PEER * peers
+    return max(MIN_CONNECTIONS, min(wanted, room))
+
+
+class _Refused(asyncio.Protocol):
+    """A connection past the cap: closed at once (a reset, so no descriptor lingers in TIME_WAIT)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.abort()  # type: ignore[attr-defined]
+
+
+class _RateLimitedWarning:
+    """Counts events and logs at most one WARNING per `WARN_EVERY_S` with the count since the last."""
+
+    __slots__ = ("_count", "_last", "detail", "event", "total")
+
+    def __init__(self, event: str, detail: str) -> None:
+        self.event, self.detail = event, detail
+        self._last = -WARN_EVERY_S
+        self._count = 0
+        self.total = 0
+
+    def hit(self, **fields: Any) -> None:
+        self._count += 1
+        self.total += 1
+        now = time.monotonic()
+        if now - self._last >= WARN_EVERY_S:
+            extra = "".join(f" {k}={v}" for k, v in fields.items())
+            log.warning("event=%s count=%d%s reason=%r", self.event, self._count, extra, self.detail)
+            self._last, self._count = now, 0
+
+
+class CappedSite(web.TCPSite):
+    """A TCPSite that accepts at most `cap` connections at once."""
+
+    __slots__ = ("cap", "refusals")
+
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, cap: int, **kwargs: Any) -> None:
+        super().__init__(runner, host, port, **kwargs)
+        self.cap = cap
+        self.refusals = _RateLimitedWarning(
+            "connections_refused", "the node holds its most connections ([limits] max_connections); "
+            "new ones are closed until some end")
+
+    @property
+    def open_connections(self) -> int:
+        server = self._runner.server
+        return len(server.connections) if server is not None else 0
+
+    async def start(self) -> None:
+        # TCPSite.start, with the runner's protocol factory behind the cap.
+        await web.BaseSite.start(self)
+        server = self._runner.server
+        assert server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            self._factory(server), self._host, self._port, backlog=self._backlog,
+            reuse_address=self._reuse_address, reuse_port=self._reuse_port)
+
+    def _factory(self, server: web.Server) -> Callable[[], asyncio.Protocol]:
+        cap = self.cap
+
+        def make() -> asyncio.Protocol:
+            if len(server.connections) >= cap:
+                self.refusals.hit(limit=cap)
+                return _Refused()
+            return server()
+
+        return make
+
+
+def quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> _RateLimitedWarning:
+    """Make a failing accept one WARNING line a minute instead of a traceback per attempt."""
+    failures = _RateLimitedWarning("accept_failed", "the process has no file descriptor left for a new "
+                                                    "connection; raise its open-file limit")
+    fallback = loop.get_exception_handler()
+
+    def handler(lp: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if str(context.get("message", "")).startswith("socket.accept() out of system resource"):
+            failures.hit(error=type(context.get("exception")).__name__)
+            return
+        if fallback is not None:
+            fallback(lp, context)
+        else:
+            lp.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+    return failures
+
+
+@contextlib.asynccontextmanager
+async def body_deadline(request: web.Request) -> AsyncIterator[None]:
+    """Around the reading of a request's body: past the app's body timeout, a 408 (which closes the
+    connection, since the rest of the body may still be on its way)."""
+    timeout = request.app.get(BODY_TIMEOUT_KEY)
+    try:
+        async with asyncio.timeout(timeout):
+            yield
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(text=f"the request body did not arrive within {timeout:g} s") from None
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The request's whole body (at most the app's client_max_size), read under `body_deadline`."""
+    async with body_deadline(request):
+        return await request.read()

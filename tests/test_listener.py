@@ -1,0 +1,188 @@
+"""The node's HTTP listener against clients that hold connections: too many at once, silent ones, a
+request head or body sent and never finished. A real `ler node run` process with small limits, raw
+sockets from this test: the node must keep its descriptors bounded, close what idles, answer a stalled
+body with 408, log one line where there were thousands of events, and serve again once they are gone."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import resource
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from node_proc import NodeProc, init_node, make_chain, wait_until
+
+from node import listener
+
+CAP = 20
+IDLE_S = 1.0
+BODY_S = 1.0
+
+
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+def _connect(port: int, first: bytes = b"") -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    if first:
+        s.sendall(first)
+    return s
+
+
+def _closed_by_peer(s: socket.socket, timeout: float) -> bool:
+    """Whether the node closes `s` (end of stream or a reset) within `timeout` seconds."""
+    s.settimeout(timeout)
+    try:
+        while True:
+            data = s.recv(65536)
+            if not data:
+                return True
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except TimeoutError:
+        return False
+
+
+def _answer(s: socket.socket, timeout: float = 10.0) -> tuple[int, bytes, float, float]:
+    """The status and body of an HTTP answer the node then closes, and the seconds until the answer
+    began and until the connection was closed."""
+    s.settimeout(timeout)
+    started = time.monotonic()
+    data = b""
+    first = None
+    while True:
+        try:
+            chunk = s.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        first = first or time.monotonic() - started
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body, first or 0.0, time.monotonic() - started
+
+
+def _serves(proc: NodeProc) -> bool:
+    try:
+        return proc.get("/v1/status").status == 200
+    except OSError:  # still refused: closed on arrival
+        return False
+
+
+def _open_fds(pid: int) -> int:
+    return len(list(Path(f"/proc/{pid}/fd").iterdir()))
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[NodeProc]:
+    chain = make_chain(tmp_path, chain_id="listener-test")
+    data = init_node(chain, tmp_path / "node", limits={"max_connections": CAP, "idle_timeout_s": IDLE_S,
+                                                        "body_timeout_s": BODY_S})
+    proc = NodeProc(data).start()
+    yield proc
+    proc.close()
+
+
+def test_connections_past_the_cap_are_closed_and_idle_ones_end(node: NodeProc) -> None:
+    port = _port(node.url)
+    fds_before = _open_fds(node.pid)
+    held = [_connect(port) for _ in range(CAP)]
+    # Held connections count once the node has accepted them: then every further one is closed at once.
+    wait_until(lambda: _open_fds(node.pid) >= fds_before + CAP, 5, "the node to accept the first connections")
+    extra = [_connect(port) for _ in range(3 * CAP)]
+    assert all(_closed_by_peer(s, 2.0) for s in extra)
+    assert _open_fds(node.pid) <= fds_before + CAP + 2
+    # The held ones sent nothing: closed after the idle timeout, not kept for aiohttp's default hour.
+    started = time.monotonic()
+    assert all(_closed_by_peer(s, IDLE_S + 5) for s in held)
+    assert time.monotonic() - started < IDLE_S + 5
+    for s in held + extra:
+        s.close()
+    # Served again; the metrics and the log say what happened, in one line.
+    wait_until(lambda: _serves(node), 10, "the node to answer again")
+    metrics = node.get("/metrics").body.decode()
+    refused = next(int(line.split()[1]) for line in metrics.splitlines()
+                   if line.startswith("ler_http_connections_refused_total "))
+    assert refused >= 3 * CAP
+    log = node.log(None)
+    assert log.count("event=connections_refused") == 1, log
+    assert "Traceback" not in log
+
+
+def test_an_unfinished_request_head_is_closed(node: NodeProc) -> None:
+    s = _connect(_port(node.url), b"GET /v1/status HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+    started = time.monotonic()
+    assert _closed_by_peer(s, IDLE_S + 5)
+    assert time.monotonic() - started >= IDLE_S * 0.5
+    s.close()
+    assert node.get("/v1/status").status == 200
+
+
+@pytest.mark.parametrize("path", ["/v1/txs", "/v1/verify", "/peer/v1/gossip"])
+def test_a_body_that_stops_coming_gets_408_and_the_connection_closed(node: NodeProc, path: str) -> None:
+    s = _connect(_port(node.url), f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                  f"Content-Length: 1000\r\n\r\n{{\"txs\": ".encode())
+    status, body, answered, closed = _answer(s)
+    s.close()
+    assert status == 408, body
+    assert "did not arrive within" in json.loads(body)["error"]
+    assert BODY_S * 0.5 <= answered < BODY_S + 5
+    assert closed < answered + listener.LINGER_S + 3  # not left open for the rest of the body
+    assert node.get("/v1/status").status == 200
+
+
+def test_a_low_open_file_limit_lowers_the_cap(tmp_path: Path) -> None:
+    """Under `ulimit -n 600` the node keeps room for its database and peers: it says so at start and
+    takes no more connections than fit, so a flood of more than the limit never makes an accept fail."""
+    chain = make_chain(tmp_path, chain_id="listener-test")
+    data = init_node(chain, tmp_path / "node", limits={"idle_timeout_s": IDLE_S})
+    expected = listener.connection_cap(1024, 600, 0)
+    assert expected < 1024
+    command = ["bash", "-c", f'ulimit -n 600 && exec "{sys.executable}" -m node.cli node run --data "{data}"']
+    proc = NodeProc(data, command=command).start()
+    try:
+        assert f"event=max_connections_lowered max_connections={expected} open_file_limit=600" in proc.log(None)
+        port = _port(proc.url)
+        socks = [_connect(port) for _ in range(700)]
+        wait_until(lambda: "event=connections_refused" in proc.log(None), 10, "refusals past the cap")
+        assert _open_fds(proc.pid) < 600
+        for s in socks:
+            s.close()
+        wait_until(lambda: _serves(proc), 15, "the node to answer again")
+        assert "accept_failed" not in proc.log(None) and "Traceback" not in proc.log(None)
+    finally:
+        proc.close()
+
+
+def test_connection_cap_keeps_room_for_the_database_and_peers() -> None:
+    assert listener.connection_cap(1024, 1_000_000, 3) == 1024
+    assert listener.connection_cap(1024, 2000, 4) == 2000 - listener.FD_RESERVE - 4 * listener.FD_PER_PEER
+    assert listener.connection_cap(1024, 1024, 0) == listener.MIN_CONNECTIONS
+    soft_before = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    assert listener.raise_fd_limit() >= soft_before
+
+
+def test_failed_accepts_are_one_line_a_minute(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        failures = listener.quiet_accept_errors(loop)
+        for _ in range(1000):
+            loop.call_exception_handler({"message": "socket.accept() out of system resource",
+                                         "exception": OSError(24, "Too many open files")})
+        assert failures.total == 1000
+        loop.call_exception_handler({"message": "something else entirely"})
+
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(main())
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("event=accept_failed" in m for m in lines) == 1
+    assert any("error=OSError" in m for m in lines)
+    assert any("something else entirely" in m for m in lines)  # other errors still reach the default
