@@ -207,6 +207,9 @@ class ConsensusDriver:
         self._height_started_at: float | None = None
         self._last_block_at = time.monotonic()
         self._clock_warned_at = float("-inf")
+        self._clock_ahead_warned_at = float("-inf")
+        # Other proposers whose blocks, committed in a row by consensus, were timed far behind our clock.
+        self._late_proposers: set[bytes] = set()
         self._logged: tuple[int, int] = (0, -1)
         self._stopping = False
         self._finish_height: int | None = None
@@ -702,7 +705,7 @@ class ConsensusDriver:
 
     async def _after_commit(self, block: Block, result: ExecutionResult, source: str) -> None:
         h = block.header.height
-        self._check_clock(block)
+        self._check_clock(block, source)
         started = self._height_started_at if source == "consensus" else None
         self._height_started_at = None
         self._last_block_at = time.monotonic()
@@ -715,17 +718,34 @@ class ConsensusDriver:
         # Left-over transactions have waited already: the next height starts at once.
         self._pending_since = float("-inf") if len(self.svc.mempool) else None
 
-    def _check_clock(self, block: Block) -> None:
-        """Warn (once a minute at most) when the network committed a block whose time is further ahead of
-        this node's clock than a voter accepts: more than 2/3 of the authorities took that time, so it is
-        this clock that is behind, and until it is set right this node refuses every proposal."""
-        ahead = block.header.time - now_ms()
+    def _check_clock(self, block: Block, source: str) -> None:
+        """Warn (once a minute at most) when this node's clock seems wrong by more than a voter accepts.
+
+        Behind: the network committed a block timed that far ahead of it. More than 2/3 of the
+        authorities took that time, so it is this clock that is behind, and until it is set right this
+        node refuses every proposal.
+        Ahead: blocks of two or more other proposers in a row, committed by consensus as they were made,
+        were timed that far behind it. Then the others refuse this node's proposals (timed too far ahead
+        of them), and each height it should propose costs the network a timeout."""
+        header = block.header
+        ahead = header.time - now_ms()
         now = time.monotonic()
         if ahead > self.max_drift_ms and now >= self._clock_warned_at + CLOCK_WARNING_EVERY_S:
             self._clock_warned_at = now
-            log.warning("event=clock_behind height=%d ms_behind=%d reason=%r", block.header.height, ahead,
+            log.warning("event=clock_behind height=%d ms_behind=%d reason=%r", header.height, ahead,
                         "the network committed a block timed this far ahead of this node's clock: set the "
                         "clock right (NTP); until then this node refuses every proposal and does not vote")
+        if source != "consensus" or header.proposer == self.svc.key.public_key:
+            return
+        if -ahead <= self.max_drift_ms:
+            self._late_proposers.clear()
+            return
+        self._late_proposers.add(header.proposer)
+        if len(self._late_proposers) >= 2 and now >= self._clock_ahead_warned_at + CLOCK_WARNING_EVERY_S:
+            self._clock_ahead_warned_at = now
+            log.warning("event=clock_ahead height=%d ms_ahead=%d reason=%r", header.height, -ahead,
+                        "blocks of other proposers are timed this far behind this node's clock: set the "
+                        "clock right (NTP); until then the others refuse this node's proposals")
 
 
 # --- evidence for the API --------------------------------------------------------------------------------

@@ -393,8 +393,8 @@ def skewed(seconds: int) -> dict[str, str]:
 
 def test_an_authority_with_a_wrong_clock_is_named_in_the_logs_and_the_network_goes_on(net: Net) -> None:
     """A clock a minute behind refuses every proposal (too far ahead of it) and warns that it is behind;
-    a clock a minute ahead makes proposals the others refuse, naming its proposer. Neither stops the
-    network, and both nodes stay on its chain."""
+    a clock a minute ahead makes proposals the others refuse, naming its proposer, and warns that it is
+    ahead. Neither stops the network, and both nodes stay on its chain."""
     a = net.authorities
     odd = a[2]
     others = [n for n in a if n is not odd]
@@ -417,6 +417,15 @@ def test_an_authority_with_a_wrong_clock_is_named_in_the_logs_and_the_network_go
     assert all("level=WARNING" in line for n in others for line in n.log().splitlines()
                if f"rule=header.time proposer={did}" in line)
     assert any(f"rule=header.time proposer={did}" in n.log() for n in others)
+    # It says so itself, once it has seen blocks of two others timed a minute behind its clock.
+    for _ in range(12):
+        if "event=clock_ahead" in odd.log():
+            break
+        txs = net.anchors(2)
+        others[0].submit(txs)
+        net.wait_committed(txs, net.nodes)
+    assert "event=clock_ahead" in odd.log()
+    assert not any("event=clock_ahead" in n.log() for n in others)
     odd.kill()
     odd.start()
     txs = net.anchors(2)
