@@ -70,6 +70,9 @@ from node.validator import ConsensusDriver, Incoming, decode_proposal
 log = logging.getLogger("ler.peers")
 
 PEER_DOMAIN = "peer"
+#: Earlier process starts remembered per peer (to tell two processes with one key from restarts).
+PAST_BOOTS = 8
+SHARED_KEY_WARNING_EVERY_S = 60.0
 MAX_ENVELOPE = codec.MAX_MESSAGE_BYTES + 256 * 1024  # one largest proposal and some votes
 MAX_ITEMS = 20_000                                   # messages and transactions in one envelope
 SEND_BYTES = 4 * 1024 * 1024                         # aim for envelopes about this size
@@ -139,17 +142,37 @@ class PeerLink:
     # observer its operators did not add). Transactions then go to its public API, like a client's.
     public_only: bool = False
 
+    # The peer's earlier process starts (a few), and when we last warned that two processes share its key.
+    past_boots: deque[bytes] = field(default_factory=lambda: deque(maxlen=PAST_BOOTS))
+    shared_warned_at: float = float("-inf")
+
     @property
     def did(self) -> str:
         return keys.did_from_public_key(self.key) if self.key else "?"
 
+    def _shared_key(self) -> None:
+        now = time.monotonic()
+        if now >= self.shared_warned_at + SHARED_KEY_WARNING_EVERY_S:
+            self.shared_warned_at = now
+            log.warning("event=peer_key_shared url=%s peer=%s reason=%r", self.url, self.did,
+                        "two running nodes send as this peer, with its key (a copied data folder?): both "
+                        "may sign votes as that authority, and conflicting ones are evidence against it; "
+                        "its operator must stop one")
+
     def observe(self, boot: bytes | None, height: int) -> bool:
-        """Note the peer's process start and height; True if it has restarted since last seen."""
+        """Note the peer's process start and height; True if it has restarted since last seen.
+
+        A process start seen before, replaced since, cannot come back: two processes are sending as this
+        peer, with one key (a copied data folder, say). That is no restart, and is said in a warning."""
         restarted = False
         if boot is not None and boot != self.boot:
             if self.boot is not None:
-                log.info("event=peer_restarted url=%s", self.url)
-                restarted = True
+                if boot in self.past_boots:
+                    self._shared_key()
+                else:
+                    log.info("event=peer_restarted url=%s", self.url)
+                    restarted = True
+                self.past_boots.append(self.boot)
             self.boot = boot
             self.known.clear()  # a restarted peer remembers nothing of the height in progress
         self.height = height

@@ -434,6 +434,46 @@ def test_an_authority_with_a_wrong_clock_is_named_in_the_logs_and_the_network_go
     net.assert_agree(net.nodes)
 
 
+def test_two_nodes_run_from_one_copied_data_folder_are_named_by_their_peers(net: Net, tmp_path: Path) -> None:
+    """An operator copies an authority's data folder and starts the copy too (on another port): two
+    processes now send as one authority. Its peers see two process starts alternate, which no restart
+    does, and warn naming it, instead of taking each message for a restart and re-sending it all."""
+    original = net.authorities[3]
+    original.kill()
+    copy_data = tmp_path / "copy"
+    shutil.copytree(original.data, copy_data)
+    (copy_data / "node.log").write_text("")
+    cfg = copy_data / "config.toml"
+    cfg.write_text(re.sub(r'listen = "127\.0\.0\.1:\d+"', f'listen = "127.0.0.1:{free_port()}"', cfg.read_text()))
+    from node.config import load_config
+
+    copy = Node("copy", load_config(copy_data).url, "authority", copy_data, original.key_path, None)
+    net.extra.append(copy)
+    original.start()
+    copy.start()
+    did = original.key.did
+    others = net.authorities[:3]
+    try:
+        for _ in range(20):
+            if all(f"event=peer_key_shared url={original.url} peer={did}" in n.log() for n in others):
+                break
+            txs = net.anchors(2)
+            others[0].submit(txs)
+            net.wait_committed(txs, others)
+        for n in others:
+            assert f"event=peer_key_shared url={original.url} peer={did}" in n.log(), n.name
+            shared = [line for line in n.log().splitlines() if "event=peer_key_shared" in line]
+            assert all("level=WARNING" in line for line in shared)
+            assert len(shared) <= 2  # once a minute at most
+    finally:
+        copy.kill()
+        net.extra.remove(copy)
+    txs = net.anchors(3)
+    original.submit(txs)
+    net.wait_committed(txs, net.nodes)
+    net.assert_agree(net.nodes)
+
+
 def test_two_authorities_down_stops_commits_without_a_fork_and_one_back_resumes(net: Net) -> None:
     a = net.authorities
     down = a[:2]
