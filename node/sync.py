@@ -43,6 +43,7 @@ MAX_RANGE_BYTES = 8 * 1024 * 1024
 MAX_ANSWER = codec.MAX_MESSAGE_BYTES * 2 + 1024 * 1024  # one largest block and its certificate, and more
 PENALTY_S = 5.0     # how long a peer that failed us is skipped, doubled for each failure in a row ...
 MAX_PENALTY_S = 60.0  # ... up to this: a peer claiming a height it cannot serve is asked once a minute
+OTHER_CHAIN_WARNING_EVERY_S = 600.0
 LAG_GRACE_S = 1.0   # one block behind for this long: fetch it rather than wait for consensus
 
 
@@ -71,6 +72,7 @@ class Syncer:
         self._penalty: dict[str, float] = {}  # peer URL -> until when it is skipped
         self._failures: dict[str, int] = {}  # peer URL -> failed fetches in a row
         self._polls: dict[str, asyncio.Task[None]] = {}  # height polls in flight, by peer URL
+        self._other_chain_warned: dict[str, float] = {}  # peer URL -> when we last said it is another chain's
         self._lag_since: float | None = None
         self.syncing = False
         self.target = 0
@@ -94,6 +96,17 @@ class Syncer:
         wait = min(PENALTY_S * 2 ** min(n - 1, 16), MAX_PENALTY_S)
         self._penalty[url] = time.monotonic() + wait
         return wait
+
+    def _other_chain(self, link: PeerLink, theirs: str, ours: str) -> None:
+        """A peer of another chain is a misconfiguration the operator should hear of (every few minutes,
+        not at every poll): this node learns nothing from it."""
+        now = time.monotonic()
+        if now < self._other_chain_warned.get(link.url, float("-inf")) + OTHER_CHAIN_WARNING_EVERY_S:
+            return
+        self._other_chain_warned[link.url] = now
+        log.warning("event=peer_other_chain url=%s genesis=%.64s ours=%s reason=%r", link.url, theirs, ours,
+                    "this peer serves a chain of another genesis document: it is never a source of blocks; "
+                    "check its URL in [peers]")
 
     def _on_height(self, height: int) -> None:
         if height > self.store.height:
@@ -230,7 +243,10 @@ class Syncer:
                 status = json_or_none(await read_response(resp, 64 * 1024))
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
             return
-        if not isinstance(status, dict) or status.get("genesis_hash") != self.store.genesis_hash().hex():
+        ours = self.store.genesis_hash().hex()
+        if not isinstance(status, dict) or status.get("genesis_hash") != ours:
+            if isinstance(status, dict) and isinstance(status.get("genesis_hash"), str):
+                self._other_chain(link, status["genesis_hash"], ours)
             return  # another chain's node: never a source
         height = status.get("height")
         if isinstance(height, int) and not isinstance(height, bool) and height >= 0:

@@ -128,6 +128,31 @@ def test_a_hostile_peer_does_not_take_the_node_down(tmp_path: Path, hostile: Hos
         assert node.terminate() == 0, node.log()
 
 
+def test_a_peer_of_another_chain_is_named_once_and_never_a_source(tmp_path: Path, hostile: HostilePeer) -> None:
+    """A peer URL that points at a node of another chain (same chain id, another genesis, as two local
+    testnets have): the node warns once, naming it, rather than polling it in silence for ever."""
+    chain = make_chain(tmp_path, chain_id="hostile-peer")
+    data = tmp_path / "node"
+    init_data_dir(data, chain.genesis_path, chain.authority_key_path, f"127.0.0.1:{free_port()}",
+                  peers=(PeerSpec(hostile.url, KeyPair.generate().did),))
+    other = "ab" * 32
+    hostile.status = json.dumps({"chain_id": chain.chain_id, "genesis_hash": other, "height": 50}).encode()
+    config = data / "config.toml"
+    config.write_text(config.read_text().replace("[sync]\n", "[sync]\npoll_s = 0.1\n", 1))
+    node = NodeProc(data).start()
+    try:
+        wait_until(lambda: sum(r == "GET /v1/status" for r in hostile.requests) >= 10, 30,
+                   "the node to poll the peer's status several times")
+        log = node.log(tail=None)
+        warned = [line for line in log.splitlines() if "event=peer_other_chain" in line]
+        assert len(warned) == 1 and "level=WARNING" in warned[0], log[-4000:]
+        assert f"url={hostile.url} genesis={other} ours={chain.genesis.hash.hex()}" in warned[0]
+        assert "GET /peer/v1/blocks" not in hostile.requests
+        assert node.get_json("/v1/status")["height"] == 0
+    finally:
+        assert node.terminate() == 0, node.log()
+
+
 # --- faults the node has no name for stay with the peer -------------------------------------------------
 # Whatever a peer's answer trips (a fault no test above foresaw), the gossip sender and block sync keep it
 # to that peer: logged with its traceback, the peer treated as unreachable or its answer as malformed.
