@@ -39,7 +39,7 @@ log = logging.getLogger("ler.node")
 FD_RESERVE = 1000 + 64 + 128
 #: Descriptors kept per peer on top (its outgoing connections).
 FD_PER_PEER = 8
-#: The fewest connections the cap is ever lowered to.
+#: The fewest connections a low open-file limit lowers the cap to.
 MIN_CONNECTIONS = 16
 #: How long the node goes on reading (and dropping) a body it answered before it arrived (a 413 or a
 #: 408), so that the client gets the answer rather than a reset; then the connection is closed.
@@ -63,9 +63,10 @@ def raise_fd_limit() -> int:
 
 
 def connection_cap(wanted: int, fd_limit: int, peers: int) -> int:
-    """The most connections to accept: `wanted`, lowered to fit in `fd_limit` beside the reserve."""
+    """The most connections to accept: `wanted`, lowered to fit in `fd_limit` beside the reserve (but
+    never below `MIN_CONNECTIONS` on that account)."""
     room = fd_limit - FD_RESERVE - FD_PER_PEER * peers
-    return max(MIN_CONNECTIONS, min(wanted, room))
+    return min(wanted, max(MIN_CONNECTIONS, room))
 
 
 class _Refused(asyncio.Protocol):

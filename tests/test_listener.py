@@ -166,6 +166,8 @@ def test_connection_cap_keeps_room_for_the_database_and_peers() -> None:
     assert listener.connection_cap(1024, 1_000_000, 3) == 1024
     assert listener.connection_cap(1024, 2000, 4) == 2000 - listener.FD_RESERVE - 4 * listener.FD_PER_PEER
     assert listener.connection_cap(1024, 1024, 0) == listener.MIN_CONNECTIONS
+    assert listener.connection_cap(5, 1_000_000, 0) == 5  # a cap set low stays as set
+    assert listener.connection_cap(5, 1024, 0) == 5
     soft_before = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     assert listener.raise_fd_limit() >= soft_before
 
