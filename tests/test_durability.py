@@ -15,6 +15,7 @@ import resource
 import signal
 import socket
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -312,6 +313,36 @@ def test_sigterm_is_not_held_up_by_a_stalled_upload(tmp_path: Path) -> None:
             pytest.fail("a stalled upload held the node's shutdown up")
     assert code == 0, node.log()
     assert "event=node_stopped" in node.log()
+
+
+def test_sighup_stops_the_node_cleanly_unless_it_was_started_to_ignore_it(tmp_path: Path) -> None:
+    """The terminal a node runs in closes (SIGHUP): a clean stop, as on SIGTERM, not the default death
+    mid-write. Started under `nohup` (SIGHUP ignored), it goes on ignoring it."""
+    chain = make_chain(tmp_path, chain_id="hup-test")
+    data = init_node(chain, tmp_path / "node")
+    node = NodeProc(data).start()
+    try:
+        if sys.platform.startswith("linux"):  # the node's loop is uvloop wherever uvloop installs
+            assert "loop=uvloop" in node.log()
+        tx = Client(chain, node.url, random.Random(1), [chain.issuer]).make_tx()
+        assert node.submit([tx]).status == 202
+        node.wait_committed([tx.tx_id], timeout=30)
+        assert node.proc is not None
+        node.proc.send_signal(signal.SIGHUP)
+        assert node.proc.wait(15) == 0, node.log()
+        assert "event=node_stopped" in node.log()
+    finally:
+        node.close()
+    ignoring = NodeProc(data, ["bash", "-c", f'trap "" HUP && exec "{sys.executable}" -m node.cli node run '
+                                             f'--data "{data}"']).start()
+    try:
+        assert ignoring.proc is not None
+        ignoring.proc.send_signal(signal.SIGHUP)
+        with pytest.raises(subprocess.TimeoutExpired):
+            ignoring.proc.wait(2)
+        assert ignoring.get("/v1/status").status == 200
+    finally:
+        assert ignoring.terminate() == 0
 
 
 # --- a disk that refuses writes ---------------------------------------------------------------------------
