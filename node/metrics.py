@@ -9,6 +9,8 @@ latency observation, which is a plain float append guarded by the GIL.
 from __future__ import annotations
 
 import bisect
+import os
+import resource
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -93,10 +95,24 @@ class Metrics:
             metric("ler_http_connections", "gauge", "HTTP connections open to this node", open_now)
             metric("ler_http_connections_refused_total", "counter",
                    "HTTP connections closed on arrival: the node held [limits] max_connections", refused)
+        fds = open_fds()
+        if fds is not None:
+            metric("process_open_fds", "gauge", "File descriptors this process holds open", fds)
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if soft != resource.RLIM_INFINITY:
+            metric("process_max_fds", "gauge", "This process's open-file limit (soft)", soft)
         lines.append("# HELP ler_commit_latency_seconds From starting a height to its block being durable")
         lines.append("# TYPE ler_commit_latency_seconds histogram")
         lines.extend(self.commit_latency.lines("ler_commit_latency_seconds"))
         return "\n".join(lines) + "\n"
+
+
+def open_fds() -> int | None:
+    """How many file descriptors this process holds, where the system says (/proc), else None."""
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return None
 
 
 def _num(v: float) -> str:

@@ -77,6 +77,11 @@ def _serves(proc: NodeProc) -> bool:
         return False
 
 
+def _metric(proc: NodeProc, name: str) -> int:
+    text = proc.get("/metrics").body.decode()
+    return next(int(line.split()[1]) for line in text.splitlines() if line.startswith(f"{name} "))
+
+
 def _open_fds(pid: int) -> int:
     return len(list(Path(f"/proc/{pid}/fd").iterdir()))
 
@@ -108,9 +113,7 @@ def test_connections_past_the_cap_are_closed_and_idle_ones_end(node: NodeProc) -
         s.close()
     # Served again; the metrics and the log say what happened, in one line.
     wait_until(lambda: _serves(node), 10, "the node to answer again")
-    metrics = node.get("/metrics").body.decode()
-    refused = next(int(line.split()[1]) for line in metrics.splitlines()
-                   if line.startswith("ler_http_connections_refused_total "))
+    refused = _metric(node, "ler_http_connections_refused_total")
     assert refused >= 3 * CAP
     log = node.log(None)
     assert log.count("event=connections_refused") == 1, log
@@ -157,6 +160,9 @@ def test_a_low_open_file_limit_lowers_the_cap(tmp_path: Path) -> None:
         for s in socks:
             s.close()
         wait_until(lambda: _serves(proc), 15, "the node to answer again")
+        # An operator sees the limit and how close the node came to it.
+        assert _metric(proc, "process_max_fds") == 600
+        assert abs(_metric(proc, "process_open_fds") - _open_fds(proc.pid)) <= 3
         assert "accept_failed" not in proc.log(None) and "Traceback" not in proc.log(None)
     finally:
         proc.close()

@@ -6,6 +6,7 @@ The real multi-process network is tests/test_network.py.
 from __future__ import annotations
 
 import os
+import resource
 from collections.abc import Callable
 from pathlib import Path
 
@@ -222,6 +223,12 @@ def test_metrics_render_in_prometheus_text_format() -> None:
     assert 'ler_commit_latency_seconds_bucket{le="+Inf"} 2' in lines
     assert "ler_commit_latency_seconds_count 2" in lines
     assert text.endswith("\n")
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft != resource.RLIM_INFINITY:
+        assert f"process_max_fds {soft}" in lines
+    if Path("/proc/self/fd").is_dir():
+        [open_now] = [int(line.split()[1]) for line in lines if line.startswith("process_open_fds ")]
+        assert 3 <= open_now <= len(list(Path("/proc/self/fd").iterdir())) + 2
 
 
 def test_sync_progress_says_how_far_how_fast_and_how_long() -> None:
