@@ -75,8 +75,29 @@ def alive(pid: int) -> bool:
         return False
 
 
+def wait_exit(pid: int, timeout: float) -> int | None:
+    """The exit status of child `pid` once it ended, or None if it still runs after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while (ended := os.waitpid(pid, os.WNOHANG))[0] == 0:
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.1)
+    return ended[1]
+
+
+def wait_gone(pids: list[int], timeout: float) -> list[int]:
+    """Those of `pids` still running after up to `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return [p for p in pids if alive(p)]
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and a Linux pseudo-terminal")
-def test_the_run_command_starts_the_network_and_ctrl_c_stops_every_node(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["ctrl-c", "terminal closed"])
+def test_the_run_command_starts_the_network_and_stopping_it_stops_every_node(tmp_path: Path, how: str) -> None:
+    """Ctrl-C typed at the terminal, or the terminal closed under it (its window shut: SIGHUP), stops
+    every node the script started: none is left running without a terminal to stop it from."""
     data = tmp_path / "net"
     base = free_ports(NODES)
     env = dict(os.environ, LER_VENV=str(Path(sys.executable).parent.parent), TERM="dumb")
@@ -87,6 +108,7 @@ def test_the_run_command_starts_the_network_and_ctrl_c_stops_every_node(tmp_path
             # non-interactive shell inherits SIGINT ignored, and bash cannot trap a signal ignored on
             # entry.)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGHUP, signal.SIG_DFL)
             os.execvpe("bash", ["bash", str(ROOT / "scripts" / "testnet"), "--dir", str(data),
                                 "--base-port", str(base)], env)
         finally:
@@ -102,24 +124,27 @@ def test_the_run_command_starts_the_network_and_ctrl_c_stops_every_node(tmp_path
         text = out.decode(errors="replace")
         assert f"http://127.0.0.1:{base}/v1/status" in text and "demo issuer" in text
 
-        os.write(fd, b"\x03")  # Ctrl-C, typed at the terminal
-        read_until(fd, out, b"\x00never", 60)  # everything it prints until it ends
-        deadline = time.monotonic() + 30
-        while (ended := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert ended[0] == pid, "the script still runs after Ctrl-C: " + out.decode(errors="replace")[-2000:]
-        status, pid = ended[1], 0
+        if how == "ctrl-c":
+            os.write(fd, b"\x03")  # Ctrl-C, typed at the terminal
+            read_until(fd, out, b"\x00never", 60)  # everything it prints until it ends
+        else:
+            os.close(fd)  # the terminal's window is shut: the kernel hangs the script's terminal up
+            fd = -1
+        status = wait_exit(pid, 30)
+        assert status is not None, f"the script still runs after {how}: " + out.decode(errors="replace")[-2000:]
+        pid = 0
         text = out.decode(errors="replace")
         assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, (status, text[-2000:])
-        assert "stopping the network" in text and "stopped authority1" in text, text[-2000:]
-        deadline = time.monotonic() + 10
-        while any(alive(p) for p in pids) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not [p for p in pids if alive(p)]
+        if how == "ctrl-c":
+            assert "stopping the network" in text and "stopped authority1" in text, text[-2000:]
+        assert not wait_gone(pids, 10), f"nodes left running after {how}"
+        for node in manifest["nodes"]:  # each stopped cleanly, not killed
+            assert "event=node_stopped" in (Path(node["data"]) / "node.log").read_text(), node["name"]
     finally:
         if pid:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
         if any(alive(p) for p in pids):
             subprocess.run([str(LER), "testnet", "down", "--dir", str(data)], capture_output=True, timeout=60)
-        os.close(fd)
+        if fd >= 0:
+            os.close(fd)
