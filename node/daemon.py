@@ -30,7 +30,15 @@ from aiohttp.http_exceptions import HttpProcessingError
 from ler.keys import KeyPair
 from node.api import make_app
 from node.config import NodeConfig
-from node.listener import LINGER_S, CappedSite, connection_cap, quiet_accept_errors, raise_fd_limit
+from node.listener import (
+    LINGER_S,
+    PEER_CONNECTIONS,
+    CappedSite,
+    connection_cap,
+    fewest_connections,
+    quiet_accept_errors,
+    raise_fd_limit,
+)
 from node.peers import Network
 from node.service import NodeService, now_ms
 from node.sync import Syncer, block_routes
@@ -120,6 +128,12 @@ async def serve(config: NodeConfig, key: KeyPair, stop: asyncio.Event) -> None:
             log.warning("event=max_connections_lowered max_connections=%d open_file_limit=%d reason=%r",
                         cap, fd_limit, "the open-file limit leaves room for no more beside the database's "
                                        "files and the peers; raise it (ulimit -n) to allow more")
+        fewest = fewest_connections(len(config.peers))
+        if cap < fewest:
+            log.warning("event=max_connections_low max_connections=%d peers=%d reason=%r", cap,
+                        len(config.peers), f"each peer may hold {PEER_CONNECTIONS} connections to this node and "
+                        "clients need some too: with so few, peers' messages and clients' requests are "
+                        f"refused in turn; allow at least {fewest} ([limits] max_connections, ulimit -n)")
         runner = web.AppRunner(node.app(), access_log=None, handle_signals=False,
                                shutdown_timeout=SHUTDOWN_TIMEOUT_S, keepalive_timeout=limits.idle_timeout_s,
                                lingering_time=LINGER_S)

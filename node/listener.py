@@ -42,6 +42,10 @@ FD_RESERVE = 1000 + 64 + 128
 FD_PER_PEER = 8
 #: The fewest connections a low open-file limit lowers the cap to.
 MIN_CONNECTIONS = 16
+#: Connections a peer may hold to this node at once, and the fewest the cap should leave to clients
+#: beside them (below that, a WARNING at start).
+PEER_CONNECTIONS = 2
+MIN_CLIENT_CONNECTIONS = 4
 #: How long the node goes on reading (and dropping) a body it answered before it arrived (a 413 or a
 #: 408), so that the client gets the answer rather than a reset; then the connection is closed.
 LINGER_S = 2.0
@@ -68,6 +72,12 @@ def connection_cap(wanted: int, fd_limit: int, peers: int) -> int:
     never below `MIN_CONNECTIONS` on that account)."""
     room = fd_limit - FD_RESERVE - FD_PER_PEER * peers
     return min(wanted, max(MIN_CONNECTIONS, room))
+
+
+def fewest_connections(peers: int) -> int:
+    """The fewest connections a node with `peers` peers should allow (fewer: a WARNING at start). Each
+    peer may hold two to this node (a message and a height poll overlapping), and clients need some."""
+    return PEER_CONNECTIONS * peers + MIN_CLIENT_CONNECTIONS if peers else 1
 
 
 class _Refused(asyncio.Protocol):

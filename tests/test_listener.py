@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from node_proc import NodeProc, init_node, make_chain, wait_until
+from node_proc import NodeProc, free_port, init_node, make_chain, wait_until
 
 from node import listener
 
@@ -194,3 +194,24 @@ def test_failed_accepts_are_one_line_a_minute(caplog: pytest.LogCaptureFixture) 
     assert sum("event=accept_failed" in m for m in lines) == 1
     assert any("error=OSError" in m for m in lines)
     assert any("something else entirely" in m for m in lines)  # other errors still reach the default
+
+
+@pytest.mark.parametrize(("cap", "warned"), [(5, True), (10, False)])
+def test_a_cap_too_low_for_the_peers_is_named_at_start(tmp_path: Path, cap: int, warned: bool) -> None:
+    """Three peers may hold six connections: a cap of 5 leaves clients and peers refusing each other,
+    and the node says so when it starts; a cap of 10 is enough."""
+    assert listener.fewest_connections(3) == 10 and listener.fewest_connections(0) == 1
+    chain = make_chain(tmp_path, chain_id="listener-test")
+    data = init_node(chain, tmp_path / "node", limits={"max_connections": cap})
+    config = data / "config.toml"
+    peers = [f"http://127.0.0.1:{free_port()}" for _ in range(3)]  # nothing listens there: never reached
+    text = config.read_text()
+    assert "urls = []" in text
+    config.write_text(text.replace("urls = []", f"urls = {peers!r}".replace("'", '"'), 1))
+    proc = NodeProc(data).start()
+    try:
+        line = f"event=max_connections_low max_connections={cap} peers=3"
+        assert (line in proc.log(None)) is warned, proc.log()
+        assert _serves(proc)
+    finally:
+        proc.close()
