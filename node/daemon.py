@@ -21,7 +21,6 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -142,9 +141,8 @@ async def serve(config: NodeConfig, key: KeyPair, stop: asyncio.Event) -> None:
         await site.start()
         svc.metrics.connections = lambda: (site.open_connections, site.refusals.total)
         log.info("event=node_started chain=%s height=%d node=%s role=%s url=%s pending_reloaded=%d "
-                 "validator=%s peers=%d loop=%s", svc.chain_id, svc.store.height, key.did, config.role,
-                 config.url, reloaded, svc.is_validator, len(node.network.links),
-                 type(asyncio.get_running_loop()).__module__.partition(".")[0])
+                 "validator=%s peers=%d", svc.chain_id, svc.store.height, key.did, config.role, config.url,
+                 reloaded, svc.is_validator, len(node.network.links))
         ahead_s = (svc.store.genesis.genesis_time - now_ms()) / 1000
         if ahead_s > config.consensus.max_drift_ms / 1000:
             log.warning("event=genesis_in_future seconds_ahead=%.0f reason=%r", ahead_s,
@@ -206,21 +204,6 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 20, 20)
 
 
-def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
-    """uvloop's event loop where it is installed, else asyncio's own.
-
-    uvloop (libuv) does the same work with less of the interpreter's time per message and thread
-    hand-off: about 10% less CPU per transaction in the network benchmark (docs/PERFORMANCE.md, tenth
-    round). One difference an operator may see: with no file descriptor left, libuv closes a connection
-    it cannot accept at once (the client sees a reset) instead of failing the accept.
-    """
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop
-    return uvloop.new_event_loop
-
-
 def stop_signals() -> list[signal.Signals]:
     """The signals that stop the node cleanly: SIGINT, SIGTERM, and SIGHUP (the terminal it ran in closed)
     unless it was started to ignore SIGHUP (`nohup`), which it then goes on ignoring."""
@@ -244,5 +227,4 @@ def run_node(config: NodeConfig, passphrase: str | None = None) -> None:
                 loop.add_signal_handler(sig, stop.set)
         await serve(config, key, stop)
 
-    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-        runner.run(main())
+    asyncio.run(main())

@@ -13,8 +13,7 @@ for every accept that fails, several thousand a second, until the disk is full. 
   after at most `LINGER_S` more);
 - at start the process's open-file limit is raised to its hard limit, and the connection cap lowered
   (with a WARNING) when that limit leaves too little room for the database's files and the peers;
-- an accept that fails anyway (descriptors used up by something else): uvloop closes that connection
-  at once, unseen; asyncio's own loop leaves it waiting and logs the failure, here one line a minute.
+- an accept that fails anyway (descriptors used up by something else) is logged as one line a minute.
 
 A peer keeps its connection busy (it says hello every `[gossip] resend_s`), so the idle timeout never
 closes one between two of its messages; were it closed, the next message would open another.
