@@ -107,7 +107,8 @@ _PATH_METAVARS = frozenset({"FILE", "DIR", "BUNDLE"})
 
 class LerCommand(click.Command):
     """A command whose file and folder options refuse an empty path (`--out ""` would otherwise name the
-    current folder, or fail later with a message about a file with no name)."""
+    current folder, or fail later with a message about a file with no name), and whose folder options
+    refuse a file, or a path under one, where a folder is wanted."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         rest = super().parse_args(ctx, args)
@@ -118,7 +119,20 @@ class LerCommand(click.Command):
             values = value if isinstance(value, tuple) else (value,)
             if any(isinstance(v, str) and not v.strip() for v in values):
                 raise click.BadParameter("the path is empty", ctx=ctx, param=param)
+            if param.metavar == "DIR":
+                for v in values:
+                    blocker = _file_in_the_way(v) if isinstance(v, str) else None
+                    if blocker is not None:
+                        raise click.BadParameter(f"{blocker} is a file, not a folder", ctx=ctx, param=param)
         return rest
+
+
+def _file_in_the_way(folder: str) -> Path | None:
+    """The path itself, or the nearest of its parents that exists, if that is not a folder."""
+    for path in (Path(folder), *Path(folder).parents):
+        if path.exists():
+            return None if path.is_dir() else path
+    return None
 
 
 class LerGroup(click.Group):

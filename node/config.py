@@ -228,6 +228,10 @@ def load_config(data: str | os.PathLike[str]) -> NodeConfig:
         raise ConfigError(f"{path}: {exc}") from None
     except RecursionError:
         raise ConfigError(f"{path}: arrays or tables nested too deeply") from None
+    except NotADirectoryError:
+        raise ConfigError(f"{d} is not a node data folder (it, or a folder above it, is a file)") from None
+    except OSError as exc:
+        raise ConfigError(f"{path} cannot be read: {exc.strerror or exc}") from None
     # A misspelt table or key would otherwise be ignored in silence, and the node run without the setting.
     unknown = sorted(set(doc) - set(_TABLES))
     if unknown:

@@ -822,3 +822,32 @@ def test_an_empty_path_is_refused_by_every_command(path: tuple[str, ...], name: 
             run("testnet", "down", "--dir", str(made.parent))
     assert r.exit_code == 2, (args, r.output)
     assert "the path is empty" in one_line_error(r), (args, r.output)
+
+
+def _dir_params() -> Iterator[tuple[tuple[str, ...], str]]:
+    for path, name in _path_params():
+        if next(p for p in _command(path).params if p.name == name).metavar == "DIR":
+            yield path, name
+
+
+@pytest.mark.parametrize("under", [False, True], ids=["a file", "a path under a file"])
+@pytest.mark.parametrize("path, name", list(_dir_params()), ids=lambda v: v if isinstance(v, str) else " ".join(v))
+def test_a_file_where_a_folder_is_wanted_is_refused_by_every_command(path: tuple[str, ...], name: str, under: bool,
+                                                                    tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--data notes.txt` ended in "unexpected failure (NotADirectoryError)" or "[Errno 17] File exists"."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("not a folder\n")
+    args: list[str] = []
+    for p in _command(path).params:
+        if p.name != name and not p.required:
+            continue
+        value = ("notes.txt/sub" if under else "notes.txt") if p.name == name else _dummy(p)
+        if isinstance(p, click.Argument):
+            args.append(value)
+        elif isinstance(p, click.Option):
+            args += [p.opts[0], value]
+    r = run(*path, *args)
+    assert r.exit_code == 2, (args, r.output)
+    assert "notes.txt is a file, not a folder" in one_line_error(r), (args, r.output)
+    assert (tmp_path / "notes.txt").read_text() == "not a folder\n"

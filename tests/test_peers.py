@@ -209,6 +209,16 @@ def test_misspelt_names_outside_the_tables_are_refused(tmp_path: Path, edit: Cal
         load_config(data)
 
 
+def test_a_data_folder_that_cannot_be_read_gets_a_config_error(tmp_path: Path) -> None:
+    """Not an unexpected failure of the OS's kind: a file given as the folder, a folder as config.toml."""
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(ConfigError, match="is a file"):
+        load_config(tmp_path / "notes.txt")
+    (tmp_path / "odd" / "config.toml").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"config\.toml cannot be read: Is a directory"):
+        load_config(tmp_path / "odd")
+
+
 def test_metrics_render_in_prometheus_text_format() -> None:
     m = Metrics()
     m.blocks_committed = 3
