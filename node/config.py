@@ -200,11 +200,16 @@ def init_data_dir(data: str | os.PathLike[str], genesis_path: str | os.PathLike[
     d.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(genesis_path, d / GENESIS_FILE)
     key_dst = d / KEY_FILE
+    key_bytes = Path(key_path).read_bytes()
     if key_dst.exists():
-        raise ConfigError(f"{key_dst} exists already")
-    fd = os.open(key_dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(Path(key_path).read_bytes())
+        # Left by an init that stopped before writing config.toml (its last step): the same key goes on.
+        if key_dst.read_bytes() != key_bytes:
+            raise ConfigError(f"{key_dst} exists already and holds another key (left by an interrupted "
+                              f"`ler node init` with another --key?); remove it, or use another folder")
+    else:
+        fd = os.open(key_dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key_bytes)
     url_list = ", ".join(json.dumps(p.url) for p in specs if p.did is None)
     consensus_lines = "".join(f"{k} = {v!r}\n" for k, v in (consensus or {}).items())
     text = (f'[node]\nlisten = "{host}:{port}"\nrole = "{role}"\n\n[limits]\n\n[blocks]\n\n'
@@ -212,7 +217,10 @@ def init_data_dir(data: str | os.PathLike[str], genesis_path: str | os.PathLike[
     for p in specs:
         if p.did is not None:
             text += f"\n[[peers.nodes]]\nurl = {json.dumps(p.url)}\ndid = {json.dumps(p.did)}\n"
-    (d / CONFIG_FILE).write_text(text)
+    # Written whole or not at all: a folder with config.toml is initialised, one without can be again.
+    tmp = d / (CONFIG_FILE + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, d / CONFIG_FILE)
     return load_config(d)
 
 

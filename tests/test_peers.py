@@ -15,7 +15,7 @@ import pytest
 from consensus import Proposal
 from ler import codec
 from ler.block import GENESIS_FORMAT, PREVOTE, Block, CommitCertificate, Genesis, GenesisAuthority, Vote
-from ler.keys import KeyPair, write_key_file
+from ler.keys import KeyPair, read_key_file_did, write_key_file
 from node.config import ConfigError, PeerSpec, init_data_dir, load_config, parse_peer
 from node.metrics import Metrics
 from node.peers import PeerRefusal, decode_messages, parse_body, parse_envelope, sign_envelope, verify_envelope
@@ -207,6 +207,25 @@ def test_misspelt_names_outside_the_tables_are_refused(tmp_path: Path, edit: Cal
     cfg.write_text(edit(cfg.read_text()))
     with pytest.raises(ConfigError, match=words):
         load_config(data)
+
+
+def test_an_interrupted_init_can_be_run_again(tmp_path: Path) -> None:
+    """`ler node init` stopped before its last step (config.toml): the same command again finishes it;
+    with another key it refuses, since the folder's node.key is not the one given."""
+    data = make_folder(tmp_path)
+    (data / "config.toml").unlink()  # as if killed before writing it
+    with pytest.raises(ConfigError, match="not a node data folder"):
+        load_config(data)
+    config = init_data_dir(data, tmp_path / "genesis.json", tmp_path / "node.key", "127.0.0.1:8701")
+    assert config.load_key(None).did == read_key_file_did(tmp_path / "node.key")
+    with pytest.raises(ConfigError, match="already initialised"):
+        init_data_dir(data, tmp_path / "genesis.json", tmp_path / "node.key", "127.0.0.1:8701")
+    (data / "config.toml").unlink()
+    write_key_file(tmp_path / "other.key", KeyPair.generate())
+    with pytest.raises(ConfigError, match="holds another key"):
+        init_data_dir(data, tmp_path / "genesis.json", tmp_path / "other.key", "127.0.0.1:8701")
+    assert not (data / "config.toml").exists()
+    assert not list(data.glob("*.tmp"))
 
 
 def test_a_data_folder_that_cannot_be_read_gets_a_config_error(tmp_path: Path) -> None:
