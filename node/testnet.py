@@ -120,7 +120,7 @@ def up(directory: str | os.PathLike[str], authorities: int = 4, observers: int =
         if pid is None:
             pid = started[node["name"]] = _start_node(Path(node["data"]))
         node["pid"] = pid
-    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    save(d, manifest)
     try:
         _wait_answering(manifest["nodes"], time.monotonic() + timeout, timeout)
     except TestnetError as exc:
@@ -131,7 +131,7 @@ def up(directory: str | os.PathLike[str], authorities: int = 4, observers: int =
         for node in manifest["nodes"]:
             if node["name"] in started:
                 node["pid"] = None
-        manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+        save(d, manifest)
         raise TestnetError(f"{exc}; stopped again what this command started ({', '.join(alive) or 'nothing else'})"
                            ) from None
     return manifest
@@ -277,7 +277,7 @@ def down(directory: str | os.PathLike[str], grace: float = 10.0) -> list[str]:
     _stop(running_now, grace)
     for node in manifest["nodes"]:
         node["pid"] = None
-    (d / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    save(d, manifest)
     return list(running_now)
 
 
@@ -293,6 +293,19 @@ def _stop(pids: dict[str, int], grace: float = 10.0) -> None:
         if _alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def save(d: Path, manifest: dict[str, Any]) -> None:
+    """Write DIR/testnet.json whole or not at all (beside it, then renamed): a command stopped while
+    writing it leaves the manifest before or after, never a cut one that no later command could read."""
+    tmp = d / (MANIFEST + ".tmp")
+    try:
+        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+        os.replace(tmp, d / MANIFEST)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise TestnetError(f"{d / MANIFEST} could not be written: {exc.strerror or exc}") from None
 
 
 def load(d: Path) -> dict[str, Any]:
