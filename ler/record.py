@@ -28,7 +28,7 @@ from typing import Any
 
 from ler import codec, merkle
 from ler.errors import DecodeError
-from ler.files import read_capped
+from ler.files import read_capped, write_durably
 from ler.keys import check_did_key
 from ler.tx import RECORD_ID_BYTES, check_chain_id, check_record_type
 from ler.wire import b64url, b64url_bytes, hex_bytes, packb
@@ -253,12 +253,11 @@ class RecordDocument:
         return doc
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the record file with mode 0600: it holds every claim and salt, personal data."""
+        """Write the record file with mode 0600 (it holds every claim and salt, personal data), whole and
+        synced before this returns: its salts exist nowhere else, and `ler issue` sends the anchor only
+        once the file is safe. OSError on failure, with nothing left at `path`."""
         data = (json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(path, 0o600)
+        write_durably(path, data, 0o600)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> RecordDocument:

@@ -17,14 +17,13 @@ left aside with a warning, and replaced at this key's first signature.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 from pathlib import Path
 
 from consensus import SignedState
 from ler import codec
 from ler.errors import DecodeError
+from ler.files import write_durably
 from ler.keys import sha256
 from storage.chain import StoreError
 
@@ -39,23 +38,9 @@ log = logging.getLogger("ler.consensus")
 def write_signed_file(path: Path, chain_id: str, key: bytes, state: SignedState) -> None:
     """Replace the file with `state`, durably, or raise StoreError (the node must then stop)."""
     payload = codec.encode({"chain": chain_id, "key": key, "state": state.encode()})
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, MAGIC + sha256(payload) + payload)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        folder = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
+        write_durably(path, MAGIC + sha256(payload) + payload)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         raise StoreError(f"could not write {path}: {exc.strerror or exc}") from None
 
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import shlex
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -283,6 +285,29 @@ def test_suspended_issuer_is_refused_and_nothing_is_written(tmp_path: Path, net:
     assert one_line_error(r) == (f"error: transaction rejected: anchor.standing: {uni.did}'s accreditation "
                                  "is suspended")
     assert not (tmp_path / "record.json").exists()
+
+
+def _small_files() -> None:  # in the child before exec: no file may grow past 256 bytes (a full disk)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (256, 256))
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
+def test_issue_on_a_full_disk_sends_nothing_and_leaves_no_file(tmp_path: Path, net: tuple[Chain, NodeProc]) -> None:
+    """The holder's file cannot be written: nothing goes to the node, and no cut-short file is left
+    (which a second try would refuse to overwrite)."""
+    chain, node = net
+    (tmp_path / "claims.json").write_text('{"degree": "BSc", "field": "Logistics", "awarded": "2009"}')
+    before = node.get_json("/v1/status")
+    r = subprocess.run([str(LER), "issue", "--node", node.url, "--key", str(chain.root / "issuer.key"),
+                        "--holder", KeyPair.generate().did, "--type", "degree", "--claims", "claims.json",
+                        "--out", "record.json"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                       preexec_fn=_small_files)
+    assert r.returncode == 1, r.stderr
+    assert "record.json could not be written (File too large); nothing was sent to the node" in \
+        one_line_error(r)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["claims.json"]
+    after = node.get_json("/v1/status")
+    assert after["mempool"] == before["mempool"] and after["height"] == before["height"]
 
 
 def test_accredit_reports_votes_so_far(tmp_path: Path) -> None:
