@@ -135,11 +135,23 @@ class CappedSite(web.TCPSite):
 
     def _factory(self, server: web.Server) -> Callable[[], asyncio.Protocol]:
         cap = self.cap
+        # A connection counts in server.connections from its protocol's connection_made, which the loop
+        # runs a turn after making the protocol; a burst of accepts makes many protocols in one turn.
+        # Those made and not yet counted there are counted here, until two turns later.
+        starting = 0
+
+        def started() -> None:
+            nonlocal starting
+            starting -= 1
 
         def make() -> asyncio.Protocol:
-            if len(server.connections) >= cap:
+            nonlocal starting
+            if len(server.connections) + starting >= cap:
                 self.refusals.hit(limit=cap)
                 return _Refused()
+            starting += 1
+            loop = asyncio.get_running_loop()
+            loop.call_soon(loop.call_soon, started)
             return server()
 
         return make
