@@ -128,10 +128,14 @@ class LerCommand(click.Command):
 
 
 def _file_in_the_way(folder: str) -> Path | None:
-    """The path itself, or the nearest of its parents that exists, if that is not a folder."""
-    for path in (Path(folder), *Path(folder).parents):
-        if path.exists():
-            return None if path.is_dir() else path
+    """The path itself, or the nearest of its parents that exists, if that is not a folder. (A path that
+    cannot be looked at, for want of permission say, is left to the command to report.)"""
+    try:
+        for path in (Path(folder), *Path(folder).parents):
+            if path.exists():
+                return None if path.is_dir() else path
+    except OSError:
+        pass
     return None
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from ler.block import Genesis
 from ler.errors import LerError
+from ler.files import write_durably
 from ler.keys import KeyPair, public_key_from_did, read_key_file, read_key_file_did, write_key_file
 from node.client import ClientError, check_node_url
 
@@ -207,9 +208,7 @@ def init_data_dir(data: str | os.PathLike[str], genesis_path: str | os.PathLike[
             raise ConfigError(f"{key_dst} exists already and holds another key (left by an interrupted "
                               f"`ler node init` with another --key?); remove it, or use another folder")
     else:
-        fd = os.open(key_dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(key_bytes)
+        write_durably(key_dst, key_bytes, 0o600)
     url_list = ", ".join(json.dumps(p.url) for p in specs if p.did is None)
     consensus_lines = "".join(f"{k} = {v!r}\n" for k, v in (consensus or {}).items())
     text = (f'[node]\nlisten = "{host}:{port}"\nrole = "{role}"\n\n[limits]\n\n[blocks]\n\n'
@@ -217,10 +216,9 @@ def init_data_dir(data: str | os.PathLike[str], genesis_path: str | os.PathLike[
     for p in specs:
         if p.did is not None:
             text += f"\n[[peers.nodes]]\nurl = {json.dumps(p.url)}\ndid = {json.dumps(p.did)}\n"
-    # Written whole or not at all: a folder with config.toml is initialised, one without can be again.
-    tmp = d / (CONFIG_FILE + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, d / CONFIG_FILE)
+    # Written whole or not at all, and last: a folder with config.toml is initialised, one without can be
+    # again.
+    write_durably(d / CONFIG_FILE, text.encode(), 0o644)
     return load_config(d)
 
 

@@ -30,6 +30,7 @@ from typing import Any
 
 from ler import keys
 from ler.block import GENESIS_FORMAT, Genesis, GenesisAuthority, GenesisIssuer
+from ler.files import write_durably
 from ler.keys import KeyPair, write_key_file
 from ler.record import RecordDocument, make_claims
 from ler.tx import Action, GovVote, RecordAnchor, sign_tx
@@ -298,13 +299,9 @@ def _stop(pids: dict[str, int], grace: float = 10.0) -> None:
 def save(d: Path, manifest: dict[str, Any]) -> None:
     """Write DIR/testnet.json whole or not at all (beside it, then renamed): a command stopped while
     writing it leaves the manifest before or after, never a cut one that no later command could read."""
-    tmp = d / (MANIFEST + ".tmp")
     try:
-        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-        os.replace(tmp, d / MANIFEST)
+        write_durably(d / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode(), 0o644)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         raise TestnetError(f"{d / MANIFEST} could not be written: {exc.strerror or exc}") from None
 
 
