@@ -9,6 +9,7 @@ over it, the folder synced; a failure leaves what was there before and no stray 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from pathlib import Path
 
@@ -41,6 +42,9 @@ def write_durably(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) 
         raise
     folder = os.open(target.parent, os.O_RDONLY)
     try:
-        os.fsync(folder)
+        os.fsync(folder)  # the rename itself made durable
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):  # a filesystem that cannot sync a folder
+            raise
     finally:
         os.close(folder)

@@ -208,8 +208,9 @@ def stop_signals() -> list[signal.Signals]:
     """The signals that stop the node cleanly: SIGINT, SIGTERM, and SIGHUP (the terminal it ran in closed)
     unless it was started to ignore SIGHUP (`nohup`), which it then goes on ignoring."""
     signals = [signal.SIGINT, signal.SIGTERM]
-    if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:
-        signals.append(signal.SIGHUP)
+    hangup = getattr(signal, "SIGHUP", None)  # none on Windows
+    if hangup is not None and signal.getsignal(hangup) != signal.SIG_IGN:
+        signals.append(hangup)
     return signals
 
 
