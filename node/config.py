@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,7 +198,7 @@ def init_data_dir(data: str | os.PathLike[str], genesis_path: str | os.PathLike[
     if unknown:
         raise ConfigError(f"unknown consensus setting {unknown[0]!r}")
     d.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(genesis_path, d / GENESIS_FILE)
+    write_durably(d / GENESIS_FILE, Path(genesis_path).read_bytes(), 0o644)
     key_dst = d / KEY_FILE
     key_bytes = Path(key_path).read_bytes()
     if key_dst.exists():

@@ -12,6 +12,7 @@ import contextlib
 import http.client as httpclient
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -32,6 +33,15 @@ T = TypeVar("T")
 
 START_TIMEOUT = 30.0
 LER = Path(sys.executable).parent / "ler"
+
+
+def full_disk(max_bytes: int) -> Callable[[], None]:
+    """A preexec_fn for a child process: no file it writes may grow past `max_bytes` (RLIMIT_FSIZE), and
+    a write past that fails (EFBIG) instead of killing it (SIGXFSZ): the failure a full disk gives."""
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    return limit
 
 
 def free_port() -> int:

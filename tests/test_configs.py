@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -19,7 +17,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from node_proc import LER
+from node_proc import LER, full_disk
 
 from ler.tx import check_chain_id
 from node import testnet
@@ -213,11 +211,6 @@ def test_a_tampered_testnet_manifest_is_refused_with_its_fault(tmp_path: Path, t
     assert (tmp_path / "testnet.json").read_text() == text  # left as it was
 
 
-def _tiny_files() -> None:  # in the child before exec: no file may grow past 64 bytes (a full disk)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-
-
 def test_a_manifest_that_cannot_be_written_is_left_as_it_was(tmp_path: Path) -> None:
     """`ler testnet down` on a full disk: it says so, and testnet.json stays whole (it was cut short
     before, and no later command could read it)."""
@@ -225,7 +218,7 @@ def test_a_manifest_that_cannot_be_written_is_left_as_it_was(tmp_path: Path) -> 
                       indent=2) + "\n"
     (tmp_path / "testnet.json").write_text(text)
     r = subprocess.run([str(LER), "testnet", "down", "--dir", str(tmp_path)], capture_output=True, text=True,
-                       timeout=60, preexec_fn=_tiny_files)
+                       timeout=60, preexec_fn=full_disk(64))
     assert r.returncode == 1 and "testnet.json could not be written: File too large" in r.stderr, r.stderr
     assert (tmp_path / "testnet.json").read_text() == text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["testnet.json"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import random
-import resource
 import signal
 import socket
 import subprocess
@@ -22,7 +21,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from node_proc import LER, Chain, NodeProc, Reply, free_port, http, init_node, make_chain, tx_json_body, wait_until
+from node_proc import (
+    LER,
+    Chain,
+    NodeProc,
+    Reply,
+    free_port,
+    full_disk,
+    http,
+    init_node,
+    make_chain,
+    tx_json_body,
+    wait_until,
+)
 
 from ler.block import CommitCertificate, Header
 from ler.bundle import verify_bundle
@@ -348,11 +359,6 @@ def test_sighup_stops_the_node_cleanly_unless_it_was_started_to_ignore_it(tmp_pa
 FILE_LIMIT = 1024 * 1024  # RLIMIT_FSIZE: no file of the node may grow past this, as on a disk that is full
 
 
-def _limit_file_size() -> None:  # runs in the node's process before exec
-    resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_LIMIT, FILE_LIMIT))
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails (EFBIG), as ENOSPC would
-
-
 def test_a_disk_that_refuses_writes_stops_the_node_with_the_reason_and_loses_nothing(tmp_path: Path) -> None:
     """LevelDB's writes start failing (files may not grow: the failure a full disk gives). The node stops
     and says why; nothing it acknowledged is lost; started again with room to write, it goes on."""
@@ -360,7 +366,7 @@ def test_a_disk_that_refuses_writes_stops_the_node_with_the_reason_and_loses_not
     node = NodeProc(init_node(chain, tmp_path / "node"))
     with open(node.log_path, "ab") as log:
         node.proc = subprocess.Popen(node.command, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=node.env,
-                                     start_new_session=True, preexec_fn=_limit_file_size)
+                                     start_new_session=True, preexec_fn=full_disk(FILE_LIMIT))
     node.wait_ready()
     client = Client(chain, node.url, random.Random(SEED), [chain.issuer])
     refused = 0
@@ -409,7 +415,7 @@ def test_a_disk_that_refuses_writes_while_syncing_stops_the_node_and_blames_no_p
         observer = NodeProc(data)
         with open(observer.log_path, "ab") as log:
             observer.proc = subprocess.Popen(observer.command, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-                                             env=observer.env, start_new_session=True, preexec_fn=_limit_file_size)
+                                             env=observer.env, start_new_session=True, preexec_fn=full_disk(FILE_LIMIT))
         try:
             code = observer.proc.wait(60)
         except subprocess.TimeoutExpired:

@@ -14,9 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import resource
 import shlex
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -25,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from node_proc import LER, Chain, NodeProc, free_port, init_node, make_chain, wait_until
+from node_proc import LER, Chain, NodeProc, free_port, full_disk, init_node, make_chain, wait_until
 
 from ler import keys
 from ler.bundle import verify_bundle
@@ -287,11 +285,6 @@ def test_suspended_issuer_is_refused_and_nothing_is_written(tmp_path: Path, net:
     assert not (tmp_path / "record.json").exists()
 
 
-def _small_files() -> None:  # in the child before exec: no file may grow past 256 bytes (a full disk)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (256, 256))
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-
-
 def test_issue_on_a_full_disk_sends_nothing_and_leaves_no_file(tmp_path: Path, net: tuple[Chain, NodeProc]) -> None:
     """The holder's file cannot be written: nothing goes to the node, and no cut-short file is left
     (which a second try would refuse to overwrite)."""
@@ -301,7 +294,7 @@ def test_issue_on_a_full_disk_sends_nothing_and_leaves_no_file(tmp_path: Path, n
     r = subprocess.run([str(LER), "issue", "--node", node.url, "--key", str(chain.root / "issuer.key"),
                         "--holder", KeyPair.generate().did, "--type", "degree", "--claims", "claims.json",
                         "--out", "record.json"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                       preexec_fn=_small_files)
+                       preexec_fn=full_disk(256))
     assert r.returncode == 1, r.stderr
     assert "record.json could not be written (File too large); nothing was sent to the node" in \
         one_line_error(r)
