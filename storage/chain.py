@@ -90,6 +90,7 @@ from ler.state import (
 from ler.tx import GovVote, IssuerRotate, RecordAnchor, RecordEndorse, Tx
 from ler.wire import Wire, packb
 from storage.history import HistoryError, HistoryTree, StagedWrites
+from storage.keyfilter import KeyFilter
 from storage.smt import LEAF_TAG, MemoryNodeStore, NodeStoreError, SparseMerkleTree
 
 log = logging.getLogger("ler.storage")
@@ -139,8 +140,11 @@ def _block_hash_key(block_hash: bytes) -> bytes:
     return b"bh/" + block_hash
 
 
+TX_PREFIX = b"tx/"
+
+
 def _tx_key(tx_id: bytes) -> bytes:
-    return b"tx/" + tx_id
+    return TX_PREFIX + tx_id
 
 
 def _val_key(h: int) -> bytes:
@@ -489,6 +493,13 @@ class ChainStore:
         except OSError as exc:
             raise StoreError(f"cannot open the data folder {self._path}: {exc.strerror}") from None
         self._db = _CheckedDB(db, self._path)
+        # Keys under tx/ and st/ in memory, so that looking up one never written (a new transaction id,
+        # a new record's state key: most lookups under load) skips LevelDB. Every commit adds its keys
+        # before writing them; until the keys stored before are all in (`_fill_key_filter`), every
+        # lookup reads the database.
+        self._absent = KeyFilter()
+        self._stop_fill = threading.Event()
+        self._filler = threading.Thread(target=self._fill_key_filter, name="key_filter", daemon=True)
         try:
             self._nodes = _DbNodes(self._db)
             self._tree = SparseMerkleTree(self._nodes)
@@ -499,6 +510,8 @@ class ChainStore:
         except BaseException:
             self._db.close()
             raise
+        # The keys already stored under tx/ and st/ go into the key filter in a thread of their own.
+        self._filler.start()
 
     # --- opening ------------------------------------------------------------------------------------------
     def _write_genesis(self) -> None:
@@ -606,6 +619,8 @@ class ChainStore:
 
     def _flat_value(self, flat_key: bytes) -> bytes | None:
         """The latest value at st/<key> (`flat_key`), by way of the leaf whose hash st/ holds."""
+        if not self._absent.may_hold(flat_key):
+            return None
         pointer = self._db.get(flat_key)
         if pointer is None:
             return None
@@ -626,7 +641,25 @@ class ChainStore:
         staged.write_to(batch)
         self._db.write(batch)
 
+    def _fill_key_filter(self) -> None:
+        started = time.monotonic()
+
+        def stored() -> Iterator[bytes]:
+            for prefix in (TX_PREFIX, FLAT_STATE_PREFIX):
+                yield from self._db.iterator(prefix=prefix, include_value=False)
+        try:
+            if not self._absent.fill(stored(), self._stop_fill):
+                return
+        except Exception as exc:  # e.g. a damaged table: lookups go on reading the database, which says so
+            log.warning("event=key_filter_failed path=%s error=%s", self._path, exc)
+            return
+        log.info("event=key_filter_ready bytes=%d seconds=%.2f", self._absent.size_bytes,
+                 time.monotonic() - started)
+
     def close(self) -> None:
+        self._stop_fill.set()
+        if self._filler.is_alive():
+            self._filler.join()
         self._db.close()
 
     def __enter__(self) -> ChainStore:
@@ -707,7 +740,10 @@ class ChainStore:
 
     def find_tx(self, tx_id: bytes) -> tuple[int, int] | None:
         """Where a committed transaction is: (height, index in its block)."""
-        raw = self._db.get(_tx_key(tx_id))
+        key = _tx_key(tx_id)
+        if not self._absent.may_hold(key):
+            return None
+        raw = self._db.get(key)
         if raw is None:
             return None
         try:
@@ -920,10 +956,13 @@ class ChainStore:
         root = self.state_root(self.height)
         block_state = Overlay(_TreeState(self._tree, root, self._latest_state))
         in_block: set[bytes] = set()
-        db = self._db
+        db, may_hold = self._db, self._absent.may_hold
 
         def seen(tx_id: bytes) -> bool:
-            return tx_id in in_block or db.get(_tx_key(tx_id)) is not None
+            if tx_id in in_block:
+                return True
+            key = TX_PREFIX + tx_id
+            return may_hold(key) and db.get(key) is not None
 
         ctx = Context(chain_id=self.chain_id, height=height, time=time, seen=seen)
         applied: list[Tx] = []
@@ -1128,8 +1167,11 @@ class ChainStore:
                 leaves[data[1:33]] = node_hash
         pending = self._pending_ids
         done_pending: list[bytes] = []
+        new_keys: list[bytes] = []  # for the key filter, before the batch is written
         for index, tx in enumerate(result.applied):
-            put(_tx_key(tx.tx_id), packb([h, index]))  # two integers: canonical as packed
+            tx_key = TX_PREFIX + tx.tx_id
+            new_keys.append(tx_key)
+            put(tx_key, packb([h, index]))  # two integers: canonical as packed
             if tx.tx_id in pending:
                 batch.delete(PENDING_PREFIX + tx.tx_id)
                 done_pending.append(tx.tx_id)
@@ -1146,12 +1188,15 @@ class ChainStore:
             else:
                 # A value the key held already wrote no leaf: its hash is the one stored before.
                 leaf = leaves.get(key)
-                put(FLAT_STATE_PREFIX + key, leaf if leaf is not None else leaf_hash(key, value))
+                flat_key = FLAT_STATE_PREFIX + key
+                new_keys.append(flat_key)
+                put(flat_key, leaf if leaf is not None else leaf_hash(key, value))
         put(META_FLAT_HEIGHT, _h8(h))
         old_root = self.state_root(h - 1)
         # Should the write fail, the cache stays without a root: reads walk the tree, which is right
         # whatever part of the batch the database kept.
         was = self._latest_state.moving()
+        self._absent.add_many(new_keys)
         self._write(staged, batch)
         self._latest_state.advance(was, old_root, block.header.state_root, result.state_writes)
         self._nodes.remember(result.node_writes)
