@@ -338,7 +338,11 @@ def test_sighup_stops_the_node_cleanly_unless_it_was_started_to_ignore_it(tmp_pa
         node.wait_committed([tx.tx_id], timeout=30)
         assert node.proc is not None
         node.proc.send_signal(signal.SIGHUP)
-        assert node.proc.wait(15) == 0, node.log()
+        try:
+            code = node.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"no stop 30 s after SIGHUP; the node's log:\n{node.log()}")
+        assert code == 0, node.log()
         assert "event=node_stopped" in node.log()
     finally:
         node.close()
