@@ -159,7 +159,8 @@ class NodeProc:
     """One `ler node run --data DIR` process (its own session, so signals reach only it)."""
 
     def __init__(self, data: Path, command: Sequence[str] | None = None, cwd: Path | None = None,
-                 env: dict[str, str] | None = None, log_path: Path | None = None) -> None:
+                 env: dict[str, str] | None = None, log_path: Path | None = None,
+                 preexec_fn: Callable[[], None] | None = None) -> None:
         from node.config import load_config
 
         self.data = data
@@ -171,6 +172,7 @@ class NodeProc:
         self.cwd = cwd
         # The node's environment: ours without any LER_ setting, plus what the test gives.
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("LER_")} | (env or {})
+        self.preexec_fn = preexec_fn  # run in the child before the command (e.g. `full_disk`)
         self.proc: subprocess.Popen[bytes] | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------------
@@ -178,7 +180,8 @@ class NodeProc:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.command, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-                                         env=self.env, cwd=self.cwd, start_new_session=True)
+                                         env=self.env, cwd=self.cwd, start_new_session=True,
+                                         preexec_fn=self.preexec_fn)
         self.wait_ready(timeout)
         return self
 
