@@ -104,6 +104,7 @@ FLAT_LEAF_HASHES = b"2"  # meta/flat_state of st/ as this version keeps it
 META_HEIGHT = b"meta/height"
 HISTORY_PREFIX = b"hist/"
 NODE_PREFIX = b"n/"
+TX_PREFIX = b"tx/"
 PENDING_PREFIX = b"pending/"
 VALIDATORS_PREFIX = b"val/"
 ISSUER_INDEX_PREFIX = b"is/"
@@ -138,9 +139,6 @@ def _cert_key(h: int) -> bytes:
 
 def _block_hash_key(block_hash: bytes) -> bytes:
     return b"bh/" + block_hash
-
-
-TX_PREFIX = b"tx/"
 
 
 def _tx_key(tx_id: bytes) -> bytes:
@@ -472,8 +470,9 @@ class ChainStore:
         self._headers: OrderedDict[int, Header] = OrderedDict()
         try:
             self._path.mkdir(parents=True, exist_ok=True)
-            # The Bloom filter makes a lookup of an absent key (a new transaction id, a new record's
-            # state key) nearly free; those are most lookups under load. No compression: nearly all
+            # The tables' Bloom filters spare a lookup of an absent key (a new transaction id, a new
+            # record's state key) a read of each table, though not the memtable's search (the key
+            # filter below spares most such lookups LevelDB altogether). No compression: nearly all
             # that is stored is hashes, keys and signatures, which do not compress, and trying to was
             # a large part of a busy node's CPU. (Blocks written compressed earlier still read.)
             # A write buffer of tens of MB (LevelDB's default is 4 MB): most keys written are hashes

@@ -3,8 +3,8 @@
 Most lookups a busy node makes are of keys that were never written: the id of each new transaction (is
 it committed already?), at admission and again in its block, and the state key of each new record.
 LevelDB answers those through its memtable, a skip list of tens of MB here (the write buffer is large
-to cut compaction, see storage/chain.py), then its tables' own Bloom filters: about 5 µs on this
-machine, 9 µs in a busy node. This filter answers most of them in under a microsecond.
+to cut compaction, see storage/chain.py), then its tables' own Bloom filters: about 5 µs measured
+alone on this machine, more in a busy node. This filter answers most of them in under a microsecond.
 
 It never answers "absent" for a key that was added (no false negatives), so a caller may skip the
 database whenever `may_hold` is False. That holds only if every key the filtered prefixes get is
