@@ -141,10 +141,6 @@ def _block_hash_key(block_hash: bytes) -> bytes:
     return b"bh/" + block_hash
 
 
-def _tx_key(tx_id: bytes) -> bytes:
-    return TX_PREFIX + tx_id
-
-
 def _val_key(h: int) -> bytes:
     return VALIDATORS_PREFIX + _h8(h)
 
@@ -739,7 +735,7 @@ class ChainStore:
 
     def find_tx(self, tx_id: bytes) -> tuple[int, int] | None:
         """Where a committed transaction is: (height, index in its block)."""
-        key = _tx_key(tx_id)
+        key = TX_PREFIX + tx_id
         if not self._absent.may_hold(key):
             return None
         raw = self._db.get(key)

@@ -47,10 +47,6 @@ class KeyFilter:
         self._segments.append((bytearray(nbits // 8), nbits - 1, capacity))
         self._count = 0
 
-    def add(self, key: bytes) -> None:
-        with self._lock:
-            self._add(key)
-
     def add_many(self, keys: Iterable[bytes]) -> None:
         with self._lock:
             for key in keys:
@@ -96,7 +92,7 @@ class KeyFilter:
 
     def fill(self, keys: Iterable[bytes], stop: threading.Event | None = None, chunk: int = 4096) -> bool:
         """Add every key of `keys` (those already stored), then become ready; False if `stop` was set
-        first (the filter then stays not ready). Keys are added in chunks, so that the writers' `add`
+        first (the filter then stays not ready). Keys are added in chunks, so that the writers' `add_many`
         calls wait for one chunk at most."""
         batch: list[bytes] = []
         for key in keys:

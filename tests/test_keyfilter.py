@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from helpers_chain import ChainBuilder, fixed_key, make_genesis, new_record
+from node_proc import wait_until
 
 from ler.state import record_key
 from ler.tx import RecordAnchor, sign_tx
@@ -29,7 +30,7 @@ def test_every_key_added_is_held_as_the_filter_grows() -> None:
     f = ready(KeyFilter(capacity=64))
     keys = [os.urandom(n % 40 + 1) for n in range(20_000)]
     for k in keys[:10_000]:
-        f.add(k)
+        f.add_many([k])
     f.add_many(keys[10_000:])
     assert all(f.may_hold(k) for k in keys)
     assert f.size_bytes < 20_000 * 8  # grown by doubling: room for 64 * 2**9 keys at 2 bytes each
@@ -71,7 +72,7 @@ def test_no_key_is_lost_while_a_scan_and_writers_add_and_readers_look() -> None:
     def writer() -> None:
         for _ in range(5_000):
             k = os.urandom(32)
-            f.add(k)
+            f.add_many([k])
             published.append(k)
 
     def reader() -> None:
@@ -102,10 +103,7 @@ def test_no_key_is_lost_while_a_scan_and_writers_add_and_readers_look() -> None:
 
 def filter_ready(store: ChainStore) -> KeyFilter:
     f: KeyFilter = store._absent
-    deadline = time.monotonic() + 30
-    while not f.ready:
-        assert time.monotonic() < deadline, "the key filter was never filled"
-        time.sleep(0.01)
+    wait_until(lambda: f.ready or None, 30, "the key filter to be filled")
     return f
 
 
