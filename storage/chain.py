@@ -60,7 +60,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Container, Iterator, Sequence
+from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -305,25 +305,29 @@ class _DbNodes:
         else:
             self.old, self.young = young, dict(nodes) if len(nodes) <= _NODE_CACHE_SIZE else {}
 
-    def put_node(self, h: bytes, data: bytes) -> None:
+    def put_nodes(self, nodes: Mapping[bytes, bytes]) -> None:
         raise TypeError("state nodes reach the database only through a block's write batch")
 
 
 class _StagingNodes:
     """New nodes of one block's update, in memory, layered over the stored ones."""
 
-    __slots__ = ("base", "nodes")
+    __slots__ = ("base", "get_node", "nodes")
 
     def __init__(self, base: _DbNodes | MemoryNodeStore) -> None:
         self.base = base
         self.nodes: dict[bytes, bytes] = {}
+        # Nothing staged yet: reads go straight to the stored nodes (an update reads many, and writes
+        # its new ones only at its end).
+        self.get_node: Callable[[bytes], bytes | None] = base.get_node
 
-    def get_node(self, h: bytes) -> bytes | None:
+    def _layered_get(self, h: bytes) -> bytes | None:
         data = self.nodes.get(h)
         return data if data is not None else self.base.get_node(h)
 
-    def put_node(self, h: bytes, data: bytes) -> None:
-        self.nodes[h] = data
+    def put_nodes(self, nodes: Mapping[bytes, bytes]) -> None:
+        self.nodes.update(nodes)
+        self.get_node = self._layered_get
 
 
 class _LatestStateCache:

@@ -48,7 +48,7 @@ class NodeStore(Protocol):
 
     def get_node(self, h: bytes) -> bytes | None: ...
 
-    def put_node(self, h: bytes, data: bytes) -> None: ...
+    def put_nodes(self, nodes: Mapping[bytes, bytes]) -> None: ...
 
 
 class MemoryNodeStore:
@@ -62,8 +62,8 @@ class MemoryNodeStore:
     def get_node(self, h: bytes) -> bytes | None:
         return self.nodes.get(h)
 
-    def put_node(self, h: bytes, data: bytes) -> None:
-        self.nodes[h] = data
+    def put_nodes(self, nodes: Mapping[bytes, bytes]) -> None:
+        self.nodes.update(nodes)
 
     def __len__(self) -> int:
         return len(self.nodes)
@@ -71,6 +71,16 @@ class MemoryNodeStore:
 
 class NodeStoreError(Exception):
     """A node the tree needs is missing or malformed: a root the store never held, or a damaged store."""
+
+
+def _checked(h: bytes, data: bytes | None) -> bytes:
+    """`data`, read from the store for node `h`, if it is a well-formed node."""
+    if data is None:
+        raise NodeStoreError(f"state node {h.hex()} is not in the store")
+    n = len(data)
+    if not ((n == _NODE_LEN and data[0] == _NODE) or (n >= _LEAF_MIN_LEN and data[0] == _LEAF)):
+        raise NodeStoreError(f"state node {h.hex()} is malformed")
+    return data
 
 
 def _check_key(key: bytes) -> None:
@@ -88,19 +98,7 @@ class SparseMerkleTree:
 
     # --- reading --------------------------------------------------------------------------------------
     def _load(self, h: bytes) -> bytes:
-        data = self.store.get_node(h)
-        if data is None:
-            raise NodeStoreError(f"state node {h.hex()} is not in the store")
-        n = len(data)
-        if not ((n == _NODE_LEN and data[0] == _NODE) or (n >= _LEAF_MIN_LEN and data[0] == _LEAF)):
-            raise NodeStoreError(f"state node {h.hex()} is malformed")
-        return data
-
-    def _is_leaf(self, sub: _Sub) -> bool:
-        h, is_leaf = sub
-        if is_leaf is not None:
-            return is_leaf
-        return h != EMPTY and self._load(h)[0] == _LEAF
+        return _checked(h, self.store.get_node(h))
 
     def get(self, root: bytes, key: bytes) -> bytes | None:
         """The value at `key` under `root`, or None if the key is absent."""
@@ -165,6 +163,7 @@ class SparseMerkleTree:
         """The root after applying every (key, value) in `items` (value None deletes), in one pass.
 
         Doing them together writes each new node once, instead of once per item for nodes near the root.
+        The new nodes reach the store together, once the new root is known.
         """
         for key, value in items.items():
             _check_key(key)
@@ -175,14 +174,41 @@ class SparseMerkleTree:
                     raise ValueError(f"a state value is at most {MAX_VALUE_BYTES} bytes")
         if not items:
             return root
-        return self._update((root, None), 0, sorted(items.items()))[0]
+        update = _Update(self.store)
+        new_root = update.apply((root, None), 0, sorted(items.items()))[0]
+        if update.new:
+            self.store.put_nodes(update.new)
+        return new_root
 
-    def _update(self, sub: _Sub, depth: int, items: list[tuple[bytes, bytes | None]]) -> _Sub:
+
+class _Update:
+    """One `update_many` pass: it reads the store through `get` and keeps the nodes it makes in `new`.
+
+    It is the tree's hot path (every block builds or checks one over all the keys it changes), so the
+    node encodings and hashes are spelt out in the loops rather than called for: `_inner` and `_leaf`
+    say what they are. The nodes are those of the recursive definition, less the re-write of an existing
+    leaf that a new key lands on.
+    """
+
+    __slots__ = ("get", "new")
+
+    def __init__(self, store: NodeStore) -> None:
+        self.get = store.get_node
+        self.new: dict[bytes, bytes] = {}
+
+    def _load(self, h: bytes) -> bytes:
+        return _checked(h, self.get(h))
+
+    def _is_leaf(self, sub: _Sub) -> bool:
+        h, is_leaf = sub
+        if is_leaf is not None:
+            return is_leaf
+        return h != EMPTY and self._load(h)[0] == _LEAF
+
+    def apply(self, sub: _Sub, depth: int, items: list[tuple[bytes, bytes | None]]) -> _Sub:
         """`sub`, the subtree at `depth`, after applying `items` (sorted by key, all under this subtree)."""
-        if not items:
-            return sub
         if len(items) == 1:
-            return self._update_one(sub, depth, *items[0])
+            return self._apply_one(sub, depth, *items[0])
         h = sub[0]
         if h == EMPTY:
             return self._build(depth, {k: v for k, v in items if v is not None})
@@ -204,24 +230,30 @@ class SparseMerkleTree:
         # come first, and the first going right is the first at or above that prefix, then a 1, then 0s.
         byte, b = depth >> 3, 0x80 >> (depth & 7)
         k0 = items[0][0]
-        split = k0[:byte] + bytes(((k0[byte] & -b & 0xFF) | b,)) + bytes(KEY_SIZE - 1 - byte)
-        cut = bisect_left(items, (split,))
-        new_left = self._update((left, None), depth + 1, items[:cut])
-        new_right = self._update((right, None), depth + 1, items[cut:])
+        if k0[byte] & b:
+            cut = 0  # all go right
+        elif items[-1][0][byte] & b:
+            split = k0[:byte] + bytes(((k0[byte] & -b & 0xFF) | b,)) + bytes(KEY_SIZE - 1 - byte)
+            cut = bisect_left(items, (split,))
+        else:
+            cut = len(items)  # all go left
+        new_left = self.apply((left, None), depth + 1, items[:cut]) if cut else (left, None)
+        new_right = self.apply((right, None), depth + 1, items[cut:]) if cut < len(items) else (right, None)
         if new_left[0] == left and new_right[0] == right:
             return h, False
         return self._join(new_left, new_right)
 
-    def _update_one(self, sub: _Sub, depth: int, key: bytes, value: bytes | None) -> _Sub:
-        """`_update` with a single item, as a loop: below the top levels of a block's update nearly every
-        subtree holds one changed key. The nodes are those the recursion makes, less the re-write of an
-        existing leaf that a new key lands on."""
+    def _apply_one(self, sub: _Sub, depth: int, key: bytes, value: bytes | None) -> _Sub:
+        """`apply` with a single item, as a loop: below the top levels of a block's update nearly every
+        subtree holds one changed key."""
         h = sub[0]
+        get = self.get
         path: list[tuple[bytes, int]] = []  # (untouched sibling, whether the key went right)
         d = depth
         while h != EMPTY:
-            data = self._load(h)
-            if data[0] == _LEAF:
+            data = get(h)
+            if data is None or len(data) != _NODE_LEN or data[0] != _NODE:
+                data = _checked(h, data)  # a leaf, or it raises
                 old_key, old_value = data[1:1 + KEY_SIZE], data[1 + KEY_SIZE:]
                 if old_key == key:
                     if value == old_value:
@@ -232,8 +264,7 @@ class SparseMerkleTree:
                     return sub  # deleting a key the tree does not hold
                 # A new key lands on another's leaf: the two leaves go below a new inner node. The old
                 # leaf is in the store already, under `h`: neither hashed nor written again.
-                new = self._pair(d, old_key, h, key, self._put_leaf(key, value))
-                return self._rejoin(new, path)
+                return self._rejoin(self._pair(d, old_key, h, key, self._leaf(key, value)), path)
             if (key[d >> 3] >> (7 - (d & 7))) & 1:  # bit(key, d): the key goes right
                 path.append((data[1:33], 1))
                 h = data[33:65]
@@ -244,17 +275,24 @@ class SparseMerkleTree:
         else:
             if value is None:
                 return sub
-            entries = {key: value}
+            return self._rejoin((self._leaf(key, value), True), path)
         return self._rejoin(self._build(d, entries), path)
 
-    def _rejoin(self, new: _Sub, path: list[tuple[bytes, int]]) -> _Sub:
-        """The subtree `new`, rejoined with the untouched siblings of `path`, bottom up."""
+    def _rejoin(self, sub: _Sub, path: list[tuple[bytes, int]]) -> _Sub:
+        """The subtree `sub`, rejoined with the untouched siblings of `path`, bottom up."""
+        h, is_leaf = sub
+        new, sha = self.new, _sha256
         for sibling, right in reversed(path):
-            if new[0] != EMPTY and sibling != EMPTY:  # nothing can collapse: a plain inner node
-                new = (self._put_inner(sibling, new[0]) if right else self._put_inner(new[0], sibling)), False
+            if h != EMPTY and sibling != EMPTY:  # nothing can collapse: a plain inner node (_inner)
+                data = b"\x01" + sibling + h if right else b"\x01" + h + sibling
+                h = sha(data).digest()
+                new[h] = data
+                is_leaf = False
+            elif right:
+                h, is_leaf = self._join((sibling, None), (h, is_leaf))
             else:
-                new = self._join((sibling, None), new) if right else self._join(new, (sibling, None))
-        return new
+                h, is_leaf = self._join((h, is_leaf), (sibling, None))
+        return h, is_leaf
 
     def _build(self, depth: int, entries: dict[bytes, bytes]) -> _Sub:
         """A fresh subtree at `depth` holding exactly `entries` (keys sharing their first `depth` bits)."""
@@ -262,10 +300,10 @@ class SparseMerkleTree:
             return EMPTY, False
         if len(entries) == 1:
             ((key, value),) = entries.items()
-            return self._put_leaf(key, value), True
+            return self._leaf(key, value), True
         if len(entries) == 2:
             (k1, v1), (k2, v2) = entries.items()
-            return self._pair(depth, k1, self._put_leaf(k1, v1), k2, self._put_leaf(k2, v2))
+            return self._pair(depth, k1, self._leaf(k1, v1), k2, self._leaf(k2, v2))
         byte, shift = depth >> 3, 7 - (depth & 7)  # bit(k, depth) is k[byte] >> shift & 1
         left = {k: v for k, v in entries.items() if not k[byte] >> shift & 1}
         right = {k: v for k, v in entries.items() if k[byte] >> shift & 1}
@@ -277,9 +315,9 @@ class SparseMerkleTree:
         part at bit p, where an inner node joins them; above it, up to `depth`, a chain of inner nodes
         with one empty side (two leaves never collapse)."""
         p = 8 * KEY_SIZE - (int.from_bytes(k1, "big") ^ int.from_bytes(k2, "big")).bit_length()
-        h = self._put_inner(h2, h1) if bit(k1, p) else self._put_inner(h1, h2)
+        h = self._inner(h2, h1) if bit(k1, p) else self._inner(h1, h2)
         for level in range(p - 1, depth - 1, -1):
-            h = self._put_inner(EMPTY, h) if bit(k1, level) else self._put_inner(h, EMPTY)
+            h = self._inner(EMPTY, h) if bit(k1, level) else self._inner(h, EMPTY)
         return h, False
 
     def _join(self, left: _Sub, right: _Sub) -> _Sub:
@@ -288,21 +326,19 @@ class SparseMerkleTree:
             return right[0], right[0] != EMPTY
         if right[0] == EMPTY and self._is_leaf(left):
             return left[0], True
-        return self._put_inner(left[0], right[0]), False
+        return self._inner(left[0], right[0]), False
 
-    def _put_leaf(self, key: bytes, value: bytes) -> bytes:
-        """Store the leaf of (key, value); its hash: `leaf_hash(key, value)`, spelt out here because its
-        two nested helper calls cost more than the hashing (one new leaf per new key of a block)."""
+    def _leaf(self, key: bytes, value: bytes) -> bytes:
+        """A new leaf of (key, value); its hash, `leaf_hash(key, value)`."""
         h = _sha256(b"\x00" + key + _sha256(value).digest()).digest()
-        self.store.put_node(h, b"\x00" + key + value)
+        self.new[h] = b"\x00" + key + value
         return h
 
-    def _put_inner(self, left: bytes, right: bytes) -> bytes:
-        """Store the inner node over these children; its hash (`node_hash`: the SHA-256 of its encoding)."""
+    def _inner(self, left: bytes, right: bytes) -> bytes:
+        """A new inner node over these children; its hash, `node_hash(left, right)`."""
         data = b"\x01" + left + right
         h = _sha256(data).digest()
-        self.store.put_node(h, data)
+        self.new[h] = data
         return h
-
 
 _sha256 = hashlib.sha256
