@@ -461,6 +461,20 @@ class Tendermint:
     def buffered(self) -> int:
         return len(self._buffer)
 
+    def hold_back(self, height: int) -> list[Action]:
+        """Sign nothing below `height` from now on; the RecordSigned to persist, if that is news.
+
+        For a driver that learnt that this validator's key signed more than its record says (a data
+        folder restored from an older copy): what it signed up to some height is then unknown, and
+        signing there again could conflict. Recorded as a SignedState at (height, 0, propose) naming no
+        block (`SignedState.is_hold`), so a restart keeps the hold; at `height` everything is allowed.
+        """
+        s = self._signed
+        if s is not None and s.position >= (height, 0, PROPOSE):
+            return []
+        self._signed = SignedState(height, 0, PROPOSE, None, -1, -1, None, -1, None)
+        return [RecordSigned(self._signed)]
+
     # --- inputs ------------------------------------------------------------------------------------
     def start_height(self, height: int) -> list[Action]:
         """Begin `height` (the first one, or the next after the driver committed the previous one)."""
@@ -854,7 +868,7 @@ class Tendermint:
         position = (self.height, self.round, step)
         if s is None or position > s.position:
             return True
-        if position == s.position and s.block == block and s.pol_round == pol_round:
+        if position == s.position and (s.is_hold or (s.block == block and s.pol_round == pol_round)):
             return True
         self._out.append(Rejected(
             f"refusing to sign a {STEP_NAMES[step]} at h={self.height} r={self.round}: already signed "

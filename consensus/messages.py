@@ -164,6 +164,12 @@ class SignedState(Wire):
     def position(self) -> tuple[int, int, int]:
         return (self.height, self.round, self.step)
 
+    @property
+    def is_hold(self) -> bool:
+        """A record of nothing signed, only of a height to sign nothing below (`Tendermint.hold_back`):
+        a proposal always names its block, so a PROPOSE step without one is never a real signature."""
+        return self.step == PROPOSE and self.block is None
+
 
 __all__ = ["MAX_ROUND", "PRECOMMIT", "PREVOTE", "PROPOSE", "STEP_NAMES", "Message", "Proposal", "SignedState",
            "Value", "Vote", "WireValue", "describe", "sender"]

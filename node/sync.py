@@ -80,14 +80,14 @@ class Syncer:
 
     @property
     def lag(self) -> int:
-        return max(0, self._best_height() - self.store.height)
+        return max(0, self.best_height() - self.store.height)
 
-    def _best_height(self) -> int:
+    def best_height(self) -> int:
         """The highest height a peer claims, among peers not skipped for failing to serve what they
         claimed: a peer that lies about its height makes this node neither look nor keep trying to be
-        behind."""
+        behind. (Also asked from the consensus thread, hence the copy of the links.)"""
         now = time.monotonic()
-        return max((link.height for link in self.network.links.values()
+        return max((link.height for link in list(self.network.links.values())
                     if link.height is not None and self._penalty.get(link.url, 0.0) <= now), default=0)
 
     def _fail(self, url: str) -> float:
@@ -151,7 +151,7 @@ class Syncer:
         began, first = time.monotonic(), self.store.height
         try:
             while True:
-                target = self._best_height()
+                target = self.best_height()
                 self.target = target
                 start = self.store.height + 1
                 if start > target:

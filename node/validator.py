@@ -36,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Container, Sequence
+from collections.abc import Callable, Container, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -56,9 +56,9 @@ from consensus import (
     TimeoutConfig,
     proposer_of,
 )
-from consensus.messages import Message, describe
+from consensus.messages import STEP_NAMES, Message, describe
 from ler import codec, keys
-from ler.block import Block, CommitCertificate, Vote
+from ler.block import PRECOMMIT, Block, CommitCertificate, Vote
 from ler.errors import DecodeError, ProofError, RuleError
 from ler.keys import sha256
 from ler.tx import Tx
@@ -186,6 +186,9 @@ class ConsensusDriver:
         self.heartbeat_s = cfg.blocks.heartbeat_s
         self.block_txs = cfg.limits.block_txs
         self.signed = self._load_signed()
+        # The highest height a peer reports (node/sync.py sets it): where a hold starts from.
+        self.peer_height: Callable[[], int] = lambda: 0
+        self._lone_beyond_record_said = False
         self.own_proposal = self._load_proposal()
         self._warn_if_locked_on_a_lost_block()
         # Observers run no engine: they never vote and follow the chain by block sync alone.
@@ -224,7 +227,11 @@ class ConsensusDriver:
             return in_db
         in_file = read_signed_file(self.svc.config.signed_path, self.svc.chain_id, self.svc.key.public_key)
         signed = max((s for s in (in_db, in_file) if s is not None), key=lambda s: s.position, default=None)
-        if signed is not None and signed.height > self.store.height + 1:
+        if signed is not None and signed.is_hold and signed.height > self.store.height + 1:
+            log.warning("event=signing_held_back height=%d until_height=%d reason=%r", self.store.height,
+                        signed.height, "this validator's key was found to have signed beyond its record "
+                        "(see event=signed_beyond_record): it signs nothing below that height")
+        elif signed is not None and signed.height > self.store.height + 1:
             # Only a database that lost blocks it had committed gets here: signing at h needs h - 1.
             log.warning("event=database_behind_signed height=%d signed_height=%d: the database lost blocks "
                         "it had (a removed or cut-short log, or a restored copy); the node syncs them again "
@@ -651,6 +658,7 @@ class ConsensusDriver:
             return None
         result = self._results.get(block.hash) or self._validate(block)
         self.store.commit_block(block, cert, result)
+        self._check_own_signatures(block, cert)
         self._results.clear()
         self._invalid.clear()
         return result
@@ -693,6 +701,7 @@ class ConsensusDriver:
                 # pass, the verdict is cached), so its pending timeouts for this height do nothing.
                 e.on_commit(block, cert)
             self.store.commit_block(block, cert, result)
+            self._check_own_signatures(block, cert)
         except ProofError as exc:
             raise SyncRefused(f"certificate of block {h}: {exc}") from None
         except InvalidBlock as exc:
@@ -702,6 +711,40 @@ class ConsensusDriver:
         self._results.clear()
         self._invalid.clear()
         return result
+
+    def _check_own_signatures(self, block: Block, cert: CommitCertificate) -> None:
+        """On the worker thread, after a commit: a certificate holding this validator's precommit from
+        a later (height, round) than its record of what it signed means the record is behind what its
+        key signed. Its data folder was restored from an older copy (or a second process signs with its
+        key), and it no longer knows what it signed at the heights since: signing there again could
+        conflict. So it signs nothing up to two heights above the highest any peer reports. A copy that
+        stopped signed only up to the height then in progress, which is at most one above that."""
+        e = self.engine
+        if e is None:
+            return
+        me = self.svc.key.public_key
+        for c in (cert, block.last_cert):
+            if c is None or not any(sig.validator == me for sig in c.sigs):
+                continue
+            s = e.signed_state
+            if s is not None and (c.height, c.round, PRECOMMIT) <= s.position:
+                continue
+            until = max(self.peer_height(), self.store.height, c.height) + 2
+            recorded = f"h={s.height} r={s.round} {STEP_NAMES[s.step]}" if s is not None else "nothing"
+            if tuple(self.store.validators(self.store.height + 1)) == (me,):
+                # Alone, holding back would stop the chain for good; nobody else signs to conflict with.
+                if not self._lone_beyond_record_said:
+                    self._lone_beyond_record_said = True
+                    log.warning("event=signed_beyond_record height=%d round=%d recorded=%r reason=%r",
+                                c.height, c.round, recorded, "this lone validator's key signed beyond its record")
+                return
+            log.critical("event=signed_beyond_record height=%d round=%d recorded=%r until_height=%d reason=%r",
+                         c.height, c.round, recorded, until,
+                         "a certificate holds a precommit of this validator's key that its record of what it "
+                         "signed does not cover: its data folder was restored from an older copy, or another "
+                         "process signs with its key (stop it); it signs nothing below until_height")
+            self._absorb(_Outcome(), e.hold_back(until))
+            return
 
     async def _after_commit(self, block: Block, result: ExecutionResult, source: str) -> None:
         h = block.header.height

@@ -693,6 +693,32 @@ def test_restarted_engine_keeps_its_lock() -> None:
     assert one_vote(acts, PREVOTE).block is None  # still locked on A
 
 
+def test_a_hold_signs_nothing_below_its_height_then_everything_from_it_on() -> None:
+    # The proposer of (H + 1, 0), so that the hold's own position is one it signs at.
+    p = proposer_index(H + 1, 0)
+    e = engine(p)
+    e.start_height(H)
+    [record] = e.hold_back(H + 1)
+    assert isinstance(record, RecordSigned) and record.state.is_hold
+    assert record.state.position == (H + 1, 0, PROPOSE)
+    assert e.hold_back(H + 1) == [] and e.hold_back(H) == []  # nothing new to record
+    # Below the hold: no proposal, no vote of any kind, though the height still decides.
+    acts = e.on_proposal(proposal(0, A)) + e.on_timeout("propose", H, 0)
+    acts += feed(e, prevote(1, 0, A), prevote(2, 0, A), prevote(3, 0, A))
+    acts += feed(e, precommit(1, 0, A), precommit(2, 0, A), precommit(3, 0, A))
+    assert sent(acts) == []
+    assert any(isinstance(a, Rejected) and "refusing to sign" in a.reason for a in acts)
+    assert [d.value for d in decisions(acts)] == [A]
+    # From the hold's height on (also after a restart with the recorded hold), all as usual.
+    for engine_at_hold in (e, engine(p, signed=record.state)):
+        acts = engine_at_hold.start_height(H + 1)
+        [prop] = [m for m in sent(acts) if isinstance(m, Proposal)]
+        assert (prop.height, prop.round) == (H + 1, 0)
+        assert one_vote(acts, PREVOTE).block == prop.block_hash  # its own proposal, voted for
+        assert_records_precede_broadcasts(acts, VALS[p])
+    assert not SignedState(H, 0, PROPOSE, A.hash, -1, -1, None, -1, None).is_hold  # a real proposal
+
+
 def test_restart_at_a_new_height_ignores_the_old_lock() -> None:
     e = _locked_on_a_at_round_0()
     state = e.signed_state

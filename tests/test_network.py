@@ -26,13 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from node_proc import LER, Reply, free_port, http, tx_json_body, wait_until
+from node_proc import LER, NodeProc, Reply, free_port, http, make_chain, tx_json_body, wait_until
 
 from consensus import proposer_of
 from ler import codec, keys
 from ler.block import PREVOTE, Vote
 from ler.keys import KeyPair, read_key_file, write_key_file
 from ler.tx import Action, GovVote, RecordAnchor, Tx, sign_tx
+from node.config import init_data_dir
 from node.peers import sign_envelope
 
 pytestmark = pytest.mark.slow
@@ -386,6 +387,126 @@ def test_an_authority_whose_database_was_removed_knows_what_it_signed_and_syncs_
     net.wait_committed(txs, net.nodes)
     net.assert_agree(net.nodes)
     assert net.authorities[0].get("/v1/evidence")["evidence"] == evidence_before
+
+
+def _signed_by(nodes: Sequence[Node], h: int, key: bytes) -> bool:
+    """Whether a certificate of height `h` that one of `nodes` keeps holds a precommit of `key` (each
+    node keeps the one it decided with, or synced; the next block carries its proposer's)."""
+    for node in nodes:
+        for path, field_ in ((f"/v1/blocks/{h}", "cert"), (f"/v1/blocks/{h + 1}", "last_cert")):
+            block = node.try_get(path)
+            cert = block[field_] if block else None
+            if cert and any(bytes.fromhex(s["validator"]) == key for s in cert["sigs"]):
+                return True
+    return False
+
+
+def test_an_authority_restored_from_an_older_copy_of_its_folder_holds_back_instead_of_signing_twice(
+        net: Net, tmp_path: Path) -> None:
+    """Its records of what it signed are as old as the copy. The certificates it syncs hold precommits
+    of its key from after them: it says so and signs nothing up to two heights above its peers' height
+    then, where the copy cannot have signed; from there it votes again."""
+    victim, witness = net.authorities[2], net.authorities[0]
+    me = victim.key.public_key
+    evidence_before = witness.get("/v1/evidence")["evidence"]
+    victim.kill()
+    backup = tmp_path / "backup"
+    shutil.copytree(victim.data, backup)
+    victim.start()
+    since = witness.height()
+
+    def signed_since() -> bool:
+        # A precommit of the restarted victim in a certificate that a later block carries: the restored
+        # victim syncs that block, whichever peer serves it (each keeps a certificate of its own).
+        txs = net.anchors(2)
+        witness.submit(txs)
+        net.wait_committed(txs, [witness])
+        return any(me in {bytes.fromhex(s["validator"]) for s in witness.get(f"/v1/blocks/{h}")["last_cert"]["sigs"]}
+                   for h in range(since + 2, witness.height() + 1))
+
+    wait_until(signed_since, COMMIT_TIMEOUT, "a certificate with the restarted authority's precommit")
+    victim.kill()
+    shutil.rmtree(victim.data)
+    shutil.copytree(backup, victim.data)
+    restored_at = witness.height()
+    victim.start()
+    found: list[int] = []
+
+    def said() -> bool:
+        m = re.search(r"event=signed_beyond_record height=\d+ round=\d+ recorded=.* until_height=(\d+)", victim.log())
+        if m:
+            found.append(int(m.group(1)))
+        return bool(m)
+
+    wait_until(said, COMMIT_TIMEOUT, "the restored authority to see its key's later precommits")
+    until = found[0]
+    assert until >= restored_at + 2
+    assert "level=CRITICAL" in next(x for x in victim.log().splitlines() if "event=signed_beyond_record" in x)
+
+    def votes_again() -> bool:
+        txs = net.anchors(2)
+        witness.submit(txs)
+        net.wait_committed(txs, [witness])
+        return any(_signed_by([witness], h, me) for h in range(until, witness.height() + 1))
+
+    wait_until(votes_again, COMMIT_TIMEOUT, "the restored authority's precommits from the hold's height on")
+    assert not any(_signed_by(net.authorities, h, me) for h in range(restored_at + 1, until))
+    net.wait_height(net.nodes, witness.height())
+    net.assert_agree(net.nodes)
+    assert witness.get("/v1/evidence")["evidence"] == evidence_before
+    # A restart keeps the hold (its records now say it), and says nothing new of its key.
+    victim.kill()
+    victim.start()
+    txs = net.anchors(2)
+    victim.submit(txs)
+    net.wait_committed(txs, net.nodes)
+    assert victim.log().count("event=signed_beyond_record") == 1
+
+
+def test_a_lone_authority_restored_from_an_older_copy_is_told_and_goes_on(tmp_path: Path) -> None:
+    """Alone, holding back would stop its chain for good, and no other validator signs to conflict with:
+    it says what it found, once, and goes on making blocks. Its observer serves it the later blocks."""
+    chain = make_chain(tmp_path, chain_id="lone-restored")
+    a_port, o_port = free_port(), free_port()
+    observer_key = KeyPair.generate()
+    write_key_file(tmp_path / "observer.key", observer_key)
+    a_data, o_data = tmp_path / "authority", tmp_path / "observer"
+    init_data_dir(a_data, chain.genesis_path, chain.authority_key_path, f"127.0.0.1:{a_port}",
+                  peers=(f"http://127.0.0.1:{o_port}#{observer_key.did}",))
+    init_data_dir(o_data, chain.genesis_path, tmp_path / "observer.key", f"127.0.0.1:{o_port}", role="observer",
+                  peers=(f"http://127.0.0.1:{a_port}",))
+    authority, observer = NodeProc(a_data), NodeProc(o_data)
+
+    def anchor() -> Tx:
+        return sign_tx(chain.issuer, chain.chain_id, RecordAnchor(
+            record=os.urandom(16), issuer=chain.issuer.did, holder=KeyPair.generate().did, rtype="degree",
+            commitment=os.urandom(32), expires=None))
+
+    try:
+        authority.start()
+        observer.start()
+        authority.commit([anchor()])
+        assert authority.terminate() == 0
+        shutil.copytree(a_data, tmp_path / "backup")
+        authority.start()
+        for _ in range(3):
+            authority.commit([anchor()])
+        wait_until(lambda: observer.height() == authority.height() or None, 30, "the observer to catch up")
+        assert authority.terminate() == 0
+        shutil.rmtree(a_data)
+        shutil.copytree(tmp_path / "backup", a_data)
+        authority.start()
+        wait_until(lambda: "event=signed_beyond_record" in authority.log() or None, 30,
+                   "the restored authority to see its key's later precommits")
+        authority.commit([anchor()])
+        authority.commit([anchor()])
+        said = [line for line in authority.log().splitlines() if "event=signed_beyond_record" in line]
+        assert len(said) == 1 and "level=WARNING" in said[0] and "until_height" not in said[0], said
+        wait_until(lambda: observer.height() == authority.height() or None, 30, "the observer to follow")
+    finally:
+        for node in (authority, observer):
+            if node.proc is not None and node.proc.poll() is None:
+                node.terminate()
 
 
 def skewed(seconds: int) -> dict[str, str]:
