@@ -19,7 +19,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,6 +40,9 @@ from node.client import ClientError, NodeClient
 from node.config import PID_FILE, ConfigError, ConsensusTiming, PeerSpec, init_data_dir, known_settings
 
 MANIFEST = "testnet.json"
+#: Written first by a network's creation, removed with its first manifest: a creation stopped between
+#: the two (Ctrl-C) left node folders no node ever ran from, which the next `up` makes afresh.
+CREATING = ".creating"
 DEMO_TYPE = "degree"
 DEMO_ISSUER_NAME = "Demo University"
 
@@ -116,26 +121,34 @@ def up(directory: str | os.PathLike[str], authorities: int = 4, observers: int =
     manifest = load(d) if manifest_path.exists() else _create(d, authorities, observers, base_port, chain_id,
                                                                  consensus)
     started: dict[str, int] = {}
-    for node in manifest["nodes"]:
-        pid = _running_pid(node)
-        if pid is None:
-            pid = started[node["name"]] = _start_node(Path(node["data"]))
-        node["pid"] = pid
-    save(d, manifest)
     try:
+        for node in manifest["nodes"]:
+            pid = _running_pid(node)
+            if pid is None:
+                pid = started[node["name"]] = _start_node(Path(node["data"]))
+            node["pid"] = pid
+        save(d, manifest)
         _wait_answering(manifest["nodes"], time.monotonic() + timeout, timeout)
     except TestnetError as exc:
-        # Half a network is no network: stop what this call started, so that a script sees nothing of it
-        # running (nodes that ran before the call go on running).
-        alive = [name for name, pid in started.items() if _alive(pid)]
-        _stop(started)
-        for node in manifest["nodes"]:
-            if node["name"] in started:
-                node["pid"] = None
-        save(d, manifest)
+        alive = _undo_start(d, manifest, started)
         raise TestnetError(f"{exc}; stopped again what this command started ({', '.join(alive) or 'nothing else'})"
                            ) from None
+    except BaseException:  # interrupted (Ctrl-C): the same, then the interruption goes on
+        _undo_start(d, manifest, started)
+        raise
     return manifest
+
+
+def _undo_start(d: Path, manifest: dict[str, Any], started: dict[str, int]) -> list[str]:
+    """Half a network is no network: stop what `up` started, so that a script sees nothing of it running
+    (nodes that ran before the call go on running). The names of those that were still running."""
+    alive = [name for name, pid in started.items() if _alive(pid)]
+    _stop(started)
+    for node in manifest["nodes"]:
+        if node["name"] in started:
+            node["pid"] = None
+    save(d, manifest)
+    return alive
 
 
 def running(directory: str | os.PathLike[str]) -> list[str]:
@@ -176,8 +189,10 @@ def _create(d: Path, authorities: int, observers: int, base_port: int, chain_id:
     if authorities < 1 or observers < 0:
         raise TestnetError("a testnet needs at least one authority")
     d.mkdir(parents=True, exist_ok=True)
-    (d / "keys").mkdir(exist_ok=True)
+    _remove_half_made(d)
     names = [f"authority{i + 1}" for i in range(authorities)] + [f"observer{i + 1}" for i in range(observers)]
+    (d / CREATING).write_text(json.dumps(names) + "\n")
+    (d / "keys").mkdir(exist_ok=True)
     node_keys = {}
     for name in names:
         key = KeyPair.generate()
@@ -202,6 +217,21 @@ def _create(d: Path, authorities: int, observers: int, base_port: int, chain_id:
                       "key": str(d / "keys" / f"{name}.key")})
     return {"chain_id": chain_id, "genesis": str(d / "genesis.json"), "nodes": nodes,
             "demo_issuer_key": str(d / "keys" / "demo-issuer.key"), "demo_record_type": DEMO_TYPE}
+
+
+def _remove_half_made(d: Path) -> None:
+    """The node folders of a creation that was stopped before its manifest was written (`CREATING` names
+    them): none has run, so nothing is lost, and leaving them would make every later `up` fail."""
+    try:
+        names = json.loads((d / CREATING).read_text())
+    except (OSError, ValueError):
+        return
+    for name in names if isinstance(names, list) else []:
+        # Only the names a creation gives: nothing else in DIR, nothing outside it.
+        if isinstance(name, str) and re.fullmatch(r"(authority|observer)[1-9][0-9]{0,3}", name):
+            folder = d / name
+            if folder.is_dir() and not folder.is_symlink():
+                shutil.rmtree(folder)
 
 
 def _start_node(data: Path) -> int:
@@ -301,6 +331,7 @@ def save(d: Path, manifest: dict[str, Any]) -> None:
     writing it leaves the manifest before or after, never a cut one that no later command could read."""
     try:
         write_durably(d / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode(), 0o644)
+        (d / CREATING).unlink(missing_ok=True)
     except OSError as exc:
         raise TestnetError(f"{d / MANIFEST} could not be written: {exc.strerror or exc}") from None
 

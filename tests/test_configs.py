@@ -6,15 +6,18 @@ must also equal the defaults it claims to show.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from node_proc import LER, full_disk
@@ -182,6 +185,70 @@ def test_a_failed_up_says_why_and_leaves_no_node_running(tmp_path: Path) -> None
         ler("testnet", "down", "--dir", str(d))
     assert ler("testnet", "up", "--dir", str(d)).returncode == 0  # the port is free again: it starts
     ler("testnet", "down", "--dir", str(d))
+
+
+def test_an_interrupted_up_stops_what_it_started(tmp_path: Path) -> None:
+    """Ctrl-C while `ler testnet up` waits for its nodes to answer: it stops them before it gives up, so
+    nothing is left running that the user did not see start; the next `up` starts the network."""
+    d = tmp_path / "net"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LER_")}
+    proc = subprocess.Popen([str(LER), "testnet", "up", "--dir", str(d), "--nodes", "2", "--base-port", "23851"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 60
+        pids: list[int] = []
+        while time.monotonic() < deadline and proc.poll() is None:
+            with contextlib.suppress(OSError, ValueError):
+                pids = [n["pid"] for n in json.loads((d / "testnet.json").read_text())["nodes"]]
+            if pids and all(pids):
+                break
+            time.sleep(0.01)
+        assert pids and all(pids), "the nodes never started"
+        os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 1 and "aborted" in err, (proc.returncode, out, err)
+        assert not any(testnet._alive(pid) for pid in pids)
+        assert [n["pid"] for n in json.loads((d / "testnet.json").read_text())["nodes"]] == [None, None]
+        assert ler("testnet", "up", "--dir", str(d)).returncode == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        ler("testnet", "down", "--dir", str(d))
+
+
+def test_a_creation_stopped_midway_is_made_afresh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C while `up` makes a new network's folders: the next `up` removes the half-made node folders
+    (no node ever ran from them) and makes the network, instead of refusing a folder made already. Only
+    the node folders its creation named go: a name that points elsewhere in a tampered marker does not."""
+    d = tmp_path / "net"
+    made = []
+    real_init = testnet.init_data_dir
+
+    def init_then_stop(*args: Any, **kwargs: Any) -> Any:
+        if made:
+            raise KeyboardInterrupt
+        made.append(real_init(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(testnet, "init_data_dir", init_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        testnet.up(d, authorities=2, base_port=23841)
+    monkeypatch.undo()
+    assert (d / "authority1" / "config.toml").exists() and not (d / "testnet.json").exists()
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    marker = json.loads((d / testnet.CREATING).read_text())
+    # Names that must not be removed, all inside tmp_path (should the check ever break, nothing else goes).
+    (d / testnet.CREATING).write_text(json.dumps([*marker, "../keep", "keys2"]))
+    (d / "keys2").mkdir()
+    try:
+        r = ler("testnet", "up", "--dir", str(d), "--nodes", "2", "--base-port", "23841")
+        assert r.returncode == 0, r.stderr
+        assert ler("testnet", "status", "--dir", str(d)).returncode == 0
+        assert not (d / testnet.CREATING).exists() and keep.is_dir() and (d / "keys2").is_dir()
+    finally:
+        ler("testnet", "down", "--dir", str(d))
 
 
 GOOD_NODE = {"name": "authority1", "url": "http://127.0.0.1:1", "role": "authority", "pid": None,
