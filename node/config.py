@@ -50,6 +50,7 @@ class Limits:
     block_txs: int = 2000
     wait_timeout_s: float = 30.0
     max_connections: int = 1024
+    max_connections_per_address: int = 0  # 0: no bound per remote address (right behind a reverse proxy)
     idle_timeout_s: float = 30.0
     body_timeout_s: float = 60.0
 

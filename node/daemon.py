@@ -134,13 +134,19 @@ async def serve(config: NodeConfig, key: KeyPair, stop: asyncio.Event) -> None:
                         len(config.peers), f"each peer may hold {PEER_CONNECTIONS} connections to this node and "
                         "clients need some too: with so few, peers' messages and clients' requests are "
                         f"refused in turn; allow at least {fewest} ([limits] max_connections, ulimit -n)")
+        if 0 < limits.max_connections_per_address < PEER_CONNECTIONS and config.peers:
+            log.warning("event=max_connections_per_address_low max_connections_per_address=%d reason=%r",
+                        limits.max_connections_per_address, f"a peer may hold {PEER_CONNECTIONS} connections "
+                        "to this node (a message and a height poll overlapping): with fewer, its messages are "
+                        f"refused in turn; allow at least {PEER_CONNECTIONS}")
         runner = web.AppRunner(node.app(), access_log=None, handle_signals=False,
                                shutdown_timeout=SHUTDOWN_TIMEOUT_S, keepalive_timeout=limits.idle_timeout_s,
                                lingering_time=LINGER_S)
         await runner.setup()
-        site = CappedSite(runner, config.host, config.port, cap, reuse_address=True)
+        site = CappedSite(runner, config.host, config.port, cap, limits.max_connections_per_address,
+                          reuse_address=True)
         await site.start()
-        svc.metrics.connections = lambda: (site.open_connections, site.refusals.total)
+        svc.metrics.connections = lambda: (site.open_connections, site.refused)
         log.info("event=node_started chain=%s height=%d node=%s role=%s url=%s pending_reloaded=%d "
                  "validator=%s peers=%d", svc.chain_id, svc.store.height, key.did, config.role, config.url,
                  reloaded, svc.is_validator, len(node.network.links))

@@ -6,6 +6,10 @@ node none to accept its peers' messages with or to open its database files, and 
 for every accept that fails, several thousand a second, until the disk is full. So:
 - at most `[limits] max_connections` at once: past that, a new connection is closed as soon as it is
   accepted, and one WARNING a minute at most says how many were (`event=connections_refused`);
+- if `[limits] max_connections_per_address` is set, at most that many from one remote address: past
+  that, its new connections are closed as soon as its address is known (`event=connections_refused`
+  with `per_address=`), so one client cannot take every connection from the rest. (Off by default: behind
+  a reverse proxy every client has the proxy's address.)
 - a connection that has not sent a whole request head `idle_timeout_s` after it opened, or after its
   last answer, is closed (aiohttp's keep-alive timer, which also runs before a connection's first
   request);
@@ -79,6 +83,10 @@ def fewest_connections(peers: int) -> int:
     return PEER_CONNECTIONS * peers + MIN_CLIENT_CONNECTIONS if peers else 1
 
 
+#: Remote addresses kept track of before those that hold no connection are forgotten.
+ADDRESSES_KEPT = 4096
+
+
 class _Refused(asyncio.Protocol):
     """A connection past the cap: closed at once (a reset, so no descriptor lingers in TIME_WAIT)."""
 
@@ -107,17 +115,67 @@ class _RateLimitedWarning:
             self._last, self._count = now, 0
 
 
+class _ByAddress(asyncio.Protocol):
+    """A connection's protocol until its remote address is known, which is when it is made: past that
+    address's share of connections it is closed, otherwise the request handler `inner` takes over."""
+
+    __slots__ = ("inner", "site")
+
+    def __init__(self, site: CappedSite, inner: asyncio.Protocol) -> None:
+        self.site, self.inner = site, inner
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.site.admit(transport):
+            transport.set_protocol(self.inner)
+            self.inner.connection_made(transport)
+        else:
+            transport.abort()  # type: ignore[attr-defined]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        pass  # only a connection refused above ends here: the others have their handler by then
+
+
 class CappedSite(web.TCPSite):
-    """A TCPSite that accepts at most `cap` connections at once."""
+    """A TCPSite that accepts at most `cap` connections at once, and at most `per_address` (if more than
+    0) from one remote address."""
 
-    __slots__ = ("cap", "refusals")
+    __slots__ = ("_by_address", "address_refusals", "cap", "per_address", "refusals")
 
-    def __init__(self, runner: web.BaseRunner, host: str, port: int, cap: int, **kwargs: Any) -> None:
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, cap: int, per_address: int = 0,
+                 **kwargs: Any) -> None:
         super().__init__(runner, host, port, **kwargs)
         self.cap = cap
+        self.per_address = per_address
         self.refusals = _RateLimitedWarning(
             "connections_refused", "the node holds its most connections ([limits] max_connections); "
             "new ones are closed until some end")
+        self.address_refusals = _RateLimitedWarning(
+            "connections_refused", "one address holds its most connections ([limits] "
+            "max_connections_per_address); its new ones are closed until some end")
+        self._by_address: dict[str, set[asyncio.BaseTransport]] = {}
+
+    @property
+    def refused(self) -> int:
+        """Connections closed on arrival so far, for either bound."""
+        return self.refusals.total + self.address_refusals.total
+
+    def admit(self, transport: asyncio.BaseTransport) -> bool:
+        """Whether the connection's address may hold one more (it is then counted until it closes)."""
+        peer = transport.get_extra_info("peername")
+        address = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        live = self._by_address.get(address)
+        if live is None:
+            if len(self._by_address) >= ADDRESSES_KEPT:
+                self._by_address = {a: ts for a, ts in self._by_address.items()
+                                    if any(not t.is_closing() for t in ts)}
+            live = self._by_address[address] = set()
+        else:
+            live.difference_update([t for t in live if t.is_closing()])
+        if len(live) >= self.per_address:
+            self.address_refusals.hit(per_address=self.per_address, address=address)
+            return False
+        live.add(transport)
+        return True
 
     @property
     def open_connections(self) -> int:
@@ -152,7 +210,7 @@ class CappedSite(web.TCPSite):
             starting += 1
             loop = asyncio.get_running_loop()
             loop.call_soon(loop.call_soon, started)
-            return server()
+            return _ByAddress(self, server()) if self.per_address > 0 else server()
 
         return make
 

@@ -94,7 +94,8 @@ class Metrics:
             open_now, refused = self.connections()
             metric("ler_http_connections", "gauge", "HTTP connections open to this node", open_now)
             metric("ler_http_connections_refused_total", "counter",
-                   "HTTP connections closed on arrival: the node held [limits] max_connections", refused)
+                   "HTTP connections closed on arrival: the node held [limits] max_connections, or their "
+                   "address max_connections_per_address", refused)
         fds = open_fds()
         if fds is not None:
             metric("process_open_fds", "gauge", "File descriptors this process holds open", fds)

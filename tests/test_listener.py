@@ -121,6 +121,78 @@ def test_connections_past_the_cap_are_closed_and_idle_ones_end(node: NodeProc) -
     assert "Traceback" not in log
 
 
+def _connect_from(address: str, port: int) -> socket.socket:
+    """A connection to the node from another loopback address (all of 127/8 is this machine)."""
+    return socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(address, 0))
+
+
+def _status_over(s: socket.socket, path: str = "/health") -> int | None:
+    """The status of a GET sent over `s`, or None if the node closed it instead of answering."""
+    try:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: node\r\n\r\n".encode())
+        s.settimeout(5)
+        head = s.recv(65536)
+    except OSError:
+        return None
+    return int(head.split(b" ", 2)[1]) if head else None
+
+
+def test_one_address_holds_at_most_its_share_and_the_others_are_served(tmp_path: Path) -> None:
+    chain = make_chain(tmp_path, chain_id="per-address-test")
+    data = init_node(chain, tmp_path / "node", limits={"max_connections": 64, "max_connections_per_address": 4})
+    proc = NodeProc(data).start()
+    try:
+        port = _port(proc.url)
+        held = [_connect_from("127.0.0.3", port) for _ in range(4)]
+        extra = [_connect_from("127.0.0.3", port) for _ in range(6)]
+        assert all(_closed_by_peer(s, 2.0) for s in extra)
+        assert [_status_over(s) for s in held] == [200] * 4  # its first four are served as ever
+        assert _status_over(_connect_from("127.0.0.4", port)) == 200  # another address meanwhile
+        assert _serves(proc)
+        for s in held + extra:
+            s.close()
+        # Its connections closed, the address is served again.
+        wait_until(lambda: _status_over(_connect_from("127.0.0.3", port)) == 200, 10, "the address to be served")
+        assert _metric(proc, "ler_http_connections_refused_total") >= 6
+        said = [line for line in proc.log(None).splitlines() if "event=connections_refused" in line]
+        assert len(said) == 1 and "per_address=4 address=127.0.0.3" in said[0], said
+    finally:
+        proc.close()
+
+
+class _FakeTransport(asyncio.BaseTransport):
+    def __init__(self, address: str) -> None:
+        super().__init__()
+        self.address, self.closed = address, False
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return (self.address, 40000) if name == "peername" else default
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+async def test_the_count_by_address_forgets_addresses_that_hold_nothing() -> None:
+    from aiohttp import web
+
+    runner = web.AppRunner(web.Application())
+    await runner.setup()
+    try:
+        site = listener.CappedSite(runner, "127.0.0.1", 0, 100, per_address=2)
+        a = [_FakeTransport("10.0.0.1") for _ in range(3)]
+        assert [site.admit(t) for t in a] == [True, True, False]
+        a[0].closed = True
+        assert site.admit(a[2])  # one of its two closed: room again
+        many = [_FakeTransport(f"10.1.{i // 256}.{i % 256}") for i in range(listener.ADDRESSES_KEPT)]
+        assert all(site.admit(t) for t in many)
+        for t in many:
+            t.closed = True
+        assert site.admit(_FakeTransport("10.2.0.1"))  # the table was full: those holding nothing go
+        assert set(site._by_address) == {"10.0.0.1", "10.2.0.1"}
+    finally:
+        await runner.cleanup()
+
+
 def test_an_unfinished_request_head_is_closed(node: NodeProc) -> None:
     s = _connect(_port(node.url), b"GET /v1/status HTTP/1.1\r\nHost: x\r\nX-Slow: ")
     started = time.monotonic()
@@ -197,13 +269,16 @@ def test_failed_accepts_are_one_line_a_minute(caplog: pytest.LogCaptureFixture) 
     assert any("something else entirely" in m for m in lines)  # other errors still reach the default
 
 
-@pytest.mark.parametrize(("cap", "warned"), [(5, True), (10, False)])
-def test_a_cap_too_low_for_the_peers_is_named_at_start(tmp_path: Path, cap: int, warned: bool) -> None:
-    """Three peers may hold six connections: a cap of 5 leaves clients and peers refusing each other,
-    and the node says so when it starts; a cap of 10 is enough."""
+@pytest.mark.parametrize(("cap", "per_address", "warned"), [(5, 0, True), (10, 0, False), (10, 1, True),
+                                                          (10, 2, False)])
+def test_a_cap_too_low_for_the_peers_is_named_at_start(tmp_path: Path, cap: int, per_address: int,
+                                                       warned: bool) -> None:
+    """Three peers may hold six connections, two each: a cap of 5, or 1 per address, leaves clients and
+    peers refusing each other, and the node says so when it starts; a cap of 10, 2 per address, is enough."""
     assert listener.fewest_connections(3) == 10 and listener.fewest_connections(0) == 1
     chain = make_chain(tmp_path, chain_id="listener-test")
-    data = init_node(chain, tmp_path / "node", limits={"max_connections": cap})
+    data = init_node(chain, tmp_path / "node", limits={"max_connections": cap,
+                                                        "max_connections_per_address": per_address})
     config = data / "config.toml"
     peers = [f"http://127.0.0.1:{free_port()}" for _ in range(3)]  # nothing listens there: never reached
     text = config.read_text()
@@ -211,8 +286,10 @@ def test_a_cap_too_low_for_the_peers_is_named_at_start(tmp_path: Path, cap: int,
     config.write_text(text.replace("urls = []", f"urls = {peers!r}".replace("'", '"'), 1))
     proc = NodeProc(data).start()
     try:
-        line = f"event=max_connections_low max_connections={cap} peers=3"
+        line = (f"event=max_connections_per_address_low max_connections_per_address={per_address}" if per_address
+                else f"event=max_connections_low max_connections={cap} peers=3")
         assert (line in proc.log(None)) is warned, proc.log()
+        assert "_low" not in proc.log(None) or warned, proc.log()
         assert _serves(proc)
     finally:
         proc.close()
