@@ -86,7 +86,7 @@ class Node:
         self.network = Network(self.svc, self.driver)
         self.driver.outbox = self.network
         self.syncer = Syncer(self.svc, self.driver, self.network)
-        self.driver.peer_height = self.syncer.best_height
+        self.driver.peer_heights = self.syncer.peer_heights
 
     # --- NetworkView ----------------------------------------------------------------------------------
     @property

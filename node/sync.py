@@ -85,10 +85,14 @@ class Syncer:
     def best_height(self) -> int:
         """The highest height a peer claims, among peers not skipped for failing to serve what they
         claimed: a peer that lies about its height makes this node neither look nor keep trying to be
-        behind. (Also asked from the consensus thread, hence the copy of the links.)"""
+        behind."""
+        return max(self.peer_heights(), default=0)
+
+    def peer_heights(self) -> list[int]:
+        """The heights those peers claim. (Also asked from the consensus thread, hence the copy.)"""
         now = time.monotonic()
-        return max((link.height for link in list(self.network.links.values())
-                    if link.height is not None and self._penalty.get(link.url, 0.0) <= now), default=0)
+        return [link.height for link in list(self.network.links.values())
+                if link.height is not None and self._penalty.get(link.url, 0.0) <= now]
 
     def _fail(self, url: str) -> float:
         """Skip the peer for a while, longer for each failure in a row; returns for how long."""

@@ -171,6 +171,14 @@ class _Outcome:
     accepted: list[Incoming] = field(default_factory=list)
 
 
+def reached_by_many(heights: Sequence[int], f: int) -> int:
+    """The highest height that at least f + 1 of `heights` reach (0 if there are not that many): if at
+    most f of those who reported them are faulty, an honest one reaches it, so no f together can push it
+    above every honest report."""
+    ranked = sorted(heights, reverse=True)
+    return ranked[f] if len(ranked) > f else 0
+
+
 class ConsensusDriver:
     def __init__(self, svc: NodeService, outbox: Outbox | None = None) -> None:
         self.svc = svc
@@ -186,8 +194,8 @@ class ConsensusDriver:
         self.heartbeat_s = cfg.blocks.heartbeat_s
         self.block_txs = cfg.limits.block_txs
         self.signed = self._load_signed()
-        # The highest height a peer reports (node/sync.py sets it): where a hold starts from.
-        self.peer_height: Callable[[], int] = lambda: 0
+        # The heights peers report (node/sync.py sets it): where a hold starts from.
+        self.peer_heights: Callable[[], list[int]] = list
         self._lone_beyond_record_said = False
         self.own_proposal = self._load_proposal()
         self._warn_if_locked_on_a_lost_block()
@@ -717,8 +725,9 @@ class ConsensusDriver:
         a later (height, round) than its record of what it signed means the record is behind what its
         key signed. Its data folder was restored from an older copy (or a second process signs with its
         key), and it no longer knows what it signed at the heights since: signing there again could
-        conflict. So it signs nothing up to two heights above the highest any peer reports. A copy that
-        stopped signed only up to the height then in progress, which is at most one above that."""
+        conflict. So it signs nothing up to two heights above the height its peers report (as many of
+        them as could be faulty, and one more: `reached_by_many`). A copy that stopped signed only up to
+        the height then in progress, which is at most one above that."""
         e = self.engine
         if e is None:
             return
@@ -729,9 +738,11 @@ class ConsensusDriver:
             s = e.signed_state
             if s is not None and (c.height, c.round, PRECOMMIT) <= s.position:
                 continue
-            until = max(self.peer_height(), self.store.height, c.height) + 2
+            vals = self.store.validators(self.store.height + 1)
+            reported = reached_by_many(self.peer_heights(), (len(vals) - 1) // 3)
+            until = max(reported, self.store.height, c.height) + 2
             recorded = f"h={s.height} r={s.round} {STEP_NAMES[s.step]}" if s is not None else "nothing"
-            if tuple(self.store.validators(self.store.height + 1)) == (me,):
+            if tuple(vals) == (me,):
                 # Alone, holding back would stop the chain for good; nobody else signs to conflict with.
                 if not self._lone_beyond_record_said:
                     self._lone_beyond_record_said = True

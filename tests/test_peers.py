@@ -266,3 +266,13 @@ def test_sync_progress_says_how_far_how_fast_and_how_long() -> None:
     assert progress(500, 1000, 1000, 4.0).endswith("done_pct=100.0 blocks_per_s=125.0 eta_s=0")
     # A peer's best height below ours (it is behind too): nothing left, never past 100%.
     assert progress(10, 12, 5, 1.0) == "height=12 target=5 done_pct=100.0 blocks_per_s=2.0 eta_s=0"
+
+
+def test_the_height_a_hold_starts_from_is_one_no_f_peers_can_raise() -> None:
+    from node.validator import reached_by_many
+
+    assert reached_by_many([7, 9, 8], 1) == 8  # one of three may lie: its 10**18 would not count
+    assert reached_by_many([10**18, 9, 8], 1) == 9
+    assert reached_by_many([10**18, 10**18, 8, 9], 1) == 10**18  # two agree: more than f
+    assert reached_by_many([5], 0) == 5 and reached_by_many([], 0) == 0
+    assert reached_by_many([5], 1) == 0  # fewer reports than f + 1: none to go by
