@@ -196,6 +196,8 @@ def test_an_interrupted_up_stops_what_it_started(tmp_path: Path) -> None:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
+        # Polled every 10 ms by hand (wait_until backs off to 0.25 s): the nodes answer about a second
+        # after they start, and the interruption must come while `up` still waits for them.
         deadline = time.monotonic() + 60
         pids: list[int] = []
         while time.monotonic() < deadline and proc.poll() is None:
