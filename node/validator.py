@@ -20,6 +20,12 @@ because building or checking a block of thousands of transactions takes far long
 loop may block. Exactly one call is in flight at a time (this task awaits each), so the engine and the
 store's single writer are never used concurrently; the loop only reads.
 
+Listening first: after the process starts, a validator with peers starts no height for
+`LISTEN_FIRST_TICKS` gossip ticks (2 s by default), keeping what arrives. A peer that sees it restarted
+relays to it, within two ticks, what it holds of the height in progress, its own earlier votes among
+them; a folder restored from an older copy has no record of those, and they make it hold back
+(`_signed_beyond_record`) before it signs anything there.
+
 Idle: a height is started only when there is something to do: transactions in the mempool (after
 `batch_ms` to let a block fill), a heartbeat due, a peer's message for that height (someone else has
 work), or a restart in the middle of a height we had signed in. Between heights nothing runs: no
@@ -36,7 +42,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Container, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -56,7 +62,7 @@ from consensus import (
     TimeoutConfig,
     proposer_of,
 )
-from consensus.messages import STEP_NAMES, Message, describe
+from consensus.messages import PROPOSE, STEP_NAMES, Message, describe
 from ler import codec, keys
 from ler.block import PRECOMMIT, Block, CommitCertificate, Vote
 from ler.errors import DecodeError, ProofError, RuleError
@@ -76,6 +82,7 @@ EVIDENCE_PREFIX = b"evidence/"
 MAX_INBOX = 20_000       # queued peer messages before gossip is answered "busy, retry"
 MAX_EARLY = 1024         # messages for the next height kept before that height starts
 MAX_BATCH = 512          # inputs handed to the engine in one thread call
+LISTEN_FIRST_TICKS = 4   # gossip ticks (`[gossip] resend_s`) a started validator listens before its first height
 
 
 class Outbox(Protocol):
@@ -225,6 +232,9 @@ class ConsensusDriver:
         self._stopping = False
         self._finish_height: int | None = None
         self._stop_deadline = 0.0
+        # Until when to start no height (set when the loop starts; None once passed, or with no peers).
+        self._listen_until: float | None = None
+        self._listen_s = LISTEN_FIRST_TICKS * cfg.gossip.resend_s if cfg.peers else 0.0
         svc.tx_listeners.append(self._on_txs)
 
     def _load_signed(self) -> SignedState | None:
@@ -323,6 +333,8 @@ class ConsensusDriver:
 
     # --- the loop ----------------------------------------------------------------------------------
     async def run(self) -> None:
+        if self._listen_s > 0:
+            self._listen_until = time.monotonic() + self._listen_s
         try:
             while not (self._stopping and self._stop_done()):
                 if self._should_start():
@@ -383,6 +395,10 @@ class ConsensusDriver:
         if self._stopping and (self._finish_height != nxt or self._stop_done()):
             return False  # stopping: only the height that was already on its way
         now = time.monotonic()
+        if self._listen_until is not None:
+            if now < self._listen_until:
+                return False  # listening first (the module docstring): what arrives waits in _early
+            self._listen_until = None
         if self._early:
             return True
         if self.signed is not None and self.signed.height == nxt:
@@ -404,6 +420,8 @@ class ConsensusDriver:
         if self._stopping:
             deadlines.append(self._stop_deadline)
         if not self.in_height and self.engine is not None:
+            if self._listen_until is not None:
+                deadlines.append(self._listen_until)
             if self._pending_since is not None and len(self.svc.mempool):
                 deadlines.append(self._pending_since + self.batch_s)
             if self.heartbeat_s > 0:
@@ -430,6 +448,7 @@ class ConsensusDriver:
     def _thread_start(self, h: int, early: list[Incoming]) -> _Outcome:
         assert self.engine is not None
         out = _Outcome()
+        self._check_relayed_own(out, early)
         self._absorb(out, self.engine.start_height(h))
         own = self.own_proposal
         if own is not None and own.height == h:
@@ -473,12 +492,27 @@ class ConsensusDriver:
     def _thread_feed(self, items: Sequence[Incoming | TimeoutFired]) -> _Outcome:
         assert self.engine is not None
         out = _Outcome()
+        self._check_relayed_own(out, items)
         for item in items:
             if isinstance(item, TimeoutFired):
                 self._absorb(out, self.engine.on_timeout(item.step, item.height, item.round))
             else:
                 self._feed(out, item)
         return out
+
+    def _check_relayed_own(self, out: _Outcome, items: Iterable[Incoming | TimeoutFired]) -> None:
+        """Before the engine sees any of `items`: a message of our own key among them, relayed by a peer,
+        is our own from before a restart (a peer relays what it holds of the height in progress to a
+        peer seen restarted, in one batch), which our record of what we signed must cover."""
+        me = self.svc.key.public_key
+        for item in items:
+            if not isinstance(item, Incoming):
+                continue
+            m = item.message
+            if (m.proposer if isinstance(m, Proposal) else m.validator) == me and self._signed_beyond_record(
+                    out, (m.height, m.round, PROPOSE if isinstance(m, Proposal) else m.type), m.height,
+                    f"a peer relayed a {describe(m)} of this validator's key"):
+                return
 
     def _feed(self, out: _Outcome, incoming: Incoming) -> None:
         assert self.engine is not None
@@ -722,40 +756,51 @@ class ConsensusDriver:
 
     def _check_own_signatures(self, block: Block, cert: CommitCertificate) -> None:
         """On the worker thread, after a commit: a certificate holding this validator's precommit from
-        a later (height, round) than its record of what it signed means the record is behind what its
-        key signed. Its data folder was restored from an older copy (or a second process signs with its
-        key), and it no longer knows what it signed at the heights since: signing there again could
-        conflict. So it signs nothing up to two heights above the height its peers report (as many of
-        them as could be faulty, and one more: `reached_by_many`). A copy that stopped signed only up to
-        the height then in progress, which is at most one above that."""
-        e = self.engine
-        if e is None:
-            return
+        a later (height, round) than its record of what it signed (`_signed_beyond_record`)."""
         me = self.svc.key.public_key
         for c in (cert, block.last_cert):
-            if c is None or not any(sig.validator == me for sig in c.sigs):
-                continue
-            s = e.signed_state
-            if s is not None and (c.height, c.round, PRECOMMIT) <= s.position:
-                continue
-            vals = self.store.validators(self.store.height + 1)
-            reported = reached_by_many(self.peer_heights(), (len(vals) - 1) // 3)
-            until = max(reported, self.store.height, c.height) + 2
-            recorded = f"h={s.height} r={s.round} {STEP_NAMES[s.step]}" if s is not None else "nothing"
-            if tuple(vals) == (me,):
-                # Alone, holding back would stop the chain for good; nobody else signs to conflict with.
-                if not self._lone_beyond_record_said:
-                    self._lone_beyond_record_said = True
-                    log.warning("event=signed_beyond_record height=%d round=%d recorded=%r reason=%r",
-                                c.height, c.round, recorded, "this lone validator's key signed beyond its record")
+            if c is not None and any(sig.validator == me for sig in c.sigs) and self._signed_beyond_record(
+                    _Outcome(), (c.height, c.round, PRECOMMIT), c.height + 1,
+                    "a certificate holds a precommit of this validator's key"):
                 return
-            log.critical("event=signed_beyond_record height=%d round=%d recorded=%r until_height=%d reason=%r",
-                         c.height, c.round, recorded, until,
-                         "a certificate holds a precommit of this validator's key that its record of what it "
-                         "signed does not cover: its data folder was restored from an older copy, or another "
-                         "process signs with its key (stop it); it signs nothing below until_height")
-            self._absorb(_Outcome(), e.hold_back(until))
-            return
+
+    def _signed_beyond_record(self, out: _Outcome, position: tuple[int, int, int], reached: int,
+                              found: str) -> bool:
+        """On the worker thread: our key signed at `position`, seen in a certificate or a peer's relay.
+        If that is beyond our record of what we signed, the record is behind what the key signed: the
+        data folder was restored from an older copy (or a second process signs with the key), and what
+        was signed since is unknown, so signing there again could conflict. So we sign nothing up to two
+        heights above the height the peers report (as many of them as could be faulty, and one more:
+        `reached_by_many`), nor at `reached`, the height the signer of `position` may have been working
+        on. A copy that stopped signed only up to the height then in progress, at most one above the
+        reported one. True if `position` was beyond the record."""
+        e = self.engine
+        if e is None:
+            return False
+        s = e.signed_state
+        if s is not None and position <= s.position:
+            return False
+        me = self.svc.key.public_key
+        height, round_, step = position
+        vals = self.store.validators(self.store.height + 1)
+        reported = reached_by_many(self.peer_heights(), (len(vals) - 1) // 3)
+        until = max(reported + 2, self.store.height + 2, reached + 1)
+        recorded = f"h={s.height} r={s.round} {STEP_NAMES[s.step]}" if s is not None else "nothing"
+        if tuple(vals) == (me,):
+            # Alone, holding back would stop the chain for good; nobody else signs to conflict with.
+            if not self._lone_beyond_record_said:
+                self._lone_beyond_record_said = True
+                log.warning("event=signed_beyond_record height=%d round=%d step=%s recorded=%r reason=%r",
+                            height, round_, STEP_NAMES[step], recorded,
+                            f"{found} beyond its record (this validator is the only one)")
+            return True
+        log.critical("event=signed_beyond_record height=%d round=%d step=%s recorded=%r until_height=%d reason=%r",
+                     height, round_, STEP_NAMES[step], recorded, until,
+                     f"{found} that its record of what it signed does not cover: its data folder was restored "
+                     "from an older copy, or another process signs with its key (stop it); it signs nothing "
+                     "below until_height")
+        self._absorb(out, e.hold_back(until))
+        return True
 
     async def _after_commit(self, block: Block, result: ExecutionResult, source: str) -> None:
         h = block.header.height

@@ -33,8 +33,9 @@ from ler import codec, keys
 from ler.block import PREVOTE, Vote
 from ler.keys import KeyPair, read_key_file, write_key_file
 from ler.tx import Action, GovVote, RecordAnchor, Tx, sign_tx
-from node.config import init_data_dir
+from node.config import SIGNED_FILE, init_data_dir
 from node.peers import sign_envelope
+from node.signed_file import read_signed_file
 
 pytestmark = pytest.mark.slow
 
@@ -433,7 +434,8 @@ def test_an_authority_restored_from_an_older_copy_of_its_folder_holds_back_inste
     found: list[int] = []
 
     def said() -> bool:
-        m = re.search(r"event=signed_beyond_record height=\d+ round=\d+ recorded=.* until_height=(\d+)", victim.log())
+        m = re.search(r"event=signed_beyond_record height=\d+ round=\d+ step=\w+ recorded=.* until_height=(\d+)",
+                      victim.log())
         if m:
             found.append(int(m.group(1)))
         return bool(m)
@@ -461,6 +463,74 @@ def test_an_authority_restored_from_an_older_copy_of_its_folder_holds_back_inste
     victim.submit(txs)
     net.wait_committed(txs, net.nodes)
     assert victim.log().count("event=signed_beyond_record") == 1
+
+
+def test_an_authority_restored_while_the_network_waits_in_a_height_it_voted_in_holds_back(
+        net: Net, tmp_path: Path) -> None:
+    """No certificate holds its votes yet: the height they were cast in has not ended, for want of a
+    quorum. But its peers hold them, and relay them to it when it comes back: from those it learns
+    that it signed beyond its record, and it sits that height out instead of voting in it again."""
+    a = net.authorities
+    witness = a[0]
+    net.wait_height(net.nodes, max(n.height() for n in net.nodes))
+    h = witness.height() + 1  # the height the copy will have voted in
+    # The victim must not propose round 0 of that height when it comes back (the witness, which keeps
+    # running, may), nor be the witness.
+    proposer = net.next_proposer(witness)
+    victim = next(n for n in a[1:] if n is not proposer)
+    others = [n for n in a[1:] if n is not victim]
+    me = victim.key.public_key
+    evidence_before = witness.get("/v1/evidence")["evidence"]
+    victim.kill()
+    backup = tmp_path / "backup"
+    shutil.copytree(victim.data, backup)
+    for n in others:
+        n.kill()
+    victim.start()
+    # Two of four authorities: the height starts for a record, the victim votes in it, nothing commits.
+    txs = net.anchors(1)
+    witness.submit(txs)
+
+    def voted() -> bool:
+        signed = read_signed_file(victim.data / SIGNED_FILE, net.chain_id, me)
+        return signed is not None and signed.height == h and signed.step >= PREVOTE
+
+    wait_until(voted, COMMIT_TIMEOUT, "the victim to vote at the height in progress")
+    assert witness.height() == h - 1
+    victim.kill()
+    shutil.rmtree(victim.data)
+    shutil.copytree(backup, victim.data)  # its records of what it signed end before height h
+    others[0].start()
+    victim.start()
+    found: list[int] = []
+
+    def said() -> bool:
+        m = re.search(r"event=signed_beyond_record height=(\d+) round=\d+ step=\w+ recorded=.* "
+                      r"until_height=(\d+) reason=.a peer relayed", victim.log())
+        if m:
+            assert int(m.group(1)) == h
+            found.append(int(m.group(2)))
+        return bool(m)
+
+    wait_until(said, COMMIT_TIMEOUT, "the restored authority to be shown its key's earlier votes")
+    assert found[0] >= h + 1
+    # Without its vote three of four are not up: the height ends once the fourth comes back.
+    time.sleep(2)
+    assert witness.height() == h - 1
+    others[1].start()
+    net.wait_committed(txs, a)
+    assert not _signed_by(a, h, me)
+
+    def votes_again() -> bool:
+        more = net.anchors(2)
+        witness.submit(more)
+        net.wait_committed(more, [witness])
+        return any(_signed_by([witness], x, me) for x in range(h + 1, witness.height() + 1))
+
+    wait_until(votes_again, COMMIT_TIMEOUT, "the restored authority's precommits after that height")
+    net.wait_height(net.nodes, witness.height())
+    net.assert_agree(net.nodes)
+    assert witness.get("/v1/evidence")["evidence"] == evidence_before
 
 
 def test_a_lone_authority_restored_from_an_older_copy_is_told_and_goes_on(tmp_path: Path) -> None:
