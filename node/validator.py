@@ -553,6 +553,17 @@ class ConsensusDriver:
             elif isinstance(a, Evidence | ConflictingProposals):
                 self._store_evidence(a)
                 out.actions.append(a)
+                first = a.vote_a if isinstance(a, Evidence) else a.proposal_a
+                if (first.validator if isinstance(first, Vote) else first.proposer) == self.svc.key.public_key:
+                    # Two conflicting messages of our own key: another process signs with it, or a copy
+                    # of this one signed before and its message reached us after ours (see
+                    # `_signed_beyond_record`). Sign no more where it may also be signing.
+                    e = self.engine
+                    hold = (first.height, first.round, first.type if isinstance(first, Vote) else PROPOSE)
+                    if e is not None and not (e.signed_state is not None and e.signed_state.is_hold
+                                              and e.signed_state.height > first.height):
+                        self._hold_back(out, hold, first.height, f"a {describe(first)} of this validator's key "
+                                        "conflicts with another it signed")
             elif not isinstance(a, RecordSigned):
                 out.actions.append(a)
 
@@ -769,17 +780,25 @@ class ConsensusDriver:
         """On the worker thread: our key signed at `position`, seen in a certificate or a peer's relay.
         If that is beyond our record of what we signed, the record is behind what the key signed: the
         data folder was restored from an older copy (or a second process signs with the key), and what
-        was signed since is unknown, so signing there again could conflict. So we sign nothing up to two
-        heights above the height the peers report (as many of them as could be faulty, and one more:
-        `reached_by_many`), nor at `reached`, the height the signer of `position` may have been working
-        on. A copy that stopped signed only up to the height then in progress, at most one above the
-        reported one. True if `position` was beyond the record."""
+        was signed since is unknown, so signing there again could conflict: `_hold_back`. True if
+        `position` was beyond the record."""
         e = self.engine
         if e is None:
             return False
         s = e.signed_state
         if s is not None and position <= s.position:
             return False
+        self._hold_back(out, position, reached, f"{found} that its record of what it signed does not cover")
+        return True
+
+    def _hold_back(self, out: _Outcome, position: tuple[int, int, int], reached: int, found: str) -> None:
+        """Sign nothing up to two heights above the height the peers report (as many of them as could
+        be faulty, and one more: `reached_by_many`), nor at `reached`, the height the signer of
+        `position` may have been working on. A copy that stopped signed only up to the height then in
+        progress, at most one above the reported one. A lone validator is only told."""
+        e = self.engine
+        assert e is not None
+        s = e.signed_state
         me = self.svc.key.public_key
         height, round_, step = position
         vals = self.store.validators(self.store.height + 1)
@@ -791,16 +810,13 @@ class ConsensusDriver:
             if not self._lone_beyond_record_said:
                 self._lone_beyond_record_said = True
                 log.warning("event=signed_beyond_record height=%d round=%d step=%s recorded=%r reason=%r",
-                            height, round_, STEP_NAMES[step], recorded,
-                            f"{found} beyond its record (this validator is the only one)")
-            return True
+                            height, round_, STEP_NAMES[step], recorded, f"{found} (this validator is the only one)")
+            return
         log.critical("event=signed_beyond_record height=%d round=%d step=%s recorded=%r until_height=%d reason=%r",
                      height, round_, STEP_NAMES[step], recorded, until,
-                     f"{found} that its record of what it signed does not cover: its data folder was restored "
-                     "from an older copy, or another process signs with its key (stop it); it signs nothing "
-                     "below until_height")
+                     f"{found}: its data folder was restored from an older copy, or another process signs "
+                     "with its key (stop it); it signs nothing below until_height")
         self._absorb(out, e.hold_back(until))
-        return True
 
     async def _after_commit(self, block: Block, result: ExecutionResult, source: str) -> None:
         h = block.header.height

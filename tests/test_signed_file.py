@@ -12,16 +12,25 @@ from pathlib import Path
 
 import pytest
 
-from consensus import Broadcast, RecordSigned, Rejected, SignedState
+from consensus import Broadcast, Evidence, RecordSigned, Rejected, SignedState
 from consensus.messages import PRECOMMIT, PREVOTE
 from ler import codec
-from ler.block import GENESIS_FORMAT, Genesis, GenesisAuthority, GenesisIssuer
+from ler.block import GENESIS_FORMAT, Genesis, GenesisAuthority, GenesisIssuer, Vote
 from ler.keys import KeyPair, sha256, write_key_file
 from ler.tx import RecordAnchor, sign_tx
 from node.config import NodeConfig, init_data_dir, load_config
 from node.service import PENDING, NodeService
 from node.signed_file import MAGIC, read_signed_file, write_signed_file
-from node.validator import PROPOSAL_KEY, SIGNED_KEY, ConsensusDriver, _Outcome, load_signed
+from node.validator import (
+    PROPOSAL_KEY,
+    SIGNED_KEY,
+    ConsensusDriver,
+    Incoming,
+    TimeoutFired,
+    _Outcome,
+    _Send,
+    load_signed,
+)
 from storage.chain import StoreError
 
 CHAIN = "ler-test"
@@ -216,3 +225,40 @@ def test_a_lone_validator_locked_on_a_block_its_database_lost_says_so(
         driver = open_with_a_pending_record(config, authority, issuer)
         driver.svc.close()
     assert f"event=locked_block_unknown height=1 block={locked.locked_block.hex()}" in caplog.text
+
+
+def test_a_conflicting_vote_of_its_own_key_makes_a_validator_hold_back(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Its record covers the position, so it is no news by position alone; but the key signed two
+    # different votes there: another process signs with it, or a restored copy's vote came late. The
+    # validator signs nothing more where that other may be signing.
+    four = [KeyPair.generate() for _ in range(4)]
+    me = four[0]
+    genesis = Genesis(GENESIS_FORMAT, CHAIN, 1_700_000_000_000,
+                      tuple(GenesisAuthority(k.did, f"A{i}") for i, k in enumerate(four)), ())
+    genesis.save(tmp_path / "genesis.json")
+    write_key_file(tmp_path / "a.key", me)
+    config = init_data_dir(tmp_path / "node", tmp_path / "genesis.json", tmp_path / "a.key", "127.0.0.1:8701")
+    driver = ConsensusDriver(NodeService(load_config(config.data), me))
+    try:
+        assert driver.engine is not None
+        driver._thread_start(1, [])
+        driver._thread_feed([TimeoutFired("propose", 1, 0)])  # no proposal came: it prevotes nil
+        ours = driver.engine.signed_state
+        assert ours is not None and ours.position == (1, 0, PREVOTE)
+        other = Vote.make(me, CHAIN, PREVOTE, 1, 0, os.urandom(32))  # the same key, for a block
+        raw = other.encode()
+        with caplog.at_level(logging.WARNING, logger="ler.consensus"):
+            out = driver._thread_feed([Incoming(other, raw, sha256(raw), four[1].public_key)])
+        assert any(isinstance(a, Evidence) for a in out.actions)
+        held = driver.engine.signed_state
+        assert held is not None and held.is_hold and held.height >= 2, held
+        assert read_signed_file(config.signed_path, CHAIN, me.public_key) == held  # durable, as if signed
+        said = [r.getMessage() for r in caplog.records if "event=signed_beyond_record" in r.getMessage()]
+        assert len(said) == 1 and "conflicts with another it signed" in said[0], said
+        # Nothing more at height 1: its prevote timeout passes and no precommit is signed.
+        out = driver._thread_feed([TimeoutFired("prevote", 1, 0)])
+        assert not [a for a in out.actions if isinstance(a, _Send)]
+        assert driver.engine.signed_state == held
+    finally:
+        driver.svc.close()
