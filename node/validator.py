@@ -389,16 +389,16 @@ class ConsensusDriver:
 
     def _should_start(self) -> bool:
         """The idle gate: whether to start the next height now (see the module docstring)."""
+        now = time.monotonic()
+        if self._listen_until is not None:
+            if now < self._listen_until:
+                return False  # listening first (the module docstring): what arrives waits in _early
+            self._listen_until = None  # (here, first: a past deadline left set would make the loop spin)
         nxt = self.store.height + 1
         if not self._can_start(nxt):
             return False
         if self._stopping and (self._finish_height != nxt or self._stop_done()):
             return False  # stopping: only the height that was already on its way
-        now = time.monotonic()
-        if self._listen_until is not None:
-            if now < self._listen_until:
-                return False  # listening first (the module docstring): what arrives waits in _early
-            self._listen_until = None
         if self._early:
             return True
         if self.signed is not None and self.signed.height == nxt:
@@ -419,7 +419,9 @@ class ConsensusDriver:
         deadlines = []
         if self._stopping:
             deadlines.append(self._stop_deadline)
-        if not self.in_height and self.engine is not None:
+        # Only for a validator of the next height: `_should_start` answers no to anyone else before it
+        # looks at these times, so a time past would have the loop spin, asking again and again.
+        if not self.in_height and self.engine is not None and self._can_start(self.store.height + 1):
             if self._listen_until is not None:
                 deadlines.append(self._listen_until)
             if self._pending_since is not None and len(self.svc.mempool):

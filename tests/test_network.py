@@ -584,6 +584,38 @@ def skewed(seconds: int) -> dict[str, str]:
     return {"PYTHONPATH": str(Path(__file__).parent / "data" / "clock_skew"), "LER_TEST_SKEW_S": str(seconds)}
 
 
+def test_an_authority_node_whose_key_is_no_validator_waits_idle(tmp_path: Path) -> None:
+    """A node run as an authority before its key is voted in (or after it was voted out) follows the
+    chain and starts no height. It must also spend nothing while it waits: its listening time after
+    the start, and a heartbeat it is configured with, are past deadlines for a height it may not start,
+    and once set a past deadline had its loop ask again without pause (a core at 100%)."""
+    chain = make_chain(tmp_path, chain_id="not-yet")
+    outsider = KeyPair.generate()
+    write_key_file(tmp_path / "outsider.key", outsider)
+    data = tmp_path / "outsider"
+    init_data_dir(data, chain.genesis_path, tmp_path / "outsider.key", f"127.0.0.1:{free_port()}",
+                  peers=(f"http://127.0.0.1:{free_port()}",))  # a peer that is down: it listens first
+    cfg = data / "config.toml"
+    cfg.write_text(cfg.read_text().replace("[blocks]\n", "[blocks]\nheartbeat_s = 0.5\n", 1))
+    node = NodeProc(data)
+    try:
+        node.start()
+        assert node.get_json("/v1/status")["validator"] is False
+        time.sleep(2.5)  # past the listening time (2 s) and several heartbeats
+
+        def cpu_s() -> float:
+            fields = Path(f"/proc/{node.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+        before = cpu_s()
+        time.sleep(3)
+        spent = cpu_s() - before
+        assert spent < 0.5, f"an idle node spent {spent:.2f} s of CPU in 3 s"
+        assert "event=height_started" not in node.log()
+    finally:
+        node.close()
+
+
 def test_an_authority_with_a_wrong_clock_is_named_in_the_logs_and_the_network_goes_on(net: Net) -> None:
     """A clock a minute behind refuses every proposal (too far ahead of it) and warns that it is behind;
     a clock a minute ahead makes proposals the others refuse, naming its proposer, and warns that it is
