@@ -80,9 +80,9 @@ class Syncer:
 
     @property
     def lag(self) -> int:
-        return max(0, self.best_height() - self.store.height)
+        return max(0, self._best_height() - self.store.height)
 
-    def best_height(self) -> int:
+    def _best_height(self) -> int:
         """The highest height a peer claims, among peers not skipped for failing to serve what they
         claimed: a peer that lies about its height makes this node neither look nor keep trying to be
         behind."""
@@ -155,7 +155,7 @@ class Syncer:
         began, first = time.monotonic(), self.store.height
         try:
             while True:
-                target = self.best_height()
+                target = self._best_height()
                 self.target = target
                 start = self.store.height + 1
                 if start > target:

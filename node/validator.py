@@ -62,7 +62,7 @@ from consensus import (
     TimeoutConfig,
     proposer_of,
 )
-from consensus.messages import PROPOSE, STEP_NAMES, Message, describe
+from consensus.messages import PROPOSE, STEP_NAMES, Message, describe, sender
 from ler import codec, keys
 from ler.block import PRECOMMIT, Block, CommitCertificate, Vote
 from ler.errors import DecodeError, ProofError, RuleError
@@ -96,6 +96,11 @@ class Outbox(Protocol):
 
     def new_height(self, committed: int) -> None:
         """The committed height moved: forget the old height's messages, tell peers."""
+
+
+def _position(message: Message) -> tuple[int, int, int]:
+    """Where `message` stands in a signer's sequence: (height, round, step), as SignedState.position."""
+    return (message.height, message.round, PROPOSE if isinstance(message, Proposal) else message.type)
 
 
 def encode_message(message: Message) -> bytes:
@@ -511,9 +516,8 @@ class ConsensusDriver:
             if not isinstance(item, Incoming):
                 continue
             m = item.message
-            if (m.proposer if isinstance(m, Proposal) else m.validator) == me and self._signed_beyond_record(
-                    out, (m.height, m.round, PROPOSE if isinstance(m, Proposal) else m.type), m.height,
-                    f"a peer relayed a {describe(m)} of this validator's key"):
+            if sender(m) == me and self._signed_beyond_record(
+                    out, _position(m), m.height, f"a peer relayed a {describe(m)} of this validator's key"):
                 return
 
     def _feed(self, out: _Outcome, incoming: Incoming) -> None:
@@ -556,16 +560,15 @@ class ConsensusDriver:
                 self._store_evidence(a)
                 out.actions.append(a)
                 first = a.vote_a if isinstance(a, Evidence) else a.proposal_a
-                if (first.validator if isinstance(first, Vote) else first.proposer) == self.svc.key.public_key:
+                if sender(first) == self.svc.key.public_key:
                     # Two conflicting messages of our own key: another process signs with it, or a copy
                     # of this one signed before and its message reached us after ours (see
                     # `_signed_beyond_record`). Sign no more where it may also be signing.
                     e = self.engine
-                    hold = (first.height, first.round, first.type if isinstance(first, Vote) else PROPOSE)
                     if e is not None and not (e.signed_state is not None and e.signed_state.is_hold
                                               and e.signed_state.height > first.height):
-                        self._hold_back(out, hold, first.height, f"a {describe(first)} of this validator's key "
-                                        "conflicts with another it signed")
+                        self._hold_back(out, _position(first), first.height,
+                                        f"a {describe(first)} of this validator's key conflicts with another it signed")
             elif not isinstance(a, RecordSigned):
                 out.actions.append(a)
 
