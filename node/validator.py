@@ -510,13 +510,17 @@ class ConsensusDriver:
     def _check_relayed_own(self, out: _Outcome, items: Iterable[Incoming | TimeoutFired]) -> None:
         """Before the engine sees any of `items`: a message of our own key among them, relayed by a peer,
         is our own from before a restart (a peer relays what it holds of the height in progress to a
-        peer seen restarted, in one batch), which our record of what we signed must cover."""
+        peer seen restarted, in one batch), which our record of what we signed must cover.
+
+        Only a message whose signature verifies counts: anyone can put our key on a message, and a
+        hold costs the network this validator's votes for heights, so an unsigned claim must not buy
+        one (the engine then rejects it as it rejects any bad signature)."""
         me = self.svc.key.public_key
         for item in items:
             if not isinstance(item, Incoming):
                 continue
             m = item.message
-            if sender(m) == me and self._signed_beyond_record(
+            if sender(m) == me and m.signature_valid(self.svc.chain_id) and self._signed_beyond_record(
                     out, _position(m), m.height, f"a peer relayed a {describe(m)} of this validator's key"):
                 return
 

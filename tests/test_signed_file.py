@@ -5,6 +5,7 @@ the reason instead of being guessed around."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import shutil
@@ -260,5 +261,47 @@ def test_a_conflicting_vote_of_its_own_key_makes_a_validator_hold_back(
         out = driver._thread_feed([TimeoutFired("prevote", 1, 0)])
         assert not [a for a in out.actions if isinstance(a, _Send)]
         assert driver.engine.signed_state == held
+    finally:
+        driver.svc.close()
+
+
+def test_only_a_relayed_message_its_key_really_signed_makes_a_validator_hold_back(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Anyone can write a validator's key on a message. Beyond its record, one with a signature that does
+    # not verify (made up, or signed for another chain) buys no hold: else one faulty peer could keep
+    # honest validators from voting. The same message really signed by its key does.
+    four = [KeyPair.generate() for _ in range(4)]
+    me = four[0]
+    genesis = Genesis(GENESIS_FORMAT, CHAIN, 1_700_000_000_000,
+                      tuple(GenesisAuthority(k.did, f"A{i}") for i, k in enumerate(four)), ())
+    genesis.save(tmp_path / "genesis.json")
+    write_key_file(tmp_path / "a.key", me)
+    config = init_data_dir(tmp_path / "node", tmp_path / "genesis.json", tmp_path / "a.key", "127.0.0.1:8701")
+    driver = ConsensusDriver(NodeService(load_config(config.data), me))
+    try:
+        assert driver.engine is not None
+        driver._thread_start(1, [])
+        before = driver.engine.signed_state
+        assert before is None or before.position < (1, 3, PRECOMMIT), before
+        genuine = Vote.make(me, CHAIN, PRECOMMIT, 1, 3, os.urandom(32))
+        forged = [
+            dataclasses.replace(genuine, sig=os.urandom(64)),
+            dataclasses.replace(genuine, block=os.urandom(32)),
+            Vote.make(me, "another-chain", PRECOMMIT, 1, 3, genuine.block),
+            dataclasses.replace(Vote.make(four[1], CHAIN, PRECOMMIT, 1, 3, genuine.block),
+                                validator=me.public_key),
+        ]
+        with caplog.at_level(logging.WARNING, logger="ler.consensus"):
+            for vote in forged:
+                raw = vote.encode()
+                out = driver._thread_feed([Incoming(vote, raw, sha256(raw), four[1].public_key)])
+                assert any(isinstance(a, Rejected) and "invalid signature" in a.reason for a in out.actions)
+                assert driver.engine.signed_state == before
+            assert "event=signed_beyond_record" not in caplog.text
+            raw = genuine.encode()
+            driver._thread_feed([Incoming(genuine, raw, sha256(raw), four[1].public_key)])
+        held = driver.engine.signed_state
+        assert held is not None and held.is_hold and held.height >= 2, held
+        assert "event=signed_beyond_record height=1 round=3 step=precommit" in caplog.text
     finally:
         driver.svc.close()
