@@ -12,6 +12,11 @@ Protocol (all bodies canonical msgpack, ler.codec):
                               200 -> {"boot", "height"} of the receiver; 400 malformed, 403 unknown
                               sender or bad signature, 413 too large, 503 busy (retry later); every
                               refusal is JSON {"error": reason}.
+    GET  /peer/v1/consensus?signer=K   the messages signed by key K (64 hex digits) of heights not yet
+                              committed that this node holds: 200 -> {"height": its committed height,
+                              "proposals": [Proposal bytes], "votes": [Vote bytes], "complete": false
+                              if some were left out for size or dropped from a full log}; 400 for a
+                              bad K. Public: each message carries its own signature.
     GET  /peer/v1/blocks?from=A&to=B   (node/sync.py) committed blocks with their certificates.
 
 Who is known (may send us envelopes) is explained in node/config.py. An envelope from an unknown key
@@ -45,6 +50,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import time
 import urllib.parse
 from collections import OrderedDict, deque
@@ -56,7 +62,7 @@ import aiohttp
 from aiohttp import web
 
 from consensus import Proposal
-from consensus.messages import Message
+from consensus.messages import Message, sender
 from ler import codec, keys
 from ler.block import Vote
 from ler.errors import DecodeError, LerError
@@ -82,6 +88,7 @@ TX_QUEUE = 100_000
 TX_QUEUE_BYTES = 32 * 1024 * 1024
 LOG_LIMIT = 4096                                     # messages of the height in progress we keep
 MAX_PEERS = 256
+ASK_BYTES = MAX_ENVELOPE                             # messages in one answer to GET /peer/v1/consensus
 HELLO_EVERY = 4                                      # resend ticks between hellos to a quiet peer
 OK, RETRY, DROP = "ok", "retry", "drop"              # what became of one envelope
 
@@ -106,6 +113,7 @@ class _Item:
 @dataclass(slots=True)
 class _Logged:
     item: _Item
+    signer: bytes
     own: bool
     at: float
     round: int
@@ -209,6 +217,7 @@ class Network:
         # the proposal and the precommits), rather than waiting to notice it must fetch the block.
         self._prev: dict[bytes, _Logged] = {}
         self._known_cache: tuple[int, frozenset[bytes]] = (-1, frozenset())
+        self._dropped_up_to = 0  # the highest height of a message the full log dropped
         self._session: aiohttp.ClientSession | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._ticks = 0
@@ -252,6 +261,8 @@ class Network:
                 for link in list(self.links.values()):
                     self._start_link(link)
                 tg.create_task(self._repair_forever(), name="gossip-repair")
+                if self.driver.listening:
+                    tg.create_task(self.ask_own(), name="gossip-ask-own")
         finally:
             self._tg = None
             self._session = None
@@ -346,14 +357,15 @@ class Network:
         entry = self._log.get(digest)
         if entry is None:
             is_vote = isinstance(message, Vote)
-            entry = _Logged(_Item(message.height, digest, "votes" if is_vote else "proposals", raw), own,
-                            time.monotonic(), message.round, is_vote,
+            entry = _Logged(_Item(message.height, digest, "votes" if is_vote else "proposals", raw),
+                            sender(message), own, time.monotonic(), message.round, is_vote,
                             is_vote and message.block is None)  # type: ignore[union-attr]
             self._log[digest] = entry
             while len(self._log) > LOG_LIMIT:
                 oldest = next((d for d, e in self._log.items() if not e.own), None)
                 if oldest is None:
                     break
+                self._dropped_up_to = max(self._dropped_up_to, self._log[oldest].item.height)
                 del self._log[oldest]
         return entry
 
@@ -593,7 +605,78 @@ class Network:
 
     # --- receiving -------------------------------------------------------------------------------------
     def routes(self) -> list[web.RouteDef]:
-        return [web.post("/peer/v1/gossip", self.handle_gossip)]
+        return [web.post("/peer/v1/gossip", self.handle_gossip), web.get("/peer/v1/consensus", self.handle_held)]
+
+    # --- what a starting validator asks its peers ----------------------------------------------------
+    async def ask_own(self) -> None:
+        """At start, ask every peer that may be a validator for the messages of our key it holds (a
+        folder restored from an older copy learns so what it signed since, node/validator.py), and end
+        the driver's listening time once all have answered, or are not running (nothing listens at
+        their address: they hold nothing), and none is ahead of us. Otherwise it runs its full length."""
+        try:
+            await self._ask_own()
+        except Exception:  # whatever a peer's answer trips stays here: the listening runs its full length
+            log.exception("event=ask_own_error")
+
+    async def _ask_own(self) -> None:
+        started = time.monotonic()
+        height = self.store.height
+        links = [link for link in self.links.values() if self._wants_consensus(link, height + 1)]
+        answers = await asyncio.gather(*(self._ask_one(link) for link in links))
+        unknown = sum(1 for a in answers if a is None)
+        ahead = sum(1 for a in answers if a is not None and a > height)
+        if unknown or ahead or self.store.height != height:
+            log.info("event=listen_on peers=%d no_answer=%d ahead=%d", len(links), unknown, ahead)
+            return
+        log.info("event=peers_asked peers=%d running=%d ms=%d", len(links),
+                 sum(1 for a in answers if a is not None and a >= 0), 1000 * (time.monotonic() - started))
+        self.driver.listened(height)
+
+    async def _ask_one(self, link: PeerLink) -> int | None:
+        """Offer the driver what `link` holds of our key: its committed height, -1 if it is not running,
+        None if it could not tell (no answer in time, a refusal, a malformed or incomplete answer)."""
+        session = self._session
+        if session is None:
+            return None
+        url = f"{link.url}/peer/v1/consensus?signer={self.my_key.hex()}"
+        try:
+            async with session.get(url, timeout=aiohttp.ClientTimeout(total=self.driver.listen_s)) as resp:
+                if resp.status != 200:
+                    return None
+                data = await read_response(resp, ASK_BYTES + 1024)
+        except aiohttp.ClientConnectorError as exc:
+            return -1 if isinstance(exc.os_error, ConnectionRefusedError) else None
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
+            return None
+        try:
+            height, proposals, votes, complete = parse_held(data)
+            messages = await asyncio.to_thread(decode_messages, proposals, votes)
+        except PeerRefusal as exc:
+            log.warning("event=peer_answer_malformed url=%s reason=%r", link.url, exc.reason)
+            return None
+        for message, raw, digest in messages:
+            if sender(message) == self.my_key and not self.driver.offer(Incoming(message, raw, digest,
+                                                                                 link.key or b"")):
+                return None
+        return height if complete else None
+
+    async def handle_held(self, request: web.Request) -> web.Response:
+        text = request.query.get("signer", "")
+        if not _HEX64.fullmatch(text):
+            return web.json_response({"error": "query parameter signer must be a key: 64 hex digits"}, status=400)
+        signer = bytes.fromhex(text)
+        body: dict[str, Any] = {"height": self.store.height, "proposals": [], "votes": [],
+                                "complete": self._dropped_up_to <= self.store.height}
+        size = 0
+        for e in self._log.values():
+            if e.signer != signer:
+                continue
+            if size + len(e.item.raw) > ASK_BYTES:
+                body["complete"] = False
+                break
+            body[e.item.kind].append(e.item.raw)
+            size += len(e.item.raw)
+        return web.Response(body=codec.encode(body), content_type="application/msgpack")
 
     async def handle_gossip(self, request: web.Request) -> web.Response:
         try:
@@ -739,6 +822,27 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     return body
 
 
+def parse_held(raw: bytes) -> tuple[int, list[bytes], list[bytes], bool]:
+    """An answer to GET /peer/v1/consensus: (height, proposals, votes, complete); PeerRefusal if it is
+    malformed."""
+    try:
+        body = codec.decode(raw, ASK_BYTES + 1024)
+    except DecodeError as exc:
+        raise PeerRefusal(400, f"malformed answer: {exc}") from None
+    if not isinstance(body, dict) or set(body) != {"height", "proposals", "votes", "complete"}:
+        raise PeerRefusal(400, "an answer is a map of exactly height, proposals, votes and complete")
+    h = body["height"]
+    if not isinstance(h, int) or isinstance(h, bool) or h < 0:
+        raise PeerRefusal(400, "height must be a height")
+    for name in ("proposals", "votes"):
+        items = body[name]
+        if not isinstance(items, list) or not all(isinstance(x, bytes) for x in items):
+            raise PeerRefusal(400, f"{name} must be a list of byte strings")
+    if not isinstance(body["complete"], bool):
+        raise PeerRefusal(400, "complete must be true or false")
+    return h, body["proposals"], body["votes"], body["complete"]
+
+
 def decode_messages(proposals: list[bytes], votes: list[bytes]) -> list[tuple[Message, bytes, bytes]]:
     """Decode every consensus message (strictly); PeerRefusal 400 naming the first bad one."""
     out: list[tuple[Message, bytes, bytes]] = []
@@ -755,6 +859,9 @@ def decode_messages(proposals: list[bytes], votes: list[bytes]) -> list[tuple[Me
             raise PeerRefusal(400, f"body.votes[{i}]: {exc}") from None
         out.append((v, raw, sha256(raw)))
     return out
+
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 def _is_http_url(url: str) -> bool:

@@ -24,7 +24,9 @@ Listening first: after the process starts, a validator with peers starts no heig
 `LISTEN_FIRST_TICKS` gossip ticks (2 s by default), keeping what arrives. A peer that sees it restarted
 relays to it, within two ticks, what it holds of the height in progress, its own earlier votes among
 them; a folder restored from an older copy has no record of those, and they make it hold back
-(`_signed_beyond_record`) before it signs anything there.
+(`_signed_beyond_record`) before it signs anything there. It also asks every validator peer at once
+for what it holds of its key (node/peers.py, `ask_own`): once each has answered, or is not running,
+and none is ahead of it, the listening ends early (`Listened`), after what they gave has been looked at.
 
 Idle: a height is started only when there is something to do: transactions in the mempool (after
 `batch_ms` to let a block fill), a heartbeat due, a peer's message for that height (someone else has
@@ -143,7 +145,15 @@ class Wake:
     """Something changed outside the engine (new transactions, stop): look at the start gate again."""
 
 
-Input = Incoming | TimeoutFired | SyncBatch | Wake
+@dataclass(frozen=True, slots=True)
+class Listened:
+    """Every validator peer has given what it holds of our key, at our committed `height`: the listening
+    time may end. It comes through the inbox behind those messages, so they wait in `_early` by then."""
+
+    height: int
+
+
+Input = Incoming | TimeoutFired | SyncBatch | Wake | Listened
 
 
 class SyncRefused(Exception):
@@ -240,6 +250,8 @@ class ConsensusDriver:
         # Until when to start no height (set when the loop starts; None once passed, or with no peers).
         self._listen_until: float | None = None
         self._listen_s = LISTEN_FIRST_TICKS * cfg.gossip.resend_s if cfg.peers else 0.0
+        self._loop_started = False
+        self._early_full = False  # a message found no room in _early since the process started
         svc.tx_listeners.append(self._on_txs)
 
     def _load_signed(self) -> SignedState | None:
@@ -316,6 +328,20 @@ class ConsensusDriver:
         self._inbox.put_nowait(SyncBatch(pairs, done))
         return done
 
+    @property
+    def listening(self) -> bool:
+        """Whether this node will listen first when its loop starts, or is listening now."""
+        return self.engine is not None and self._listen_s > 0 and (
+            self._listen_until is not None or not self._loop_started)
+
+    @property
+    def listen_s(self) -> float:
+        return self._listen_s
+
+    def listened(self, height: int) -> None:
+        """Peers have said all they hold of our key (`Listened`); queued behind what they gave."""
+        self._inbox.put_nowait(Listened(height))
+
     def _on_txs(self, txs: list[Tx], source: bytes | None) -> None:
         self._wake()
 
@@ -338,6 +364,7 @@ class ConsensusDriver:
 
     # --- the loop ----------------------------------------------------------------------------------
     async def run(self) -> None:
+        self._loop_started = True
         if self._listen_s > 0:
             self._listen_until = time.monotonic() + self._listen_s
         try:
@@ -477,6 +504,11 @@ class ConsensusDriver:
                 await self._commit_synced(item)
             elif isinstance(item, TimeoutFired):
                 feed.append(item)
+            elif isinstance(item, Listened):
+                # What they gave is in _early by now (routed above, in order), unless it was full.
+                if item.height == self.store.height and self._listen_until is not None and not self._early_full:
+                    self._listen_until = None
+                    log.info("event=listened height=%d early=%d", item.height, len(self._early))
             elif isinstance(item, Incoming):
                 routed = self._route(item)
                 if routed:
@@ -494,6 +526,8 @@ class ConsensusDriver:
             return True  # its height, or the next one (which the engine buffers itself)
         if len(self._early) < MAX_EARLY:  # kept, and the gate opens: a peer is working on it
             self._early[incoming.digest] = incoming
+        else:
+            self._early_full = True  # (then the listening, if still on, runs its full time)
         return False
 
     def _thread_feed(self, items: Sequence[Incoming | TimeoutFired]) -> _Outcome:

@@ -128,6 +128,31 @@ def test_a_hostile_peer_does_not_take_the_node_down(tmp_path: Path, hostile: Hos
         assert node.terminate() == 0, node.log()
 
 
+def test_a_hostile_answer_to_what_a_peer_holds_leaves_the_node_listening_its_full_time(
+        tmp_path: Path, hostile: HostilePeer) -> None:
+    """A starting validator asks its peers what they hold of its key; a peer configured by URL alone may
+    be a validator, so it is asked too. Its hostile answer tells nothing: the node listens its full time,
+    then commits what its clients submit."""
+    chain = make_chain(tmp_path, chain_id="hostile-peer")
+    data = tmp_path / "node"
+    init_data_dir(data, chain.genesis_path, chain.authority_key_path, f"127.0.0.1:{free_port()}",
+                  peers=(PeerSpec(hostile.url, None),))
+    node = NodeProc(data).start()
+    try:
+        doc = RecordDocument(chain_id=chain.chain_id, record_id=b"\x01" * 16, issuer=chain.issuer.did,
+                             holder=KeyPair.generate().did, rtype="degree", expires=None,
+                             claims=make_claims({"degree": "BSc"}))
+        node.commit([sign_tx(chain.issuer, chain.chain_id, RecordAnchor(
+            record=doc.record_id, issuer=doc.issuer, holder=doc.holder, rtype="degree",
+            commitment=doc.commitment, expires=None))])
+        assert any(r.startswith("GET /peer/v1/consensus?signer=") for r in hostile.requests), hostile.requests
+        log = node.log(tail=None)
+        assert "event=listen_on peers=1 no_answer=1 ahead=0" in log and "event=listened" not in log, log[-4000:]
+        assert "Traceback" not in log and "TaskGroup" not in log and "internal_error" not in log, log[-4000:]
+    finally:
+        assert node.terminate() == 0, node.log()
+
+
 def test_a_peer_of_another_chain_is_named_once_and_never_a_source(tmp_path: Path, hostile: HostilePeer) -> None:
     """A peer URL that points at a node of another chain (same chain id, another genesis, as two local
     testnets have): the node warns once, naming it, rather than polling it in silence for ever."""

@@ -34,7 +34,7 @@ from ler.block import PREVOTE, Vote
 from ler.keys import KeyPair, read_key_file, write_key_file
 from ler.tx import Action, GovVote, RecordAnchor, Tx, sign_tx
 from node.config import SIGNED_FILE, init_data_dir
-from node.peers import sign_envelope
+from node.peers import parse_held, sign_envelope
 from node.signed_file import read_signed_file
 
 pytestmark = pytest.mark.slow
@@ -323,6 +323,13 @@ def test_peer_endpoints_refuse_what_they_cannot_use_with_a_reason(net: Net) -> N
     assert r.status == 200 and r.content_type == "application/msgpack"
     pairs = codec.decode(r.body)
     assert len(pairs) == 2 and all(len(p) == 2 for p in pairs)
+    for query in ("", "?signer=", "?signer=xyz", "?signer=" + "AB" * 32, "?signer=" + "ab" * 31,
+                  "?signer=" + "ab" * 33):
+        r = http(node.url, "GET", "/peer/v1/consensus" + query)
+        assert r.status == 400 and "signer" in r.json()["error"], (query, r)
+    r = http(node.url, "GET", "/peer/v1/consensus?signer=" + peer.public_key.hex())
+    assert r.status == 200 and r.content_type == "application/msgpack"
+    assert parse_held(r.body)[0] == node.height() and parse_held(r.body)[3] is True
 
 
 def test_equivocation_is_kept_as_evidence_and_reported(net: Net) -> None:
@@ -366,6 +373,31 @@ def test_killing_the_proposer_costs_a_timeout_and_it_catches_up_after_restart(ne
     txs = net.anchors(5)
     victim.submit(txs)  # it takes submissions at once and catches up by sync
     net.wait_committed(txs, net.nodes)
+    net.assert_agree(net.nodes)
+
+
+def test_a_restarted_authority_asks_its_peers_what_they_hold_of_its_key(net: Net) -> None:
+    """A validator that starts asks every validator peer for the messages of its key that it holds. Once
+    all have answered and none is ahead of it, it has seen all they could relay and need not listen out
+    its full time; behind them, it listens on (what they hold is of a height it has not reached)."""
+    a = net.authorities
+    node = a[2]
+    net.wait_height(net.nodes, max(n.height() for n in net.nodes))
+    node.kill()
+    before = len(node.log())
+    node.start()
+    wait_until(lambda: "event=listened" in node.log()[before:], 30, "the authority to end its listening")
+    assert "event=peers_asked peers=3 running=3" in node.log()[before:]
+    node.kill()
+    txs = net.anchors(2)
+    a[0].submit(txs)
+    net.wait_committed(txs, [n for n in net.nodes if n is not node])
+    before = len(node.log())
+    node.start()
+    wait_until(lambda: "event=listen_on" in node.log()[before:], 30, "the authority to say it listens on")
+    assert "event=listen_on peers=3 no_answer=0 ahead=3" in node.log()[before:]
+    net.wait_committed(txs, net.nodes)
+    assert "event=listened" not in node.log()[before:]
     net.assert_agree(net.nodes)
 
 
@@ -497,6 +529,13 @@ def test_an_authority_restored_while_the_network_waits_in_a_height_it_voted_in_h
 
     wait_until(voted, COMMIT_TIMEOUT, "the victim to vote at the height in progress")
     assert witness.height() == h - 1
+
+    def held_by_witness() -> list[Vote]:
+        r = http(witness.url, "GET", f"/peer/v1/consensus?signer={me.hex()}")
+        assert r.status == 200, r
+        return [v for v in map(Vote.decode, parse_held(r.body)[2]) if v.height == h and v.validator == me]
+
+    wait_until(held_by_witness, 10, "the witness to hold the victim's votes of that height")
     victim.kill()
     shutil.rmtree(victim.data)
     shutil.copytree(backup, victim.data)  # its records of what it signed end before height h

@@ -18,7 +18,15 @@ from ler.block import GENESIS_FORMAT, PREVOTE, Block, CommitCertificate, Genesis
 from ler.keys import KeyPair, read_key_file_did, write_key_file
 from node.config import ConfigError, PeerSpec, init_data_dir, load_config, parse_peer
 from node.metrics import Metrics
-from node.peers import PeerRefusal, decode_messages, parse_body, parse_envelope, sign_envelope, verify_envelope
+from node.peers import (
+    PeerRefusal,
+    decode_messages,
+    parse_body,
+    parse_envelope,
+    parse_held,
+    sign_envelope,
+    verify_envelope,
+)
 from node.sync import SyncError, decode_range, progress
 from storage.chain import ChainStore
 
@@ -87,6 +95,35 @@ def test_bad_envelopes_are_refused_with_a_reason(raw: bytes, words: str) -> None
 ])
 def test_bad_bodies_are_refused_with_a_reason(fields: dict[str, object], words: str) -> None:
     assert words in refused(parse_body, codec.encode(body(**fields))).reason
+
+
+def held(**overrides: object) -> dict[str, object]:
+    return {"height": 3, "proposals": [], "votes": [], "complete": True, **overrides}
+
+
+def test_an_answer_of_what_a_peer_holds_parses_with_whether_it_is_complete() -> None:
+    vote = Vote.make(KeyPair.generate(), CHAIN, PREVOTE, 4, 0, os.urandom(32)).encode()
+    assert parse_held(codec.encode(held(votes=[vote]))) == (3, [], [vote], True)
+    assert parse_held(codec.encode(held(complete=False)))[3] is False
+
+
+@pytest.mark.parametrize("raw, words", [
+    (b"\xc1", "malformed answer"),
+    (b"[" * 50_000, "malformed answer"),
+    (b"\x91" * 20_000 + b"\xc0", "malformed answer"),
+    (b"\xdc" + b"\xff" * 1000, "malformed answer"),
+    (codec.encode([1, 2]), "exactly height"),
+    (codec.encode(held(surprise=1)), "exactly height"),
+    (codec.encode({k: v for k, v in held().items() if k != "complete"}), "exactly height"),
+    (codec.encode(held(height=-1)), "height"),
+    (codec.encode(held(height=True)), "height"),
+    (codec.encode(held(votes="x")), "votes"),
+    (codec.encode(held(proposals=[1])), "proposals"),
+    (codec.encode(held(complete=1)), "complete"),
+    (b"\x84\xa5votes\x90\xa6height\x03\xa8complete\xc3\xa9proposals\x90", "malformed"),  # unsorted
+])
+def test_bad_answers_of_what_a_peer_holds_are_refused_with_a_reason(raw: bytes, words: str) -> None:
+    assert words in refused(parse_held, raw).reason
 
 
 def test_consensus_messages_decode_strictly() -> None:
