@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ler.block import Genesis
+from ler.block import MAX_BLOCK_TXS, Genesis
 from ler.errors import LerError
 from ler.files import write_durably
 from ler.keys import KeyPair, public_key_from_did, read_key_file, read_key_file_did, write_key_file
@@ -36,6 +36,7 @@ KEY_FILE = "node.key"
 DB_DIR = "db"
 PID_FILE = "node.pid"  # the running node's process id, there while it runs (`ler testnet` reads it)
 SIGNED_FILE = "signed-state"  # a validator's record of what it last signed, beside the database's
+MAX_RANGE_BLOCKS = 256  # blocks in one answer of block sync (GET /peer/v1/blocks), and so in one request
 
 
 class ConfigError(LerError):
@@ -316,9 +317,26 @@ _POSITIVE: dict[type, frozenset[str]] = {
 }
 
 
+_HOUR, _DAY = 3600, 86400
+_GIB = 1024 ** 3
+# The most each setting may be: far beyond any use, but short of what reads as a slip (milliseconds
+# written where seconds are meant, a digit too many) that would have the node wait for hours in
+# silence, or of what the protocol caps anyway (a block's transactions, a sync range's blocks).
+_AT_MOST: dict[type, dict[str, int | float]] = {
+    Limits: {"max_body_bytes": _GIB, "mempool_txs": 10_000_000, "mempool_bytes": 64 * _GIB,
+             "block_txs": MAX_BLOCK_TXS, "wait_timeout_s": _HOUR, "max_connections": 1_000_000,
+             "max_connections_per_address": 1_000_000, "idle_timeout_s": _DAY, "body_timeout_s": _DAY},
+    BlockTiming: {"batch_ms": 60_000, "heartbeat_s": _DAY},
+    ConsensusTiming: {"propose": 600, "propose_increment": 600, "prevote": 600, "prevote_increment": 600,
+                      "precommit": 600, "precommit_increment": 600, "max_drift_ms": _HOUR * 1000},
+    GossipSettings: {"resend_s": 60, "backoff_max_s": _HOUR, "timeout_s": _HOUR, "rebroadcast_s": _DAY},
+    SyncSettings: {"batch_blocks": MAX_RANGE_BLOCKS, "poll_s": _HOUR},
+}
+
+
 def known_settings(table: dict[str, Any], cls: type, path: Path) -> dict[str, Any]:
     """One table's settings, each a field of `cls` with a value of its default's type, not negative (and
-    more than 0 where 0 would stop the node working)."""
+    more than 0 where 0 would stop the node working), and at most its bound in `_AT_MOST`."""
     fields = cls.__dataclass_fields__  # type: ignore[attr-defined]
     out = {}
     for k, v in table.items():
@@ -334,6 +352,11 @@ def known_settings(table: dict[str, Any], cls: type, path: Path) -> dict[str, An
             raise ConfigError(f"{path}: {k} must not be negative")
         if v == 0 and k in _POSITIVE.get(cls, ()):
             raise ConfigError(f"{path}: {k} must be more than 0")
+        most = _AT_MOST[cls].get(k)
+        if most is not None and v > most:
+            unit = " (milliseconds)" if k.endswith("_ms") else " (seconds)" if k.endswith("_s") or (
+                cls is ConsensusTiming) else ""
+            raise ConfigError(f"{path}: {k} must be at most {most:,}{unit}; it is {v:,}")
         out[k] = v
     return out
 

@@ -32,13 +32,13 @@ from ler import codec
 from ler.block import Block, CommitCertificate
 from ler.errors import LerError
 from node.client import json_or_none
+from node.config import MAX_RANGE_BLOCKS
 from node.peers import Network, PeerLink, read_response
 from node.service import NodeService
 from node.validator import ConsensusDriver, SyncRefused
 
 log = logging.getLogger("ler.sync")
 
-MAX_RANGE_BLOCKS = 256
 MAX_RANGE_BYTES = 8 * 1024 * 1024
 MAX_ANSWER = codec.MAX_MESSAGE_BYTES * 2 + 1024 * 1024  # one largest block and its certificate, and more
 PENALTY_S = 5.0     # how long a peer that failed us is skipped, doubled for each failure in a row ...

@@ -5,6 +5,7 @@ The real multi-process network is tests/test_network.py.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import resource
 from collections.abc import Callable
@@ -16,7 +17,20 @@ from consensus import Proposal
 from ler import codec
 from ler.block import GENESIS_FORMAT, PREVOTE, Block, CommitCertificate, Genesis, GenesisAuthority, Vote
 from ler.keys import KeyPair, read_key_file_did, write_key_file
-from node.config import ConfigError, PeerSpec, init_data_dir, load_config, parse_peer
+from node.config import (
+    _AT_MOST,
+    BlockTiming,
+    ConfigError,
+    ConsensusTiming,
+    GossipSettings,
+    Limits,
+    PeerSpec,
+    SyncSettings,
+    init_data_dir,
+    known_settings,
+    load_config,
+    parse_peer,
+)
 from node.metrics import Metrics
 from node.peers import (
     PeerRefusal,
@@ -230,6 +244,29 @@ def test_bad_network_settings_are_refused(tmp_path: Path, extra: str, words: str
         text = text.replace(table, "")
     cfg.write_text(text + extra)
     with pytest.raises(ConfigError, match=words):
+        load_config(data)
+
+
+SETTING_TABLES = [Limits, BlockTiming, ConsensusTiming, GossipSettings, SyncSettings]
+
+
+@pytest.mark.parametrize("cls", SETTING_TABLES, ids=lambda c: c.__name__)
+def test_every_number_setting_has_a_bound_that_is_said_when_passed(cls: type) -> None:
+    numbers = [f for f in dataclasses.fields(cls) if not isinstance(f.default, bool)]
+    assert numbers
+    for f in numbers:
+        most = _AT_MOST[cls][f.name]  # a KeyError here: a setting added without a bound
+        assert known_settings({f.name: most}, cls, Path("c.toml")) == {f.name: most}
+        over = most + 1 if isinstance(f.default, int) else most * 1.001
+        with pytest.raises(ConfigError, match=rf"c.toml: {f.name} must be at most {most:,}\b"):
+            known_settings({f.name: over}, cls, Path("c.toml"))
+
+
+def test_a_timeout_written_in_milliseconds_where_seconds_are_meant_is_refused(tmp_path: Path) -> None:
+    data = make_folder(tmp_path)
+    cfg = data / "config.toml"
+    cfg.write_text(cfg.read_text().replace("[consensus]\n", "[consensus]\npropose = 3000\n", 1))
+    with pytest.raises(ConfigError, match=r"propose must be at most 600 \(seconds\); it is 3,000"):
         load_config(data)
 
 
