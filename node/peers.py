@@ -611,8 +611,9 @@ class Network:
     async def ask_own(self) -> None:
         """At start, ask every peer that may be a validator for the messages of our key it holds (a
         folder restored from an older copy learns so what it signed since, node/validator.py), and end
-        the driver's listening time once all have answered, or are not running (nothing listens at
-        their address: they hold nothing), and none is ahead of us. Otherwise it runs its full length."""
+        the driver's listening time once every other validator has answered, or is not running (nothing
+        listens at its address: it holds nothing), and none is ahead of us. A validator we reach by URL
+        only, or not at all, cannot be told apart, so it leaves the listening its full length."""
         try:
             await self._ask_own()
         except Exception:  # whatever a peer's answer trips stays here: the listening runs its full length
@@ -625,8 +626,11 @@ class Network:
         answers = await asyncio.gather(*(self._ask_one(link) for link in links))
         unknown = sum(1 for a in answers if a is None)
         ahead = sum(1 for a in answers if a is not None and a > height)
-        if unknown or ahead or self.store.height != height:
-            log.info("event=listen_on peers=%d no_answer=%d ahead=%d", len(links), unknown, ahead)
+        told = {link.key for link, a in zip(links, answers, strict=True) if a is not None}
+        unasked = len(set(self.store.validators(height + 1)) - told - {self.my_key})
+        if unknown or ahead or unasked or self.store.height != height:
+            log.info("event=listen_on peers=%d no_answer=%d ahead=%d unasked=%d", len(links), unknown, ahead,
+                     unasked)
             return
         log.info("event=peers_asked peers=%d running=%d ms=%d", len(links),
                  sum(1 for a in answers if a is not None and a >= 0), 1000 * (time.monotonic() - started))
