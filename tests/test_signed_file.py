@@ -228,19 +228,24 @@ def test_a_lone_validator_locked_on_a_block_its_database_lost_says_so(
     assert f"event=locked_block_unknown height=1 block={locked.locked_block.hex()}" in caplog.text
 
 
+def one_of_four_validators(tmp_path: Path) -> tuple[list[KeyPair], NodeConfig, ConsensusDriver]:
+    """The driver of the first of four validators' keys (no peers, nothing started)."""
+    four = [KeyPair.generate() for _ in range(4)]
+    genesis = Genesis(GENESIS_FORMAT, CHAIN, 1_700_000_000_000,
+                      tuple(GenesisAuthority(k.did, f"A{i}") for i, k in enumerate(four)), ())
+    genesis.save(tmp_path / "genesis.json")
+    write_key_file(tmp_path / "a.key", four[0])
+    config = init_data_dir(tmp_path / "node", tmp_path / "genesis.json", tmp_path / "a.key", "127.0.0.1:8701")
+    return four, config, ConsensusDriver(NodeService(load_config(config.data), four[0]))
+
+
 def test_a_conflicting_vote_of_its_own_key_makes_a_validator_hold_back(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     # Its record covers the position, so it is no news by position alone; but the key signed two
     # different votes there: another process signs with it, or a restored copy's vote came late. The
     # validator signs nothing more where that other may be signing.
-    four = [KeyPair.generate() for _ in range(4)]
+    four, config, driver = one_of_four_validators(tmp_path)
     me = four[0]
-    genesis = Genesis(GENESIS_FORMAT, CHAIN, 1_700_000_000_000,
-                      tuple(GenesisAuthority(k.did, f"A{i}") for i, k in enumerate(four)), ())
-    genesis.save(tmp_path / "genesis.json")
-    write_key_file(tmp_path / "a.key", me)
-    config = init_data_dir(tmp_path / "node", tmp_path / "genesis.json", tmp_path / "a.key", "127.0.0.1:8701")
-    driver = ConsensusDriver(NodeService(load_config(config.data), me))
     try:
         assert driver.engine is not None
         driver._thread_start(1, [])
@@ -270,14 +275,8 @@ def test_only_a_relayed_message_its_key_really_signed_makes_a_validator_hold_bac
     # Anyone can write a validator's key on a message. Beyond its record, one with a signature that does
     # not verify (made up, or signed for another chain) buys no hold: else one faulty peer could keep
     # honest validators from voting. The same message really signed by its key does.
-    four = [KeyPair.generate() for _ in range(4)]
+    four, _, driver = one_of_four_validators(tmp_path)
     me = four[0]
-    genesis = Genesis(GENESIS_FORMAT, CHAIN, 1_700_000_000_000,
-                      tuple(GenesisAuthority(k.did, f"A{i}") for i, k in enumerate(four)), ())
-    genesis.save(tmp_path / "genesis.json")
-    write_key_file(tmp_path / "a.key", me)
-    config = init_data_dir(tmp_path / "node", tmp_path / "genesis.json", tmp_path / "a.key", "127.0.0.1:8701")
-    driver = ConsensusDriver(NodeService(load_config(config.data), me))
     try:
         assert driver.engine is not None
         driver._thread_start(1, [])
