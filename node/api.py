@@ -217,6 +217,9 @@ class NetworkView(Protocol):
     @property
     def sync_lag(self) -> int: ...
 
+    @property
+    def held_until(self) -> int: ...
+
 
 class Api:
     def __init__(self, svc: NodeService, net: NetworkView | None = None) -> None:
@@ -275,6 +278,9 @@ class Api:
                                     net.sync_lag if net else 0),
             "ler_syncing": ("1 while block sync is fetching", 1 if net and net.syncing else 0),
             "ler_validator": ("1 if this node is a validator of the next height", 1 if s.is_validator else 0),
+            "ler_signing_held_until_height": (
+                "Height below which this validator signs nothing, having found its key signed beyond its "
+                "record (0: no hold)", net.held_until if net else 0),
         }
 
     async def evidence(self, request: web.Request) -> web.Response:

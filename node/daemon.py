@@ -109,6 +109,10 @@ class Node:
     def sync_lag(self) -> int:
         return self.syncer.lag
 
+    @property
+    def held_until(self) -> int:
+        return self.driver.held_until
+
     def app(self) -> web.Application:
         return make_app(self.svc, self, [*self.network.routes(), *block_routes(self.svc)])
 

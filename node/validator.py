@@ -308,6 +308,13 @@ class ConsensusDriver:
         return self.engine.round if self.engine is not None and self.engine.height > self.store.height else 0
 
     @property
+    def held_until(self) -> int:
+        """The height below which this validator signs nothing, having found its key signed beyond its
+        record (`_hold_back`); 0 when no hold is in force."""
+        s = self.engine.signed_state if self.engine is not None else None
+        return s.height if s is not None and s.is_hold and s.height > self.store.height + 1 else 0
+
+    @property
     def in_height(self) -> bool:
         """Whether a height is running (started, not yet committed)."""
         return self.engine is not None and self.engine.height == self.store.height + 1

@@ -269,7 +269,7 @@ def test_network_commits_records_and_every_node_agrees(net: Net) -> None:
     metrics = http(a[0].url, "GET", "/metrics").body.decode()
     for name in ("ler_height", "ler_round", "ler_commit_latency_seconds_count", "ler_mempool_txs",
                  "ler_mempool_bytes", "ler_peers_connected", "ler_votes_received_total", "ler_sync_lag_blocks",
-                 "ler_blocks_committed_total", "ler_txs_committed_total"):
+                 "ler_blocks_committed_total", "ler_txs_committed_total", "ler_signing_held_until_height"):
         assert f"\n{name} " in "\n" + metrics, name
     assert "event=block_committed height=" in a[0].log()
     assert "event=sync_progress" in net.observer.log()  # the observer follows by block sync
@@ -575,6 +575,7 @@ def test_an_authority_restored_while_the_network_waits_in_a_height_it_voted_in_h
 
     wait_until(said, COMMIT_TIMEOUT, "the restored authority to be shown its key's earlier votes")
     assert found[0] >= h + 1
+    assert held_until(victim) == found[0]  # for the operator's monitoring, as long as it holds
     # Without its vote three of four are not up: the height ends once the fourth comes back.
     time.sleep(2)
     assert witness.height() == h - 1
@@ -589,9 +590,17 @@ def test_an_authority_restored_while_the_network_waits_in_a_height_it_voted_in_h
         return any(_signed_by([witness], x, me) for x in range(h + 1, witness.height() + 1))
 
     wait_until(votes_again, COMMIT_TIMEOUT, "the restored authority's precommits after that height")
+    assert held_until(victim) == 0
     net.wait_height(net.nodes, witness.height())
     net.assert_agree(net.nodes)
     assert witness.get("/v1/evidence")["evidence"] == evidence_before
+
+
+def held_until(node: Node) -> int:
+    """The node's ler_signing_held_until_height gauge."""
+    metrics = http(node.url, "GET", "/metrics").body.decode()
+    [value] = [line.split()[1] for line in metrics.splitlines() if line.startswith("ler_signing_held_until_height ")]
+    return int(float(value))
 
 
 def test_a_lone_authority_restored_from_an_older_copy_is_told_and_goes_on(tmp_path: Path) -> None:
