@@ -218,6 +218,7 @@ class Network:
         self._prev: dict[bytes, _Logged] = {}
         self._known_cache: tuple[int, frozenset[bytes]] = (-1, frozenset())
         self._dropped_up_to = 0  # the highest height of a message the full log dropped
+        self._committed = asyncio.Event()  # set at each commit (consensus or sync): `_ask_own` waits on it
         self._session: aiohttp.ClientSession | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._ticks = 0
@@ -296,6 +297,7 @@ class Network:
         self._remember(message, raw, digest, own=False)
 
     def new_height(self, committed: int) -> None:
+        self._committed.set()
         self._prev = {d: e for d, e in self._log.items() if e.item.height == committed}
         for digest in [d for d, e in self._log.items() if e.item.height <= committed]:
             del self._log[digest]
@@ -612,8 +614,9 @@ class Network:
         """At start, ask every peer that may be a validator for the messages of our key it holds (a
         folder restored from an older copy learns so what it signed since, node/validator.py), and end
         the driver's listening time once every other validator has answered, or is not running (nothing
-        listens at its address: it holds nothing), and none is ahead of us. A validator we reach by URL
-        only, or not at all, cannot be told apart, so it leaves the listening its full length."""
+        listens at its address: it holds nothing), and none is ahead of us; behind them, ask again
+        once block sync has brought us level. A validator we reach by URL only, or not at all, cannot
+        be told apart, so it leaves the listening its full length."""
         try:
             await self._ask_own()
         except Exception:  # whatever a peer's answer trips stays here: the listening runs its full length
@@ -621,20 +624,36 @@ class Network:
 
     async def _ask_own(self) -> None:
         started = time.monotonic()
-        height = self.store.height
-        links = [link for link in self.links.values() if self._wants_consensus(link, height + 1)]
-        answers = await asyncio.gather(*(self._ask_one(link) for link in links))
-        unknown = sum(1 for a in answers if a is None)
-        ahead = sum(1 for a in answers if a is not None and a > height)
-        told = {link.key for link, a in zip(links, answers, strict=True) if a is not None}
-        unasked = len(set(self.store.validators(height + 1)) - told - {self.my_key})
-        if unknown or ahead or unasked or self.store.height != height:
-            log.info("event=listen_on peers=%d no_answer=%d ahead=%d unasked=%d", len(links), unknown, ahead,
-                     unasked)
-            return
-        log.info("event=peers_asked peers=%d running=%d ms=%d", len(links),
-                 sum(1 for a in answers if a is not None and a >= 0), 1000 * (time.monotonic() - started))
-        self.driver.listened(height)
+        deadline = started + self.driver.listen_s
+        while time.monotonic() < deadline and self.driver.listening:
+            height = self.store.height
+            links = [link for link in self.links.values() if self._wants_consensus(link, height + 1)]
+            answers = await asyncio.gather(*(self._ask_one(link) for link in links))
+            unknown = sum(1 for a in answers if a is None)
+            ahead = [a for a in answers if a is not None and a > height]
+            told = {link.key for link, a in zip(links, answers, strict=True) if a is not None}
+            unasked = len(set(self.store.validators(height + 1)) - told - {self.my_key})
+            if not (unknown or ahead or unasked or self.store.height != height):
+                log.info("event=peers_asked peers=%d running=%d ms=%d", len(links),
+                         sum(1 for a in answers if a is not None and a >= 0), 1000 * (time.monotonic() - started))
+                self.driver.listened(height)
+                return
+            if unknown or unasked or ahead:
+                log.info("event=listen_on peers=%d no_answer=%d ahead=%d unasked=%d", len(links), unknown,
+                         len(ahead), unasked)
+            if unknown or unasked:
+                return
+            # Behind some (or we moved meanwhile): what they hold is of a height we have not reached. Once
+            # block sync has brought us there, ask again, as long as the listening lasts.
+            target = max(ahead, default=height)
+            while True:
+                self._committed.clear()
+                if self.store.height >= target:
+                    break
+                try:
+                    await asyncio.wait_for(self._committed.wait(), deadline - time.monotonic())
+                except TimeoutError:
+                    return
 
     async def _ask_one(self, link: PeerLink) -> int | None:
         """Offer the driver what `link` holds of our key: its committed height, -1 if it is not running,

@@ -26,8 +26,8 @@ relays to it, within two ticks, what it holds of the height in progress, its own
 them; a folder restored from an older copy has no record of those, and they make it hold back
 (`_signed_beyond_record`) before it signs anything there. It also asks every validator peer at once
 for what it holds of its key (node/peers.py, `ask_own`): once every other validator has answered, or
-is not running, and none is ahead of it, the listening ends early (`Listened`), after what they gave has
-been looked at.
+is not running, and none is ahead of it (behind them, it asks again once sync has brought it level),
+the listening ends early (`Listened`), after what they gave has been looked at.
 
 Idle: a height is started only when there is something to do: transactions in the mempool (after
 `batch_ms` to let a block fill), a heartbeat due, a peer's message for that height (someone else has

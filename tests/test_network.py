@@ -20,7 +20,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -376,37 +376,55 @@ def test_killing_the_proposer_costs_a_timeout_and_it_catches_up_after_restart(ne
     net.assert_agree(net.nodes)
 
 
+@contextlib.contextmanager
+def config_edited(node: Node, edit: Callable[[str], str]) -> Iterator[None]:
+    """Run the body with `node`'s config.toml edited; then put it back and restart the node with it."""
+    cfg = node.data / "config.toml"
+    original = cfg.read_text()
+    edited = edit(original)
+    assert edited != original
+    cfg.write_text(edited)
+    try:
+        yield
+    finally:
+        cfg.write_text(original)
+        if node.alive():
+            node.kill()
+        node.start()
+
+
 def test_a_restarted_authority_asks_its_peers_what_they_hold_of_its_key(net: Net) -> None:
     """A validator that starts asks every validator peer for the messages of its key that it holds. Once
     all have answered and none is ahead of it, it has seen all they could relay and need not listen out
-    its full time; behind them, it listens on (what they hold is of a height it has not reached)."""
+    its full time. Behind them, what they hold is of a height it has not reached: it asks again once
+    block sync has brought it level."""
     a = net.authorities
-    node = a[2]
+    node, others = a[2], [n for n in net.nodes if n is not a[2]]
     net.wait_height(net.nodes, max(n.height() for n in net.nodes))
     node.kill()
     before = len(node.log())
     node.start()
     wait_until(lambda: "event=listened" in node.log()[before:], 30, "the authority to end its listening")
     assert "event=peers_asked peers=3 running=3" in node.log()[before:]
-    node.kill()
-    txs = net.anchors(2)
-    a[0].submit(txs)
-    net.wait_committed(txs, [n for n in net.nodes if n is not node])
-    before = len(node.log())
-    node.start()
-    wait_until(lambda: "event=listen_on" in node.log()[before:], 30, "the authority to say it listens on")
-    assert "event=listen_on peers=3 no_answer=0 ahead=3 unasked=0" in node.log()[before:]
-    net.wait_committed(txs, net.nodes)
-    assert "event=listened" not in node.log()[before:]
+    # Listening 8 s (four ticks of 2 s) leaves room to catch up by sync before it would end anyway.
+    with config_edited(node, lambda t: t.replace("[gossip]\n", "[gossip]\nresend_s = 2.0\n", 1)):
+        node.kill()
+        for _ in range(2):  # two heights behind: it fetches them at once
+            txs = net.anchors(2)
+            a[0].submit(txs)
+            net.wait_committed(txs, others)
+        before = len(node.log())
+        node.start()
+        wait_until(lambda: "event=listened" in node.log()[before:], 30, "the authority to end its listening")
+        fresh = node.log()[before:]
+        behind = fresh.index("event=listen_on peers=3 no_answer=0 ahead=3 unasked=0")
+        assert behind < fresh.index("event=sync_progress") < fresh.index("event=peers_asked peers=3 running=3")
+        net.wait_committed(txs, net.nodes)
     net.assert_agree(net.nodes)
     # A validator it reaches by URL only may be any of them: it cannot tell that one has answered.
     witness = a[0]
-    cfg = node.data / "config.toml"
-    original = cfg.read_text()
     entry = f'[[peers.nodes]]\nurl = "{witness.url}"\ndid = "{witness.key.did}"\n'
-    assert entry in original and 'urls = []' in original
-    cfg.write_text(original.replace(entry, "").replace("urls = []", f'urls = ["{witness.url}"]'))
-    try:
+    with config_edited(node, lambda t: t.replace(entry, "").replace("urls = []", f'urls = ["{witness.url}"]')):
         node.kill()
         before = len(node.log())
         node.start()
@@ -416,10 +434,6 @@ def test_a_restarted_authority_asks_its_peers_what_they_hold_of_its_key(net: Net
         node.submit(txs)
         net.wait_committed(txs, net.nodes)
         assert "event=listened" not in node.log()[before:]
-    finally:
-        cfg.write_text(original)
-        node.kill()
-        node.start()
     net.assert_agree(net.nodes)
 
 
