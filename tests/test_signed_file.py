@@ -5,10 +5,12 @@ the reason instead of being guessed around."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -228,15 +230,28 @@ def test_a_lone_validator_locked_on_a_block_its_database_lost_says_so(
     assert f"event=locked_block_unknown height=1 block={locked.locked_block.hex()}" in caplog.text
 
 
-def one_of_four_validators(tmp_path: Path) -> tuple[list[KeyPair], NodeConfig, ConsensusDriver]:
-    """The driver of the first of four validators' keys (no peers, nothing started)."""
+@contextlib.contextmanager
+def one_of_four_validators(tmp_path: Path) -> Iterator[tuple[list[KeyPair], NodeConfig, ConsensusDriver]]:
+    """The driver of the first of four validators' keys (no peers), in height 1; closed on leaving."""
     four = [KeyPair.generate() for _ in range(4)]
     genesis = Genesis(GENESIS_FORMAT, CHAIN, 1_700_000_000_000,
                       tuple(GenesisAuthority(k.did, f"A{i}") for i, k in enumerate(four)), ())
     genesis.save(tmp_path / "genesis.json")
     write_key_file(tmp_path / "a.key", four[0])
     config = init_data_dir(tmp_path / "node", tmp_path / "genesis.json", tmp_path / "a.key", "127.0.0.1:8701")
-    return four, config, ConsensusDriver(NodeService(load_config(config.data), four[0]))
+    driver = ConsensusDriver(NodeService(load_config(config.data), four[0]))
+    try:
+        assert driver.engine is not None
+        driver._thread_start(1, [])
+        yield four, config, driver
+    finally:
+        driver.svc.close()
+
+
+def relayed(message: Vote, by: KeyPair) -> Incoming:
+    """`message` as a peer with key `by` gossips it."""
+    raw = message.encode()
+    return Incoming(message, raw, sha256(raw), by.public_key)
 
 
 def test_a_conflicting_vote_of_its_own_key_makes_a_validator_hold_back(
@@ -244,18 +259,15 @@ def test_a_conflicting_vote_of_its_own_key_makes_a_validator_hold_back(
     # Its record covers the position, so it is no news by position alone; but the key signed two
     # different votes there: another process signs with it, or a restored copy's vote came late. The
     # validator signs nothing more where that other may be signing.
-    four, config, driver = one_of_four_validators(tmp_path)
-    me = four[0]
-    try:
+    with one_of_four_validators(tmp_path) as (four, config, driver):
         assert driver.engine is not None
-        driver._thread_start(1, [])
+        me = four[0]
         driver._thread_feed([TimeoutFired("propose", 1, 0)])  # no proposal came: it prevotes nil
         ours = driver.engine.signed_state
         assert ours is not None and ours.position == (1, 0, PREVOTE)
         other = Vote.make(me, CHAIN, PREVOTE, 1, 0, os.urandom(32))  # the same key, for a block
-        raw = other.encode()
         with caplog.at_level(logging.WARNING, logger="ler.consensus"):
-            out = driver._thread_feed([Incoming(other, raw, sha256(raw), four[1].public_key)])
+            out = driver._thread_feed([relayed(other, four[1])])
         assert any(isinstance(a, Evidence) for a in out.actions)
         held = driver.engine.signed_state
         assert held is not None and held.is_hold and held.height >= 2, held
@@ -266,8 +278,6 @@ def test_a_conflicting_vote_of_its_own_key_makes_a_validator_hold_back(
         out = driver._thread_feed([TimeoutFired("prevote", 1, 0)])
         assert not [a for a in out.actions if isinstance(a, _Send)]
         assert driver.engine.signed_state == held
-    finally:
-        driver.svc.close()
 
 
 def test_only_a_relayed_message_its_key_really_signed_makes_a_validator_hold_back(
@@ -275,11 +285,9 @@ def test_only_a_relayed_message_its_key_really_signed_makes_a_validator_hold_bac
     # Anyone can write a validator's key on a message. Beyond its record, one with a signature that does
     # not verify (made up, or signed for another chain) buys no hold: else one faulty peer could keep
     # honest validators from voting. The same message really signed by its key does.
-    four, _, driver = one_of_four_validators(tmp_path)
-    me = four[0]
-    try:
+    with one_of_four_validators(tmp_path) as (four, _, driver):
         assert driver.engine is not None
-        driver._thread_start(1, [])
+        me = four[0]
         before = driver.engine.signed_state
         assert before is None or before.position < (1, 3, PRECOMMIT), before
         genuine = Vote.make(me, CHAIN, PRECOMMIT, 1, 3, os.urandom(32))
@@ -292,15 +300,11 @@ def test_only_a_relayed_message_its_key_really_signed_makes_a_validator_hold_bac
         ]
         with caplog.at_level(logging.WARNING, logger="ler.consensus"):
             for vote in forged:
-                raw = vote.encode()
-                out = driver._thread_feed([Incoming(vote, raw, sha256(raw), four[1].public_key)])
+                out = driver._thread_feed([relayed(vote, four[1])])
                 assert any(isinstance(a, Rejected) and "invalid signature" in a.reason for a in out.actions)
                 assert driver.engine.signed_state == before
             assert "event=signed_beyond_record" not in caplog.text
-            raw = genuine.encode()
-            driver._thread_feed([Incoming(genuine, raw, sha256(raw), four[1].public_key)])
+            driver._thread_feed([relayed(genuine, four[1])])
         held = driver.engine.signed_state
         assert held is not None and held.is_hold and held.height >= 2, held
         assert "event=signed_beyond_record height=1 round=3 step=precommit" in caplog.text
-    finally:
-        driver.svc.close()
