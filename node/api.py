@@ -27,7 +27,7 @@ from ler.tx import MAX_TX_BYTES, RECORD_ID_BYTES, Tx
 from ler.vc import verify_ler_credential
 from ler.wire import hex_bytes
 from node import openapi
-from node.listener import BODY_TIMEOUT_KEY, read_body
+from node.listener import BODY_TIMEOUT_KEY, UnreadableBody, read_body
 from node.service import COMMITTED, PENDING, REJECTED, NodeService, now_ms
 from node.validator import EVIDENCE_PREFIX, evidence_json
 from node.verify_page import add_verify_page
@@ -61,6 +61,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return _json({"error": exc.reason}, exc.status)
     except LerError as exc:
         return _json({"error": str(exc)}, 400)
+    except UnreadableBody as exc:
+        log.debug("event=body_unreadable path=%s reason=%r", request.path, str(exc))
+        resp = _json({"error": str(exc)}, 400)
+        resp.force_close()
+        return resp
     except web.HTTPRequestEntityTooLarge:
         # (aiohttp's exception does not keep the limit as an attribute; the request knows it)
         return _json({"error": f"request body too large (limit {request.client_max_size} bytes)"}, 413)

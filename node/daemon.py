@@ -21,10 +21,12 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from ler.keys import KeyPair
 from node.api import make_app
@@ -32,6 +34,8 @@ from node.config import NodeConfig
 from node.listener import (
     LINGER_S,
     PEER_CONNECTIONS,
+    WARN_EVERY_S,
+    AnswerWatch,
     CappedSite,
     connection_cap,
     fewest_connections,
@@ -51,17 +55,32 @@ SHUTDOWN_TIMEOUT_S = 5.0  # longest wait for requests still running when the ser
 class MalformedHttpFilter(logging.Filter):
     """aiohttp answers a request it cannot parse (a NUL in a header, a line too long) with 400 itself, and
     logs it as an ERROR with a traceback. That is the client's fault, not the node's: one WARNING line
-    with the sender and the reason, as the node's own events are logged."""
+    with the sender and the reason, as the node's own events are logged, and at most one a minute (with
+    the count since the last), so that a client sending nothing else cannot fill the disk with them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last = -WARN_EVERY_S
+        self._count = 0
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, RequestPayloadError):
+            # A body whose encoding does not decode: answered 400 already (node.listener.reading_body),
+            # then met again as aiohttp reads on past it before reusing the connection. Not the node's fault.
+            return False
         if isinstance(exc, HttpProcessingError):
+            self._count += 1
+            now = time.monotonic()
+            if now - self._last < WARN_EVERY_S:
+                return False
             remote = record.args[0] if isinstance(record.args, tuple) and record.args else None
             reason = " ".join(str(exc.message or exc).split())[:200]
-            record.msg, record.args = "event=bad_http_request remote=%s status=%d reason=%r", (remote, exc.code,
-                                                                                                 reason)
+            record.msg = "event=bad_http_request count=%d remote=%s status=%d reason=%r"
+            record.args = (self._count, remote, exc.code, reason)
             record.levelno, record.levelname = logging.WARNING, "WARNING"
             record.exc_info = record.exc_text = None
+            self._last, self._count = now, 0
         return True
 
 
@@ -151,6 +170,7 @@ async def serve(config: NodeConfig, key: KeyPair, stop: asyncio.Event) -> None:
                           reuse_address=True)
         await site.start()
         svc.metrics.connections = lambda: (site.open_connections, site.refused)
+        watch = AnswerWatch(lambda: runner.server, limits.body_timeout_s)
         log.info("event=node_started chain=%s height=%d node=%s role=%s url=%s pending_reloaded=%d "
                  "validator=%s peers=%d", svc.chain_id, svc.store.height, key.did, config.role, config.url,
                  reloaded, svc.is_validator, len(node.network.links))
@@ -164,6 +184,7 @@ async def serve(config: NodeConfig, key: KeyPair, stop: asyncio.Event) -> None:
                 network = tg.create_task(node.network.run(), name="network")
                 sync = tg.create_task(node.syncer.run(), name="sync")
                 driver = tg.create_task(node.driver.run(), name="driver")
+                answers = tg.create_task(watch.run(), name="answers")
                 await stop.wait()
                 log.info("event=node_stopping height=%d", svc.store.height)
                 svc.stop()
@@ -173,6 +194,7 @@ async def serve(config: NodeConfig, key: KeyPair, stop: asyncio.Event) -> None:
                 node.driver.stop()
                 await driver
                 network.cancel()
+                answers.cancel()
         finally:
             # No block comes after this (a stop, or a part of the node failing, a full disk say): clients
             # still waiting on pending transactions get their answer now, not a dropped connection.

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import resource
 import time
@@ -34,6 +35,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 log = logging.getLogger("ler.node")
 
@@ -234,19 +236,104 @@ def quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> _RateLimitedWarning:
     return failures
 
 
+#: How often the answer watch looks at the connections, in seconds.
+WATCH_EVERY_S = 1.0
+#: Unsent bytes a connection must have held, when last looked at, for its end to call for a collection.
+COLLECT_BYTES = 1 << 20
+#: The fewest seconds between two collections the answer watch runs.
+COLLECT_EVERY_S = 5.0
+
+
+class AnswerWatch:
+    """What answers cost while they wait to be taken, and once they are given up.
+
+    An answer goes into its connection's buffer in memory and leaves it as fast as the client takes it.
+    - A connection whose unsent bytes have not gone down for `timeout` seconds is closed, so that a client
+      that asks for a large answer (a range of blocks is up to 8 MiB) and never reads it holds neither the
+      answer nor a connection for good (`event=stalled_readers_closed`, one WARNING a minute at most).
+    - aiohttp leaves an answer cut off by the end of its connection (the client left, or was closed above)
+      in a reference cycle: the lost connection's exception holds the frames that were writing it. Only
+      Python's cyclic collector frees those, and a node runs it rarely (`node.daemon.tune_gc`), so answers
+      given up one after another would pile up. When a connection that held `COLLECT_BYTES` or more
+      unsent has ended, the watch runs a collection at its next look (at most one per `COLLECT_EVERY_S`).
+    """
+
+    __slots__ = ("_last_collect", "_owed", "_server_of", "_watched", "collections", "stalled", "timeout")
+
+    def __init__(self, server_of: Callable[[], web.Server | None], timeout: float) -> None:
+        self._server_of = server_of
+        self.timeout = timeout
+        # transport -> (its unsent bytes when last looked at, when they last went down)
+        self._watched: dict[asyncio.BaseTransport, tuple[int, float]] = {}
+        self._last_collect = -COLLECT_EVERY_S
+        self._owed = False
+        self.stalled = _RateLimitedWarning(
+            "stalled_readers_closed", "a client took none of its answer for [limits] body_timeout_s; its "
+                                      "connection was closed")
+        self.collections = 0
+
+    def look(self, now: float) -> None:
+        """One look at every connection (`now` is time.monotonic())."""
+        if self._owed and now - self._last_collect >= COLLECT_EVERY_S:
+            gc.collect()
+            self._last_collect, self._owed = now, False
+            self.collections += 1
+        server = self._server_of()
+        watched: dict[asyncio.BaseTransport, tuple[int, float]] = {}
+        for handler in server.connections if server is not None else ():
+            transport = handler.transport
+            if transport is None or transport.is_closing():
+                continue
+            unsent = transport.get_write_buffer_size()
+            if not unsent:
+                continue
+            before = self._watched.get(transport)
+            since = now if before is None or unsent < before[0] else before[1]
+            if now - since >= self.timeout:
+                transport.abort()
+                self.stalled.hit(unsent_bytes=unsent)
+                continue  # and counted below as a connection that ended
+            watched[transport] = (unsent, since)
+        if any(unsent >= COLLECT_BYTES for t, (unsent, _) in self._watched.items() if t not in watched):
+            self._owed = True
+        self._watched = watched
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(WATCH_EVERY_S)
+            self.look(time.monotonic())
+
+
+class UnreadableBody(Exception):
+    """A request body that cannot be read whole: the client went away in the middle of it, or its
+    Content-Encoding does not decode. The client's doing, not the node's: answered with 400 (if anyone is
+    still there) and the connection closed, since nothing after such a body can be read."""
+
+
 @contextlib.asynccontextmanager
-async def body_deadline(request: web.Request) -> AsyncIterator[None]:
+async def reading_body(request: web.Request) -> AsyncIterator[None]:
     """Around the reading of a request's body: past the app's body timeout, a 408 (which closes the
-    connection, since the rest of the body may still be on its way)."""
+    connection, since the rest of the body may still be on its way); a body that cannot be read whole,
+    `UnreadableBody`."""
     timeout = request.app.get(BODY_TIMEOUT_KEY)
     try:
         async with asyncio.timeout(timeout):
             yield
     except TimeoutError:
         raise web.HTTPRequestTimeout(text=f"the request body did not arrive within {timeout:g} s") from None
+    except ConnectionError:
+        raise UnreadableBody("the connection was lost before the request body arrived") from None
+    except RequestPayloadError as exc:
+        cause = exc.__cause__ or exc
+        reason = " ".join(str(getattr(cause, "message", None) or cause).split())[:200]
+        raise UnreadableBody(f"the request body could not be read: {reason}") from None
 
 
 async def read_body(request: web.Request) -> bytes:
-    """The request's whole body (at most the app's client_max_size), read under `body_deadline`."""
-    async with body_deadline(request):
+    """The request's whole body (at most the app's client_max_size), read under `reading_body`. A body
+    that says it is larger is refused before any of it is read."""
+    declared = request.content_length
+    if declared is not None and declared > request.client_max_size:
+        raise web.HTTPRequestEntityTooLarge(max_size=request.client_max_size, actual_size=declared)
+    async with reading_body(request):
         return await request.read()

@@ -69,7 +69,7 @@ from ler.errors import DecodeError, LerError
 from ler.keys import sha256
 from ler.tx import MAX_TX_BYTES, Tx
 from node.client import json_or_none
-from node.listener import body_deadline
+from node.listener import reading_body
 from node.service import NodeService
 from node.validator import ConsensusDriver, Incoming, decode_proposal
 
@@ -775,7 +775,7 @@ async def read_limited(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise PeerRefusal(413, f"request body too large (limit {limit} bytes)")
     data = bytearray()
-    async with body_deadline(request):
+    async with reading_body(request):
         async for chunk in request.content.iter_chunked(64 * 1024):
             data += chunk
             if len(data) > limit:

@@ -6,13 +6,14 @@ body with 408, log one line where there were thousands of events, and serve agai
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import resource
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -293,3 +294,93 @@ def test_a_cap_too_low_for_the_peers_is_named_at_start(tmp_path: Path, cap: int,
         assert _serves(proc)
     finally:
         proc.close()
+
+
+def test_a_body_cut_short_or_undecodable_is_the_clients_fault_and_a_huge_one_is_refused_at_once(
+        node: NodeProc) -> None:
+    port = _port(node.url)
+    for path in ("/v1/txs", "/v1/verify", "/peer/v1/gossip"):
+        # The client leaves in the middle of its body.
+        s = _connect(port, f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                           f"Content-Length: 100\r\n\r\n{{".encode())
+        time.sleep(0.2)
+        s.close()
+        # A gzip body that is not gzip: a 400 with the reason, and the connection closed.
+        s = _connect(port, f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                           f"Content-Encoding: gzip\r\nContent-Length: 4\r\n\r\nabcd".encode())
+        status, body, _, _ = _answer(s)
+        s.close()
+        assert status == 400, body
+        assert "could not be read" in json.loads(body)["error"], body
+    # A body that says it is larger than the node takes is refused before any of it is sent.
+    s = _connect(port, b"POST /v1/txs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: 999999999\r\n\r\n")
+    status, body, answered, _ = _answer(s)
+    s.close()
+    assert status == 413 and "too large" in json.loads(body)["error"], body
+    assert answered < BODY_S * 0.5  # not after waiting for the body
+    assert node.get("/v1/status").status == 200
+    log = node.log(None)
+    assert "Traceback" not in log and "internal_error" not in log and "ERROR" not in log, log[-3000:]
+
+
+class _Answer(bytes):
+    """An answer body the collector tracks (it has a __dict__), so a test can see whether one is alive."""
+
+
+def _answers_alive() -> int:
+    return sum(type(o) is _Answer for o in gc.get_objects())
+
+
+@pytest.mark.parametrize("client_leaves", [True, False])
+async def test_an_answer_nobody_takes_is_let_go(client_leaves: bool) -> None:
+    """A client asks for a large answer and reads none of it. If it leaves, the answer (which aiohttp
+    leaves in a reference cycle) is freed at once, not at the collector's next full pass; if it stays,
+    its connection is closed once it has taken nothing for the timeout, and the answer freed as well."""
+    from aiohttp import web
+
+    async def big(request: web.Request) -> web.Response:
+        return web.Response(body=_Answer(bytes(32 << 20)))
+
+    app = web.Application()
+    app.router.add_get("/big", big)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    watch = listener.AnswerWatch(lambda: runner.server, timeout=60.0 if client_leaves else 1.0)
+    watching = asyncio.create_task(watch.run())
+    gc.collect()
+    gc.disable()  # as rare as a node's full passes (node.daemon.tune_gc): only the watch collects
+    loop = asyncio.get_running_loop()
+    client = socket.socket()
+    try:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.setblocking(False)
+        await loop.sock_connect(client, ("127.0.0.1", port))
+        await loop.sock_sendall(client, b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+
+        async def until(what: Callable[[], bool], seconds: float) -> None:
+            deadline = time.monotonic() + seconds
+            while not what():
+                assert time.monotonic() < deadline, "timed out"
+                await asyncio.sleep(0.05)
+
+        server = runner.server
+        assert server is not None
+        await until(lambda: any(h.transport is not None and h.transport.get_write_buffer_size() > 0
+                                for h in server.connections), 10)
+        assert _answers_alive() == 1
+        await asyncio.sleep(listener.WATCH_EVERY_S * 1.5)  # the watch has seen it waiting
+        if client_leaves:
+            client.close()
+        await until(lambda: not server.connections, 20)
+        assert watch.stalled.total == (0 if client_leaves else 1)
+        await until(lambda: watch.collections >= 1, 10)
+        assert _answers_alive() == 0
+    finally:
+        gc.enable()
+        client.close()
+        watching.cancel()
+        await runner.cleanup()
