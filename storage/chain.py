@@ -168,6 +168,19 @@ class StoreError(Exception):
         return str(self)
 
 
+def _orphaned_db_files(path: Path) -> list[str]:
+    """The LevelDB files in `path` if it has no CURRENT file (which names the live MANIFEST), else [].
+
+    Opened with create_if_missing, LevelDB takes such a folder for a new database: it writes a new
+    MANIFEST and CURRENT and deletes the table and log files as obsolete, and the blocks in them are
+    lost. A folder holding none of them (new, or with only LOCK/LOG left) is a new database.
+    """
+    if (path / "CURRENT").exists():
+        return []
+    return sorted(name for name in os.listdir(path)
+                  if name.startswith("MANIFEST-") or name.endswith((".ldb", ".sst", ".log")))
+
+
 def _leveldb_says(exc: BaseException) -> str:
     """LevelDB's message (plyvel gives it as bytes)."""
     arg = exc.args[0] if exc.args else exc
@@ -470,6 +483,12 @@ class ChainStore:
         self._headers: OrderedDict[int, Header] = OrderedDict()
         try:
             self._path.mkdir(parents=True, exist_ok=True)
+            orphaned = _orphaned_db_files(self._path)
+            if orphaned:
+                shown = ", ".join(orphaned[:3]) + (f" and {len(orphaned) - 3} more" if len(orphaned) > 3 else "")
+                raise StoreError(f"the database in {self._path} is corrupt: its CURRENT file is missing but it "
+                                 f"holds database files ({shown}); nothing was changed: restore the folder "
+                                 "from a backup, or delete it to sync the chain again from peers")
             # The tables' Bloom filters spare a lookup of an absent key (a new transaction id, a new
             # record's state key) a read of each table, though not the memtable's search (the key
             # filter below spares most such lookups LevelDB altogether). No compression: nearly all
