@@ -37,12 +37,29 @@ from ler.keys import KeyPair, write_key_file
 from ler.record import RecordDocument, make_claims
 from ler.tx import Action, GovVote, RecordAnchor, sign_tx
 from node.client import ClientError, NodeClient
-from node.config import PID_FILE, ConfigError, ConsensusTiming, PeerSpec, init_data_dir, known_settings
+from node.config import (
+    CONFIG_FILE,
+    GENESIS_FILE,
+    KEY_FILE,
+    PID_FILE,
+    ConfigError,
+    ConsensusTiming,
+    PeerSpec,
+    init_data_dir,
+    known_settings,
+)
 
 MANIFEST = "testnet.json"
-#: Written first by a network's creation, removed with its first manifest: a creation stopped between
-#: the two (Ctrl-C) left node folders no node ever ran from, which the next `up` makes afresh.
+#: Written first by a network's creation, removed with its first manifest (saved before any node
+#: starts): {"format": CREATING_FORMAT, "makes": [paths in DIR]}, every path the creation is about to
+#: make, none of which existed (checked before it is written). A creation stopped between the two
+#: (Ctrl-C) left only those, no node ever ran from them, and the next `up` removes them and makes the
+#: network afresh. A marker of any other form is not one of these and nothing it names is removed.
 CREATING = ".creating"
+CREATING_FORMAT = "ler-testnet-creating/1"
+_NODE_NAME = r"(authority|observer)[1-9][0-9]{0,3}"
+#: What a node folder holds before its node first runs (init_data_dir's files, and their .tmp).
+_UNRUN_NODE_FILES = {f + tmp for f in (CONFIG_FILE, GENESIS_FILE, KEY_FILE) for tmp in ("", ".tmp")}
 DEMO_TYPE = "degree"
 DEMO_ISSUER_NAME = "Demo University"
 
@@ -118,8 +135,11 @@ def up(directory: str | os.PathLike[str], authorities: int = 4, observers: int =
     """
     d = Path(directory).resolve()
     manifest_path = d / MANIFEST
-    manifest = load(d) if manifest_path.exists() else _create(d, authorities, observers, base_port, chain_id,
-                                                                 consensus)
+    if manifest_path.exists():
+        manifest = load(d)
+    else:
+        manifest = _create(d, authorities, observers, base_port, chain_id, consensus)
+        save(d, manifest)  # the creation ends (CREATING goes) before any node runs from its folders
     started: dict[str, int] = {}
     try:
         for node in manifest["nodes"]:
@@ -188,18 +208,21 @@ def _create(d: Path, authorities: int, observers: int, base_port: int, chain_id:
             consensus: dict[str, float] | None = None) -> dict[str, Any]:
     if authorities < 1 or observers < 0:
         raise TestnetError("a testnet needs at least one authority")
-    d.mkdir(parents=True, exist_ok=True)
-    _remove_half_made(d)
     names = [f"authority{i + 1}" for i in range(authorities)] + [f"observer{i + 1}" for i in range(observers)]
-    (d / CREATING).write_text(json.dumps(names) + "\n")
-    (d / "keys").mkdir(exist_ok=True)
+    if d.is_dir():
+        _remove_half_made(d)
+        _refuse_leftovers(d)
+    d.mkdir(parents=True, exist_ok=True)
+    makes = ["keys", *(f"keys/{n}.key" for n in [*names, "demo-issuer"]), "genesis.json", *names]
+    write_durably(d / CREATING, (json.dumps({"format": CREATING_FORMAT, "makes": makes}) + "\n").encode(), 0o644)
+    (d / "keys").mkdir()
     node_keys = {}
     for name in names:
         key = KeyPair.generate()
-        write_key_file(d / "keys" / f"{name}.key", key, overwrite=True)
+        write_key_file(d / "keys" / f"{name}.key", key)  # never over a key: none was there (checked)
         node_keys[name] = key
     issuer = KeyPair.generate()
-    write_key_file(d / "keys" / "demo-issuer.key", issuer, overwrite=True)
+    write_key_file(d / "keys" / "demo-issuer.key", issuer)
     genesis = Genesis(format=GENESIS_FORMAT, chain_id=chain_id, genesis_time=int(time.time() * 1000),
                       authorities=tuple(GenesisAuthority(node_keys[n].did, f"Demo Authority {i + 1}")
                                         for i, n in enumerate(names[:authorities])),
@@ -219,19 +242,65 @@ def _create(d: Path, authorities: int, observers: int, base_port: int, chain_id:
             "demo_issuer_key": str(d / "keys" / "demo-issuer.key"), "demo_record_type": DEMO_TYPE}
 
 
+def _refuse_leftovers(d: Path) -> None:
+    """A folder without a manifest that holds what a network leaves (its manifest lost or deleted) is
+    never made over: its keys, genesis and chains would be overwritten or removed."""
+    found = []
+    for entry in sorted(d.iterdir()):
+        if entry.name in ("keys", "genesis.json", "demo", CREATING) or re.fullmatch(_NODE_NAME, entry.name):
+            found.append(entry.name + ("/" if entry.is_dir() and not entry.is_symlink() else ""))
+    if found:
+        shown = ", ".join(found[:6]) + (f" and {len(found) - 6} more" if len(found) > 6 else "")
+        raise TestnetError(f"{d} has no {MANIFEST} but holds a testnet's files ({shown}); nothing was changed: "
+                           f"restore its {MANIFEST} to use that network, or choose an empty folder (or delete "
+                           "this one) to make a new network")
+
+
 def _remove_half_made(d: Path) -> None:
-    """The node folders of a creation that was stopped before its manifest was written (`CREATING` names
-    them): none has run, so nothing is lost, and leaving them would make every later `up` fail."""
+    """What a creation stopped before its manifest was written made (CREATING names it): no node has run
+    from it, so nothing is lost, and leaving it would make every later `up` fail. Only a marker such as
+    `_create` writes counts, and only if every path it names that exists is as a creation leaves it
+    (a node folder no node ran from, not a link); else nothing is removed (`_refuse_leftovers` says why)."""
     try:
-        names = json.loads((d / CREATING).read_text())
-    except (OSError, ValueError):
+        marker = json.loads((d / CREATING).read_text())
+    except (OSError, ValueError, RecursionError):
         return
-    for name in names if isinstance(names, list) else []:
+    makes = marker.get("makes") if isinstance(marker, dict) and marker.get("format") == CREATING_FORMAT else None
+    if not isinstance(makes, list):
+        return
+    nodes, files, folders = [], [], []
+    for name in makes:
         # Only the names a creation gives: nothing else in DIR, nothing outside it.
-        if isinstance(name, str) and re.fullmatch(r"(authority|observer)[1-9][0-9]{0,3}", name):
-            folder = d / name
-            if folder.is_dir() and not folder.is_symlink():
-                shutil.rmtree(folder)
+        is_node = isinstance(name, str) and re.fullmatch(_NODE_NAME, name) is not None
+        is_file = isinstance(name, str) and (
+            name == "genesis.json" or re.fullmatch(rf"keys/({_NODE_NAME}|demo-issuer)\.key", name) is not None)
+        if not (is_node or is_file or name == "keys"):
+            continue
+        path = d / name
+        if path.is_symlink():
+            return
+        if not path.exists():
+            continue
+        if is_node:
+            if not path.is_dir() or not {p.name for p in path.iterdir()} <= _UNRUN_NODE_FILES:
+                return  # a node ran from it (its log, pid or chain), or it is not a node folder
+            nodes.append(path)
+        elif is_file:
+            if not path.is_file():
+                return
+            files.append(path)
+        else:
+            if not path.is_dir():
+                return
+            folders.append(path)
+    for folder in nodes:
+        shutil.rmtree(folder)
+    for file in files:
+        file.unlink()
+    for folder in folders:
+        with contextlib.suppress(OSError):  # anything else put there stays (and `up` then says so)
+            folder.rmdir()
+    (d / CREATING).unlink()
 
 
 def _start_node(data: Path) -> int:

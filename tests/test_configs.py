@@ -242,13 +242,78 @@ def test_a_creation_stopped_midway_is_made_afresh(tmp_path: Path, monkeypatch: p
     keep.mkdir()
     marker = json.loads((d / testnet.CREATING).read_text())
     # Names that must not be removed, all inside tmp_path (should the check ever break, nothing else goes).
-    (d / testnet.CREATING).write_text(json.dumps([*marker, "../keep", "keys2"]))
+    marker["makes"] += ["../keep", "keys2"]
+    (d / testnet.CREATING).write_text(json.dumps(marker))
     (d / "keys2").mkdir()
     try:
         r = ler("testnet", "up", "--dir", str(d), "--nodes", "2", "--base-port", "23841")
         assert r.returncode == 0, r.stderr
         assert ler("testnet", "status", "--dir", str(d)).returncode == 0
         assert not (d / testnet.CREATING).exists() and keep.is_dir() and (d / "keys2").is_dir()
+    finally:
+        ler("testnet", "down", "--dir", str(d))
+
+
+def tree(d: Path) -> dict[str, bytes | None]:
+    """Every file (its bytes) and folder (None) under `d`, by relative path."""
+    return {str(p.relative_to(d)): p.read_bytes() if p.is_file() else None for p in sorted(d.rglob("*"))}
+
+
+def test_up_where_the_manifest_is_gone_refuses_and_changes_nothing(tmp_path: Path) -> None:
+    """testnet.json lost or deleted: `up` must not make a network over the old one (its keys, the demo
+    issuer's the only copy, its genesis and its chain). Every `up` refuses, saying what it found and
+    what to do, and leaves the folder byte for byte; so does a marker no creation of this `up` wrote
+    (an earlier version left one naming the node folder it then could not make)."""
+    d = tmp_path / "net"
+    try:
+        r = ler("testnet", "up", "--dir", str(d), "--nodes", "1", "--base-port", "9640", "--seed")
+        assert r.returncode == 0, r.stderr
+        assert ler("testnet", "down", "--dir", str(d)).returncode == 0
+        (d / "testnet.json").unlink()
+        before = tree(d)
+        assert "keys/demo-issuer.key" in before and "authority1/config.toml" in before
+        for found in ("authority1/, demo/, genesis.json, keys/", ".creating, authority1/, demo/, genesis.json, keys/"):
+            if found.startswith(".creating"):
+                (d / ".creating").write_text('["authority1"]\n')
+                before = tree(d)
+            for _ in range(2):
+                r = ler("testnet", "up", "--dir", str(d), "--nodes", "1", "--base-port", "9640")
+                assert r.returncode == 1, (r.stdout, r.stderr)
+                assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+                assert f"{d} has no testnet.json but holds a testnet's files ({found}); nothing was changed: " \
+                       "restore its testnet.json to use that network, or choose an empty folder" in r.stderr, r.stderr
+                assert tree(d) == before
+    finally:
+        ler("testnet", "down", "--dir", str(d))
+
+
+def test_a_creation_cut_short_runs_no_node_and_the_next_up_makes_it_afresh(tmp_path: Path) -> None:
+    """The disk fills as `up` writes a new network's testnet.json, after its keys, genesis and node
+    folders: it fails before any node runs from them, and the next `up` removes them (that creation's
+    marker lists them) and makes the network. While a node has run from one of them (its log), they are
+    no half-made creation any more: `up` refuses and removes nothing."""
+    d = tmp_path / "net"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LER_")}
+    args = [str(LER), "testnet", "up", "--dir", str(d), "--nodes", "2", "--base-port", "9650"]
+    try:
+        # 600 bytes: room for a key, the genesis of 2 authorities (536) and a config, not the manifest.
+        cut = subprocess.run(args, capture_output=True, text=True, timeout=120, env=env, preexec_fn=full_disk(600))
+        assert cut.returncode == 1 and "testnet.json could not be written: File too large" in cut.stderr, cut.stderr
+        assert (d / testnet.CREATING).exists() and not (d / "testnet.json").exists()
+        for name in ("authority1", "authority2"):
+            assert sorted(p.name for p in (d / name).iterdir()) == ["config.toml", "genesis.json", "node.key"]
+        (d / "authority2" / "node.log").write_text("a node ran here\n")
+        before = tree(d)
+        r = ler(*args[1:])
+        assert r.returncode == 1 and "holds a testnet's files (.creating, authority1/, authority2/, genesis.json, " \
+            "keys/)" in r.stderr, r.stderr
+        assert tree(d) == before
+        (d / "authority2" / "node.log").unlink()
+        r = ler(*args[1:])
+        assert r.returncode == 0, r.stderr
+        assert ler("testnet", "status", "--dir", str(d)).returncode == 0
+        assert not (d / testnet.CREATING).exists()
+        assert (d / "genesis.json").read_bytes() != before["genesis.json"]  # made afresh
     finally:
         ler("testnet", "down", "--dir", str(d))
 
