@@ -46,6 +46,7 @@ from node.peers import Network
 from node.service import NodeService, now_ms
 from node.sync import Syncer, block_routes
 from node.validator import ConsensusDriver
+from storage.chain import StoreError
 
 log = logging.getLogger("ler.node")
 
@@ -185,6 +186,7 @@ async def serve(config: NodeConfig, key: KeyPair, stop: asyncio.Event) -> None:
                 sync = tg.create_task(node.syncer.run(), name="sync")
                 driver = tg.create_task(node.driver.run(), name="driver")
                 answers = tg.create_task(watch.run(), name="answers")
+                damage = tg.create_task(stop_on_damage(svc), name="damage")
                 await stop.wait()
                 log.info("event=node_stopping height=%d", svc.store.height)
                 svc.stop()
@@ -195,6 +197,7 @@ async def serve(config: NodeConfig, key: KeyPair, stop: asyncio.Event) -> None:
                 await driver
                 network.cancel()
                 answers.cancel()
+                damage.cancel()
         finally:
             # No block comes after this (a stop, or a part of the node failing, a full disk say): clients
             # still waiting on pending transactions get their answer now, not a dropped connection.
@@ -209,6 +212,28 @@ async def serve(config: NodeConfig, key: KeyPair, stop: asyncio.Event) -> None:
         svc.close()
         remove_pid_file(config.pid_path)
         log.info("event=node_stopped")
+
+
+async def stop_on_damage(svc: NodeService) -> None:
+    """Wait for the store to find damage in its database (a table whose checksums fail, read for a
+    request, for sync or for consensus), then raise it: the node stops, naming the folder, as it does
+    for damage found at start. It has no copy to answer from, and a node whose database is damaged
+    must be restored or synced afresh, which its operator has to know."""
+    loop = asyncio.get_running_loop()
+    found: asyncio.Future[StoreError] = loop.create_future()
+
+    def note(error: StoreError) -> None:
+        if not found.done():
+            found.set_result(error)
+
+    def damaged(error: StoreError) -> None:  # in whichever thread read the damaged table
+        with contextlib.suppress(RuntimeError):  # the loop has closed: the node is stopping anyway
+            loop.call_soon_threadsafe(note, error)
+
+    svc.store.tell_damage_to(damaged)
+    error = await found
+    log.error("event=database_damaged reason=%r", error.reason)
+    raise error
 
 
 def write_pid_file(path: Path) -> None:

@@ -194,15 +194,20 @@ class _CheckedDB:
     bad block, which would hide entries, while what an unchecked one returns is decoded and checked by
     its reader. (Opened with paranoid_checks, LevelDB also checks what it compacts.)"""
 
-    __slots__ = ("_checked_get", "db", "path")
+    __slots__ = ("_checked_get", "db", "on_damage", "path")
 
     def __init__(self, db: plyvel.DB, path: Path) -> None:
         self.db = db
         self.path = path
         self._checked_get = functools.partial(db.get, verify_checksums=True)
+        #: Told of every damage found (from whichever thread read it), so that a running node can stop.
+        self.on_damage: Callable[[StoreError], None] | None = None
 
     def damaged(self, exc: BaseException) -> StoreError:
-        return StoreError(f"the database in {self.path} is corrupt or unreadable: {_leveldb_says(exc)}")
+        error = StoreError(f"the database in {self.path} is corrupt or unreadable: {_leveldb_says(exc)}")
+        if self.on_damage is not None:
+            self.on_damage(error)
+        return error
 
     def unwritable(self, exc: BaseException) -> StoreError:
         """A failed write: LevelDB refuses every write after one, so the node has to stop. A full disk is
@@ -673,6 +678,11 @@ class ChainStore:
             return
         log.info("event=key_filter_ready bytes=%d seconds=%.2f", self._absent.size_bytes,
                  time.monotonic() - started)
+
+    def tell_damage_to(self, callback: Callable[[StoreError], None]) -> None:
+        """Have `callback` called with the error of every damage the store finds in its database from now
+        on, in the thread that found it (a running node stops on the first: node.daemon)."""
+        self._db.on_damage = callback
 
     def close(self) -> None:
         self._stop_fill.set()

@@ -17,6 +17,7 @@ import pytest
 from helpers_chain import ChainBuilder, fixed_key, make_genesis, new_record
 from node_proc import LER, NodeProc, init_node, make_chain
 
+from ler import codec
 from ler.keys import KeyPair
 from node.config import DB_DIR
 from storage.chain import ChainStore, StoreError
@@ -109,3 +110,42 @@ def test_ler_node_run_refuses_a_db_folder_without_current(tmp_path: Path) -> Non
                                 "is missing"), run.stderr
     assert "Traceback" not in run.stderr, run.stderr
     assert snapshot(db) == before
+
+
+def test_damage_found_while_running_stops_the_node_naming_the_folder(tmp_path: Path) -> None:
+    """A table damaged where start-up does not read: the node starts, and the first read of the damaged
+    block (here a client's) is a 503 with the reason; then the node stops with one error line naming the
+    folder, as for damage found at start, instead of serving on with /health saying all is well."""
+    chain = make_chain(tmp_path, chain_id="damaged-table")
+    data = init_node(chain, tmp_path / "node")
+    node = NodeProc(data).start()
+    try:
+        # Block 1 larger than a table block (4 KiB): the bytes around it hold nothing else.
+        for n in (40, 1, 1):
+            node.commit([new_record(chain.issuer, KeyPair.generate().did, rtype="degree",
+                                    chain=chain.chain_id)[1] for _ in range(n)])
+    finally:
+        assert node.terminate() == 0, node.log()
+    node.start()  # the restart puts the blocks in a table file
+    ((block_1, _),) = codec.decode(node.get("/peer/v1/blocks?from=1&to=1").body, 1 << 20)
+    assert node.terminate() == 0, node.log()
+    # One byte of block 1 itself (stored uncompressed), which nothing reads but a request for it.
+    hits = [(t, t.read_bytes().find(block_1)) for t in sorted((data / DB_DIR).glob("*.ldb"))]
+    ((table, at),) = [(t, i) for t, i in hits if i >= 0]
+    damaged = bytearray(table.read_bytes())
+    damaged[at + len(block_1) // 2] ^= 1
+    table.write_bytes(bytes(damaged))
+
+    node.start()
+    assert node.get("/health").status == 200
+    reply = node.get("/v1/blocks/1")
+    assert reply.status == 503 and "corrupt" in reply.json()["error"], reply
+    assert node.proc is not None
+    code = node.proc.wait(15)
+    assert code == 1, node.log()
+    log = node.log(None)
+    db = data / DB_DIR
+    assert f"event=database_damaged reason='the database in {db} is corrupt or unreadable" in log, log[-3000:]
+    assert log.rstrip().splitlines()[-1].startswith(
+        f"error: the node stopped: the database in {db} is corrupt or unreadable"), log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
