@@ -22,6 +22,7 @@ import rfc8785
 
 from ler import keys, merkle, smt
 from ler.block import CommitCertificate, Genesis, Header, validators_hash
+from ler.dates import utc_text
 from ler.errors import DecodeError, LerError, ProofError
 from ler.record import Disclosure
 from ler.smt import StateProof
@@ -48,12 +49,16 @@ TAMPERED = "tampered"          # a cryptographic check failed: altered, forged o
 WRONG_CHAIN = "wrong-network"  # made for another chain (genesis does not match)
 REFRESH_FAILED = "refresh-failed"  # a node's fresh status proof did not check out (the node is not trusted)
 REVOKED = "revoked"
+# A file the holder handed over (`ler verify --evidence KEY=FILE`) is not the one the record commits to, or
+# the bundle discloses no evidence claim of that name. Never given by verify_bundle itself: see with_evidence.
+EVIDENCE_MISMATCH = "evidence-mismatch"
 STALE = "stale"                # the head is older than the verifier's --max-age: status not proven recent
 EXPIRED = "expired"
 UNACCREDITED = "unaccredited"  # signed by an issuer not accredited for this type
 SELF_ASSERTED_V = "self-asserted"
 VALID = "valid"
-_RANK = [TAMPERED, WRONG_CHAIN, REFRESH_FAILED, REVOKED, STALE, EXPIRED, UNACCREDITED, SELF_ASSERTED_V, VALID]
+_RANK = [TAMPERED, WRONG_CHAIN, REFRESH_FAILED, REVOKED, EVIDENCE_MISMATCH, STALE, EXPIRED, UNACCREDITED,
+         SELF_ASSERTED_V, VALID]
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +262,7 @@ class VerificationResult:
     head_height: int | None = None
     head_time: int | None = None
     head_hash: str | None = None
+    before_evidence: str | None = None  # the bundle's own verdict, when with_evidence changed it
 
     @property
     def ok(self) -> bool:
@@ -284,6 +290,17 @@ def _worst(verdicts: list[str]) -> str:
     return min(verdicts, key=_RANK.index) if verdicts else TAMPERED
 
 
+def with_evidence(res: VerificationResult, evidence: list[Check]) -> VerificationResult:
+    """`res` with the verdict the evidence checks leave it: a file that does not match its claim (or a claim
+    the bundle does not disclose) makes a bundle that is otherwise valid (or only stale, expired, unaccredited
+    or self-asserted) "evidence-mismatch"; a worse verdict (tampered, wrong network, revoked) stands."""
+    if any(not c.ok for c in evidence):
+        worst = _worst([res.verdict, EVIDENCE_MISMATCH])
+        if worst != res.verdict:
+            res.before_evidence, res.verdict = res.verdict, worst
+    return res
+
+
 def verify_bundle(bundle_data: bytes | str | ProofBundle, genesis: Genesis,
                   now_ms: int | None = None, max_age_ms: int | None = None) -> VerificationResult:
     """Check a bundle against the genesis file alone. Never raises for bad input: it reports it.
@@ -304,9 +321,13 @@ def verify_bundle(bundle_data: bytes | str | ProofBundle, genesis: Genesis,
     res = VerificationResult(TAMPERED, c.checks, [], chain_id=bundle.chain_id,
                              head_height=head.height, head_time=head.time, head_hash=head_hash.hex())
 
-    if bundle.chain_id != genesis.chain_id or bundle.genesis_hash != genesis.hash:
+    if bundle.chain_id != genesis.chain_id:
         c.fail("network", f"the bundle is for chain {bundle.chain_id!r}, the genesis file is for "
-                          f"{genesis.chain_id!r} (or a different genesis of that name)")
+                          f"{genesis.chain_id!r}")
+    elif bundle.genesis_hash != genesis.hash:
+        c.fail("network", f"the bundle is for another network also named {bundle.chain_id!r}: its genesis hash is "
+                          f"{bundle.genesis_hash.hex()}, the genesis file's is {genesis.hash.hex()}")
+    if bundle.chain_id != genesis.chain_id or bundle.genesis_hash != genesis.hash:
         res.verdict = WRONG_CHAIN
         res.records = [RecordReport(record_id=r.record_id.hex(), verdict=WRONG_CHAIN) for r in bundle.records]
         return res
@@ -489,7 +510,9 @@ def _verify_record(rp: RecordProof, head: Header, head_hash: bytes, genesis: Gen
             else f"{body.issuer} is not an accredited issuer"
         c.fail("issuer accredited", f"unaccredited: {who}", i)
 
-    # 6. endorsements (shown with who vouches; never accreditation)
+    # 6. endorsements (shown with who vouches; never accreditation). The ledger holds one endorsement per
+    # endorser and record, so one proof shown twice is an edit meant to make the record look more endorsed.
+    endorsers: set[bytes] = set()
     for e_proof in rp.endorsements:
         if len(e_proof.key) != 32 or e_proof.value is None:
             raise ProofError("an endorsement proof does not prove an endorsement")
@@ -498,6 +521,10 @@ def _verify_record(rp: RecordProof, head: Header, head_hash: bytes, genesis: Gen
         e = EndorsementEntry.decode(e_proof.value)
         if e.record != rp.record_id or e_proof.key != endorsement_key(rp.record_id, e.endorser):
             raise ProofError("an endorsement proof is for another record")
+        if e.endorser in endorsers:
+            raise ProofError(f"the endorsement by {keys.did_from_public_key(e.endorser)} appears more than once: "
+                             "the ledger holds one endorsement per endorser and record, so the bundle was edited")
+        endorsers.add(e.endorser)
         report.endorsements.append({"endorser": keys.did_from_public_key(e.endorser), "height": e.height,
                                     "digest": e.digest.hex() if e.digest else None})
     if rp.endorsements:
@@ -534,7 +561,7 @@ def _state_value(proof: StateProof, key: bytes, root: bytes, what: str) -> bytes
 
 
 def _fmt_ms(ms: int) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ms / 1000))
+    return utc_text(ms)  # any u64 time, years past 9999 included
 
 
 

@@ -31,7 +31,7 @@ from typing import Any
 import base58
 import rfc8785
 
-from ler import keys
+from ler import dates, keys
 from ler.block import Genesis
 from ler.bundle import (
     TAMPERED,
@@ -41,6 +41,7 @@ from ler.bundle import (
     VerificationResult,
     verify_bundle,
 )
+from ler.dates import xsd_ms
 from ler.errors import DecodeError, LerError
 from ler.keys import KeyPair
 from ler.state import IssuerEntry
@@ -92,7 +93,6 @@ RTYPE_ACHIEVEMENT_TYPES = {
 # Disclosed claims that name the achievement, in order of preference.
 NAME_CLAIMS = ("name", "title", "achievement", "degree", "course", "certificate", "qualification", "role")
 
-_DATETIME = re.compile(r"-?\d{4,}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})?")
 _MAX_MULTIBASE_SIG = 100
 
 
@@ -128,32 +128,14 @@ def key_from_verification_method(vm: Any) -> tuple[str, bytes]:
 
 
 def is_datetime(value: Any) -> bool:
-    """An XML Schema 1.1 dateTime (as Data Integrity and VC 2.0 use it)."""
-    if not isinstance(value, str) or not _DATETIME.fullmatch(value):
-        return False
-    return _parse_datetime(value) is not None
-
-
-def _parse_datetime(value: str) -> datetime | None:
-    m = _DATETIME.fullmatch(value)
-    if not m:
-        return None
-    text = value
-    if m.group(1):  # fromisoformat takes at most 6 fractional digits
-        frac = m.group(1)
-        text = value.replace(frac, frac[:7].ljust(7, "0"), 1)
-    try:
-        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+    """An XML Schema 1.1 dateTime (as Data Integrity and VC 2.0 use it), years beyond 9999 included."""
+    return isinstance(value, str) and xsd_ms(value) is not None
 
 
 def iso_ms(ms: int) -> str:
-    """A block time (ms since the epoch) as an XML Schema dateTimeStamp in UTC."""
-    dt = datetime.fromtimestamp(ms // 1000, tz=UTC)
-    text = dt.strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{text}.{ms % 1000:03d}Z" if ms % 1000 else f"{text}Z"
+    """A block time (ms since the epoch) as an XML Schema dateTimeStamp in UTC; any time a ledger field holds
+    (up to 2^64 - 1 ms, year 584556019) has one."""
+    return dates.iso_ms(ms)
 
 
 def now_iso() -> str:
@@ -249,10 +231,10 @@ def verify_credential(doc: Any, expected_purpose: str | None = ASSERTION) -> VcR
     res.created = created
     expires = proof.get("expires")
     if expires is not None:
-        when = _parse_datetime(expires) if isinstance(expires, str) else None
+        when = xsd_ms(expires) if isinstance(expires, str) else None
         if when is None:
             return fail("proof", "the proof's expires time is not an XML Schema dateTime")
-        if when < datetime.now(tz=UTC):
+        if when < time.time_ns() // 1_000_000:
             return fail("proof", f"the proof expired at {expires}")
     res.checks.append(Check("proof", True, f"{PROOF_TYPE} {CRYPTOSUITE} for {purpose}, key {did}"))
 
@@ -432,6 +414,10 @@ def issuer_id(doc: dict[str, Any]) -> str | None:
 # --- verifying a credential: signature, issuer key, ledger anchor --------------------------------------
 
 LEDGER_ABSENT, LEDGER_NOT_CHECKED, LEDGER_CHECKED = "absent", "not-checked", "checked"
+# A genesis was given, so the verifier asked for the ledger's word, but no proof bundle travels with the
+# credential: its signature alone cannot say the record is on that ledger, accredited or not revoked.
+LEDGER_MISSING = "missing"
+NOT_ANCHORED = "not anchored"      # the ledger_anchor part (and the headline) for LEDGER_MISSING
 
 
 @dataclass(slots=True)
@@ -449,16 +435,24 @@ class CredentialReport:
     subject: str | None = None
     name: str | None = None
     issuer_name: str | None = None
+    evidence: list[Check] = field(default_factory=list)  # files the holder handed over (`--evidence`)
 
     @property
     def ledger_ok(self) -> bool:
+        if self.ledger_state == LEDGER_MISSING:
+            return False
         if self.ledger_state != LEDGER_CHECKED:
             return True
         return self.ledger is not None and self.ledger.ok and self.match is not None and self.match.ok
 
     @property
+    def evidence_ok(self) -> bool:
+        return all(c.ok for c in self.evidence)
+
+    @property
     def ok(self) -> bool:
-        return self.signature.ok and self.issuer_key.ok and self.validity.ok and self.ledger_ok
+        return (self.signature.ok and self.issuer_key.ok and self.validity.ok and self.ledger_ok
+                and self.evidence_ok)
 
     @property
     def checks(self) -> list[Check]:
@@ -470,19 +464,24 @@ class CredentialReport:
         return out
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": "credential", "valid": self.ok, "name": self.name, "issuer": self.issuer,
-                "issuer_name": self.issuer_name, "subject": self.subject, "claims": self.claims,
-                "parts": {"signature": "valid" if self.signature.ok else "invalid",
-                          "issuer_key": "valid" if self.issuer_key.ok else "invalid",
-                          "validity_period": "valid" if self.validity.ok else "invalid",
-                          "ledger_anchor": self.ledger_part()},
-                "signature": self.signature.to_json(),
-                "ledger": self.ledger.to_json() if self.ledger is not None else None,
-                "checks": [c.to_json() for c in self.checks]}
+        obj = {"kind": "credential", "valid": self.ok, "name": self.name, "issuer": self.issuer,
+               "issuer_name": self.issuer_name, "subject": self.subject, "claims": self.claims,
+               "parts": {"signature": "valid" if self.signature.ok else "invalid",
+                         "issuer_key": "valid" if self.issuer_key.ok else "invalid",
+                         "validity_period": "valid" if self.validity.ok else "invalid",
+                         "ledger_anchor": self.ledger_part()},
+               "signature": self.signature.to_json(),
+               "ledger": self.ledger.to_json() if self.ledger is not None else None,
+               "checks": [c.to_json() for c in self.checks]}
+        if self.evidence:
+            obj["evidence"] = [c.to_json() for c in self.evidence]
+        return obj
 
     def ledger_part(self) -> str:
         if self.ledger_state == LEDGER_ABSENT:
             return "absent"
+        if self.ledger_state == LEDGER_MISSING:
+            return NOT_ANCHORED
         if self.ledger_state == LEDGER_NOT_CHECKED:
             return "not checked"
         return "valid" if self.ledger_ok else (self.ledger.verdict if self.ledger and not self.ledger.ok
@@ -516,6 +515,16 @@ def verify_ler_credential(doc: Any, genesis: Genesis | None, now_ms: int | None 
         else:
             report.ledger_state = LEDGER_CHECKED
             report.ledger, rec, report.match = _check_ledger(obj, genesis, now_ms)
+    elif genesis is not None:
+        # The verifier gave the network's genesis to have the ledger's word; this credential has none to
+        # give. Its signature may be perfect (anyone can sign a credential naming their own did:key as its
+        # issuer, a retired key included), but nothing shows the record is on the ledger, that its issuer is
+        # accredited or that it was not revoked: not the verdict an anchored, accredited credential gets.
+        report.ledger_state = LEDGER_MISSING
+        report.match = Check("matches ledger", False, "not anchored: no ledger proof (ler:proofBundle) travels "
+                                                      f"with this credential, so nothing shows its record is on "
+                                                      f"the ledger '{genesis.chain_id}', that its issuer is "
+                                                      "accredited or that it was not revoked")
 
     if sig.signer is not None:
         report.issuer_key = _issuer_key_check(sig.signer, report.issuer, rec, report.ledger_state)
@@ -523,14 +532,13 @@ def verify_ler_credential(doc: Any, genesis: Genesis | None, now_ms: int | None 
 
 
 def _validity(doc: dict[str, Any], now_ms: int) -> Check:
-    now = datetime.fromtimestamp(now_ms / 1000, tz=UTC)
     start, end = doc.get("validFrom"), doc.get("validUntil")
     for name, value in (("validFrom", start), ("validUntil", end)):
         if value is not None and not is_datetime(value):
             return Check("validity period", False, f"{name} is not an XML Schema dateTime")
-    if isinstance(start, str) and (s := _parse_datetime(start)) and s > now:
+    if isinstance(start, str) and (s := xsd_ms(start)) is not None and s > now_ms:
         return Check("validity period", False, f"not valid before {start}")
-    if isinstance(end, str) and (e := _parse_datetime(end)) and e < now:
+    if isinstance(end, str) and (e := xsd_ms(end)) is not None and e < now_ms:
         return Check("validity period", False, f"expired at {end}")
     span = f"valid from {start}" if start else "no start date"
     return Check("validity period", True, span + (f" until {end}" if end else ""))
@@ -629,9 +637,9 @@ class BadgeImport:
 
 
 def _dt_ms(value: str) -> int:
-    dt = _parse_datetime(value)
-    assert dt is not None
-    return int(dt.timestamp() * 1000)
+    ms = xsd_ms(value)
+    assert ms is not None
+    return ms
 
 
 def badge_claims(obj: Any, file_sha256: str, file_name: str) -> BadgeImport:

@@ -35,6 +35,7 @@ import click
 from ler import keys
 from ler.block import GENESIS_FORMAT, Genesis, GenesisAuthority, GenesisIssuer
 from ler.bundle import (
+    EVIDENCE_MISMATCH,
     EXPIRED,
     MAX_BUNDLE_BYTES,
     REFRESH_FAILED,
@@ -51,7 +52,9 @@ from ler.bundle import (
     fmt_age,
     verify_bundle,
     verify_refreshed,
+    with_evidence,
 )
+from ler.dates import MAX_MS, utc_text
 from ler.errors import DecodeError, KeyFileError, LerError
 from ler.files import read_capped
 from ler.keys import PASSPHRASE_ENV, KeyPair
@@ -199,7 +202,7 @@ def emit_json(obj: Any) -> None:
 def fmt_time(ms: int | None) -> str:
     if ms is None:
         return "unknown time"
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return utc_text(int(ms))  # any time a ledger field holds (up to 2^64 - 1 ms), years past 9999 included
 
 
 def now_ms() -> int:
@@ -216,7 +219,11 @@ def parse_time_ms(value: str, what: str) -> int:
     a date-time without a zone is UTC.
     """
     v = value.strip()
-    if v.isdigit():
+    if v.isascii() and v.isdigit():
+        if len(v) > len(str(MAX_MS)) or int(v) > MAX_MS:
+            shown = v if len(v) <= 40 else f"{v[:20]}...({len(v)} digits)"
+            raise bad_input(f"{what} {shown!r} is out of range: at most {MAX_MS} ms since the epoch "
+                            f"({utc_text(MAX_MS)})")
         return int(v)
     try:
         dt = datetime.fromisoformat(v)
@@ -1183,10 +1190,15 @@ def load_genesis(path: str) -> Genesis:
 
 _HEADLINE = {VALID: "VALID", SELF_ASSERTED_V: "SELF-ASSERTED", UNACCREDITED: "UNACCREDITED",
              EXPIRED: "EXPIRED", REVOKED: "REVOKED", WRONG_CHAIN: "WRONG NETWORK", TAMPERED: "TAMPERED",
-             STALE: "STALE", REFRESH_FAILED: "REFRESH FAILED"}
+             STALE: "STALE", REFRESH_FAILED: "REFRESH FAILED", EVIDENCE_MISMATCH: "EVIDENCE MISMATCH"}
 
 
-def verdict_line(res: VerificationResult, genesis: Genesis) -> str:
+def evidence_reason(evidence: Sequence[Check]) -> str:
+    """Why the evidence checks fail, in one clause: each failing file's detail."""
+    return "; ".join(f"{c.name}: {c.detail}" for c in evidence if not c.ok)
+
+
+def verdict_line(res: VerificationResult, genesis: Genesis, evidence: Sequence[Check] = ()) -> str:
     """One line a person can act on: the verdict, why, and as of when."""
     head = _HEADLINE.get(res.verdict, res.verdict.upper())
     when = (f"as of block {res.head_height} ({fmt_time(res.head_time)})"
@@ -1215,7 +1227,17 @@ def verdict_line(res: VerificationResult, genesis: Genesis) -> str:
         failed_refresh = [c for c in res.checks if c.name == "refresh" and not c.ok]
         why = failed_refresh[0].detail if failed_refresh else "the node's status proof does not verify"
         return f"{head}: {why}; the bundle alone speaks {when}"
+    if res.verdict == EVIDENCE_MISMATCH:
+        why = evidence_reason(evidence) or "a file handed over does not match its claim"
+        alone = verdict_line(dataclasses.replace(res, verdict=res.before_evidence or VALID, before_evidence=None),
+                             genesis)
+        return f"{head}: {why}; the bundle alone: {alone}"
     if res.verdict == WRONG_CHAIN:
+        if res.chain_id == genesis.chain_id:
+            net = [c.detail for c in res.checks if c.name == "network" and not c.ok]
+            return (f"{head}: the bundle was made for another network that is also named {res.chain_id!r}, not "
+                    "for the network of this genesis file: their genesis hashes differ"
+                    + (f" ({net[0].split(': ', 1)[-1]})" if net else ""))
         return (f"{head}: the bundle was made for chain {res.chain_id!r}, not for the network of this "
                 f"genesis file ({genesis.chain_id!r})")
     failed = [c for c in res.checks if not c.ok]
@@ -1232,7 +1254,7 @@ def render_value(value: Any) -> str:
 
 
 def render_result(res: VerificationResult, genesis: Genesis, extra_checks: list[Check]) -> list[str]:
-    lines = [verdict_line(res, genesis)]
+    lines = [verdict_line(res, genesis, extra_checks)]
     n = len(res.records)
     for i, r in enumerate(res.records):
         lines.append("")
@@ -1373,6 +1395,7 @@ def verify(bundle_path: str, genesis_path: str, evidence_specs: tuple[str, ...],
                 status = fetch_status(refresh_url, data)
                 res = verify_refreshed(data, status, genesis, max_age_ms=max_age_ms, source=refresh_url)
     extra = check_evidence(res, evidence_specs)
+    with_evidence(res, extra)  # a file that does not match fails the verdict, not only the exit status
     refreshed = [c for c in res.checks if c.name == "refresh"] if refresh_url else []
     if as_json:
         obj = res.to_json()

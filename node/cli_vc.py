@@ -29,7 +29,9 @@ from ler.bundle import (
     RecordReport,
     VerificationResult,
     verify_bundle,
+    with_evidence,
 )
+from ler.dates import MAX_MS, utc_text
 from ler.errors import DecodeError
 from ler.files import read_capped
 from ler.presentation import (
@@ -44,6 +46,7 @@ from ler.tx import check_record_type
 from ler.vc import (
     CRYPTOSUITE,
     LEDGER_ABSENT,
+    LEDGER_MISSING,
     LEDGER_NOT_CHECKED,
     BadgeImport,
     CredentialError,
@@ -64,6 +67,7 @@ from node.cli import (
     check_evidence,
     did_or_key_file,
     emit_json,
+    evidence_reason,
     fmt_time,
     load_genesis,
     load_key,
@@ -223,6 +227,9 @@ def import_badge(node_url: str, key_path: str, credential_path: str, holder: str
         raise bad_input(str(exc)) from None
     holder_did = did_or_key_file(holder, "--holder")
     expires_ms = parse_time_ms(expires, "--expires") if expires else found.valid_until_ms
+    if expires_ms is not None and expires_ms > MAX_MS:
+        raise bad_input(f"the badge's validUntil is later than any time a record can hold ({utc_text(MAX_MS)}): "
+                        "give --expires")
     if expires_ms is not None and expires_ms <= now_ms():
         raise bad_input(f"the badge expired at {fmt_time(expires_ms)}" if not expires
                         else f"--expires {expires} is already past")
@@ -379,16 +386,13 @@ def _verify(**kw: Any) -> None:
         raise negative(f"{path} is a credential, not a presentation: nothing in it is signed by the holder "
                        "for your challenge (ask the holder for one made with `ler present --credential`)")
     report = _credential_report(parsed, genesis)
-    extra = _credential_evidence(report, evidence_specs)
+    report.evidence = _credential_evidence(report, evidence_specs)  # a file that does not match fails the verdict
     if as_json:
-        obj = report.to_json()
-        if extra:
-            obj["evidence"] = [c.to_json() for c in extra]
-        emit_json(obj)
+        emit_json(report.to_json())
     else:
-        for line in credential_lines(report, genesis, extra):
+        for line in credential_lines(report, genesis):
             say(line)
-    if not report.ok or not all(c.ok for c in extra):
+    if not report.ok:
         sys.exit(EXIT_NEGATIVE)
 
 
@@ -422,6 +426,9 @@ def _part(ok: bool) -> str:
 def credential_headline(rep: CredentialReport, genesis: Genesis | None) -> str:
     if rep.ledger_state == LEDGER_ABSENT:
         ledger = "ledger anchor: none travels with this credential"
+    elif rep.ledger_state == LEDGER_MISSING:
+        ledger = ("ledger anchor: NOT ANCHORED: none travels with this credential, so nothing proves it is on the "
+                  "ledger of this genesis file")
     elif rep.ledger_state == LEDGER_NOT_CHECKED:
         ledger = "ledger anchor: not checked (no --genesis)"
     elif rep.ledger is not None and genesis is not None:
@@ -434,13 +441,17 @@ def credential_headline(rep: CredentialReport, genesis: Genesis | None) -> str:
              f"validity period: {_part(rep.validity.ok)}; {ledger}")
     if rep.ok:
         return "VALID: " + parts
-    if rep.signature.ok and rep.issuer_key.ok and rep.validity.ok and rep.ledger is not None \
-            and not rep.ledger.ok:
-        return f"{base._HEADLINE.get(rep.ledger.verdict, rep.ledger.verdict.upper())}: " + parts
+    if rep.signature.ok and rep.issuer_key.ok and rep.validity.ok:
+        if rep.ledger is not None and not rep.ledger.ok:
+            return f"{base._HEADLINE.get(rep.ledger.verdict, rep.ledger.verdict.upper())}: " + parts
+        if rep.ledger_state == LEDGER_MISSING:
+            return "NOT ANCHORED: " + parts
+        if rep.ledger_ok and not rep.evidence_ok:
+            return f"EVIDENCE MISMATCH: {evidence_reason(rep.evidence)}; " + parts
     return "NOT VALID: " + parts
 
 
-def credential_lines(rep: CredentialReport, genesis: Genesis | None, extra: list[Check]) -> list[str]:
+def credential_lines(rep: CredentialReport, genesis: Genesis | None) -> list[str]:
     lines = [credential_headline(rep, genesis), ""]
     lines.append(f"Credential: {rep.name or '(no name)'}")
     if rep.signature.signer:
@@ -461,7 +472,7 @@ def credential_lines(rep: CredentialReport, genesis: Genesis | None, extra: list
         lines.extend("  " + ln for ln in ledger_lines[1:cut] if ln)
     lines.append("")
     lines.append("Checks:")
-    for c in [*rep.checks, *extra]:
+    for c in [*rep.checks, *rep.evidence]:
         lines.append(f"  [{'ok' if c.ok else 'FAIL'}] {c.name}: {c.detail}")
     if rep.ledger_state == LEDGER_NOT_CHECKED:
         lines.append("  [--] ledger anchor: not checked (no --genesis)")
@@ -480,8 +491,9 @@ def _verify_presentation(raw: bytes, genesis: Genesis | None, challenge: str, ev
     extra: list[Check] = []
     if rep.bundle is not None:
         extra = check_evidence(rep.bundle, evidence_specs)
+        with_evidence(rep.bundle, extra)  # a file that does not match fails what is presented
     elif rep.credential is not None:
-        extra = _credential_evidence(rep.credential, evidence_specs)
+        extra = rep.credential.evidence = _credential_evidence(rep.credential, evidence_specs)
     if as_json:
         obj = rep.to_json()
         if extra:
@@ -499,7 +511,7 @@ def presentation_lines(rep: PresentationReport, genesis: Genesis | None, extra: 
     if rep.bundle is not None and genesis is not None:
         inner = render_result(rep.bundle, genesis, extra)
     elif rep.credential is not None:
-        inner = credential_lines(rep.credential, genesis, extra)
+        inner = credential_lines(rep.credential, genesis)
     else:
         inner = []
     if failed:

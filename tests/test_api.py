@@ -517,10 +517,12 @@ def test_verify_route_takes_a_credential(node: NodeProc, chain: Chain, tmp_path:
     assert out["ledger"]["verdict"] == "valid"  # the embedded bundle itself is untouched
     assert any(c["check"] == "signature" and not c["pass"] for c in out["checks"])
 
-    # without its bundle: signature and issuer key still checked, the ledger anchor absent
+    # without its bundle: signature and issuer key still checked; the node judges against its own genesis,
+    # so a credential with no ledger proof is not anchored, and not valid, whatever its signature
     del cred["ler:proofBundle"]
     out = node.request("POST", "/v1/verify", json.dumps(cred).encode(), "application/json").json()
-    assert out["kind"] == "credential" and out["ledger"] is None and out["parts"]["ledger_anchor"] == "absent"
+    assert out["kind"] == "credential" and out["ledger"] is None
+    assert out["parts"]["ledger_anchor"] == "not anchored" and out["valid"] is False
     assert out["parts"]["signature"] == "invalid"
 
 

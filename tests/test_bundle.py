@@ -203,6 +203,31 @@ def test_endorsements_show_the_endorser(world: World) -> None:
     assert before.records[0].endorsements == []  # not endorsed yet at block 1
 
 
+@pytest.mark.parametrize("copies", [2, 5])
+def test_an_endorsement_repeated_is_tampered(world: World, copies: int) -> None:
+    # One genuine endorsement proof shown N times must not pass as N endorsements: the ledger holds one
+    # endorsement per endorser and record.
+    obj = json.loads(world.raw("valid"))
+    ends = obj["records"][0]["endorsements"]
+    assert len(ends) == 1
+    obj["records"][0]["endorsements"] = ends * copies
+    r = verify(rfc8785.dumps(obj), world.genesis)
+    assert r.verdict == "tampered" and r.records[0].verdict == "tampered"
+    failed = [c for c in r.checks if not c.ok]
+    assert len(failed) == 1 and failed[0].name == "record"
+    assert f"the endorsement by {ENDORSER.did} appears more than once" in failed[0].detail
+    assert not any(c.name == "endorsements" and c.ok for c in r.checks)
+
+
+def test_a_refresh_that_repeats_an_endorsement_fails(world: World) -> None:
+    old = world.bundle("valid", head=3)
+    status = status_for(world, ("valid",), 3).document()
+    status["records"][0]["endorsements"] *= 2
+    res = refreshed(world, old, status)
+    assert res.verdict == "refresh-failed"
+    assert "appears more than once" in next(c for c in res.checks if c.name == "refresh").detail
+
+
 @pytest.mark.parametrize(("names", "verdict"), [
     (("valid", "rotated"), "valid"),
     (("valid", "revoked"), "revoked"),
@@ -243,6 +268,12 @@ def test_wrong_network(world: World, changes: dict[str, Any]) -> None:
     for names in (("valid",), ("revoked", "self")):
         r = verify(world.raw(*names), genesis)
         assert r.verdict == "wrong-network" and all(x.verdict == "wrong-network" for x in r.records)
+        detail = next(c.detail for c in r.checks if c.name == "network")
+        if genesis.chain_id == CHAIN:  # same name, another network: the genesis hashes differ, and say so
+            assert detail == (f"the bundle is for another network also named {CHAIN!r}: its genesis hash is "
+                              f"{world.genesis.hash.hex()}, the genesis file's is {genesis.hash.hex()}")
+        else:
+            assert detail == f"the bundle is for chain {CHAIN!r}, the genesis file is for {genesis.chain_id!r}"
 
 
 def relabel(raw: bytes, other: Genesis) -> bytes:

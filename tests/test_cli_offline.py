@@ -450,6 +450,43 @@ def test_verify_valid_bundle_human_output(tmp_path: Path, chain_factory: Callabl
     assert "[FAIL] evidence thesis" in r.stdout
 
 
+def test_evidence_that_fails_fails_the_verdict(tmp_path: Path, chain_factory: Callable[..., Chain]) -> None:
+    """A file that does not match its claim, or names no disclosed claim, fails the headline and the JSON verdict
+    too, not only the exit status; with every file matching, the bundle's own verdict stands."""
+    evidence = tmp_path / "thesis.pdf"
+    evidence.write_bytes(b"%PDF-1.4 a thesis")
+    other = tmp_path / "other.pdf"
+    other.write_bytes(b"not the thesis")
+    from ler.record import evidence_value
+
+    chain = chain_factory({"degree": "BSc", "thesis": evidence_value(evidence, "application/pdf")})
+    bundle = chain.bundle_file(tmp_path / "b.json", ["degree", "thesis"])
+    g = str(chain.genesis_path)
+    for spec, why in ((f"thesis={other}", f"evidence thesis: {other} does not match the file the record commits to"),
+                      (f"nothere={evidence}", f"evidence nothere: no disclosed claim named 'nothere' to compare "
+                                              f"{evidence} with")):
+        r = run("verify", str(bundle), "--genesis", g, "--evidence", spec)
+        assert r.exit_code == 1
+        head = r.stdout.splitlines()[0]
+        assert head.startswith(f"EVIDENCE MISMATCH: {why}; the bundle alone: VALID: accredited record"), head
+        r = run("verify", str(bundle), "--genesis", g, "--evidence", spec, "--json")
+        obj = json.loads(r.stdout)
+        assert r.exit_code == 1 and obj["verdict"] == "evidence-mismatch" and obj["valid"] is False
+        assert [e["pass"] for e in obj["evidence"]] == [False]
+        # one good file does not make up for a bad one
+        r = run("verify", str(bundle), "--genesis", g, "--evidence", f"thesis={evidence}", "--evidence", spec,
+                "--json")
+        assert r.exit_code == 1 and json.loads(r.stdout)["verdict"] == "evidence-mismatch"
+    r = run("verify", str(bundle), "--genesis", g, "--evidence", f"thesis={evidence}", "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["verdict"] == "valid"
+
+    # a worse verdict of the bundle itself stays in front
+    revoked = chain_factory({"thesis": evidence_value(evidence, "application/pdf")}, revoke="issued in error")
+    rb = revoked.bundle_file(tmp_path / "rb.json", ["thesis"])
+    r = run("verify", str(rb), "--genesis", str(revoked.genesis_path), "--evidence", f"thesis={other}", "--json")
+    assert r.exit_code == 1 and json.loads(r.stdout)["verdict"] == "revoked"
+
+
 def test_verify_tampered_revoked_and_wrong_network(tmp_path: Path, chain_factory: Callable[..., Chain]) -> None:
     chain = chain_factory({"degree": "BSc", "awarded": 2009})
     bundle = chain.bundle_file(tmp_path / "b.json", ["degree"])
@@ -468,7 +505,19 @@ def test_verify_tampered_revoked_and_wrong_network(tmp_path: Path, chain_factory
     other_genesis, _ = make_genesis_files(tmp_path)
     r = run("verify", str(bundle), "--genesis", str(other_genesis))
     assert r.exit_code == 1
-    assert r.stdout.startswith("WRONG NETWORK: ")
+    assert r.stdout.startswith("WRONG NETWORK: the bundle was made for chain 'chain-1', not for the network of "
+                               "this genesis file ('test-chain')")
+
+    # another network with the same chain id: the names are the same, the genesis hashes are not
+    twin = tmp_path / "twin-genesis.json"
+    r = run("genesis", "new", "--chain-id", "chain-1", "--authority", KeyPair.generate().did, "--out", str(twin))
+    assert r.exit_code == 0, r.output
+    r = run("verify", str(bundle), "--genesis", str(twin))
+    assert r.exit_code == 1
+    head = r.stdout.splitlines()[0]
+    assert head == ("WRONG NETWORK: the bundle was made for another network that is also named 'chain-1', not for "
+                    "the network of this genesis file: their genesis hashes differ (its genesis hash is "
+                    f"{chain.genesis.hash.hex()}, the genesis file's is {Genesis.load(twin).hash.hex()})")
 
     revoked = chain_factory({"degree": "BSc"}, revoke="issued in error")
     rb = revoked.bundle_file(tmp_path / "rb.json", ["degree"])
@@ -540,6 +589,8 @@ def test_issue_rejects_bad_claims_files(tmp_path: Path, content: str, what: str)
     ("--type", "Not A Type", "record type"),
     ("--expires", "2001-01-01", "already past"),
     ("--expires", "next tuesday", "ISO date"),
+    ("--expires", "99999999999999999999", "--expires '99999999999999999999' is out of range"),
+    ("--expires", "18446744073709551616", "at most 18446744073709551615 ms"),
     ("--evidence", "file=missing.bin", "cannot read"),
     ("--evidence", "degree=claims.json", "already"),
     ("--node", "localhost:8701", "http://HOST:PORT"),
@@ -682,6 +733,11 @@ def test_parse_time_ms() -> None:
     with pytest.raises(Failure) as exc:
         parse_time_ms("yesterday", "--expires")
     assert exc.value.exit_code == 2
+    assert parse_time_ms("18446744073709551615", "t") == 2**64 - 1   # the largest time the ledger holds
+    for huge in ("18446744073709551616", "99999999999999999999", "9" * 5000):
+        with pytest.raises(Failure) as exc:
+            parse_time_ms(huge, "--expires")
+        assert exc.value.exit_code == 2 and "--expires" in exc.value.message and "out of range" in exc.value.message
 
 
 # --- files far too large -------------------------------------------------------------------------------

@@ -265,6 +265,52 @@ def test_datetime_forms() -> None:
     assert vc.iso_ms(1_700_000_000_042) == "2023-11-14T22:13:20.042Z"
 
 
+# --- times beyond Python's datetime: a ledger field holds up to 2^64 - 1 ms (year 584556019) ------------------
+
+U64 = 2**64 - 1
+
+
+def test_times_past_year_9999_are_shown_and_read_back() -> None:
+    from ler.dates import utc_text, xsd_ms
+
+    assert vc.iso_ms(U64) == "584556019-04-03T14:25:51.615Z"
+    assert utc_text(U64) == "584556019-04-03 14:25:51 UTC"
+    assert vc.iso_ms(253_402_300_800_000) == "10000-01-01T00:00:00Z"          # the first ms datetime cannot hold
+    for ms in (U64, U64 - 999, 253_402_300_800_000, 253_402_300_799_999, 0, 1):
+        assert xsd_ms(vc.iso_ms(ms)) == ms and vc.is_datetime(vc.iso_ms(ms))
+    assert xsd_ms("10000-01-01T01:00:00+01:00") == 253_402_300_800_000
+    assert xsd_ms("10000-02-29T00:00:00Z") is not None                        # 10000 is a leap year
+    for bad in ("10100-02-29T00:00:00Z", "010000-01-01T00:00:00Z", "10000-13-01T00:00:00Z",
+                "10000-01-01T24:00:00Z", "10000-01-01T00:00:60Z", "10000-01-01T00:00:00+24:00",
+                "-2023-01-01T00:00:00Z"):
+        assert xsd_ms(bad) is None and not vc.is_datetime(bad), bad
+
+
+@settings(max_examples=500, deadline=None)
+@given(ms=st.integers(0, 253_402_300_799_999))
+def test_times_within_datetime_match_datetime(ms: int) -> None:
+    from datetime import UTC, datetime
+
+    from ler.dates import utc_text, xsd_ms
+
+    dt = datetime.fromtimestamp(ms // 1000, tz=UTC)
+    want = dt.strftime("%Y-%m-%dT%H:%M:%S")
+    assert vc.iso_ms(ms) == (f"{want}.{ms % 1000:03d}Z" if ms % 1000 else f"{want}Z")
+    assert utc_text(ms) == dt.strftime("%Y-%m-%d %H:%M:%S UTC")
+    assert xsd_ms(vc.iso_ms(ms)) == ms
+
+
+def test_a_validity_period_past_year_9999() -> None:
+    key = KeyPair.generate()
+    doc = {"@context": ["https://www.w3.org/ns/credentials/v2"], "issuer": key.did,
+           "validFrom": "2023-01-01T00:00:00Z", "validUntil": vc.iso_ms(U64)}
+    rep = vc.verify_ler_credential(vc.sign_credential(doc, key, "2024-01-01T00:00:00Z"), None)
+    assert rep.ok and rep.validity.ok and "584556019" in rep.validity.detail
+    rep = vc.verify_ler_credential(vc.sign_credential({**doc, "validFrom": "10000-01-01T00:00:00Z"}, key,
+                                                      "2024-01-01T00:00:00Z"), None)
+    assert not rep.validity.ok and "not valid before 10000-01-01" in rep.validity.detail
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-2**53, 2**53) | st.text(max_size=20)
     | st.floats(allow_nan=True, allow_infinity=True),

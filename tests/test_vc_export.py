@@ -24,7 +24,7 @@ from test_vc import VECTORS, needs_vectors
 
 from ler import vc
 from ler.block import Genesis
-from ler.bundle import ProofBundle
+from ler.bundle import ProofBundle, verify_bundle
 from ler.keys import KeyPair
 from ler.presentation import Presentation, make_presentation, presentation_payload, verify_presentation
 from ler.record import RecordDocument
@@ -37,6 +37,7 @@ UNI = fixed_key(21)                 # accredited for degree and badge; never rot
 ROT, ROT2 = fixed_key(22), fixed_key(23)   # accredited for degree; rotates to ROT2 at block 2 (signs from 3)
 HOLDER, STRANGER = fixed_key(24), fixed_key(25)
 NOW = T0 + 100_000
+U64 = 2**64 - 1                     # the latest expiry the ledger accepts: year 584556019
 CREATED = "2024-05-01T12:00:00Z"
 SCHEMA = json.loads((Path(__file__).parent / "data" / "ob3_required.schema.json").read_text())
 THESIS = b"%PDF-1.7 a thesis on quantum gravity"
@@ -77,7 +78,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     chain.commit([rec("valid", UNI, values=CLAIMS), rec("revoked", UNI), rec("other", UNI),
                   rec("expiring", UNI, expires=T0 + 5_000), rec("rot-old", ROT),
                   rec("self", HOLDER, rtype="skill.python", values={"name": "Python", "level": "expert"}),
-                  rec("stranger's", UNI, holder=STRANGER.did)])
+                  rec("stranger's", UNI, holder=STRANGER.did), rec("far", UNI, expires=U64)])
     chain.commit([sign_tx(ROT, CHAIN, rotation_body(ROT.did, CHAIN, ROT2))])
     chain.commit([rec("rotated", ROT2, issuer_did=ROT.did)])
     chain.commit([sign_tx(UNI, CHAIN, RecordRevoke(w.docs["revoked"].record_id, "issued in error"))])
@@ -260,11 +261,55 @@ def test_revoked_expired_self_asserted_and_wrong_network(world: World) -> None:
     assert not rep.ok and rep.ledger is not None and rep.ledger.verdict == "wrong-network"
 
 
+def unanchored(world: World, name: str, key: KeyPair) -> dict[str, Any]:
+    """The record's credential with its ledger proof removed, then signed again by `key`."""
+    unsigned = vc.credential_from_bundle(world.bundle(name), "urn:uuid:x")
+    del unsigned["ler:proofBundle"]
+    return vc.sign_credential(unsigned, key, CREATED)
+
+
+def test_a_credential_without_a_ledger_anchor_is_not_valid_against_a_genesis(world: World) -> None:
+    # Re-signed by the issuer's own key, by its retired key (still its did: issuer.id), or made up by anyone
+    # for a did:key of their own: the signature holds, but only the ledger could say the rest.
+    forged = {**unanchored(world, "valid", UNI)}
+    made_up = vc.credential_from_bundle(world.bundle("valid"), "urn:uuid:y")
+    del made_up["ler:proofBundle"]
+    made_up["issuer"] = {**made_up["issuer"], "id": STRANGER.did}
+    for cred in (forged, unanchored(world, "rot-old", ROT), vc.sign_credential(made_up, STRANGER, CREATED)):
+        rep = check(cred, world.genesis)
+        assert rep.signature.ok and rep.issuer_key.ok and rep.validity.ok
+        assert not rep.ok and not rep.ledger_ok and rep.ledger is None
+        assert rep.ledger_state == vc.LEDGER_MISSING
+        obj = rep.to_json()
+        assert obj["valid"] is False and obj["parts"]["ledger_anchor"] == "not anchored"
+        assert rep.match is not None and not rep.match.ok and rep.match.detail.startswith("not anchored: no ledger")
+        assert [c for c in obj["checks"] if not c["pass"]] == [rep.match.to_json()]
+        # A standard verifier, without the genesis, asks for less and gets a standard verdict (docs/VC.md §3).
+        without = check(cred, None)
+        assert without.ok and without.to_json()["parts"]["ledger_anchor"] == "absent"
+
+
 def test_a_tampered_bundle_inside(world: World) -> None:
     unsigned = vc.credential_from_bundle(world.bundle("valid"), "urn:uuid:x")
     unsigned["ler:proofBundle"]["head"]["header"]["height"] += 1
     rep = check(vc.sign_credential(unsigned, UNI, CREATED), world.genesis)
     assert not rep.ok and rep.ledger is not None and rep.ledger.verdict == "tampered"
+
+
+def test_an_expiry_past_year_9999(world: World) -> None:
+    # The ledger takes expiries up to 2^64 - 1 ms; the bundle, the credential and their checks all show it.
+    res = verify_bundle(world.bundle("far").dumps(), world.genesis, NOW)
+    assert res.verdict == "valid" and res.records[0].expires == U64
+    assert any(c.name == "not expired" and c.detail == "valid until 584556019-04-03 14:25:51 UTC" for c in res.checks)
+    cred = world.credential("far", UNI)
+    assert cred["validUntil"] == "584556019-04-03T14:25:51.615Z"
+    jsonschema.Draft202012Validator(SCHEMA).validate(cred)
+    rep = check(cred, world.genesis)
+    assert rep.ok, [c.to_json() for c in rep.checks if not c.ok]
+    assert rep.match is not None and rep.match.ok and rep.validity.ok
+    changed = {k: v for k, v in cred.items() if k != "proof"} | {"validUntil": "584556019-04-03T14:25:51.614Z"}
+    rep = check(vc.sign_credential(changed, UNI, CREATED), world.genesis)
+    assert not rep.ok and rep.match is not None and "validUntil differs" in rep.match.detail
 
 
 def test_hostile_credentials_never_raise(world: World) -> None:
@@ -420,10 +465,16 @@ def files(world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict
     world.genesis.save(genesis)
     out = {"genesis": genesis}
     # Valid for the real clock: the chain's blocks are in 2023 and nothing in them expires.
-    for name, key, reveal in (("valid", UNI, None), ("revoked", UNI, None), ("rotated", ROT2, None)):
+    for name, key, reveal in (("valid", UNI, None), ("revoked", UNI, None), ("rotated", ROT2, None),
+                              ("far", UNI, None)):
         path = tmp_path / f"{name}.json"
         path.write_text(json.dumps(world.credential(name, key, reveal), indent=2))
         out[name] = path
+    out["bare"] = tmp_path / "bare.json"
+    out["bare"].write_text(json.dumps(unanchored(world, "valid", UNI), indent=2))
+    for name, reveal in (("far", ["degree"]), ("valid", ["degree", "thesis"])):
+        out[f"{name}-bundle"] = tmp_path / f"{name}-bundle.json"
+        out[f"{name}-bundle"].write_bytes(world.bundle(name, reveal).dumps())
     bundle = tmp_path / "bundle.json"
     bundle.write_bytes(world.bundle("valid", ["degree"]).dumps())
     out["bundle"] = bundle
@@ -479,6 +530,74 @@ def test_cli_verify_credential_failures(files: dict[str, Path], tmp_path: Path) 
     dup.write_text('{"@context": [], "name": "a", "name": "b"}')
     r = run("verify", str(dup))
     assert r.exit_code == 1 and "appears twice" in r.stdout
+
+
+def test_cli_verify_a_credential_without_a_ledger_anchor(files: dict[str, Path]) -> None:
+    g = str(files["genesis"])
+    r = run("verify", str(files["bare"]), "--genesis", g)
+    assert r.exit_code == 1
+    assert r.stdout.splitlines()[0] == (
+        "NOT ANCHORED: signature: valid; issuer key: valid; validity period: valid; ledger anchor: NOT ANCHORED: "
+        "none travels with this credential, so nothing proves it is on the ledger of this genesis file")
+    assert "  [FAIL] matches ledger: not anchored: no ledger proof (ler:proofBundle)" in r.stdout
+    r = run("verify", str(files["bare"]), "--genesis", g, "--json")
+    obj = json.loads(r.stdout)
+    assert r.exit_code == 1 and obj["valid"] is False and obj["parts"]["ledger_anchor"] == "not anchored"
+    # without a genesis nothing was asked of the ledger: the standard verdict, saying what was not checked
+    r = run("verify", str(files["bare"]))
+    assert r.exit_code == 0, r.output
+    assert r.stdout.startswith("VALID: signature: valid; issuer key: valid; validity period: valid; "
+                               "ledger anchor: none travels with this credential")
+
+
+def test_cli_evidence_that_fails_fails_the_verdict(files: dict[str, Path], tmp_path: Path) -> None:
+    g = str(files["genesis"])
+    wrong = tmp_path / "wrong.txt"
+    wrong.write_text("not the thesis")
+    for spec, why in ((f"thesis={wrong}", "does not match the file the record commits to"),
+                      (f"nothere={files['thesis']}", "no disclosed claim named 'nothere'")):
+        for genesis in (["--genesis", g], []):
+            r = run("verify", str(files["valid"]), *genesis, "--evidence", spec)
+            assert r.exit_code == 1
+            head = r.stdout.splitlines()[0]
+            assert head.startswith("EVIDENCE MISMATCH: evidence ") and why in head
+            assert "; signature: valid; issuer key: valid; validity period: valid; ledger anchor: " in head
+            r = run("verify", str(files["valid"]), *genesis, "--evidence", spec, "--json")
+            obj = json.loads(r.stdout)
+            assert r.exit_code == 1 and obj["valid"] is False, obj
+            assert [e["pass"] for e in obj["evidence"]] == [False]
+
+        pres = tmp_path / "pres.json"
+        for kind, path in (("--bundle", files["valid-bundle"]), ("--credential", files["valid"])):
+            pres.unlink(missing_ok=True)
+            r = run("present", kind, str(path), "--key", str(files["holder.key"]), "--challenge", "c",
+                    "--out", str(pres))
+            assert r.exit_code == 0, r.output
+            r = run("verify", str(pres), "--genesis", g, "--challenge", "c", "--evidence", spec, "--json")
+            obj = json.loads(r.stdout)
+            assert r.exit_code == 1 and obj["valid"] is False
+            if kind == "--bundle":
+                assert obj["bundle"]["verdict"] == "evidence-mismatch" and obj["bundle"]["valid"] is False
+            else:
+                assert obj["credential"]["valid"] is False
+            r = run("verify", str(pres), "--genesis", g, "--challenge", "c", "--evidence", spec)
+            assert r.exit_code == 1
+            assert r.stdout.startswith("NOT VALID: presented by its holder, but EVIDENCE MISMATCH: evidence ")
+    # and the right file still passes everywhere
+    r = run("verify", str(files["valid"]), "--genesis", g, "--evidence", f"thesis={files['thesis']}", "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["valid"] is True
+
+
+def test_cli_an_expiry_past_year_9999(files: dict[str, Path]) -> None:
+    g = str(files["genesis"])
+    r = run("verify", str(files["far-bundle"]), "--genesis", g)
+    assert r.exit_code == 0, r.output
+    assert "  expires:   584556019-04-03 14:25:51 UTC" in r.stdout
+    r = run("verify", str(files["far-bundle"]), "--genesis", g, "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["records"][0]["expires"] == U64
+    r = run("verify", str(files["far"]), "--genesis", g)
+    assert r.exit_code == 0, r.output
+    assert "until 584556019-04-03T14:25:51.615Z" in r.stdout and "  expires:   584556019-04-03" in r.stdout
 
 
 @needs_vectors

@@ -354,6 +354,17 @@ def test_expired_and_wrong_network(page: Any, ledger: Ledger) -> None:
             "checks against.") in result_text(page)
 
 
+def test_a_time_past_what_a_browser_date_holds_is_shown(page: Any, ledger: Ledger) -> None:
+    """A record may expire at any u64 time (up to 2^64 - 1 ms, year 584556019); a JavaScript Date ends in
+    the year 275760. The page still shows the result, naming the time in words."""
+    result = verify_bundle(ledger.valid.read_bytes(), ledger.genesis).to_json()
+    assert result["verdict"] == "valid"
+    result["records"][0]["expires"] = 2**64 - 1
+    serve_result(page, result)
+    assert check(page, ledger.valid) == "VALID"
+    assert "a time after the year 275760" in result_text(page), result_text(page)
+
+
 def test_text_from_a_bundle_is_never_markup(browser: Any, ledger: Ledger) -> None:
     """With the CSP switched off, so that only the page's own escaping stands between a bundle and the DOM."""
     page = open_page(browser, ledger, bypass_csp=True)
@@ -433,12 +444,31 @@ def test_unsigned_credentials(page: Any, ledger: Ledger, tmp_path: Path) -> None
     bare = tmp_path / "bare-credential.json"
     bare.write_text(json.dumps(credential()))
     assert check(page, bare) == "INVALID SIGNATURE"
-    assert part(page, "Ledger anchor").startswith("Not checked: the credential carries no ledger proof")
+    # the node checks against its genesis: a credential without a ledger proof cannot have the ledger's word
+    assert part(page, "Ledger anchor").startswith("NOT ANCHORED")
 
     odd = tmp_path / "subject-only.json"
     odd.write_text(json.dumps({"credentialSubject": {"name": "A degree"}}))
     assert check(page, odd) == "NOT CHECKED HERE"
     assert "This looks like a credential" in result_text(page)
+
+
+def test_a_signed_credential_without_a_ledger_proof_is_not_valid(page: Any, ledger: Ledger, tmp_path: Path) -> None:
+    # Anyone can sign a credential naming their own did:key as its issuer: a perfect signature, and nothing
+    # about the ledger. The node checks against its genesis, so it is not VALID, as with `ler verify --genesis`.
+    from ler.vc import sign_credential
+
+    key = KeyPair.generate()
+    path = tmp_path / "self-signed.json"
+    path.write_text(json.dumps(sign_credential(credential(issuer=key.did, validFrom="2020-01-01T00:00:00Z"), key,
+                                               "2024-05-01T12:00:00Z")))
+    assert check(page, path) == "NOT VALID"
+    assert part(page, SIGNATURE).startswith("Valid")
+    assert part(page, ISSUER_KEY).startswith("Valid")
+    assert part(page, "Ledger anchor").startswith("NOT ANCHORED")
+    assert "not anchored: no ledger proof (ler:proofBundle) travels with this credential" in part(page, "Ledger anchor")
+    assert "What failed: Ledger anchor (not anchored: no ledger proof" in result_text(page)
+    assert page.locator("[data-part=ledger_anchor].status-bad").count() == 1
 
 
 def test_a_credential_whose_ledger_proof_fails_leads_with_the_ledger_verdict(page: Any, ledger: Ledger) -> None:

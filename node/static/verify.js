@@ -68,8 +68,12 @@
     timeZone: "UTC", day: "numeric", month: "long", year: "numeric", hour: "2-digit", minute: "2-digit",
   });
 
+  // The latest time a JavaScript Date holds (year 275760); a ledger time may lie far beyond it.
+  const MAX_DATE_MS = 8.64e15;
+
   function when(ms) {
     if (typeof ms !== "number" || !Number.isFinite(ms)) return "an unknown time";
+    if (Math.abs(ms) > MAX_DATE_MS) return `a time after the year 275760 (${ms} ms after 1970)`;
     return `${DATE_FORMAT.format(new Date(ms))} UTC`;
   }
 
@@ -376,6 +380,10 @@
           "is on the ledger, that its issuer is accredited, or that it was not revoked."];
       case "not checked":
         return ["warn", "Not checked: the ledger proof was not checked against a genesis file."];
+      case "not anchored":
+        return ["bad", "NOT ANCHORED: the credential carries no ledger proof, so nothing shows that its record " +
+          "is on this network’s ledger, that its issuer is accredited, or that it was not revoked. Its " +
+          "signature alone proves only who signed it."];
       case "mismatch":
         return ["bad", "DOES NOT MATCH: the credential does not say what the ledger proof it carries proves."];
       default: {
