@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -23,7 +24,7 @@ from ler.bundle import BUNDLE_FORMAT, verify_bundle
 from ler.errors import DecodeError, LerError
 from ler.record import Disclosure
 from ler.state import EndorsementEntry, IssuerEntry, RecordEntry
-from ler.tx import MAX_TX_BYTES, RECORD_ID_BYTES, Tx
+from ler.tx import MAX_TX_BYTES, RECORD_ID_BYTES, RecordAnchor, Tx
 from ler.vc import verify_ler_credential
 from ler.wire import hex_bytes
 from node import openapi
@@ -115,9 +116,34 @@ async def _read_json(request: web.Request) -> Any:
     return _parse_json(raw)
 
 
+def _one_of_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are each given once: which of two values a reader takes differs between
+    parsers, so an object that names a key twice is refused rather than read one way here."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ApiError(400, f"malformed JSON: the key {key[:100]!r} appears twice in one object")
+            seen.add(key)
+    return obj
+
+
+def _no_constant(name: str) -> Any:
+    raise ApiError(400, f"malformed JSON: {name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ApiError(400, f"malformed JSON: the number {text[:40]} is too large")
+    return value
+
+
 def _parse_json(raw: bytes) -> Any:
+    """Strict JSON (RFC 8259): no NaN or Infinity, no number too large for a double, no key twice."""
     try:
-        return json.loads(raw)
+        return json.loads(raw, object_pairs_hook=_one_of_each, parse_constant=_no_constant, parse_float=_finite)
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of more than 4300 digits
         raise ApiError(400, f"malformed JSON: {exc}") from None
     except RecursionError:
@@ -404,10 +430,23 @@ class Api:
         return _json({"records": records})
 
     async def _bundle_for(self, items: list[tuple[bytes, Disclosure]]) -> web.Response:
+        seen: set[bytes] = set()
+        for record_id, _ in items:
+            if record_id in seen:
+                raise ApiError(400, f"record {record_id.hex()} is asked for twice (a verifier refuses such a bundle)")
+            seen.add(record_id)
         try:
             bundle = await asyncio.to_thread(build_bundle, self.svc.store, items)
         except BundleError as exc:
             raise ApiError(404, str(exc)) from None
+        for proof in bundle.records:
+            # A disclosure that does not open the record's commitment would give a bundle no verifier takes:
+            # refused here, with the reason, rather than handed over.
+            body = Tx.decode(proof.anchor.tx).body
+            problems = proof.disclosure.verify(body.commitment) if isinstance(body, RecordAnchor) else []
+            if problems:
+                raise ApiError(400, f"the disclosure of record {proof.record_id.hex()} does not match what the "
+                                    f"ledger anchored: {'; '.join(problems)}")
         return web.Response(body=bundle.dumps(), content_type="application/json")
 
     async def bundle(self, request: web.Request) -> web.Response:
@@ -530,6 +569,12 @@ def _decode_msgpack_batch(raw: bytes) -> list[Tx | LerError]:
 def _decode_json_batch(raw: bytes) -> list[Tx | LerError]:
     """A JSON body: {"txs": [transaction, ...]} or one transaction object."""
     doc = _parse_json(raw)
+    if isinstance(doc, list):
+        raise ApiError(400, 'expected {"txs": [transaction, ...]} or one transaction object, not a JSON array '
+                            '(put the array in {"txs": ...})')
+    if isinstance(doc, dict) and "txs" in doc and set(doc) != {"txs"}:
+        others = ", ".join(sorted(k[:40] for k in doc if k != "txs"))
+        raise ApiError(400, f'a batch is {{"txs": [transaction, ...]}} and nothing else; also given: {others}')
     objs = doc.get("txs") if isinstance(doc, dict) and set(doc) == {"txs"} else [doc]
     if not isinstance(objs, list) or not objs:
         raise ApiError(400, 'expected {"txs": [transaction, ...]} or one transaction object')

@@ -456,6 +456,35 @@ def test_stacked_bundle_of_several_records(node: NodeProc, chain: Chain, api_doc
                                                          {"course": "Forklift safety", "hours": 12}]
 
 
+def test_a_bundle_no_verifier_would_take_is_refused_with_the_reason(node: NodeProc, chain: Chain) -> None:
+    """The node answers 400, not a bundle that verifies as tampered: one record asked for twice, or a
+    disclosure whose values are not those the ledger anchored."""
+    doc, _, _ = committed_record(node, chain)
+    item = {"record_id": doc.record_id.hex(), "disclosure": doc.disclose(["degree"]).to_json()}
+    r = node.post_json("/v1/bundles", {"records": [item, item]})
+    refused(r, 400)
+    assert "asked for twice" in r.json()["error"], r
+    altered = _replace_all(doc.disclose(["degree"]).to_json(), "value", "PhD")
+    for path, body in ((f"/v1/records/{doc.record_id.hex()}/bundle", {"disclosure": altered}),
+                       ("/v1/bundles", {"records": [{"record_id": doc.record_id.hex(), "disclosure": altered}]})):
+        r = node.post_json(path, body)
+        refused(r, 400)
+        assert "does not match what the ledger anchored" in r.json()["error"], r
+    assert node.post_json("/v1/bundles", {"records": [item]}).status == 200
+
+
+def test_json_a_reader_could_read_two_ways_is_refused() -> None:
+    from node.api import ApiError, _parse_json
+
+    for raw, says in ((b'{"a": 1, "b": {"c": 2, "c": 3}}', "the key 'c' appears twice"),
+                      (b'{"a": NaN}', "NaN is not a JSON number"), (b"[-Infinity]", "-Infinity is not"),
+                      (b"[1e400]", "the number 1e400 is too large")):
+        with pytest.raises(ApiError, match=re.escape(says)):
+            _parse_json(raw)
+    assert _parse_json(b'{"a": [1.5, -0.0, 1e300], "b": {"a": null}}') == {"a": [1.5, -0.0, 1e300],
+                                                                           "b": {"a": None}}
+
+
 def test_verify_route(node: NodeProc, chain: Chain) -> None:
     doc, _, _ = committed_record(node, chain)
     bundle = node.post_json(f"/v1/records/{doc.record_id.hex()}/bundle",
@@ -582,6 +611,8 @@ BAD_INPUT: list[tuple[str, str, str, bytes | None, str | None, int]] = [
     ("empty json body", "POST", TX, b"", J, 400),
     ("empty msgpack body", "POST", TX, b"", M, 400),
     ("json array", "POST", TX, b"[]", J, 400),
+    ("json array of txs", "POST", TX, b'[{"type": "record.revoke"}]', J, 400),
+    ("txs with another field", "POST", TX, b'{"txs": [{"type": "record.revoke"}], "wait": true}', J, 400),
     ("json number", "POST", TX, b"42", J, 400),
     ("empty txs", "POST", TX, b'{"txs": []}', J, 400),
     ("txs not a list", "POST", TX, b'{"txs": "abc"}', J, 400),
