@@ -5,10 +5,14 @@ Protocol (all bodies canonical msgpack, ler.codec):
     POST /peer/v1/gossip      an envelope {"from": node key (32), "body": bytes, "sig": (64)}
                               sig = Ed25519 by `from` over
                                     ler.keys.signing_bytes("peer", chain_id, SHA-256(body))
-                              body = {"boot": 8 random bytes per process start, "height": the sender's
-                                      committed height, "url": where the sender listens,
-                                      "proposals": [Proposal bytes], "votes": [Vote bytes],
-                                      "txs": [transaction bytes]}
+                              body = {"boot": 8 random bytes per process start, "seq": the
+                                      envelope's place in what the sender sent (below),
+                                      "height": the sender's committed height, "url": where the
+                                      sender listens, "proposals": [Proposal bytes],
+                                      "votes": [Vote bytes], "txs": [transaction bytes]}
+                              seq = max(the sender's clock in µs since 1970, its last seq + 1):
+                              it grows with every envelope a process sends, whatever its clock does,
+                              and a later process start begins above an earlier one's.
                               200 -> {"boot", "height"} of the receiver; 400 malformed, 403 unknown
                               sender or bad signature, 413 too large, 503 busy (retry later); every
                               refusal is JSON {"error": reason}.
@@ -26,7 +30,10 @@ or with a bad signature is refused before anything in it is looked at. A peer th
 Gossip: our own consensus messages go to every validator peer at once; messages of others that the
 engine accepted are relayed by the repair tick (every `resend_s`) to the peers not known to have them
 (a peer has a message if it sent it to us, or took it from us while working on that height; a peer
-that restarts, seen by a new `boot`, is assumed to have nothing). The tick also re-sends our own
+that restarts, seen by a new `boot`, is assumed to have nothing). An envelope whose `seq` is below the
+highest seen from its sender (a copy of an earlier one, replayed by anyone who saw it) is still read
+for what it carries, each item checked on its own, but moves nothing of what is known of the sender:
+neither its process start nor its height. The tick also re-sends our own
 latest votes of the height in progress to everyone, since a peer that was behind may have dropped
 them. Transactions: one a client gave us goes to every peer. One learnt from a peer goes no further
 unless `relay_txs` is on (then to every peer but the one it came from): where the authorities are all
@@ -153,6 +160,8 @@ class PeerLink:
     # The peer's earlier process starts (a few), and when we last warned that two processes share its key.
     past_boots: deque[bytes] = field(default_factory=lambda: deque(maxlen=PAST_BOOTS))
     shared_warned_at: float = float("-inf")
+    # The highest envelope `seq` seen from the peer (see the module's docstring).
+    latest_seq: int = -1
 
     @property
     def did(self) -> str:
@@ -166,6 +175,16 @@ class PeerLink:
                         "two running nodes send as this peer, with its key (a copied data folder?): both "
                         "may sign votes as that authority, and conflicting ones are evidence against it; "
                         "its operator must stop one")
+
+    def fresh(self, boot: bytes, seq: int) -> bool:
+        """Whether an envelope of `seq` from process start `boot` is news: above every seq seen from this
+        peer before (or that very seq again from the current process start, a retry). Only then may it move
+        what is known of the peer: a replayed copy of an old envelope would otherwise pass for a restart
+        (and a later genuine one for a second process with the same key), or pull its height back."""
+        if seq > self.latest_seq or (seq == self.latest_seq and boot == self.boot):
+            self.latest_seq = seq
+            return True
+        return False
 
     def observe(self, boot: bytes | None, height: int) -> bool:
         """Note the peer's process start and height; True if it has restarted since last seen.
@@ -201,6 +220,7 @@ class Network:
         self.my_key = svc.key.public_key
         self.my_url = cfg.advertised_url
         self.boot = os.urandom(8)
+        self._seq = 0  # the last envelope's seq
         self.links: dict[str, PeerLink] = {}
         self.configured_keys: set[bytes] = set()
         for spec in cfg.peer_nodes:
@@ -496,8 +516,9 @@ class Network:
                 link.tq_bytes += len(raw)
 
     def envelope(self, items: Iterable[_Item], txs: list[bytes]) -> bytes:
-        body: dict[str, Any] = {"boot": self.boot, "height": self.store.height, "url": self.my_url,
-                                "proposals": [], "votes": [], "txs": txs}
+        self._seq = max(time.time_ns() // 1000, self._seq + 1)
+        body: dict[str, Any] = {"boot": self.boot, "seq": self._seq, "height": self.store.height,
+                                "url": self.my_url, "proposals": [], "votes": [], "txs": txs}
         for item in items:
             body[item.kind].append(item.raw)
         raw_body = codec.encode(body)
@@ -724,7 +745,10 @@ class Network:
                     if body["proposals"] or body["votes"] else [])
         link = self._link_for(sender, body["url"])
         if link is not None:
-            if link.observe(body["boot"], body["height"]):
+            if not link.fresh(body["boot"], body["seq"]):
+                log.debug("event=peer_envelope_stale url=%s seq=%d latest=%d", link.url, body["seq"],
+                          link.latest_seq)
+            elif link.observe(body["boot"], body["height"]):
                 self._peer_restarted(link)
             if not link.connected:
                 link.c_revived.set()
@@ -816,7 +840,7 @@ def parse_envelope(raw: bytes) -> tuple[bytes, bytes, bytes]:
     return sender, body, sig
 
 
-BODY_FIELDS = {"boot", "height", "url", "proposals", "votes", "txs"}
+BODY_FIELDS = {"boot", "seq", "height", "url", "proposals", "votes", "txs"}
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
@@ -831,6 +855,9 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     h = body["height"]
     if not isinstance(h, int) or isinstance(h, bool) or h < 0:
         raise PeerRefusal(400, "body.height must be a height")
+    seq = body["seq"]
+    if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq < 2**64:
+        raise PeerRefusal(400, "body.seq must be an integer from 0 to 2^64 - 1")
     url = body["url"]
     if not isinstance(url, str) or len(url) > 300 or not _is_http_url(url):
         raise PeerRefusal(400, "body.url must be the sender's http(s) URL")

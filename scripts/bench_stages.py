@@ -126,7 +126,7 @@ async def run(svc: NodeService, authority: KeyPair, peer: KeyPair, issuers: list
 
 def gossip_envelope(peer: KeyPair, height: int, txs: list[Tx]) -> bytes:
     """`txs` in a peer envelope, as node/peers.py sends them."""
-    raw_body = codec.encode({"boot": b"benchbt1", "height": height, "url": "http://127.0.0.1:9",
+    raw_body = codec.encode({"boot": b"benchbt1", "seq": height, "height": height, "url": "http://127.0.0.1:9",
                              "proposals": [], "votes": [], "txs": [t.raw for t in txs]})
     return codec.encode({"from": peer.public_key, "body": raw_body, "sig": sign_envelope(peer, CHAIN, raw_body)})
 

@@ -272,3 +272,59 @@ def _metric(text: str, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[1])
     raise AssertionError(f"{name} not in /metrics")
+
+
+# --- envelopes replayed ---------------------------------------------------------------------------------
+
+def _signed_envelope(key: KeyPair, chain_id: str, boot: bytes, seq: int, height: int, url: str) -> bytes:
+    from ler import codec
+    from node.peers import sign_envelope
+
+    body = codec.encode({"boot": boot, "seq": seq, "height": height, "url": url, "proposals": [], "votes": [],
+                         "txs": []})
+    return codec.encode({"from": key.public_key, "body": body, "sig": sign_envelope(key, chain_id, body)})
+
+
+def test_a_replayed_envelope_passes_for_no_restart_and_names_no_one(tmp_path: Path, hostile: HostilePeer) -> None:
+    """Anyone who saw a peer's envelopes can send them again. A copy from before the peer's restart must not
+    pass for another restart, nor make the peer's next genuine envelope look like a second process using
+    its key; a copy of an older one must not pull its height back. A second process that really sends
+    with the key (fresh envelopes from both) is still named."""
+    chain = make_chain(tmp_path, chain_id="replayed")
+    peer = KeyPair.generate()
+    data = tmp_path / "node"
+    init_data_dir(data, chain.genesis_path, chain.authority_key_path, f"127.0.0.1:{free_port()}",
+                  peers=(PeerSpec(hostile.url, peer.did),))
+    node = NodeProc(data).start()
+    try:
+        def post(boot: bytes, seq: int, height: int) -> None:
+            raw = _signed_envelope(peer, chain.chain_id, boot, seq, height, hostile.url)
+            assert node.request("POST", "/peer/v1/gossip", raw, "application/msgpack").status == 200
+
+        first, second = b"bootone1", b"boottwo2"
+        post(first, 1_000, 3)
+        post(second, 2_000, 4)   # the peer restarted
+        post(first, 1_000, 3)    # a copy of the first process's envelope
+        post(second, 1_500, 2)   # a copy of an older envelope
+        post(second, 2_000, 4)   # the same envelope again: a retry, as a sender may make
+        log = node.log(tail=None)
+        assert log.count(f"event=peer_restarted url={hostile.url}") == 1, log[-3000:]
+        assert "event=peer_key_shared" not in log, log[-3000:]
+        post(first, 3_000, 5)    # the first process, still running: fresh envelopes from both
+        post(second, 4_000, 5)
+        wait_until(lambda: "event=peer_key_shared" in node.log(tail=None), 10, "the key shared to be named")
+        assert "Traceback" not in node.log(tail=None)
+    finally:
+        assert node.terminate() == 0, node.log()
+
+
+def test_a_replayed_envelope_moves_nothing_known_of_its_sender() -> None:
+    from node.peers import PeerLink
+
+    link = PeerLink(url="http://127.0.0.1:9", key=bytes(32))
+    assert link.fresh(b"A" * 8, 10) and not link.observe(b"A" * 8, 3)
+    assert link.fresh(b"B" * 8, 20) and link.observe(b"B" * 8, 4)  # a restart
+    assert not link.fresh(b"A" * 8, 10)  # an old copy: not taken for news
+    assert not link.fresh(b"B" * 8, 15)  # an older envelope of the same process
+    assert link.fresh(b"B" * 8, 20)  # that same envelope again (a retry) is taken
+    assert (link.boot, link.height, link.latest_seq) == (b"B" * 8, 4, 20)

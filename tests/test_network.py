@@ -278,7 +278,7 @@ def test_network_commits_records_and_every_node_agrees(net: Net) -> None:
 def envelope(net: Net, sender: KeyPair, votes: list[Vote] = (), txs: list[Tx] = (),  # type: ignore[assignment]
              sign_with: KeyPair | None = None, **overrides: Any) -> bytes:
     """A peer envelope as node/peers.py builds it (see its docstring for the format)."""
-    body = {"boot": b"testboot", "height": 0, "url": "http://127.0.0.1:9", "proposals": [],
+    body = {"boot": b"testboot", "seq": 0, "height": 0, "url": "http://127.0.0.1:9", "proposals": [],
             "votes": [v.encode() for v in votes], "txs": [t.raw for t in txs], **overrides}
     raw_body = codec.encode(body)
     sig = sign_envelope(sign_with or sender, net.chain_id, raw_body)
@@ -308,7 +308,8 @@ def test_peer_endpoints_refuse_what_they_cannot_use_with_a_reason(net: Net) -> N
             peer, net.chain_id, codec.encode({"a": 1}))}), 400, "body"),
     ]
     forged_vote = codec.encode({**Vote.make(peer, net.chain_id, PREVOTE, 5, 0, None).to_obj(), "round": -1})
-    raw_body = codec.encode({"boot": b"testboot", "height": 0, "url": "http://127.0.0.1:9", "proposals": [b"junk"],
+    raw_body = codec.encode({"boot": b"testboot", "seq": 0, "height": 0, "url": "http://127.0.0.1:9",
+                             "proposals": [b"junk"],
                              "votes": [forged_vote], "txs": []})
     cases.append((codec.encode({"from": peer.public_key, "body": raw_body,
                                 "sig": sign_envelope(peer, net.chain_id, raw_body)}), 400, "proposals[0]"))

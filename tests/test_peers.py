@@ -48,7 +48,7 @@ CHAIN = "peer-test"
 
 
 def body(**overrides: object) -> dict[str, object]:
-    return {"boot": b"12345678", "height": 3, "url": "http://127.0.0.1:8701", "proposals": [], "votes": [],
+    return {"boot": b"12345678", "seq": 1, "height": 3, "url": "http://127.0.0.1:8701", "proposals": [], "votes": [],
             "txs": [], **overrides}
 
 
@@ -100,6 +100,8 @@ def test_bad_envelopes_are_refused_with_a_reason(raw: bytes, words: str) -> None
     ({"boot": b"short"}, "boot"),
     ({"height": -1}, "height"),
     ({"height": True}, "height"),
+    ({"seq": -1}, "seq"),
+    ({"seq": "1"}, "seq"),
     ({"url": "file:///etc/passwd"}, "url"),
     ({"url": 7}, "url"),
     ({"votes": "x"}, "votes"),
