@@ -85,6 +85,10 @@ log = logging.getLogger("ler.peers")
 PEER_DOMAIN = "peer"
 #: Earlier process starts remembered per peer (to tell two processes with one key from restarts).
 PAST_BOOTS = 8
+#: A peer unreachable for this many of its longest back-offs ([gossip] backoff_max_s, 30 s by default) is
+#: named in a WARNING, and again every UNREACHABLE_WARN_EVERY_S while it stays so.
+UNREACHABLE_AFTER = 6
+UNREACHABLE_WARN_EVERY_S = 600.0
 SHARED_KEY_WARNING_EVERY_S = 60.0
 MAX_ENVELOPE = codec.MAX_MESSAGE_BYTES + 256 * 1024  # one largest proposal and some votes
 MAX_ITEMS = 20_000                                   # messages and transactions in one envelope
@@ -162,6 +166,10 @@ class PeerLink:
     shared_warned_at: float = float("-inf")
     # The highest envelope `seq` seen from the peer (see the module's docstring).
     latest_seq: int = -1
+    # Since when every attempt to reach the peer failed (None while it answers), and when that was last
+    # worth a WARNING (`Network._down`).
+    down_since: float | None = None
+    unreachable_warned_at: float = float("-inf")
 
     @property
     def did(self) -> str:
@@ -613,12 +621,26 @@ class Network:
         link.connected = True
         link.ever_connected = True
         link.last_error = ""
+        link.down_since = None
 
     def _down(self, link: PeerLink, reason: str) -> None:
+        """A failed attempt to reach the peer. Said at INFO when a peer that answered stops; a peer that
+        has not answered for UNREACHABLE_AFTER back-offs (never, say: a mistyped URL, a node not started)
+        is worth an operator's eye: one WARNING, again every UNREACHABLE_WARN_EVERY_S while it lasts."""
         if link.connected or (not link.last_error and link.ever_connected):
             log.info("event=peer_down url=%s reason=%r", link.url, reason)
         elif reason != link.last_error:
             log.debug("event=peer_unreachable url=%s reason=%r", link.url, reason)
+        now = time.monotonic()
+        if link.down_since is None:
+            link.down_since = now
+        elif (now - link.down_since >= UNREACHABLE_AFTER * self.settings.backoff_max_s
+              and now - link.unreachable_warned_at >= UNREACHABLE_WARN_EVERY_S):
+            link.unreachable_warned_at = now
+            log.warning("event=peer_unreachable url=%s seconds=%.0f ever_answered=%s reason=%r hint=%r",
+                        link.url, now - link.down_since, link.ever_connected, reason,
+                        "check the peer's URL in [peers] and that its node runs: nothing this node sends "
+                        "reaches it")
         link.connected = False
         link.last_error = reason
 

@@ -328,3 +328,26 @@ def test_a_replayed_envelope_moves_nothing_known_of_its_sender() -> None:
     assert not link.fresh(b"B" * 8, 15)  # an older envelope of the same process
     assert link.fresh(b"B" * 8, 20)  # that same envelope again (a retry) is taken
     assert (link.boot, link.height, link.latest_seq) == (b"B" * 8, 4, 20)
+
+
+def test_a_peer_never_reached_is_named_in_a_warning(tmp_path: Path) -> None:
+    """A peer URL nothing answers at (mistyped, or its node never started): its failures are not only
+    DEBUG lines; after some back-offs one WARNING names it, and no more within the next minutes."""
+    chain = make_chain(tmp_path, chain_id="unreachable")
+    data = tmp_path / "node"
+    dead = f"http://127.0.0.1:{free_port()}"
+    init_data_dir(data, chain.genesis_path, chain.authority_key_path, f"127.0.0.1:{free_port()}",
+                  peers=(PeerSpec(dead, KeyPair.generate().did),))
+    config = data / "config.toml"
+    text = config.read_text()
+    assert "[gossip]\n" in text
+    config.write_text(text.replace("[gossip]\n", "[gossip]\nbackoff_max_s = 0.3\n", 1))
+    node = NodeProc(data).start()
+    try:
+        wait_until(lambda: "event=peer_unreachable" in node.log(tail=None), 30, "the peer to be named")
+        time.sleep(2)  # more failed attempts: still one line
+        warned = [line for line in node.log(tail=None).splitlines() if "level=WARNING" in line
+                  and "event=peer_unreachable" in line]
+        assert len(warned) == 1 and f"url={dead} " in warned[0] and "ever_answered=False" in warned[0], warned
+    finally:
+        assert node.terminate() == 0, node.log()
