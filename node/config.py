@@ -16,9 +16,11 @@ reached without editing every config.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,7 @@ from ler.block import MAX_BLOCK_TXS, Genesis
 from ler.errors import LerError
 from ler.files import write_durably
 from ler.keys import KeyPair, public_key_from_did, read_key_file, read_key_file_did, write_key_file
+from ler.tx import MAX_TX_BYTES
 from node.client import ClientError, check_node_url
 
 CONFIG_FILE = "config.toml"
@@ -133,7 +136,8 @@ class NodeConfig:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        host = f"[{self.host.replace('%', '%25')}]" if ":" in self.host else self.host  # RFC 3986, 6874
+        return f"http://{host}:{self.port}"
 
     @property
     def advertised_url(self) -> str:
@@ -148,16 +152,57 @@ class NodeConfig:
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
-    host, sep, port = listen.rpartition(":")
-    if not sep or not host:
-        raise ConfigError(f"listen address {listen!r} must be HOST:PORT, e.g. 127.0.0.1:8701")
+    """`[node] listen` (and `ler node init --listen`): HOST:PORT, where HOST is an IPv4 address, a host
+    name, or an IPv6 address in brackets ("[::1]:8701"; "::1:8701" is read as the same). A host that is
+    none of these is refused here; one well formed that cannot be bound (unknown, or no address of this
+    machine) is refused when the node starts (node/daemon.py)."""
+    where = f"[node] listen {listen!r}"
+    if listen.startswith("["):
+        host, sep, port = listen[1:].partition("]:")
+        if not sep or not host:
+            raise ConfigError(f"{where} must be HOST:PORT or [IPv6 address]:PORT, e.g. [::1]:8701")
+    else:
+        host, sep, port = listen.rpartition(":")
+        if not sep or not host:
+            raise ConfigError(f"{where} must be HOST:PORT, e.g. 127.0.0.1:8701 or [::1]:8701")
     try:
         p = int(port)
     except ValueError:
-        raise ConfigError(f"listen port {port!r} is not a number") from None
+        raise ConfigError(f"{where}: the port {port!r} is not a number") from None
     if not 1 <= p <= 65535:
-        raise ConfigError(f"listen port {p} is out of range (1 to 65535)")
+        raise ConfigError(f"{where}: the port {p} is out of range (1 to 65535)")
+    fault = _host_fault(host, listen.startswith("["))
+    if fault:
+        raise ConfigError(f"{where}: the host {host!r} {fault}")
     return host, p
+
+
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def _host_fault(host: str, bracketed: bool) -> str | None:
+    """What is wrong with a listen host, in words; None if it is an IP address or a well-formed host name."""
+    if bracketed or ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return "is not an IPv6 address"
+        return None
+    labels = host.split(".")
+    if all(label.isascii() and label.isdigit() for label in labels):  # dotted numbers: an IPv4 address
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return "is not an IPv4 address (four numbers from 0 to 255, e.g. 127.0.0.1)"
+        return None
+    if len(host) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
+        return "is neither an IP address nor a host name (letters, digits, '-' and '.')"
+    return None
+
+
+def listen_text(host: str, port: int) -> str:
+    """HOST:PORT as `[node] listen` writes it (an IPv6 address in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def parse_peer(text: str) -> PeerSpec:
@@ -212,7 +257,7 @@ def init_data_dir(data: str | os.PathLike[str], genesis_path: str | os.PathLike[
         write_durably(key_dst, key_bytes, 0o600)
     url_list = ", ".join(json.dumps(p.url) for p in specs if p.did is None)
     consensus_lines = "".join(f"{k} = {v!r}\n" for k, v in (consensus or {}).items())
-    text = (f'[node]\nlisten = "{host}:{port}"\nrole = "{role}"\n\n[limits]\n\n[blocks]\n\n'
+    text = (f'[node]\nlisten = "{listen_text(host, port)}"\nrole = "{role}"\n\n[limits]\n\n[blocks]\n\n'
             f"[consensus]\n{consensus_lines}\n[gossip]\n\n[sync]\n\n[peers]\nurls = [{url_list}]\n")
     for p in specs:
         if p.did is not None:
@@ -227,11 +272,15 @@ def load_config(data: str | os.PathLike[str]) -> NodeConfig:
     d = Path(data)
     path = d / CONFIG_FILE
     try:
-        doc = tomllib.loads(path.read_text())
+        doc = tomllib.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{d} is not a node data folder (no {CONFIG_FILE}); run `ler node init` first") \
             from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        bad, line = exc.object[exc.start], exc.object[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path} is not UTF-8 text (byte 0x{bad:02x} at offset {exc.start}, line {line}); "
+                          "save it as UTF-8") from None
+    except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     except RecursionError:
         raise ConfigError(f"{path}: arrays or tables nested too deeply") from None
@@ -247,7 +296,13 @@ def load_config(data: str | os.PathLike[str]) -> NodeConfig:
     unknown = sorted(set(node) - {"listen", "role", "public_url"})
     if unknown:
         raise ConfigError(f"{path}: unknown setting node.{unknown[0]} (known: listen, role, public_url)")
-    host, port = parse_listen(str(node.get("listen", "127.0.0.1:8701")))
+    listen = node.get("listen", "127.0.0.1:8701")
+    if not isinstance(listen, str):
+        raise ConfigError(f"{path}: [node] listen must be a string, HOST:PORT")
+    try:
+        host, port = parse_listen(listen)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     role = node.get("role", "authority")
     if role not in ("authority", "observer"):
         raise ConfigError(f"{path}: role must be authority or observer")
@@ -334,9 +389,18 @@ _AT_MOST: dict[type, dict[str, int | float]] = {
 }
 
 
+# The least some settings may be, with why: below it the node cannot do its work at all.
+_AT_LEAST: dict[type, dict[str, tuple[int, str]]] = {
+    # A pool smaller than one transaction refuses every submission with "mempool full, retry after the
+    # next block", which no block ever mends.
+    Limits: {"mempool_bytes": (MAX_TX_BYTES, "the largest transaction a node accepts")},
+}
+
+
 def known_settings(table: dict[str, Any], cls: type, path: Path) -> dict[str, Any]:
     """One table's settings, each a field of `cls` with a value of its default's type, not negative (and
-    more than 0 where 0 would stop the node working), and at most its bound in `_AT_MOST`."""
+    more than 0 where 0 would stop the node working, at least its bound in `_AT_LEAST` where it has one),
+    and at most its bound in `_AT_MOST`."""
     fields = cls.__dataclass_fields__  # type: ignore[attr-defined]
     out = {}
     for k, v in table.items():
@@ -352,6 +416,9 @@ def known_settings(table: dict[str, Any], cls: type, path: Path) -> dict[str, An
             raise ConfigError(f"{path}: {k} must not be negative")
         if v == 0 and k in _POSITIVE.get(cls, ()):
             raise ConfigError(f"{path}: {k} must be more than 0")
+        least, why = _AT_LEAST.get(cls, {}).get(k, (0, ""))
+        if v < least:
+            raise ConfigError(f"{path}: {k} must be at least {least:,} ({why}); it is {v:,}")
         most = _AT_MOST[cls].get(k)
         if most is not None and v > most:
             unit = " (milliseconds)" if k.endswith("_ms") else " (seconds)" if k.endswith("_s") or (

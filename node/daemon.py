@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -30,7 +32,7 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from ler.keys import KeyPair
 from node.api import make_app
-from node.config import NodeConfig
+from node.config import CONFIG_FILE, ConfigError, NodeConfig, listen_text
 from node.listener import (
     LINGER_S,
     PEER_CONNECTIONS,
@@ -138,6 +140,7 @@ class Node:
 
 
 async def serve(config: NodeConfig, key: KeyPair, stop: asyncio.Event) -> None:
+    refuse_if_running(config)
     node = Node(config, key)
     svc = node.svc
     try:
@@ -169,12 +172,20 @@ async def serve(config: NodeConfig, key: KeyPair, stop: asyncio.Event) -> None:
         await runner.setup()
         site = CappedSite(runner, config.host, config.port, cap, limits.max_connections_per_address,
                           reuse_address=True)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise listen_error(config, exc) from None
         svc.metrics.connections = lambda: (site.open_connections, site.refused)
         watch = AnswerWatch(lambda: runner.server, limits.body_timeout_s)
         log.info("event=node_started chain=%s height=%d node=%s role=%s url=%s pending_reloaded=%d "
                  "validator=%s peers=%d", svc.chain_id, svc.store.height, key.did, config.role, config.url,
                  reloaded, svc.is_validator, len(node.network.links))
+        if config.role == "authority" and not svc.is_validator:
+            log.warning("event=not_a_validator node=%s height=%d reason=%r", key.did, svc.store.height,
+                        f"its key is not an authority at height {svc.store.height + 1}: it follows the chain "
+                        "without voting, and votes from the height a governance vote (ler authority add) adds "
+                        "it; if it should be an authority now, check its node.key")
         ahead_s = (svc.store.genesis.genesis_time - now_ms()) / 1000
         if ahead_s > config.consensus.max_drift_ms / 1000:
             log.warning("event=genesis_in_future seconds_ahead=%.0f reason=%r", ahead_s,
@@ -234,6 +245,63 @@ async def stop_on_damage(svc: NodeService) -> None:
     error = await found
     log.error("event=database_damaged reason=%r", error.reason)
     raise error
+
+
+_LISTEN_FAULTS = {
+    errno.EADDRNOTAVAIL: "{host} is not an address of this machine",
+    errno.EADDRINUSE: "another program listens on that port",
+    errno.EACCES: "ports below 1024 need privileges",
+    errno.EAFNOSUPPORT: "this machine does not support that kind of address (IPv6 turned off?)",
+}
+
+
+def listen_error(config: NodeConfig, exc: OSError) -> ConfigError:
+    """A failure to listen where `[node] listen` says, in one line naming the setting and the address."""
+    if isinstance(exc, socket.gaierror):
+        why = f"the host {config.host!r} is not known (it resolves to no address)"
+    elif exc.errno in _LISTEN_FAULTS:
+        why = f"{os.strerror(exc.errno).lower()}: {_LISTEN_FAULTS[exc.errno].format(host=config.host)}"
+    else:
+        why = exc.strerror or str(exc)
+    return ConfigError(f"cannot listen at [node] listen = {listen_text(config.host, config.port)!r} "
+                       f"({config.data / CONFIG_FILE}): {why}")
+
+
+def running_node(config: NodeConfig) -> int | None:
+    """The id of a live process that is a `ler node run` on this data folder, as named by its pid file;
+    None if there is none (no file, a dead process, or a process id since taken by another program)."""
+    try:
+        pid = int(config.pid_path.read_text())
+    except (OSError, ValueError):
+        return None
+    if pid <= 0 or pid == os.getpid():
+        return None
+    proc = Path(f"/proc/{pid}")
+    try:
+        args = [a.decode("utf-8", "replace") for a in (proc / "cmdline").read_bytes().split(b"\0") if a]
+    except OSError:  # no such process (or no /proc here: nothing to tell it by)
+        return None
+    try:
+        cwd = Path(os.readlink(proc / "cwd"))
+    except OSError:
+        cwd = Path("/")
+    if "run" not in args:
+        return None
+    for arg in args:
+        value = arg.partition("=")[2] if arg.startswith("--data=") else arg
+        with contextlib.suppress(OSError, ValueError):
+            if value and (cwd / value).resolve() == config.data:
+                return pid
+    return None
+
+
+def refuse_if_running(config: NodeConfig) -> None:
+    """Refuse to start beside a node already running on this data folder. Its database lock (db/LOCK)
+    says so too, unless that file was deleted while it ran; its pid file still names it then."""
+    pid = running_node(config)
+    if pid is not None:
+        raise StoreError(f"cannot open the data folder {config.data}: another node runs on it (process {pid}, "
+                         f"named in {config.pid_path}); stop it first")
 
 
 def write_pid_file(path: Path) -> None:

@@ -187,6 +187,19 @@ def _leveldb_says(exc: BaseException) -> str:
     return arg.decode("utf-8", "replace") if isinstance(arg, bytes) else str(arg)
 
 
+def _open_hint(says: str) -> str:
+    """What the operator can do about LevelDB's refusal to open a database, from its message."""
+    if "No space left" in says or "File too large" in says:
+        return "; free some space on that disk and start the node again"
+    if "Read-only file system" in says:
+        return "; the disk is mounted read-only: remount it writable (or move the data folder) and start again"
+    if "Permission denied" in says or "Operation not permitted" in says:
+        return "; the node's user may not write there: run it as the folder's owner, or fix the permissions"
+    if "lock" in says.lower() and ("unavailable" in says or "already held" in says):
+        return " (is another node using it?)"
+    return ""
+
+
 class _CheckedDB:
     """The database handle the store uses: point reads verify the checksum of the table block they read,
     so a damaged file is reported (StoreError naming the folder) instead of taken as data; so are
@@ -509,8 +522,8 @@ class ChainStore:
                            lru_cache_size=64 * 1024 * 1024, write_buffer_size=write_buffer_mb * 1024 * 1024,
                            paranoid_checks=True)
         except plyvel.IOError as exc:
-            raise StoreError(f"cannot open the data folder {self._path}: {_leveldb_says(exc)} "
-                             "(is another node using it?)") from None
+            says = _leveldb_says(exc)
+            raise StoreError(f"cannot open the data folder {self._path}: {says}{_open_hint(says)}") from None
         except plyvel.CorruptionError as exc:
             raise StoreError(f"the database in {self._path} is corrupt: {_leveldb_says(exc)}") from None
         except OSError as exc:

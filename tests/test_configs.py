@@ -7,6 +7,7 @@ must also equal the defaults it claims to show.
 from __future__ import annotations
 
 import contextlib
+import http.client as httpclient
 import json
 import os
 import shutil
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from node_proc import LER, full_disk
+from node_proc import LER, full_disk, init_node, make_chain, wait_until
 
 from ler.tx import check_chain_id
 from node import testnet
@@ -438,3 +439,105 @@ def test_a_node_restarted_by_hand_is_one_the_testnet_commands_see_and_stop(tmp_p
         if restarted is not None and restarted.poll() is None:
             restarted.kill()
         ler("testnet", "down", "--dir", str(d))
+
+
+# --- a node's config.toml, as `ler node init` and `ler node run` meet it ------------------------------------
+
+def one_error_line(r: subprocess.CompletedProcess[str]) -> str:
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    return lines[0]
+
+
+def test_node_init_refuses_a_listen_host_that_can_never_be_bound(tmp_path: Path) -> None:
+    chain = make_chain(tmp_path)
+    r = ler("node", "init", "--genesis", str(chain.genesis_path), "--key", str(chain.authority_key_path),
+            "--data", str(tmp_path / "node"), "--listen", "bad host:80")
+    assert r.returncode == 2
+    assert "[node] listen 'bad host:80': the host 'bad host' is neither" in one_error_line(r)
+    assert not (tmp_path / "node").exists()
+
+
+@pytest.mark.parametrize(("edit", "words"), [
+    (lambda t: t.replace(b"127.0.0.1:", b"999.1.1.1:", 1),
+     "[node] listen '999.1.1.1:{port}': the host '999.1.1.1' is not an IPv4 address"),
+    (lambda t: t.replace(b"127.0.0.1:", b"bad host:", 1), "[node] listen 'bad host:{port}': the host 'bad host'"),
+    (lambda t: t.replace(b"[limits]\n", b"[limits]\nmempool_bytes = 1\n", 1),
+     "mempool_bytes must be at least 4,096 (the largest transaction a node accepts); it is 1"),
+    (lambda t: b"# \xff\n" + t, "config.toml is not UTF-8 text (byte 0xff at offset 2, line 1); save it as UTF-8"),
+], ids=["ipv4-out-of-range", "space-in-host", "mempool-smaller-than-a-tx", "not-utf8"])
+def test_node_run_refuses_an_unusable_config_in_one_line_naming_it(tmp_path: Path, edit: Any, words: str) -> None:
+    data = init_node(make_chain(tmp_path), tmp_path / "node")
+    cfg = data / "config.toml"
+    port = load_config(data).port
+    cfg.write_bytes(edit(cfg.read_bytes()))
+    r = ler("node", "run", "--data", str(data))
+    assert r.returncode == 2
+    line = one_error_line(r)
+    assert str(cfg) in line and words.format(port=port) in line, line
+    assert "codec" not in line
+
+
+@pytest.mark.parametrize(("host", "why"), [
+    # TEST-NET-1: no machine's own address
+    ("192.0.2.1", "cannot assign requested address: 192.0.2.1 is not an address of this machine"),
+    ("no-such-host.invalid", "the host 'no-such-host.invalid' is not known"),  # .invalid never resolves
+])
+def test_a_listen_address_that_cannot_be_bound_stops_the_node_naming_the_setting(tmp_path: Path, host: str,
+                                                                                  why: str) -> None:
+    data = init_node(make_chain(tmp_path), tmp_path / "node")
+    cfg = data / "config.toml"
+    port = load_config(data).port
+    cfg.write_text(cfg.read_text().replace("127.0.0.1:", f"{host}:", 1))
+    r = ler("node", "run", "--data", str(data))
+    assert r.returncode == 1, r.stderr
+    line = r.stderr.strip().splitlines()[-1]
+    assert line == (f"error: the node stopped: cannot listen at [node] listen = '{host}:{port}' ({cfg}): {why}"
+                    + (" (it resolves to no address)" if host.endswith(".invalid") else "")), r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and not (data / "node.pid").exists()
+
+
+def ipv6_loopback_works() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+def test_a_node_listens_at_a_bracketed_ipv6_address(tmp_path: Path) -> None:
+    if not ipv6_loopback_works():
+        pytest.skip("no IPv6 loopback on this machine")
+    data = init_node(make_chain(tmp_path), tmp_path / "node")
+    cfg = data / "config.toml"
+    with socket.socket(socket.AF_INET6) as s:
+        s.bind(("::1", 0))
+        port = s.getsockname()[1]
+    cfg.write_text(cfg.read_text().replace(f"127.0.0.1:{load_config(data).port}", f"[::1]:{port}", 1))
+    assert load_config(data).url == f"http://[::1]:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LER_")}
+    with open(tmp_path / "node.log", "wb") as log:
+        proc = subprocess.Popen([str(LER), "node", "run", "--data", str(data)], stdout=log, stderr=log, env=env,
+                                start_new_session=True)
+    try:
+        def answered() -> dict[str, Any] | None:
+            assert proc.poll() is None, (tmp_path / "node.log").read_text()
+            with contextlib.suppress(OSError):
+                conn = httpclient.HTTPConnection("::1", port, timeout=2)
+                try:
+                    conn.request("GET", "/v1/status")
+                    resp = conn.getresponse()
+                    return json.loads(resp.read()) if resp.status == 200 else None
+                finally:
+                    conn.close()
+            return None
+
+        status = wait_until(answered, 30, f"the node at [::1]:{port} to answer")
+        assert status["height"] >= 0
+        assert f"url=http://[::1]:{port}" in (tmp_path / "node.log").read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0

@@ -137,12 +137,18 @@ def test_damage_found_while_running_stops_the_node_naming_the_folder(tmp_path: P
     table.write_bytes(bytes(damaged))
 
     node.start()
-    assert node.get("/health").status == 200
-    reply = node.get("/v1/blocks/1")
-    assert reply.status == 503 and "corrupt" in reply.json()["error"], reply
-    assert node.proc is not None
-    code = node.proc.wait(15)
-    assert code == 1, node.log()
+    try:
+        assert node.get("/health").status == 200
+        reply = node.get("/v1/blocks/1")
+        assert reply.status == 503 and "corrupt" in reply.json()["error"], reply
+        assert node.proc is not None
+        try:
+            code = node.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the node served on after finding its database damaged:\n{node.log()}")
+        assert code == 1, node.log()
+    finally:
+        node.close()
     log = node.log(None)
     db = data / DB_DIR
     assert f"event=database_damaged reason='the database in {db} is corrupt or unreadable" in log, log[-3000:]

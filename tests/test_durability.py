@@ -19,6 +19,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from node_proc import (
@@ -41,7 +42,7 @@ from ler.keys import KeyPair, write_key_file
 from ler.record import RecordDocument, make_claims
 from ler.tx import RecordAnchor, Tx, sign_tx
 from node.config import init_data_dir
-from storage.chain import ChainStore
+from storage.chain import ChainStore, StoreError
 
 pytestmark = pytest.mark.slow
 
@@ -436,3 +437,97 @@ def test_a_disk_that_refuses_writes_while_syncing_stops_the_node_and_blames_no_p
         observer.terminate()
     finally:
         source.terminate()
+
+
+def test_an_authority_node_whose_key_is_no_validator_is_warned_of_once_at_start(tmp_path: Path) -> None:
+    """It runs (a governance vote may add it later) but says, once, that it will not vote until then; a
+    genesis authority says nothing of the kind."""
+    chain = make_chain(tmp_path, chain_id="outsider")
+    outsider = KeyPair.generate()
+    write_key_file(tmp_path / "outsider.key", outsider)
+    init_data_dir(tmp_path / "outsider", chain.genesis_path, tmp_path / "outsider.key", f"127.0.0.1:{free_port()}")
+    node = NodeProc(tmp_path / "outsider")
+    member = NodeProc(init_node(chain, tmp_path / "member"))
+    try:
+        node.start()
+        member.start()
+        lines = [ln for ln in node.log(tail=None).splitlines() if "event=not_a_validator" in ln]
+        assert len(lines) == 1 and "level=WARNING" in lines[0], node.log()
+        assert f"node={outsider.did} height=0 " in lines[0], lines[0]
+        assert "not an authority at height 1" in lines[0] and "votes from the height a governance vote" in lines[0]
+        assert "event=node_started" in member.log(tail=None)
+        assert "event=not_a_validator" not in member.log(tail=None)
+    finally:
+        node.close()
+        member.close()
+
+
+def open_error(data: Path, preexec_fn: Any = None, wrap: list[str] | None = None) -> str:
+    """`ler node run` on `data` that fails at start: its one error line (exit status 1)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LER_")}
+    r = subprocess.run([*(wrap or []), str(LER), "node", "run", "--data", str(data)], capture_output=True,
+                       text=True, timeout=60, env=env, preexec_fn=preexec_fn)
+    assert r.returncode == 1, r.stderr[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert lines and lines[-1].startswith("error: the node stopped: "), r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    return lines[-1]
+
+
+def test_a_database_on_a_full_disk_says_to_free_space_and_blames_no_other_node(tmp_path: Path) -> None:
+    data = init_node(make_chain(tmp_path), tmp_path / "node")
+    line = open_error(data, preexec_fn=full_disk(0))  # no file may grow: LevelDB cannot write its MANIFEST
+    assert f"cannot open the data folder {data.resolve() / 'db'}" in line and "File too large" in line, line
+    assert "free some space on that disk and start the node again" in line and "another node" not in line, line
+
+
+def test_a_database_on_a_read_only_disk_says_so_and_blames_no_other_node(tmp_path: Path) -> None:
+    """The db folder bind-mounted read-only, in a mount namespace of the node's own (unshare)."""
+    data = init_node(make_chain(tmp_path), tmp_path / "node")
+    db = data / "db"
+    db.mkdir()
+    probe = subprocess.run(["unshare", "--mount", "--propagation", "private", "--", "mount", "--bind", "-o", "ro",
+                            str(db), str(db)], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make a read-only mount here: {probe.stderr.decode(errors='replace').strip()}")
+    line = open_error(data, wrap=["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+                                  'mount --bind -o ro "$0" "$0" && exec "$@"', str(db)])
+    assert f"cannot open the data folder {db.resolve()}" in line and "Read-only file system" in line, line
+    assert "mounted read-only: remount it writable" in line and "another node" not in line, line
+
+
+def test_a_database_locked_by_another_store_still_asks_whether_another_node_uses_it(tmp_path: Path) -> None:
+    chain = make_chain(tmp_path)
+    store = ChainStore(tmp_path / "db", chain.genesis)
+    try:
+        with pytest.raises(StoreError, match=r"LOCK: .* \(is another node using it\?\)$"):
+            ChainStore(tmp_path / "db", chain.genesis)
+    finally:
+        store.close()
+
+
+def test_a_second_node_on_a_folder_whose_lock_file_was_deleted_is_refused(tmp_path: Path) -> None:
+    """db/LOCK deleted while the node runs no longer keeps a second one out (LevelDB locks a new file);
+    node.pid, naming the live node, does. A pid file naming a live process of another program (the dead
+    node's id, taken since) does not keep the node from starting."""
+    data = init_node(make_chain(tmp_path), tmp_path / "node")
+    first = NodeProc(data)
+    try:
+        first.start()
+        (data / "db" / "LOCK").unlink()
+        line = open_error(data)
+        assert line == (f"error: the node stopped: cannot open the data folder {data.resolve()}: another node runs "
+                        f"on it (process {first.pid}, named in {data.resolve() / 'node.pid'}); stop it first"), line
+        assert first.running() and int((data / "node.pid").read_text()) == first.pid
+        assert first.terminate() == 0, first.log()
+    finally:
+        first.close()
+    other = subprocess.Popen(["sleep", "60"])  # alive, and no ler node
+    try:
+        (data / "node.pid").write_text(f"{other.pid}\n")
+        again = NodeProc(data).start()
+        assert int((data / "node.pid").read_text()) == again.pid
+        assert again.terminate() == 0
+    finally:
+        other.kill()
+        other.wait()

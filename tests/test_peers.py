@@ -17,6 +17,7 @@ from consensus import Proposal
 from ler import codec
 from ler.block import GENESIS_FORMAT, PREVOTE, Block, CommitCertificate, Genesis, GenesisAuthority, Vote
 from ler.keys import KeyPair, read_key_file_did, write_key_file
+from ler.tx import MAX_TX_BYTES
 from node.config import (
     _AT_MOST,
     BlockTiming,
@@ -29,6 +30,7 @@ from node.config import (
     init_data_dir,
     known_settings,
     load_config,
+    parse_listen,
     parse_peer,
 )
 from node.metrics import Metrics
@@ -232,6 +234,9 @@ def test_bad_peers_are_refused(text: str, words: str) -> None:
     ("[consensus]\npropose = 0\n", "propose must be more than 0"),
     ("[limits]\nblock_txs = 0\n", "block_txs must be more than 0"),
     ("[limits]\nmax_body_bytes = 0\n", "max_body_bytes must be more than 0"),
+    # a pool that cannot hold one transaction refuses every submission as "full" for ever
+    ("[limits]\nmempool_bytes = 1\n", r"mempool_bytes must be at least 4,096 \(the largest transaction"),
+    ("[limits]\nmempool_bytes = 4095\n", "mempool_bytes must be at least 4,096"),
     ("[gossip]\nresend_s = inf\n", "resend_s must be a finite number"),  # TOML has inf and nan
     ("[consensus]\npropose = nan\n", "propose must be a finite number"),
     # A misspelt table or key outside the settings tables: refused, not ignored in silence.
@@ -246,6 +251,68 @@ def test_bad_network_settings_are_refused(tmp_path: Path, extra: str, words: str
         text = text.replace(table, "")
     cfg.write_text(text + extra)
     with pytest.raises(ConfigError, match=words):
+        load_config(data)
+
+
+def test_the_smallest_mempool_that_holds_the_largest_transaction_is_taken(tmp_path: Path) -> None:
+    data = make_folder(tmp_path)
+    cfg = data / "config.toml"
+    cfg.write_text(cfg.read_text().replace("[limits]\n", "[limits]\nmempool_bytes = 4096\n", 1))
+    assert load_config(data).limits.mempool_bytes == MAX_TX_BYTES == 4096
+
+
+@pytest.mark.parametrize("listen, words", [
+    ("bad host:80", r"\[node\] listen 'bad host:80': the host 'bad host' is neither an IP address nor a host"),
+    ("999.1.1.1:9310", r"\[node\] listen '999.1.1.1:9310': the host '999.1.1.1' is not an IPv4 address"),
+    ("1.2.3:9310", "the host '1.2.3' is not an IPv4 address"),
+    ("-node:9310", "the host '-node' is neither"),
+    ("host_name:9310", "the host 'host_name' is neither"),
+    ("[nonsense]:9310", r"the host 'nonsense' is not an IPv6 address"),
+    ("[::1]", r"\[node\] listen '\[::1\]' must be HOST:PORT or \[IPv6 address\]:PORT"),
+    ("[::1:9310", "must be HOST:PORT or"),
+    (":::9310x", "the port '9310x' is not a number"),
+    ("nonsense", r"\[node\] listen 'nonsense' must be HOST:PORT"),
+    ("localhost:0", "the port 0 is out of range"),
+])
+def test_a_listen_address_that_can_never_be_bound_is_refused_naming_setting_and_value(
+        tmp_path: Path, listen: str, words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
+        parse_listen(listen)
+    data = make_folder(tmp_path)
+    cfg = data / "config.toml"
+    cfg.write_text(cfg.read_text().replace('listen = "127.0.0.1:8701"', f'listen = "{listen}"', 1))
+    with pytest.raises(ConfigError, match=words) as err:
+        load_config(data)
+    assert err.value.reason.startswith(f"{cfg}: [node] listen {listen!r}"), err.value.reason
+
+
+@pytest.mark.parametrize("listen, host, port, url", [
+    ("[::1]:9310", "::1", 9310, "http://[::1]:9310"),
+    ("::1:9310", "::1", 9310, "http://[::1]:9310"),  # the form accepted before brackets were
+    ("[::]:80", "::", 80, "http://[::]:80"),
+    ("0.0.0.0:8701", "0.0.0.0", 8701, "http://0.0.0.0:8701"),
+    ("localhost:8701", "localhost", 8701, "http://localhost:8701"),
+    ("node-1.example.org:8701", "node-1.example.org", 8701, "http://node-1.example.org:8701"),
+])
+def test_listen_takes_ip_addresses_bracketed_ipv6_and_host_names(tmp_path: Path, listen: str, host: str,
+                                                                  port: int, url: str) -> None:
+    assert parse_listen(listen) == (host, port)
+    authority = KeyPair.generate()
+    Genesis(format=GENESIS_FORMAT, chain_id=CHAIN, genesis_time=1000,
+            authorities=(GenesisAuthority(authority.did, "A"),), issuers=()).save(tmp_path / "genesis.json")
+    write_key_file(tmp_path / "node.key", authority)
+    cfg = init_data_dir(tmp_path / "node", tmp_path / "genesis.json", tmp_path / "node.key", listen)
+    assert (cfg.host, cfg.port, cfg.url) == (host, port, url)
+    assert load_config(tmp_path / "node").url == url  # written back in a form that reads the same
+
+
+def test_a_config_file_that_is_not_utf8_is_named_with_the_byte(tmp_path: Path) -> None:
+    data = make_folder(tmp_path)
+    cfg = data / "config.toml"
+    raw = cfg.read_bytes()
+    cfg.write_bytes(raw.replace(b'role = "authority"', b'role = "authority" # caf\xe9', 1))
+    offset = raw.index(b'role = "authority"') + len(b'role = "authority" # caf')
+    with pytest.raises(ConfigError, match=rf"^{cfg} is not UTF-8 text \(byte 0xe9 at offset {offset}, line 3\)"):
         load_config(data)
 
 
