@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
 import math
 import mimetypes
@@ -25,7 +26,7 @@ import shlex
 import sys
 import time
 import unicodedata
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -152,6 +153,11 @@ class LerGroup(click.Group):
              complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        with output_that_may_close():
+            self._main(args, prog_name, complete_var, **extra)
+
+    def _main(self, args: Sequence[str] | None, prog_name: str | None, complete_var: str | None,
+              **extra: Any) -> None:
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.UsageError as exc:
@@ -164,7 +170,7 @@ class LerGroup(click.Group):
         except click.Abort:
             click.echo("error: aborted", err=True)
             sys.exit(EXIT_NEGATIVE)
-        except BrokenPipeError:
+        except BrokenPipeError:  # stderr gone, or a stdout output_that_may_close left as it was
             sys.exit(EXIT_NEGATIVE)
         except Exception as exc:
             if os.environ.get(DEBUG_ENV):
@@ -174,6 +180,64 @@ class LerGroup(click.Group):
                        f"(set {DEBUG_ENV}=1 for details)", err=True)
             sys.exit(EXIT_NEGATIVE)
         sys.exit(rv if isinstance(rv, int) else EXIT_OK)
+
+
+class _ReaderMayLeave(io.RawIOBase):
+    """The process's standard output (fd 1), where a reader that has stopped reading (`ler verify b.json
+    | head -1`: a closed pipe) makes the rest of the output go nowhere instead of failing the command."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self._fd = fd
+        self.gone = False
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def isatty(self) -> bool:
+        return os.isatty(self._fd)
+
+    def write(self, b: Any) -> int:
+        if not self.gone:
+            try:
+                return os.write(self._fd, b)
+            except BrokenPipeError:
+                self.gone = True
+        return len(memoryview(b))
+
+    def close(self) -> None:  # the descriptor stays the process's
+        self.flush()
+        super().close()
+
+
+@contextlib.contextmanager
+def output_that_may_close() -> Iterator[None]:
+    """Run a command with a standard output that nobody may read to the end: a closed pipe neither
+    fails the command nor changes its exit status (the verdict's, for `ler verify`), nor prints
+    anything. Only the process's own stdout is replaced (not one a caller such as a test runner set)."""
+    real = sys.stdout
+    fd = None
+    if real is sys.__stdout__ and real is not None:
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # io.UnsupportedOperation: OSError
+            fd = real.fileno()
+    if real is None or fd is None:
+        yield
+        return
+    try:
+        real.flush()
+    except BrokenPipeError:
+        pass
+    sys.stdout = io.TextIOWrapper(io.BufferedWriter(_ReaderMayLeave(fd)), encoding=real.encoding,
+                                  errors=real.errors, line_buffering=bool(real.line_buffering))
+    try:
+        yield
+    finally:
+        ours, sys.stdout = sys.stdout, real
+        with contextlib.suppress(OSError, ValueError):
+            ours.flush()
 
 
 # --- small helpers ---------------------------------------------------------------------------------------
@@ -308,6 +372,11 @@ def read_json_file(path: str, what: str, max_bytes: int = 4 * 1024 * 1024, **hoo
         raise bad_input(f"{what} {path} is not valid JSON: {exc}") from None
     except RecursionError:
         raise bad_input(f"{what} {path} is not valid JSON: nested too deeply") from None
+
+
+def unreadable(path: str, exc: OSError) -> Failure:
+    """A file to check that cannot be read at all (missing, a folder, no permission): bad usage (2)."""
+    return bad_input(f"cannot read {path}: {exc.strerror or exc}")
 
 
 def split_list(values: Iterable[str]) -> list[str]:
@@ -717,6 +786,9 @@ def accredit(node_url: str, key_path: str, issuer: str, name: str, scopes: tuple
     did = did_or_key_file(issuer, "--issuer")
     scope_list = sorted(set(split_list(scopes)))
     until_ms = parse_time_ms(until, "--until") if until else None
+    if until_ms is not None and until_ms <= now_ms():
+        raise bad_input(f"--until {until} is already past ({fmt_time(until_ms)}): an accreditation must end "
+                        "in the future")
     cast_vote(node_url, key_path, lambda: Action(kind="accredit", subject=did, name=name,
                                                  scopes=tuple(scope_list), until=until_ms), wait_s)
 
@@ -910,9 +982,9 @@ def issue(node_url: str, key_path: str, holder: str, rtype: str, claims_path: st
     if expires_ms is not None and expires_ms <= now_ms():
         raise bad_input(f"--expires {expires} is already past")
     key = load_key(key_path)
-    issuer_did = did_or_key_file(issuer, "--issuer") if issuer else key.did
-
     client = make_client(node_url)
+    issuer_did = did_or_key_file(issuer, "--issuer") if issuer else issuer_of_key(client, key, key_path)
+
     doc, tx_id, height = anchor_record(client, key, issuer_did, holder_did, rtype, expires_ms, claims, out, wait_s)
 
     standing, issuer_name, note = None, None, None
@@ -938,6 +1010,24 @@ def issue(node_url: str, key_path: str, holder: str, rtype: str, claims_path: st
     elif standing == "unaccredited":
         say(f"note: {issuer_did} is not accredited for {rtype!r}; verifiers will see the record as "
             "unaccredited", err=True)
+
+
+def issuer_of_key(client: NodeClient, key: KeyPair, key_path: str) -> str:
+    """Whom a key issues for when no --issuer is given: its own did. But a key that is the current key of
+    a registered issuer (after `ler rotate-key`) is refused (bad usage): its own did is no registered
+    issuer, so the record would be anchored, for good, as from an unregistered, unaccredited one."""
+    entries = node_call(client.issuers, "reading the registered issuers")
+    if any(isinstance(e, dict) and e.get("did") == key.did for e in entries):
+        return key.did
+    for e in entries:
+        epochs = e.get("keys") if isinstance(e, dict) else None
+        current = epochs[-1] if isinstance(epochs, list) and epochs else None
+        if isinstance(current, dict) and current.get("did") == key.did and isinstance(e.get("did"), str):
+            name = f"{e.get('name')} ({e['did']})" if e.get("name") else e["did"]
+            raise bad_input(f"--key {key_path} is the current key of the registered issuer {name}, after a key "
+                            f"rotation: pass --issuer {e['did']} to issue as that issuer (without it the record "
+                            f"would be anchored as from {key.did}, an unregistered issuer)")
+    return key.did
 
 
 def issuer_label(name: str | None, did: str, holder: str | None) -> str:
@@ -1074,9 +1164,8 @@ def prove(node_url: str, record_path: str, reveal: tuple[str, ...], reveal_none:
         raise bad_input(str(exc)) from None
     genesis = load_genesis(genesis_path) if genesis_path else None
 
-    client = make_client(node_url)
-    obj = node_call(lambda: client.bundle(doc.record_id.hex(), disclosure.to_json()), "making the bundle")
-    bundle, verdict = write_bundle(obj, [(doc, disclosure)], out, genesis, genesis_path)
+    bundle = request_bundle(make_client(node_url), [(doc, disclosure)], stacked=False)
+    verdict = write_bundle(bundle, out, genesis, genesis_path)
     shown = ", ".join(names) if names else "nothing"
     say(f"wrote {out}: record {doc.record_id.hex()} as of block {bundle.head.header.height}, revealing "
         f"{shown}; hidden: {', '.join(disclosure.hidden_names()) or 'none'}")
@@ -1084,10 +1173,24 @@ def prove(node_url: str, record_path: str, reveal: tuple[str, ...], reveal_none:
         say(f"checked against {genesis_path}: {verdict}")
 
 
-def write_bundle(obj: Any, asked: list[tuple[RecordDocument, Disclosure]], out: str, genesis: Genesis | None,
-                 genesis_path: str | None) -> tuple[ProofBundle, str | None]:
-    """Check a bundle the node returned is exactly what was asked for (and, given a genesis, verify the
-    very bytes to be written), then write them to `out`. Returns the bundle and the verdict (if checked)."""
+def request_bundle(client: NodeClient, asked: list[tuple[RecordDocument, Disclosure]], *,
+                   stacked: bool) -> ProofBundle:
+    """A proof bundle of the records in `asked`, each carrying the holder's disclosure.
+
+    The node is sent only a disclosure that reveals nothing (every claim's name and salted digest): it
+    copies the disclosure into the bundle and needs nothing of it, so no claim value or salt the holder
+    reveals to a verifier reaches the node's operator. The bundle the node returns is checked to be
+    exactly what was asked (chain, records, those blind disclosures, the anchors of the holder's files),
+    then the holder's own disclosures are put in locally: the result is byte for byte the bundle the node
+    would have built with them. `stacked` asks POST /v1/bundles (else POST /v1/records/{id}/bundle).
+    """
+    blind = [(doc, doc.disclose([])) for doc, _ in asked]
+    if stacked:
+        obj = node_call(lambda: client.stack([(d.record_id.hex(), x.to_json()) for d, x in blind]),
+                        "making the bundle")
+    else:
+        [(doc, hidden)] = blind
+        obj = node_call(lambda: client.bundle(doc.record_id.hex(), hidden.to_json()), "making the bundle")
     try:
         bundle = ProofBundle.from_json(obj)
     except DecodeError as exc:
@@ -1095,12 +1198,20 @@ def write_bundle(obj: Any, asked: list[tuple[RecordDocument, Disclosure]], out: 
     for doc, _ in asked:
         if bundle.chain_id != doc.chain_id:
             raise negative(f"the node is on chain {bundle.chain_id!r}, the record on {doc.chain_id!r}")
-    if [(r.record_id, r.disclosure) for r in bundle.records] != [(d.record_id, x) for d, x in asked]:
+    if [(r.record_id, r.disclosure) for r in bundle.records] != [(d.record_id, x) for d, x in blind]:
         raise negative("the node returned a bundle for something other than what was asked")
     for (doc, _), proof in zip(asked, bundle.records, strict=True):
         differs = ledger_mismatch(doc, proof.anchor.tx)
         if differs:
             raise negative(differs)
+    records = tuple(dataclasses.replace(proof, disclosure=disclosure)
+                    for proof, (_, disclosure) in zip(bundle.records, asked, strict=True))
+    return dataclasses.replace(bundle, records=records)
+
+
+def write_bundle(bundle: ProofBundle, out: str, genesis: Genesis | None, genesis_path: str | None) -> str | None:
+    """Check the bundle reads back as written (and, given a genesis, verify the very bytes to be written),
+    then write them to `out`. Returns the verdict (if checked)."""
     data = bundle.dumps()
     try:
         ProofBundle.loads(data)  # exactly what a verifier will read back
@@ -1116,7 +1227,7 @@ def write_bundle(obj: Any, asked: list[tuple[RecordDocument, Disclosure]], out: 
         Path(out).write_bytes(data)
     except OSError as exc:
         raise bad_input(f"cannot write {out}: {exc.strerror}") from None
-    return bundle, verdict
+    return verdict
 
 
 def ledger_mismatch(doc: RecordDocument, anchor_raw: bytes) -> str | None:
@@ -1170,9 +1281,8 @@ def stack(node_url: str, items: tuple[str, ...], out: str, genesis_path: str | N
     if len({d.chain_id for d, _ in asked}) != 1:
         raise bad_input("the records are from different chains; a bundle speaks for one")
     genesis = load_genesis(genesis_path) if genesis_path else None
-    client = make_client(node_url)
-    obj = node_call(lambda: client.stack([(d.record_id.hex(), x.to_json()) for d, x in asked]), "making the bundle")
-    bundle, verdict = write_bundle(obj, asked, out, genesis, genesis_path)
+    bundle = request_bundle(make_client(node_url), asked, stacked=True)
+    verdict = write_bundle(bundle, out, genesis, genesis_path)
     say(f"wrote {out}: {len(asked)} records as of block {bundle.head.header.height}")
     for d, x in asked:
         say(f"  {d.record_id.hex()} ({d.rtype}): revealing {', '.join(x.values()) or 'nothing'}; "
@@ -1381,19 +1491,17 @@ def verify(bundle_path: str, genesis_path: str, evidence_specs: tuple[str, ...],
     genesis = load_genesis(genesis_path)
     try:
         data = read_capped(bundle_path, MAX_BUNDLE_BYTES)
-    except OSError as exc:
-        res = VerificationResult(TAMPERED, [Check("format", False, f"cannot read {bundle_path}: "
-                                                                   f"{exc.strerror}")], [])
+    except OSError as exc:  # missing, a folder, not allowed: bad usage, not a tampered bundle
+        raise unreadable(bundle_path, exc) from None
+    if refresh_url is None:
+        res = verify_bundle(data, genesis, max_age_ms=max_age_ms)
     else:
-        if refresh_url is None:
-            res = verify_bundle(data, genesis, max_age_ms=max_age_ms)
+        first = verify_bundle(data, genesis)
+        if first.verdict in (TAMPERED, WRONG_CHAIN):
+            res = first  # nothing worth refreshing
         else:
-            first = verify_bundle(data, genesis)
-            if first.verdict in (TAMPERED, WRONG_CHAIN):
-                res = first  # nothing worth refreshing
-            else:
-                status = fetch_status(refresh_url, data)
-                res = verify_refreshed(data, status, genesis, max_age_ms=max_age_ms, source=refresh_url)
+            status = fetch_status(refresh_url, data)
+            res = verify_refreshed(data, status, genesis, max_age_ms=max_age_ms, source=refresh_url)
     extra = check_evidence(res, evidence_specs)
     with_evidence(res, extra)  # a file that does not match fails the verdict, not only the exit status
     refreshed = [c for c in res.checks if c.name == "refresh"] if refresh_url else []

@@ -72,7 +72,6 @@ from node.cli import (
     load_genesis,
     load_key,
     negative,
-    node_call,
     node_option,
     now_ms,
     parse_time_ms,
@@ -133,23 +132,11 @@ def export(node_url: str, record_path: str, reveal: tuple[str, ...], reveal_none
     key = load_key(key_path)
     genesis = load_genesis(genesis_path) if genesis_path else None
 
-    client = base.make_client(node_url)
-    obj = node_call(lambda: client.bundle(doc.record_id.hex(), disclosure.to_json()), "making the bundle")
-    try:
-        bundle = ProofBundle.from_json(obj)
-    except DecodeError as exc:
-        raise negative(f"the node returned an invalid bundle: {exc}") from None
-    if bundle.chain_id != doc.chain_id:
-        raise negative(f"the node is on chain {bundle.chain_id!r}, the record on {doc.chain_id!r}")
-    if [r.record_id for r in bundle.records] != [doc.record_id] or bundle.records[0].disclosure != disclosure:
-        raise negative("the node returned a bundle for something other than what was asked")
+    bundle = base.request_bundle(base.make_client(node_url), [(doc, disclosure)], stacked=False)
     try:
         rec = bundle_record(bundle)
     except CredentialError as exc:
         raise negative(f"the node returned an unusable bundle: {exc}") from None
-    differs = base.ledger_mismatch(doc, bundle.records[0].anchor.tx)
-    if differs:
-        raise negative(differs)
     want = rec.signing_key()
     if key.public_key != want:
         raise bad_input(f"--key is {key.did}, but this record's issuer ({doc.issuer}) signs with "
@@ -234,9 +221,10 @@ def import_badge(node_url: str, key_path: str, credential_path: str, holder: str
         raise bad_input(f"the badge expired at {fmt_time(expires_ms)}" if not expires
                         else f"--expires {expires} is already past")
     key = load_key(key_path)
-    issuer_did = did_or_key_file(issuer, "--issuer") if issuer else key.did
+    client = base.make_client(node_url)
+    issuer_did = did_or_key_file(issuer, "--issuer") if issuer else base.issuer_of_key(client, key, key_path)
 
-    doc, tx_id, height = base.anchor_record(base.make_client(node_url), key, issuer_did, holder_did, rtype,
+    doc, tx_id, height = base.anchor_record(client, key, issuer_did, holder_did, rtype,
                                             expires_ms, claims, out, wait_s)
     if as_json:
         emit_json({"record_id": doc.record_id.hex(), "tx": tx_id.hex(), "height": height, "issuer": issuer_did,
@@ -310,8 +298,8 @@ def _sniff(path: str) -> tuple[str, Any]:
     try:
         with open(path, "rb") as f:
             raw = f.read(MAX_CREDENTIAL_BYTES + 1)
-    except OSError:
-        return "bundle", None
+    except OSError as exc:  # whatever it is meant to be, a file that cannot be read is bad usage
+        raise base.unreadable(path, exc) from None
     if len(raw) > MAX_CREDENTIAL_BYTES:
         return "bundle", None
     try:

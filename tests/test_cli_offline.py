@@ -333,11 +333,17 @@ def test_verify_garbage_bundle_is_tampered(tmp_path: Path) -> None:
     assert obj["verdict"] == "tampered" and obj["valid"] is False
 
 
-def test_verify_missing_bundle_file_is_tampered_not_usage(tmp_path: Path) -> None:
+@pytest.mark.parametrize("extra", [[], ["--json"], ["--challenge", "c-1"], ["--evidence", "k=x"]])
+def test_verify_a_file_that_cannot_be_read_is_bad_usage_not_tampered(tmp_path: Path, extra: list[str]) -> None:
+    """A missing file or a folder is a mistake of the caller, whatever it was meant to be (bundle,
+    credential, presentation): one error line and exit 2, with or without --genesis, never TAMPERED."""
     genesis, _ = make_genesis_files(tmp_path)
-    r = run("verify", str(tmp_path / "nope.json"), "--genesis", str(genesis))
-    assert r.exit_code == 1
-    assert "TAMPERED" in r.stdout and "cannot read" in r.stdout
+    for path, why in ((tmp_path / "nope.json", "No such file or directory"), (tmp_path, "Is a directory")):
+        for with_genesis in ([], ["--genesis", str(genesis)]):
+            r = run("verify", str(path), *with_genesis, *extra)
+            assert r.exit_code == 2, r.output
+            assert one_line_error(r) == f"error: cannot read {path}: {why}"
+            assert r.stdout == ""
 
 
 def test_verify_genesis_from_env(tmp_path: Path) -> None:
@@ -528,6 +534,37 @@ def test_verify_tampered_revoked_and_wrong_network(tmp_path: Path, chain_factory
     assert "  [FAIL] not revoked" in r.stdout
 
 
+def _closed_stdout(*args: str) -> tuple[int, str]:
+    """Run `ler ARGS` with a standard output whose reader has already gone (as `| head -1` leaves it once
+    head has its line): its exit status and stderr."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LER_")}
+    try:
+        p = subprocess.run([str(LER), *args], stdout=write_end, stderr=subprocess.PIPE, env=env, timeout=60)
+    finally:
+        os.close(write_end)
+    return p.returncode, p.stderr.decode()
+
+
+def test_a_reader_that_stops_early_changes_no_exit_status(tmp_path: Path,
+                                                          chain_factory: Callable[..., Chain]) -> None:
+    """`ler verify ok.json --genesis g.json | head -1`: every write to stdout fails (EPIPE), yet the exit
+    status is the verdict's and nothing is printed on stderr; likewise for any other command."""
+    chain = chain_factory({"degree": "BSc", "awarded": 2009})
+    bundle = chain.bundle_file(tmp_path / "b.json", ["degree"])
+    genesis = str(chain.genesis_path)
+    assert _closed_stdout("verify", str(bundle), "--genesis", genesis) == (0, "")
+    assert _closed_stdout("verify", str(bundle), "--genesis", genesis, "--json") == (0, "")
+    forged = tmp_path / "forged.json"
+    forged.write_bytes(bundle.read_bytes().replace(b'"records"', b'"record5"'))
+    assert _closed_stdout("verify", str(forged), "--genesis", genesis) == (1, "")
+    assert _closed_stdout("keys", "show", "--key", genesis) == (2, run("keys", "show", "--key", genesis).stderr)
+    assert _closed_stdout("--help") == (0, "")
+    assert _closed_stdout("keys", "new", "--out", str(tmp_path / "k.key"))[0] == 0
+    assert (tmp_path / "k.key").exists()
+
+
 def test_verify_escapes_control_characters(tmp_path: Path, chain_factory: Callable[..., Chain]) -> None:
     chain = chain_factory({"degree": "BSc\x1b[2J\u202eevil\nVALID: fake"})
     bundle = chain.bundle_file(tmp_path / "b.json", ["degree"])
@@ -710,6 +747,10 @@ def test_node_url_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     (["accredit", "--issuer", "did:key:bad", "--name", "U", "--scope", "degree"], "--issuer"),
     (["accredit", "--issuer", "{did}", "--name", "U", "--scope", "Bad Scope"], "scope"),
     (["accredit", "--issuer", "{did}", "--name", "U", "--scope", "degree", "--until", "soon"], "ISO date"),
+    (["accredit", "--issuer", "{did}", "--name", "U", "--scope", "degree", "--until", "2020-01-01"],
+     "--until 2020-01-01 is already past (2020-01-01 23:59:59 UTC)"),
+    (["accredit", "--issuer", "{did}", "--name", "U", "--scope", "degree", "--until", "1700000000000"],
+     "--until 1700000000000 is already past"),
     (["suspend", "--issuer", "nope"], "neither a did:key"),
     (["authority", "add", "--did", "{did}", "--name", ""], "name"),
     (["rotate-key", "--new-key", "{key}"], "same key"),

@@ -568,3 +568,157 @@ def test_a_record_file_that_disagrees_with_the_ledger_gets_no_bundle(tmp_path: P
     (tmp_path / "same.json").write_text(json.dumps({**good, "anchor_tx": None}))  # a file made before anchoring
     ler("prove", "--record", "same.json", "--reveal", "degree", "--node", node.url, "--out", "bundle.json",
         cwd=tmp_path)
+
+
+# --- what the node learns of a disclosure -------------------------------------------------------------
+
+class Recorder:
+    """A tiny HTTP proxy in front of a real node: it forwards every request unchanged and keeps each one
+    (method, path, body), so a test sees exactly what a command sent the node."""
+
+    def __init__(self, node_url: str) -> None:
+        import http.server
+        import threading
+
+        from node_proc import http as forward
+
+        seen = self.requests = []  # type: list[tuple[str, str, bytes]]
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _forward(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                seen.append((self.command, self.path, body or b""))
+                reply = forward(node_url, self.command, self.path, body, self.headers.get("Content-Type"),
+                                timeout=60)
+                self.send_response(reply.status)
+                self.send_header("Content-Type", reply.content_type or "application/json")
+                self.send_header("Content-Length", str(len(reply.body)))
+                self.end_headers()
+                self.wfile.write(reply.body)
+
+            do_GET = do_POST = _forward
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Recorder:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(10)
+
+
+def test_the_node_never_sees_what_the_holder_reveals(tmp_path: Path, net: tuple[Chain, NodeProc]) -> None:
+    """prove, stack and export send the node a disclosure that reveals nothing (claim names and salted
+    digests); the holder's own disclosure goes into the bundle locally. The bundles verify and reveal what
+    was asked, are byte for byte what the node would have built with the real disclosure, and no revealed
+    value or salt is in any request the node received."""
+    import base64
+
+    from ler.bundle import ProofBundle
+    from ler.vc import BUNDLE_PROPERTY
+
+    chain, node = net
+    run = partial(ler, cwd=tmp_path)
+    genesis = ["--genesis", str(chain.genesis_path)]
+    run("keys", "new", "--out", "holder.key")
+    holder = run("keys", "show", "--key", "holder.key").stdout.strip()
+    degree = {"degree": "BSc-SECRET-degree-41", "field": "Logistics-SECRET-field-42",
+              "awarded": "SECRET-awarded-43", "grade": 8675309}
+    (tmp_path / "degree.json").write_text(json.dumps(degree))
+    (tmp_path / "skill.json").write_text('{"skill": "SECRET-forklift-44", "years": 15}')
+    run("issue", "--node", node.url, "--key", str(chain.root / "issuer.key"), "--holder", holder,
+        "--type", "degree", "--claims", "degree.json", "--out", "degree-record.json")
+    run("issue", "--node", node.url, "--key", "holder.key", "--holder", holder, "--type", "skill",
+        "--claims", "skill.json", "--out", "skill-record.json")
+    docs = {name: RecordDocument.load(tmp_path / f"{name}-record.json") for name in ("degree", "skill")}
+
+    with Recorder(node.url) as rec:
+        run("prove", "--node", rec.url, "--record", "degree-record.json", "--reveal", "degree,grade",
+            "--out", "prove.json", *genesis)
+        run("stack", "--node", rec.url, "degree-record.json=field,awarded", "skill-record.json=skill",
+            "--out", "stack.json", *genesis)
+        run("export", "--node", rec.url, "--record", "degree-record.json", "--key", str(chain.root / "issuer.key"),
+            "--out", "credential.json", *genesis)
+    bundle_posts = [(p, json.loads(b)) for m, p, b in rec.requests if m == "POST" and "bundle" in p]
+    assert [p for p, _ in bundle_posts] == [f"/v1/records/{docs['degree'].record_id.hex()}/bundle", "/v1/bundles",
+                                            f"/v1/records/{docs['degree'].record_id.hex()}/bundle"]
+    sent = [b["disclosure"] for _, b in bundle_posts[::2]] + [r["disclosure"] for r in bundle_posts[1][1]["records"]]
+    assert all(d["revealed"] == [] for d in sent), sent
+    assert [d["hidden"] for d in sent] == [docs["degree"].disclose([]).to_json()["hidden"]] * 3 + [
+        docs["skill"].disclose([]).to_json()["hidden"]]
+    everything = b"\n".join(b for _, _, b in rec.requests)
+    revealed = [*docs["degree"].claims, docs["skill"].claim("skill")]  # every claim revealed to someone
+    for c in revealed:
+        assert json.dumps(c.value).encode() not in everything, c.key
+    for doc in docs.values():
+        for c in doc.claims:
+            assert c.salt.hex().encode() not in everything
+            assert base64.urlsafe_b64encode(c.salt).rstrip(b"=") not in everything
+    assert b"8675309" not in everything and b"SECRET" not in everything
+
+    # (a) each verifies and reveals exactly what was asked
+    r = run("verify", "prove.json", *genesis, "--json")
+    [got] = json.loads(r.stdout)["records"]
+    assert got["verdict"] == "valid" and got["disclosed"] == {"degree": degree["degree"], "grade": 8675309}
+    assert sorted(got["hidden_claims"]) == ["awarded", "field"]
+    r = run("verify", "stack.json", *genesis, "--json", check=1)  # the skill is self-asserted
+    got_d, got_s = json.loads(r.stdout)["records"]
+    assert got_d["verdict"] == "valid" and got_s["verdict"] == "self-asserted"
+    assert got_d["disclosed"] == {"awarded": degree["awarded"], "field": degree["field"]}
+    assert got_s["disclosed"] == {"skill": "SECRET-forklift-44"}
+    r = run("verify", "credential.json", *genesis)
+    assert r.stdout.startswith("VALID: ") and degree["awarded"] in r.stdout and "8675309" in r.stdout
+
+    # ... byte for byte the bundle the node builds from the holder's real disclosure (the old flow)
+    def old_flow(path: str, body: dict[str, Any]) -> bytes:
+        reply = node.post_json(path, body)
+        assert reply.status == 200, reply
+        return reply.body
+
+    d, s = docs["degree"], docs["skill"]
+    path = f"/v1/records/{d.record_id.hex()}/bundle"
+    assert (tmp_path / "prove.json").read_bytes() == old_flow(
+        path, {"disclosure": d.disclose(["degree", "grade"]).to_json()})
+    assert (tmp_path / "stack.json").read_bytes() == old_flow("/v1/bundles", {"records": [
+        {"record_id": d.record_id.hex(), "disclosure": d.disclose(["field", "awarded"]).to_json()},
+        {"record_id": s.record_id.hex(), "disclosure": s.disclose(["skill"]).to_json()}]})
+    carried = json.loads((tmp_path / "credential.json").read_text())[BUNDLE_PROPERTY]
+    assert ProofBundle.from_json(carried).dumps() == old_flow(
+        path, {"disclosure": d.disclose([c.key for c in d.claims]).to_json()})
+
+
+def test_issue_with_a_rotated_in_key_needs_the_issuers_did(tmp_path: Path, net: tuple[Chain, NodeProc]) -> None:
+    """After `ler rotate-key`, the new key's own did is no registered issuer: `ler issue --key new.key`
+    without --issuer is refused (2) before anything is anchored, naming the issuer to pass; with it, the
+    record is the accredited issuer's. A key no issuer uses still issues, unaccredited, as before."""
+    chain, node = net
+    run = partial(ler, cwd=tmp_path)
+    nodeopt = ["--node", node.url]
+    old = run("keys", "new", "--out", "old.key").stdout.strip()
+    new = run("keys", "new", "--out", "new.key").stdout.strip()
+    run("accredit", *nodeopt, "--key", str(chain.authority_key_path), "--issuer", old, "--name", "Rotating U",
+        "--scope", "degree")
+    run("rotate-key", *nodeopt, "--key", "old.key", "--new-key", "new.key")
+    (tmp_path / "claims.json").write_text('{"degree": "BSc"}')
+    holder = KeyPair.generate().did
+    height = node.height()
+    issue = ["issue", *nodeopt, "--key", "new.key", "--holder", holder, "--type", "degree", "--claims", "claims.json"]
+    r = run(*issue, "--out", "record.json", check=2)
+    assert one_line_error(r) == (f"error: --key new.key is the current key of the registered issuer Rotating U "
+                                 f"({old}), after a key rotation: pass --issuer {old} to issue as that issuer "
+                                 f"(without it the record would be anchored as from {new}, an unregistered issuer)")
+    assert not (tmp_path / "record.json").exists() and node.height() == height
+    r = run(*issue, "--issuer", old, "--out", "record.json")
+    assert "standing: accredited" in r.stdout and f"Rotating U ({old})" in r.stdout
+    run("keys", "new", "--out", "other.key")
+    r = run(*issue[:3], "--key", "other.key", *issue[5:], "--out", "other.json")
+    assert "standing: unaccredited" in r.stdout and "not accredited" in r.stderr
