@@ -637,7 +637,7 @@ def node_group() -> None:
 def node_init(genesis_path: str, key_path: str, data: str, listen: str, role: str,
               peers: tuple[str, ...]) -> None:
     """Create a node's data folder: config.toml, genesis.json and node.key."""
-    from node.config import ConfigError, init_data_dir
+    from node.config import ConfigError, init_data_dir, listen_text
 
     for p in peers:
         try:
@@ -654,7 +654,8 @@ def node_init(genesis_path: str, key_path: str, data: str, listen: str, role: st
     except OSError as exc:
         raise bad_input(f"cannot create {data}: {exc.strerror or exc}") from None
     say(f"initialised node data folder {config.data}")
-    say(f"  config.toml   listen {config.host}:{config.port}, role {config.role}, {len(config.peers)} peer(s)")
+    say(f"  config.toml   listen {listen_text(config.host, config.port)}, role {config.role}, "
+        f"{len(config.peers)} peer(s)")
     say(f"  genesis.json  chain {genesis.chain_id}, genesis hash {genesis.hash.hex()}")
     say(f"  node.key      {did} ({'encrypted' if encrypted else 'not encrypted'}, mode 0600)")
     if role == "authority" and did not in {a.did for a in genesis.authorities}:
