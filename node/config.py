@@ -177,7 +177,8 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host, p
 
 
-_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+# A host name's label, as RFC 1123 has it, and '_' too (container and service names use it).
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
 
 
 def _host_fault(host: str, bracketed: bool) -> str | None:
@@ -196,7 +197,7 @@ def _host_fault(host: str, bracketed: bool) -> str | None:
             return "is not an IPv4 address (four numbers from 0 to 255, e.g. 127.0.0.1)"
         return None
     if len(host) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
-        return "is neither an IP address nor a host name (letters, digits, '-' and '.')"
+        return "is neither an IP address nor a host name (letters, digits, '-', '_' and '.')"
     return None
 
 

@@ -266,7 +266,7 @@ def test_the_smallest_mempool_that_holds_the_largest_transaction_is_taken(tmp_pa
     ("999.1.1.1:9310", r"\[node\] listen '999.1.1.1:9310': the host '999.1.1.1' is not an IPv4 address"),
     ("1.2.3:9310", "the host '1.2.3' is not an IPv4 address"),
     ("-node:9310", "the host '-node' is neither"),
-    ("host_name:9310", "the host 'host_name' is neither"),
+    ("host!name:9310", "the host 'host!name' is neither"),
     ("[nonsense]:9310", r"the host 'nonsense' is not an IPv6 address"),
     ("[::1]", r"\[node\] listen '\[::1\]' must be HOST:PORT or \[IPv6 address\]:PORT"),
     ("[::1:9310", "must be HOST:PORT or"),
@@ -293,6 +293,7 @@ def test_a_listen_address_that_can_never_be_bound_is_refused_naming_setting_and_
     ("0.0.0.0:8701", "0.0.0.0", 8701, "http://0.0.0.0:8701"),
     ("localhost:8701", "localhost", 8701, "http://localhost:8701"),
     ("node-1.example.org:8701", "node-1.example.org", 8701, "http://node-1.example.org:8701"),
+    ("ledger_node:8701", "ledger_node", 8701, "http://ledger_node:8701"),  # a container's service name
 ])
 def test_listen_takes_ip_addresses_bracketed_ipv6_and_host_names(tmp_path: Path, listen: str, host: str,
                                                                   port: int, url: str) -> None:
