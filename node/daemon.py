@@ -23,7 +23,6 @@ import os
 import signal
 import socket
 import sys
-import time
 from pathlib import Path
 
 from aiohttp import web
@@ -36,15 +35,16 @@ from node.config import CONFIG_FILE, ConfigError, NodeConfig, listen_text
 from node.listener import (
     LINGER_S,
     PEER_CONNECTIONS,
-    WARN_EVERY_S,
     AnswerWatch,
     CappedSite,
+    RateLimitedWarning,
     connection_cap,
     fewest_connections,
     quiet_accept_errors,
     raise_fd_limit,
 )
 from node.peers import Network
+from node.procs import node_running_on
 from node.service import NodeService, now_ms
 from node.sync import Syncer, block_routes
 from node.validator import ConsensusDriver
@@ -63,8 +63,7 @@ class MalformedHttpFilter(logging.Filter):
 
     def __init__(self) -> None:
         super().__init__()
-        self._last = -WARN_EVERY_S
-        self._count = 0
+        self.refused = RateLimitedWarning("bad_http_request", "a request that is not HTTP was answered 400")
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
@@ -73,17 +72,10 @@ class MalformedHttpFilter(logging.Filter):
             # then met again as aiohttp reads on past it before reusing the connection. Not the node's fault.
             return False
         if isinstance(exc, HttpProcessingError):
-            self._count += 1
-            now = time.monotonic()
-            if now - self._last < WARN_EVERY_S:
-                return False
             remote = record.args[0] if isinstance(record.args, tuple) and record.args else None
-            reason = " ".join(str(exc.message or exc).split())[:200]
-            record.msg = "event=bad_http_request count=%d remote=%s status=%d reason=%r"
-            record.args = (self._count, remote, exc.code, reason)
-            record.levelno, record.levelname = logging.WARNING, "WARNING"
-            record.exc_info = record.exc_text = None
-            self._last, self._count = now, 0
+            why = " ".join(str(exc.message or exc).split())[:200]
+            self.refused.hit(remote=remote, status=exc.code, why=repr(why))
+            return False
         return True
 
 
@@ -267,38 +259,10 @@ def listen_error(config: NodeConfig, exc: OSError) -> ConfigError:
                        f"({config.data / CONFIG_FILE}): {why}")
 
 
-def running_node(config: NodeConfig) -> int | None:
-    """The id of a live process that is a `ler node run` on this data folder, as named by its pid file;
-    None if there is none (no file, a dead process, or a process id since taken by another program)."""
-    try:
-        pid = int(config.pid_path.read_text())
-    except (OSError, ValueError):
-        return None
-    if pid <= 0 or pid == os.getpid():
-        return None
-    proc = Path(f"/proc/{pid}")
-    try:
-        args = [a.decode("utf-8", "replace") for a in (proc / "cmdline").read_bytes().split(b"\0") if a]
-    except OSError:  # no such process (or no /proc here: nothing to tell it by)
-        return None
-    try:
-        cwd = Path(os.readlink(proc / "cwd"))
-    except OSError:
-        cwd = Path("/")
-    if "run" not in args:
-        return None
-    for arg in args:
-        value = arg.partition("=")[2] if arg.startswith("--data=") else arg
-        with contextlib.suppress(OSError, ValueError):
-            if value and (cwd / value).resolve() == config.data:
-                return pid
-    return None
-
-
 def refuse_if_running(config: NodeConfig) -> None:
     """Refuse to start beside a node already running on this data folder. Its database lock (db/LOCK)
     says so too, unless that file was deleted while it ran; its pid file still names it then."""
-    pid = running_node(config)
+    pid = node_running_on(config.data)
     if pid is not None:
         raise StoreError(f"cannot open the data folder {config.data}: another node runs on it (process {pid}, "
                          f"named in {config.pid_path}); stop it first")

@@ -96,7 +96,7 @@ class _Refused(asyncio.Protocol):
         transport.abort()  # type: ignore[attr-defined]
 
 
-class _RateLimitedWarning:
+class RateLimitedWarning:
     """Counts events and logs at most one WARNING per `WARN_EVERY_S` with the count since the last."""
 
     __slots__ = ("_count", "_last", "detail", "event", "total")
@@ -148,10 +148,10 @@ class CappedSite(web.TCPSite):
         super().__init__(runner, host, port, **kwargs)
         self.cap = cap
         self.per_address = per_address
-        self.refusals = _RateLimitedWarning(
+        self.refusals = RateLimitedWarning(
             "connections_refused", "the node holds its most connections ([limits] max_connections); "
             "new ones are closed until some end")
-        self.address_refusals = _RateLimitedWarning(
+        self.address_refusals = RateLimitedWarning(
             "connections_refused", "one address holds its most connections ([limits] "
             "max_connections_per_address); its new ones are closed until some end")
         self._by_address: dict[str, set[asyncio.BaseTransport]] = {}
@@ -217,9 +217,9 @@ class CappedSite(web.TCPSite):
         return make
 
 
-def quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> _RateLimitedWarning:
+def quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> RateLimitedWarning:
     """Make a failing accept one WARNING line a minute instead of a traceback per attempt."""
-    failures = _RateLimitedWarning("accept_failed", "the process has no file descriptor left for a new "
+    failures = RateLimitedWarning("accept_failed", "the process has no file descriptor left for a new "
                                                     "connection; raise its open-file limit")
     fallback = loop.get_exception_handler()
 
@@ -267,10 +267,15 @@ class AnswerWatch:
         self._watched: dict[asyncio.BaseTransport, tuple[int, float]] = {}
         self._last_collect = -COLLECT_EVERY_S
         self._owed = False
-        self.stalled = _RateLimitedWarning(
+        self.stalled = RateLimitedWarning(
             "stalled_readers_closed", "a client took none of its answer for [limits] body_timeout_s; its "
                                       "connection was closed")
         self.collections = 0
+
+    @property
+    def waiting(self) -> int:
+        """Connections with unsent bytes at the last look."""
+        return len(self._watched)
 
     def look(self, now: float) -> None:
         """One look at every connection (`now` is time.monotonic())."""

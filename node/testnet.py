@@ -41,13 +41,13 @@ from node.config import (
     CONFIG_FILE,
     GENESIS_FILE,
     KEY_FILE,
-    PID_FILE,
     ConfigError,
     ConsensusTiming,
     PeerSpec,
     init_data_dir,
     known_settings,
 )
+from node.procs import PID_MAX, alive, node_running_on, runs_node
 
 MANIFEST = "testnet.json"
 #: Written first by a network's creation, removed with its first manifest (saved before any node
@@ -150,8 +150,8 @@ def up(directory: str | os.PathLike[str], authorities: int = 4, observers: int =
         save(d, manifest)
         _wait_answering(manifest["nodes"], time.monotonic() + timeout, timeout)
     except TestnetError as exc:
-        alive = _undo_start(d, manifest, started)
-        raise TestnetError(f"{exc}; stopped again what this command started ({', '.join(alive) or 'nothing else'})"
+        running = _undo_start(d, manifest, started)
+        raise TestnetError(f"{exc}; stopped again what this command started ({', '.join(running) or 'nothing else'})"
                            ) from None
     except BaseException:  # interrupted (Ctrl-C): the same, then the interruption goes on
         _undo_start(d, manifest, started)
@@ -162,13 +162,13 @@ def up(directory: str | os.PathLike[str], authorities: int = 4, observers: int =
 def _undo_start(d: Path, manifest: dict[str, Any], started: dict[str, int]) -> list[str]:
     """Half a network is no network: stop what `up` started, so that a script sees nothing of it running
     (nodes that ran before the call go on running). The names of those that were still running."""
-    alive = [name for name, pid in started.items() if _alive(pid)]
+    running = [name for name, pid in started.items() if alive(pid)]
     _stop(started)
     for node in manifest["nodes"]:
         if node["name"] in started:
             node["pid"] = None
     save(d, manifest)
-    return alive
+    return running
 
 
 def running(directory: str | os.PathLike[str]) -> list[str]:
@@ -184,7 +184,7 @@ def _wait_answering(nodes: list[dict[str, Any]], deadline: float, timeout: float
                 client.status()
                 break
             except ClientError:
-                if not _alive(node["pid"]):
+                if not alive(node["pid"]):
                     log = Path(node["data"]) / "node.log"
                     raise TestnetError(f"node {node['name']} exited ({_last_error(log)}); see {log}") from None
                 if time.monotonic() > deadline:
@@ -311,63 +311,15 @@ def _start_node(data: Path) -> int:
     return proc.pid
 
 
-#: No process id is larger (a pid_t is a signed 32-bit number); os.kill refuses a larger one with an
-#: OverflowError, and a node.pid file may hold anything.
-_PID_MAX = 2**31 - 1
-
-
-def _alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or not 0 < pid <= _PID_MAX:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (killed, not yet reaped) still "exists"; treat it as dead. Our own child we can reap;
-    # an orphan of an earlier `ler testnet up` only its new parent can, so look at its state.
-    with contextlib.suppress(ChildProcessError, OSError):
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True  # no /proc here: trust kill(pid, 0)
-
-
-def _runs_node(pid: int, data: Path) -> bool:
-    """Whether process `pid` is `ler node run --data` of this node's folder: not another program, nor
-    another node, that got the pid of a node that died since (a node killed, the machine restarted)."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            args = f.read().split(b"\x00")
-        cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
-    except OSError:
-        return not Path("/proc/self").exists()  # no /proc here: trust kill(pid, 0)
-    for i in range(len(args) - 3):
-        if args[i:i + 2] != [b"node", b"run"]:
-            continue
-        for j, arg in enumerate(args[i + 2:], i + 2):
-            given = args[j + 1] if arg == b"--data" and j + 1 < len(args) else (
-                arg[len(b"--data="):] if arg.startswith(b"--data=") else None)
-            if given is not None:
-                return (cwd / os.fsdecode(given)).resolve() == data.resolve()
-    return False
-
-
 def _running_pid(node: dict[str, Any]) -> int | None:
     """The process running this node now, or None: the one its data folder's node.pid names (a node
     restarted by hand with `ler node run --data` writes its own there), else the one `up` started."""
     data = Path(node["data"])
-    with contextlib.suppress(OSError, ValueError):
-        pid = int((data / PID_FILE).read_text())
-        if _alive(pid) and _runs_node(pid, data):
-            return pid
+    pid = node_running_on(data)
+    if pid is not None:
+        return pid
     started = node.get("pid")
-    return started if isinstance(started, int) and _alive(started) and _runs_node(started, data) else None
+    return started if isinstance(started, int) and alive(started) and runs_node(started, data) else None
 
 
 def down(directory: str | os.PathLike[str], grace: float = 10.0) -> list[str]:
@@ -388,9 +340,9 @@ def _stop(pids: dict[str, int], grace: float = 10.0) -> None:
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
     for pid in pids.values():
-        while _alive(pid) and time.monotonic() < deadline:
+        while alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if _alive(pid):
+        if alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
@@ -445,7 +397,7 @@ def _manifest_fault(m: object) -> str | None:
         if n.get("role") not in ("authority", "observer"):
             return f"nodes[{i}].role is not \"authority\" or \"observer\""
         pid = n.get("pid")
-        if pid is not None and (not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid <= _PID_MAX):
+        if pid is not None and (not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid <= PID_MAX):
             return f"nodes[{i}].pid is not a process id or null"
     return None
 

@@ -187,8 +187,8 @@ def _leveldb_says(exc: BaseException) -> str:
     return arg.decode("utf-8", "replace") if isinstance(arg, bytes) else str(arg)
 
 
-def _open_hint(says: str) -> str:
-    """What the operator can do about LevelDB's refusal to open a database, from its message."""
+def _disk_hint(says: str) -> str:
+    """What the operator can do about LevelDB's refusal to open or write a database, from its message."""
     if "No space left" in says or "File too large" in says:
         return "; free some space on that disk and start the node again"
     if "Read-only file system" in says:
@@ -227,8 +227,7 @@ class _CheckedDB:
         the usual cause, and one the operator can mend: the batch never landed, and what it held was not
         acknowledged to anyone."""
         says = _leveldb_says(exc)
-        hint = "; free some space on that disk and start the node again" if "No space left" in says else ""
-        return StoreError(f"the database in {self.path} could not be written: {says}{hint}")
+        return StoreError(f"the database in {self.path} could not be written: {says}{_disk_hint(says)}")
 
     def get(self, key: bytes) -> bytes | None:
         try:
@@ -523,7 +522,7 @@ class ChainStore:
                            paranoid_checks=True)
         except plyvel.IOError as exc:
             says = _leveldb_says(exc)
-            raise StoreError(f"cannot open the data folder {self._path}: {says}{_open_hint(says)}") from None
+            raise StoreError(f"cannot open the data folder {self._path}: {says}{_disk_hint(says)}") from None
         except plyvel.CorruptionError as exc:
             raise StoreError(f"the database in {self._path} is corrupt: {_leveldb_says(exc)}") from None
         except OSError as exc:

@@ -24,7 +24,7 @@ import pytest
 from node_proc import LER, full_disk, init_node, make_chain, wait_until
 
 from ler.tx import check_chain_id
-from node import testnet
+from node import procs, testnet
 from node.config import BlockTiming, ConsensusTiming, GossipSettings, Limits, SyncSettings, load_config
 from node.testnet import NETWORK_DEFAULTS, load_network_file
 
@@ -145,7 +145,7 @@ def test_up_on_a_network_with_a_dead_node_starts_that_node_only(tmp_path: Path) 
         first, second = json.loads((d / "testnet.json").read_text())["nodes"]
         os.kill(second["pid"], 9)
         deadline = time.monotonic() + 10
-        while testnet._alive(second["pid"]) and time.monotonic() < deadline:
+        while procs.alive(second["pid"]) and time.monotonic() < deadline:
             time.sleep(0.05)
         r = ler("testnet", "up", "--dir", str(d))
         assert r.returncode == 0, r.stderr
@@ -179,7 +179,7 @@ def test_a_failed_up_says_why_and_leaves_no_node_running(tmp_path: Path) -> None
             in r.stderr, r.stderr
         after = json.loads((d / "testnet.json").read_text())["nodes"]
         assert [n["pid"] for n in after] == [None, None]
-        assert not any(testnet._alive(n["pid"]) for n in nodes + after if n["pid"])
+        assert not any(procs.alive(n["pid"]) for n in nodes + after if n["pid"])
         assert ler("testnet", "status", "--dir", str(d)).returncode == 1  # stopped, all of them
     finally:
         squatter.close()
@@ -211,7 +211,7 @@ def test_an_interrupted_up_stops_what_it_started(tmp_path: Path) -> None:
         os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 1 and "aborted" in err, (proc.returncode, out, err)
-        assert not any(testnet._alive(pid) for pid in pids)
+        assert not any(procs.alive(pid) for pid in pids)
         assert [n["pid"] for n in json.loads((d / "testnet.json").read_text())["nodes"]] == [None, None]
         assert ler("testnet", "up", "--dir", str(d)).returncode == 0
     finally:
@@ -416,7 +416,7 @@ def test_a_node_restarted_by_hand_is_one_the_testnet_commands_see_and_stop(tmp_p
         assert int(pid_file.read_text()) == node["pid"]  # written by the node itself
         os.kill(node["pid"], 9)
         deadline = time.monotonic() + 10
-        while testnet._alive(node["pid"]) and time.monotonic() < deadline:
+        while procs.alive(node["pid"]) and time.monotonic() < deadline:
             time.sleep(0.05)
         stale = ler("testnet", "status", "--dir", str(d))  # node.pid is left behind, naming a dead process
         assert stale.returncode == 1 and "stopped" in stale.stdout

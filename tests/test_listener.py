@@ -372,7 +372,7 @@ async def test_an_answer_nobody_takes_is_let_go(client_leaves: bool) -> None:
         await until(lambda: any(h.transport is not None and h.transport.get_write_buffer_size() > 0
                                 for h in server.connections), 10)
         assert _answers_alive() == 1
-        await asyncio.sleep(listener.WATCH_EVERY_S * 1.5)  # the watch has seen it waiting
+        await until(lambda: watch.waiting == 1, 10)  # the watch has seen it waiting
         if client_leaves:
             client.close()
         await until(lambda: not server.connections, 20)
