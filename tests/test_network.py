@@ -773,12 +773,14 @@ def _copied_folder(net: Net, tmp_path: Path) -> None:
     did = original.key.did
     warning = f"event=peer_key_shared url={original.url} peer={did}"
     try:
-        for _ in range(20):
-            if all(warning in n.log() for n in others):
-                break
+        # The copy stops voting once it finds its key's votes beyond its own record, and then says
+        # little besides a hello every few seconds: give the alternation time, not a number of blocks.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not all(warning in n.log() for n in others):
             txs = net.anchors(2)
             others[0].submit(txs)
             net.wait_committed(txs, others)
+            time.sleep(0.2)
         for n in others:
             assert warning in n.log(), n.name
             shared = [line for line in n.log().splitlines() if "event=peer_key_shared" in line]
