@@ -28,7 +28,7 @@ from ler.tx import MAX_TX_BYTES, RECORD_ID_BYTES, RecordAnchor, Tx
 from ler.vc import verify_ler_credential
 from ler.wire import hex_bytes
 from node import openapi
-from node.listener import BODY_TIMEOUT_KEY, UnreadableBody, read_body
+from node.listener import BODY_TIMEOUT_KEY, UnreadableBody, expect_within, read_body
 from node.service import COMMITTED, PENDING, REJECTED, NodeService, now_ms
 from node.validator import EVIDENCE_PREFIX, evidence_json
 from node.verify_page import add_verify_page
@@ -262,17 +262,17 @@ class Api:
             web.get("/v1/openapi.json", self.openapi),
             web.get("/v1/status", self.status),
             web.get("/v1/genesis", self.genesis),
-            web.post("/v1/txs", self.submit),
+            web.post("/v1/txs", self.submit, expect_handler=expect_within()),
             web.get("/v1/txs/{id}", self.tx),
             web.get("/v1/blocks/latest", self.latest_block),
             web.get("/v1/blocks/{height}", self.block),
             web.get("/v1/records", self.records),
             web.get("/v1/records/{id}", self.record),
-            web.post("/v1/records/{id}/bundle", self.bundle),
+            web.post("/v1/records/{id}/bundle", self.bundle, expect_handler=expect_within()),
             web.get("/v1/records/{id}/status", self.record_status),
-            web.post("/v1/status/records", self.status_proof),
-            web.post("/v1/bundles", self.bundles),
-            web.post("/v1/verify", self.verify),
+            web.post("/v1/status/records", self.status_proof, expect_handler=expect_within()),
+            web.post("/v1/bundles", self.bundles, expect_handler=expect_within()),
+            web.post("/v1/verify", self.verify, expect_handler=expect_within()),
             web.get("/v1/issuers", self.issuers),
             web.get("/v1/issuers/{did}", self.issuer),
             web.get("/v1/authorities", self.authorities),

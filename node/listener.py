@@ -31,10 +31,10 @@ import gc
 import logging
 import resource
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from aiohttp.web_protocol import RequestPayloadError
 
 log = logging.getLogger("ler.node")
@@ -332,6 +332,30 @@ async def reading_body(request: web.Request) -> AsyncIterator[None]:
         cause = exc.__cause__ or exc
         reason = " ".join(str(getattr(cause, "message", None) or cause).split())[:200]
         raise UnreadableBody(f"the request body could not be read: {reason}") from None
+
+
+def expect_within(limit: int | None = None) -> Callable[[web.Request], Awaitable[web.StreamResponse | None]]:
+    """An `expect_handler` for a route: a client that asks before sending its body (Expect: 100-continue)
+    and declares one larger than `limit` (the app's client_max_size by default) gets the 413 at once,
+    rather than an invitation to send what would then be refused."""
+
+    async def handler(request: web.Request) -> web.StreamResponse | None:
+        expect = request.headers.get("Expect", "").lower()
+        if request.version != HttpVersion11:
+            return None  # an HTTP/1.0 client does not wait for a 100
+        if expect != "100-continue":
+            return web.json_response({"error": f"unknown Expect: {expect[:100]}"}, status=417)
+        cap = request.client_max_size if limit is None else limit
+        declared = request.content_length
+        if declared is not None and declared > cap:
+            resp = web.json_response({"error": f"request body too large (limit {cap} bytes)"}, status=413)
+            resp.force_close()  # the client sends no body, or one that must not be read as a request
+            return resp
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # what was written so far is no part of the answer
+        return None
+
+    return handler
 
 
 async def read_body(request: web.Request) -> bytes:

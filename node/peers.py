@@ -76,7 +76,7 @@ from ler.errors import DecodeError, LerError
 from ler.keys import sha256
 from ler.tx import MAX_TX_BYTES, Tx
 from node.client import json_or_none
-from node.listener import reading_body
+from node.listener import expect_within, reading_body
 from node.service import NodeService
 from node.validator import ConsensusDriver, Incoming, decode_proposal
 
@@ -650,7 +650,8 @@ class Network:
 
     # --- receiving -------------------------------------------------------------------------------------
     def routes(self) -> list[web.RouteDef]:
-        return [web.post("/peer/v1/gossip", self.handle_gossip), web.get("/peer/v1/consensus", self.handle_held)]
+        return [web.post("/peer/v1/gossip", self.handle_gossip, expect_handler=expect_within(MAX_ENVELOPE)),
+                web.get("/peer/v1/consensus", self.handle_held)]
 
     # --- what a starting validator asks its peers ----------------------------------------------------
     async def ask_own(self) -> None:

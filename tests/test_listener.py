@@ -324,6 +324,33 @@ def test_a_body_cut_short_or_undecodable_is_the_clients_fault_and_a_huge_one_is_
     assert "Traceback" not in log and "internal_error" not in log and "ERROR" not in log, log[-3000:]
 
 
+def test_a_client_that_asks_before_sending_a_body_too_large_gets_the_413_not_an_invitation(node: NodeProc) -> None:
+    """Expect: 100-continue is for learning before sending that a body will be refused: a body declared
+    over the limit gets 413 (JSON, connection closed) and no 100 first; one within it gets the 100, and
+    its answer; an Expect the node does not know is 417, in JSON."""
+    port = _port(node.url)
+    for path in ("/v1/txs", "/v1/bundles", "/peer/v1/gossip"):
+        s = _connect(port, f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                           f"Expect: 100-continue\r\nContent-Length: 999999999\r\n\r\n".encode())
+        status, body, _, _ = _answer(s)
+        s.close()
+        assert status == 413 and "too large" in json.loads(body)["error"], (path, body)
+    s = _connect(port, b"POST /v1/txs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                       b"Expect: 100-continue\r\nContent-Length: 2\r\n\r\n")
+    s.settimeout(5)
+    assert s.recv(65536).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+    s.sendall(b"{}")
+    head = s.recv(65536)
+    s.close()
+    assert head.startswith(b"HTTP/1.1 400 "), head  # read and answered: an object without txs
+    s = _connect(port, b"POST /v1/txs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                       b"Expect: 102-maybe\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+    status, body, _, _ = _answer(s)
+    s.close()
+    assert status == 417 and "Expect" in json.loads(body)["error"], body
+    assert node.get("/v1/status").status == 200
+
+
 class _Answer(bytes):
     """An answer body the collector tracks (it has a __dict__), so a test can see whether one is alive."""
 
