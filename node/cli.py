@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import getpass
 import io
 import json
 import math
@@ -26,6 +27,7 @@ import shlex
 import sys
 import time
 import unicodedata
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -338,7 +340,10 @@ def passphrase_for(path: str | os.PathLike[str], *, new: bool = False) -> str:
         return env
     prompt = f"Passphrase for the new key {path}" if new else f"Passphrase for {path}"
     try:
-        value: str = click.prompt(prompt, hide_input=True, confirmation_prompt=new, err=True)
+        with warnings.catch_warnings():
+            # Without a terminal the passphrase is read from stdin (a pipe, say): nothing there to echo to.
+            warnings.simplefilter("ignore", getpass.GetPassWarning)
+            value: str = click.prompt(prompt, hide_input=True, confirmation_prompt=new, err=True)
     except click.Abort:
         raise bad_input(f"no passphrase given for {path} (type it at the prompt or set "
                         f"${PASSPHRASE_ENV})") from None

@@ -301,7 +301,9 @@ def _sniff(path: str) -> tuple[str, Any]:
     except OSError as exc:  # whatever it is meant to be, a file that cannot be read is bad usage
         raise base.unreadable(path, exc) from None
     if len(raw) > MAX_CREDENTIAL_BYTES:
-        return "bundle", None
+        raise negative(f"{path} is larger than anything `ler verify` reads (a proof bundle is at most "
+                       f"{MAX_BUNDLE_BYTES // 2**20} MiB, a credential or presentation at most "
+                       f"{MAX_CREDENTIAL_BYTES // 2**20} MiB): it cannot be verified")
     try:
         obj = json.loads(raw)
     except (ValueError, RecursionError):

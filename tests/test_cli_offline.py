@@ -787,7 +787,7 @@ HUGE = 200 * 1024 * 1024  # a sparse file: costs no disk, but reading it whole w
 
 
 @pytest.mark.parametrize(("args", "says"), [
-    (["verify", "{huge}", "--genesis", "{genesis}"], "bundle larger than"),
+    (["verify", "{huge}", "--genesis", "{genesis}"], "larger than anything `ler verify` reads"),
     (["verify", "{bundle}", "--genesis", "{huge}"], "too large for a genesis file"),
     (["prove", "--record", "{huge}", "--reveal", "x", "--out", "{out}"], "too large for a record file"),
     (["keys", "show", "--key", "{huge}"], "too large to be a key file"),
@@ -948,3 +948,37 @@ def test_a_file_where_a_folder_is_wanted_is_refused_by_every_command(path: tuple
     assert r.exit_code == 2, (args, r.output)
     assert "notes.txt is a file, not a folder" in one_line_error(r), (args, r.output)
     assert (tmp_path / "notes.txt").read_text() == "not a folder\n"
+
+
+# --- Ctrl-C ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("after_s", [0.05, 0.15, 0.3, 0.6])
+def test_ctrl_c_at_any_moment_ends_the_command_without_a_traceback(after_s: float) -> None:
+    """The command line takes a few tenths of a second to load: Ctrl-C then, as later, says it was aborted."""
+    import signal
+    import time
+
+    p = subprocess.Popen([str(LER), "keys", "new", "--out", "/dev/null/k", "--encrypt"], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(after_s)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=30)
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert p.returncode in (1, 2, -signal.SIGINT), (p.returncode, err)
+
+
+def test_a_passphrase_asked_for_with_no_terminal_is_read_from_stdin_without_a_python_warning(tmp_path: Path) -> None:
+    """Run from a pipe or a service (no terminal): the passphrase comes from stdin, and stderr holds the
+    prompts and their one-line note, not Python's GetPassWarning with a file and line."""
+    env = {k: v for k, v in os.environ.items() if k != keys.PASSPHRASE_ENV}
+    made = subprocess.run([str(LER), "keys", "new", "--out", str(tmp_path / "k.key"), "--encrypt"],
+                          input="pw\npw\n", capture_output=True, text=True, env=env, start_new_session=True)
+    assert made.returncode == 0, made.stderr
+    assert "Warning" not in made.stderr.replace("Warning: Password input may be echoed.", ""), made.stderr
+    assert keys.is_encrypted(tmp_path / "k.key")
+    none = subprocess.run([str(LER), "keys", "new", "--out", str(tmp_path / "k2.key"), "--encrypt"],
+                          input="", capture_output=True, text=True, env=env, start_new_session=True)
+    assert none.returncode == 2 and "no passphrase given" in none.stderr, none.stderr
+    assert "GetPassWarning" not in none.stderr and not (tmp_path / "k2.key").exists()
