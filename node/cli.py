@@ -1356,8 +1356,14 @@ def verdict_line(res: VerificationResult, genesis: Genesis, evidence: Sequence[C
                     + (f" ({net[0].split(': ', 1)[-1]})" if net else ""))
         return (f"{head}: the bundle was made for chain {res.chain_id!r}, not for the network of this "
                 f"genesis file ({genesis.chain_id!r})")
-    failed = [c for c in res.checks if not c.ok]
+    # What made it tampered: a check of the bundle itself, or of a record found tampered (in a stack, an
+    # earlier record may fail a check that only makes it revoked, say).
+    failed = [c for c in res.checks if not c.ok and (c.record is None or c.record >= len(res.records)
+                                                      or res.records[c.record].verdict == res.verdict)]
+    failed = failed or [c for c in res.checks if not c.ok]
     why = failed[0].detail if failed else "the bundle does not verify"
+    if len(worst) == 1 and n > 1 and failed and failed[0].record is not None:
+        why = f"record {failed[0].record + 1} of {n}: {why}"
     return f"{head}: {why}"
 
 

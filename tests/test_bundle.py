@@ -745,3 +745,18 @@ def test_build_status_refusals(world: World) -> None:
         build_status(world.chain.store, [rid], 8)
     with pytest.raises(BundleError):
         build_status(world.chain.store, [bytes(16)], 3)
+
+
+@pytest.mark.parametrize("names", [("revoked", "valid"), ("unaccredited", "valid"), ("expiring", "valid")])
+def test_a_stack_with_one_record_tampered_names_that_records_fault(world: World, names: tuple[str, ...]) -> None:
+    """The headline of a stack found tampered says why the tampered record fails, and which it is, not
+    the first failed check of an earlier record whose own verdict is only revoked (or the like)."""
+    from node.cli import verdict_line
+
+    obj = json.loads(world.raw(*names))
+    obj["records"][1]["endorsements"] *= 2
+    r = verify(rfc8785.dumps(obj), world.genesis)
+    assert r.verdict == "tampered" and [x.verdict for x in r.records][1] == "tampered"
+    assert r.records[0].verdict != "tampered"
+    line = verdict_line(r, world.genesis)
+    assert "record 2 of 2" in line and "appears more than once" in line, line

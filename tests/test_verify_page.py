@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import rfc8785
 from browser_support import axe_violations, chromium_browser, describe_violations, ensure_axe
 from node_proc import LER, NodeProc, free_port, http
 
@@ -318,6 +319,25 @@ def test_a_stack_of_records_each_verified_on_its_own(page: Any, ledger: Ledger, 
     expect(headings.nth(1)).to_contain_text("Record 2 of 2")
     expect(headings.nth(1)).to_contain_text("REVOKED")
     assert "Not revoked (record 1)" in text and "Not revoked (record 2)" in text
+
+
+def test_a_stack_with_a_tampered_record_says_what_failed_in_that_record(page: Any, ledger: Ledger,
+                                                                        tmp_path: Path) -> None:
+    """Record 1 revoked, record 2 altered (its endorsement shown twice): what failed is record 2's fault,
+    not record 1's revocation check, which failed too but only makes it revoked."""
+    items = []
+    for name in ("record2.json", "record.json"):
+        doc = RecordDocument.load(ledger.folder / name)
+        items.append({"record_id": doc.record_id.hex(), "disclosure": doc.disclose(["degree"]).to_json()})
+    r = ledger.node.post_json("/v1/bundles", {"records": items})
+    assert r.status == 200, r
+    obj = json.loads(r.body)
+    assert len(obj["records"][1]["endorsements"]) == 1
+    obj["records"][1]["endorsements"] *= 2
+    (tmp_path / "stack.json").write_bytes(rfc8785.dumps(obj))
+    assert check(page, tmp_path / "stack.json") == "TAMPERED"
+    text = result_text(page)
+    assert "What failed: " in text and "appears more than once" in text.split("What failed: ", 1)[1].split("\n")[0]
 
 
 # --- verdicts the verifier gives for a later clock or another network ------------------------------------

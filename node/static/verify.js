@@ -177,7 +177,15 @@
     typeof value.valid === "boolean" && isObject(value.parts) && Array.isArray(value.checks) && "ledger" in value;
 
   const formatReadable = (result) => result.checks.some((c) => c && c.check === "format" && c.pass === true);
-  const firstFailure = (result) => result.checks.find((c) => c && c.pass === false);
+  // The first failed check among those behind the verdict: the bundle's own, or one of a record whose
+  // verdict it is (in a stack, an earlier record may fail a check that only makes it revoked, say).
+  const firstFailure = (result) => {
+    const failed = result.checks.filter((c) => c && c.pass === false);
+    const records = Array.isArray(result.records) ? result.records : [];
+    const behind = (c) => c.record === null || c.record === undefined || !records[c.record] ||
+      records[c.record].verdict === result.verdict;
+    return failed.find(behind) || failed[0];
+  };
 
   async function checkFile(file) {
     const name = file.name || "the file";
