@@ -301,6 +301,20 @@ def with_evidence(res: VerificationResult, evidence: list[Check]) -> Verificatio
     return res
 
 
+def _why_unaccredited(issuer: IssuerEntry | None, body: RecordAnchor, anchored: Header) -> str:
+    """Why the ledger counted a record as unaccredited when it was anchored, from the issuer's entry then."""
+    if issuer is None:
+        return f"{body.issuer} is not an accredited issuer (the ledger has no issuer of that identity)"
+    if not issuer.covers(body.rtype):
+        return f"{issuer.name} is accredited for {', '.join(issuer.scopes) or 'no record type'}, not for " \
+               f"'{body.rtype}'"
+    if issuer.until is not None and anchored.time > issuer.until:
+        return f"{issuer.name}'s accreditation ended on {utc_text(issuer.until)}, before the record was " \
+               f"anchored ({utc_text(anchored.time)})"
+    return f"{issuer.name} was not accredited for '{body.rtype}' when the record was anchored (block " \
+           f"{anchored.height})"
+
+
 def verify_bundle(bundle_data: bytes | str | ProofBundle, genesis: Genesis,
                   now_ms: int | None = None, max_age_ms: int | None = None) -> VerificationResult:
     """Check a bundle against the genesis file alone. Never raises for bad input: it reports it.
@@ -506,9 +520,7 @@ def _verify_record(rp: RecordProof, head: Header, head_hash: bytes, genesis: Gen
                                     "accredited issuer vouches for it", i)
     else:
         verdict = UNACCREDITED
-        who = f"{issuer_then.name} is registered but not accredited for '{body.rtype}'" if issuer_then \
-            else f"{body.issuer} is not an accredited issuer"
-        c.fail("issuer accredited", f"unaccredited: {who}", i)
+        c.fail("issuer accredited", f"unaccredited: {_why_unaccredited(issuer_then, body, ah)}", i)
 
     # 6. endorsements (shown with who vouches; never accreditation). The ledger holds one endorsement per
     # endorser and record, so one proof shown twice is an edit meant to make the record look more endorsed.

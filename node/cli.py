@@ -1328,7 +1328,10 @@ def verdict_line(res: VerificationResult, genesis: Genesis, evidence: Sequence[C
         return (f"{head}: the holder recorded this about themselves; no accredited issuer vouches for it; "
                 f"{when}")
     if res.verdict == UNACCREDITED:
-        return f"{head}: the issuer is not accredited for this type of record; {when}"
+        why = next((c.detail.removeprefix("unaccredited: ") for c in res.checks
+                    if c.name == "issuer accredited" and not c.ok and c.record is not None
+                    and c.record < n and res.records[c.record].verdict == UNACCREDITED), None)
+        return f"{head}: {why or 'the issuer is not accredited for this type of record'}; {when}"
     if res.verdict == EXPIRED:
         r = worst[0] if worst else None
         return f"{head}: the record expired on {fmt_time(r.expires if r else None)}; {when}"

@@ -7,6 +7,7 @@ import copy
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,6 +26,7 @@ from ler.bundle import (
     verify_bundle,
     verify_refreshed,
 )
+from ler.dates import utc_text
 from ler.errors import ProofError
 from ler.keys import KeyPair, sha256
 from ler.record import RecordDocument
@@ -760,3 +762,39 @@ def test_a_stack_with_one_record_tampered_names_that_records_fault(world: World,
     assert r.records[0].verdict != "tampered"
     line = verdict_line(r, world.genesis)
     assert "record 2 of 2" in line and "appears more than once" in line, line
+
+
+def test_an_unaccredited_record_says_why(tmp_path: Path) -> None:
+    """Unaccredited for one of three reasons, and the verifier says which: the signer is no registered
+    issuer, the issuer is accredited for other record types, or its accreditation had ended (and when)."""
+    from node.cli import verdict_line
+
+    academy = fixed_key(9)
+    genesis = make_genesis([AUTH], [(UNI, ("degree",))])
+    chain = ChainBuilder(tmp_path / "db", genesis, [AUTH])
+    ends = chain.time_of(2)
+    try:
+        chain.commit([sign_tx(AUTH, CHAIN, GovVote(Action("accredit", academy.did, "Night Academy", ("course",),
+                                                          ends)))])
+        docs = {}
+        txs = []
+        for name, signer, rtype in (("stranger", STRANGER, "degree"), ("scope", UNI, "course.welding"),
+                                    ("ended", academy, "course.welding")):
+            docs[name], tx = new_record(signer, HOLDER.did, rtype=rtype)
+            txs.append(tx)
+        chain.commit(txs[:2])                  # block 2: still within the academy's accreditation
+        chain.commit(txs[2:])                  # block 3: after it ended
+        says = {
+            "stranger": f"{STRANGER.did} is not an accredited issuer",
+            "scope": "issuer 0 is accredited for degree, not for 'course.welding'",
+            "ended": f"Night Academy's accreditation ended on {utc_text(ends)}, before the record was anchored "
+                     f"({utc_text(chain.time_of(3))})",
+        }
+        for name, doc in docs.items():
+            r = verify(build_bundle(chain.store, [(doc.record_id, doc.disclose([]))]).dumps(), genesis)
+            assert r.verdict == "unaccredited", (name, r.verdict)
+            detail = next(c.detail for c in r.checks if c.name == "issuer accredited")
+            assert detail.startswith(f"unaccredited: {says[name]}"), detail
+            assert verdict_line(r, genesis).startswith(f"UNACCREDITED: {says[name]}")
+    finally:
+        chain.close()

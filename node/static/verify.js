@@ -464,7 +464,7 @@
     return [el("dt", {}, term), el("dd", {}, ...values)];
   }
 
-  function issuerFacts(r, result) {
+  function issuerFacts(r, result, i) {
     const rows = [];
     if (!r.issuer) return rows;
     const self = r.standing === "self-asserted" || (r.holder && r.issuer === r.holder);
@@ -486,8 +486,12 @@
       rows.push(fact("Accreditation", el("p", { class: "status-warn" },
         "None: self-asserted. No accredited issuer vouches for this record.")));
     } else if (r.standing) {
+      // The verifier's reason (not registered, another record type, or an accreditation that had ended).
+      const why = (result.checks || []).find((c) => c && c.check === "issuer accredited" && c.record === i &&
+        c.pass === false && typeof c.detail === "string" && c.detail.startsWith("unaccredited: "));
       rows.push(fact("Accreditation", el("p", { class: "status-warn" },
-        `None: this issuer is not accredited for ${quoted(r.type)} by the authorities of ${net}.`)));
+        `None: this issuer is not accredited for ${quoted(r.type)} by the authorities of ${net}.`),
+      ...(why ? [el("p", {}, `${why.detail.slice("unaccredited: ".length)}.`)] : [])));
     }
     return rows;
   }
@@ -516,7 +520,7 @@
       return section;
     }
     if (r.type) rows.push(fact("Kind of record", r.type));
-    rows.push(...issuerFacts(r, result));
+    rows.push(...issuerFacts(r, result, i));
     rows.push(fact("Issued", `${when(r.anchored_time)} (block ${r.anchored_height})`));
     if (r.holder) rows.push(fact("Holder", el("span", { class: "did" }, r.holder)));
     if (r.expires !== null && r.expires !== undefined) rows.push(fact("Valid until", when(r.expires)));
