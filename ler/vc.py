@@ -293,9 +293,11 @@ class BundleRecord:
         return "Unregistered issuer"
 
     def signing_key(self) -> bytes:
-        """The key that signs for the issuer as of the bundle's head: its current key after rotations."""
+        """The key that signs for the issuer as of the bundle's head: its current key after rotations. A
+        rotation the head holds counts though it takes effect at the next block: whatever is signed after
+        the head lands there or later, where only the new key signs (and the old one may be why it rotated)."""
         if self.issuer_entry is not None:
-            return self.issuer_entry.key_at(self.bundle.head.header.height)
+            return self.issuer_entry.key_at(self.bundle.head.header.height + 1)
         return keys.public_key_from_did(self.anchor.issuer)
 
 

@@ -661,3 +661,16 @@ def test_cli_present_and_verify(files: dict[str, Path], tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     r = run("verify", str(cpres), "--challenge", "c-9")
     assert r.exit_code == 0 and "ledger anchor: not checked (no --genesis)" in r.stdout
+
+
+def test_a_rotation_in_the_head_block_already_names_the_key_that_signs(world: World) -> None:
+    """A bundle whose head is the rotation's own block (block 2; the new key signs from block 3): a
+    credential made from it is signed after that block, so the new key is the issuer's, the old one not."""
+    doc = world.docs["rot-old"]
+    bundle = build_bundle(world.chain.store, [(doc.record_id, doc.disclose([c.key for c in doc.claims]))], 2)
+    assert bundle.head.header.height == 2
+    unsigned = vc.credential_from_bundle(bundle, "urn:uuid:00000000-0000-4000-8000-000000000002")
+    new = check(vc.sign_credential(unsigned, ROT2, CREATED), world.genesis)
+    assert new.ok and "rotation" in new.issuer_key.detail, [c.to_json() for c in new.checks if not c.ok]
+    old = check(vc.sign_credential(unsigned, ROT, CREATED), world.genesis)
+    assert old.signature.ok and not old.issuer_key.ok and ROT2.did in old.issuer_key.detail

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -164,17 +165,27 @@ def test_export_after_a_key_rotation(tmp_path: Path) -> None:
     try:
         issue(tmp_path, chain, node, KeyPair.generate())
         write_key_file(tmp_path / "new.key", KeyPair.generate())
-        ler("rotate-key", "--node", node.url, "--key", str(chain.root / "issuer.key"), "--new-key", "new.key",
-            cwd=tmp_path)
-        # an anchor to move the chain past the rotation height, so the new key is the one in force
-        ler("issue", "--node", node.url, "--key", "new.key", "--issuer", chain.issuer.did, "--holder",
-            KeyPair.generate().did, "--type", "degree.bachelor", "--claims", "claims.json", "--out", "r2.json",
-            cwd=tmp_path)
-        r = ler("export", "--node", node.url, "--record", "record.json", "--key", str(chain.root / "issuer.key"),
-                "--out", "c.json", cwd=tmp_path, check=2)
-        assert "only the issuer's current key" in r.stderr
-        ler("export", "--node", node.url, "--record", "record.json", "--key", "new.key", "--out", "c.json",
-            cwd=tmp_path)
+        r = ler("rotate-key", "--node", node.url, "--key", str(chain.root / "issuer.key"), "--new-key", "new.key",
+                cwd=tmp_path)
+        rotated_at = re.search(r" at block (\d+)", r.stdout + r.stderr)
+        assert rotated_at is not None, r.stdout + r.stderr
+        # The rotation's block is the head (the new key signs from the next one): the new key is already the
+        # one that signs, for issuing and exporting alike, and the retired one is refused by both.
+        assert node.get_json("/v1/status")["height"] == int(rotated_at[1])
+        for move in ([], ["issue"]):
+            if move:  # and so it stays once a later block exists
+                ler("issue", "--node", node.url, "--key", "new.key", "--issuer", chain.issuer.did, "--holder",
+                    KeyPair.generate().did, "--type", "degree.bachelor", "--claims", "claims.json", "--out",
+                    "r2.json", cwd=tmp_path)
+            r = ler("export", "--node", node.url, "--record", "record.json", "--key",
+                    str(chain.root / "issuer.key"), "--out", "c.json", cwd=tmp_path, check=2)
+            assert "only the issuer's current key" in r.stderr and not (tmp_path / "c.json").exists()
+            ler("export", "--node", node.url, "--record", "record.json", "--key", "new.key", "--out", "c.json",
+                cwd=tmp_path)
+            r = ler("verify", "c.json", "--genesis", str(chain.genesis_path), cwd=tmp_path)
+            assert "its key after a key rotation" in r.stdout
+            if not move:
+                (tmp_path / "c.json").unlink()
         cred = json.loads((tmp_path / "c.json").read_text())
         assert cred["issuer"]["id"] == chain.issuer.did
         r = ler("verify", "c.json", cwd=tmp_path, check=1)        # nothing offline ties the new key to the issuer
