@@ -733,4 +733,13 @@ def verify_refreshed(bundle_data: bytes | str | ProofBundle, status: StatusProof
             f"consistency proof: block {new.height}'s history extends block {old.height}'s")
     res.checks.insert(1, Check("refresh", True, f"refreshed from {source}: as of block {new.height} "
                                                 f"({_fmt_ms(new.time)}); {link}"))
+    for i, ch in enumerate(res.checks):
+        if ch.name == "fresh" and not ch.ok:
+            # Refreshing again would not help: the node's status is as of its latest block, and the
+            # network made none since (no traffic; no heartbeat set). Say so, not "refresh it".
+            res.checks[i] = Check("fresh", False, ch.detail.split("; at most")[0] + f"; at most "
+                                  f"{fmt_age(max_age_ms or 0)} accepted. That is the latest block {source} holds: "
+                                  "the network made no block since (or that node is behind), and no proof is "
+                                  "fresher than the latest block (a network whose verifiers ask for a maximum "
+                                  "age sets [blocks] heartbeat_s below it)", ch.record)
     return res

@@ -1340,6 +1340,9 @@ def verdict_line(res: VerificationResult, genesis: Genesis, evidence: Sequence[C
         return f"{head}: revoked by its issuer at block {rev.get('height')}: {rev.get('reason')}; {when}"
     if res.verdict == STALE:
         age = fmt_age(max(now_ms() - res.head_time, 0)) if res.head_time is not None else "?"
+        if any(c.name == "refresh" and c.ok for c in res.checks):
+            return (f"{head}: the node's latest block is {age} old, older than you accept: the network made no "
+                    f"block since (or that node is behind), and no proof is fresher than the latest block; {when}")
         return (f"{head}: what the bundle proves is {age} old, older than you accept; refresh it from a node "
                 f"(--refresh URL); {when}")
     if res.verdict == REFRESH_FAILED:

@@ -635,7 +635,20 @@ def test_refresh_and_max_age(world: World) -> None:
     old = world.bundle("valid", head=2)
     assert verify(old, world.genesis, max_age_ms=95_000).verdict == "stale"      # block 2: 98 s old
     assert refreshed(world, old, status_for(world, ("valid",), 2), 95_000).verdict == "valid"  # block 7: 93 s
-    assert refreshed(world, old, status_for(world, ("valid",), 2), 90_000).verdict == "stale"
+    res = refreshed(world, old, status_for(world, ("valid",), 2), 90_000)
+    assert res.verdict == "stale"
+    # Refreshed and still too old: the node's latest block is, and the verifier is told that refreshing
+    # again will not help until the network makes a block (not "refresh it from a node").
+    from node.cli import verdict_line
+
+    fresh = next(c for c in res.checks if c.name == "fresh")
+    assert "latest block node-x holds" in fresh.detail and "heartbeat_s" in fresh.detail, fresh.detail
+    assert "--refresh" not in fresh.detail
+    line = verdict_line(res, world.genesis)
+    assert "the network made no block since" in line and "--refresh" not in line, line
+    alone = verify(old, world.genesis, max_age_ms=95_000)   # not refreshed: refreshing is the advice
+    assert "--refresh URL" in next(c for c in alone.checks if c.name == "fresh").detail
+    assert "--refresh URL" in verdict_line(alone, world.genesis)
 
 
 def test_refresh_at_the_same_height(world: World) -> None:
