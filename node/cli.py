@@ -257,6 +257,11 @@ def clean(text: str) -> str:
     return "".join(out)
 
 
+def plural(n: int, one: str, many: str | None = None) -> str:
+    """"1 observer", "2 observers" ("1 authority", "2 authorities" with `many`)."""
+    return f"{n} {one if n == 1 else many or one + 's'}"
+
+
 def say(text: str = "", err: bool = False) -> None:
     click.echo(clean(text), err=err)
 
@@ -672,7 +677,7 @@ def node_init(genesis_path: str, key_path: str, data: str, listen: str, role: st
 @node_group.command("run")
 @click.option("--data", required=True, metavar="DIR", help="A data folder made by `ler node init`.")
 def node_run(data: str) -> None:
-    """Run a node until interrupted (SIGINT/SIGTERM stop it cleanly). Logs go to stderr."""
+    """Run a node until interrupted (SIGINT, SIGTERM or SIGHUP stop it cleanly). Logs go to stderr."""
     from node.config import ConfigError, load_config
 
     try:
@@ -1631,7 +1636,8 @@ def testnet_up(directory: str, network_file: str | None, authorities: int | None
         asked = {k: given[k] for k in made if given[k] is not None}
         if any(made[k] != v for k, v in asked.items()):
             say(f"note: the network in {directory} already exists and restarts as it was made "
-                f"({made['authorities']} authorities, {made['observers']} observers)")
+                f"({plural(made['authorities'], 'authority', 'authorities')}, "
+                f"{plural(made['observers'], 'observer')})")
     for n in manifest["nodes"]:
         was = "  (was running)" if n["name"] in already else ""
         say(f"{n['name']:<12} {n['role']:<9} {n['url']}  pid {n['pid']}  log {n['data']}/node.log{was}")

@@ -982,3 +982,11 @@ def test_a_passphrase_asked_for_with_no_terminal_is_read_from_stdin_without_a_py
                           input="", capture_output=True, text=True, env=env, start_new_session=True)
     assert none.returncode == 2 and "no passphrase given" in none.stderr, none.stderr
     assert "GetPassWarning" not in none.stderr and not (tmp_path / "k2.key").exists()
+
+
+def test_counts_read_as_words_do() -> None:
+    from node.cli import plural
+
+    assert [plural(n, "observer") for n in (0, 1, 2)] == ["0 observers", "1 observer", "2 observers"]
+    assert plural(1, "authority", "authorities") == "1 authority" and plural(3, "authority", "authorities") == \
+        "3 authorities"
