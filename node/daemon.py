@@ -43,7 +43,7 @@ from node.listener import (
     quiet_accept_errors,
     raise_fd_limit,
 )
-from node.peers import Network
+from node.peers import KeyUsedElsewhere, Network
 from node.procs import node_running_on
 from node.service import NodeService, now_ms
 from node.sync import Syncer, block_routes
@@ -190,6 +190,7 @@ async def serve(config: NodeConfig, key: KeyPair, stop: asyncio.Event) -> None:
                 driver = tg.create_task(node.driver.run(), name="driver")
                 answers = tg.create_task(watch.run(), name="answers")
                 damage = tg.create_task(stop_on_damage(svc), name="damage")
+                twin = tg.create_task(stop_on_key_elsewhere(node.network), name="twin")
                 await stop.wait()
                 log.info("event=node_stopping height=%d", svc.store.height)
                 svc.stop()
@@ -201,6 +202,7 @@ async def serve(config: NodeConfig, key: KeyPair, stop: asyncio.Event) -> None:
                 network.cancel()
                 answers.cancel()
                 damage.cancel()
+                twin.cancel()
         finally:
             # No block comes after this (a stop, or a part of the node failing, a full disk say): clients
             # still waiting on pending transactions get their answer now, not a dropped connection.
@@ -215,6 +217,13 @@ async def serve(config: NodeConfig, key: KeyPair, stop: asyncio.Event) -> None:
         svc.close()
         remove_pid_file(config.pid_path)
         log.info("event=node_stopped")
+
+
+async def stop_on_key_elsewhere(network: Network) -> None:
+    """Wait for the network to see another running node sign with this authority's key, then raise it:
+    the node stops, saying so (see `Network._own_key_seen`)."""
+    await network.key_elsewhere.wait()
+    raise KeyUsedElsewhere(network.key_elsewhere_reason)
 
 
 async def stop_on_damage(svc: NodeService) -> None:

@@ -104,6 +104,14 @@ HELLO_EVERY = 4                                      # resend ticks between hell
 OK, RETRY, DROP = "ok", "retry", "drop"              # what became of one envelope
 
 
+class KeyUsedElsewhere(Exception):
+    """Another running node signs with this node's key: this one stops rather than sign beside it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class PeerRefusal(Exception):
     """A peer request this node refuses: HTTP `status` with `reason`."""
 
@@ -229,6 +237,10 @@ class Network:
         self.my_url = cfg.advertised_url
         self.boot = os.urandom(8)
         self._seq = 0  # the last envelope's seq
+        self._started_us = time.time_ns() // 1000  # no envelope of this process has a seq below it
+        # Set when an envelope signed with this node's own key comes from another running process.
+        self.key_elsewhere = asyncio.Event()
+        self.key_elsewhere_reason = ""
         self.links: dict[str, PeerLink] = {}
         self.configured_keys: set[bytes] = set()
         for spec in cfg.peer_nodes:
@@ -757,6 +769,8 @@ class Network:
         raw = await read_limited(request, MAX_ENVELOPE)
         sender, body_raw, sig = parse_envelope(raw)
         if sender == self.my_key:
+            if verify_envelope(sender, self.chain_id, body_raw, sig):
+                self._own_key_seen(parse_body(body_raw), request.remote)
             raise PeerRefusal(400, "the envelope is from this node's own key")
         if sender not in self.known_keys():
             raise PeerRefusal(403, f"{keys.did_from_public_key(sender)} is not a known peer of this node")
@@ -791,6 +805,28 @@ class Network:
             await self.svc.ingest(body["txs"], sender)
         return web.Response(body=codec.encode({"boot": self.boot, "height": self.store.height}),
                             content_type="application/msgpack")
+
+    def _own_key_seen(self, body: dict[str, Any], remote: str | None) -> None:
+        """An envelope signed with this node's key: from this very process (a peer list naming this
+        node's URL under another did, say), a copy of an old one (its seq is from before this process
+        started), or another running node with this key, which for an authority means two processes
+        signing votes as one authority. Those would conflict, and the conflicting votes are evidence
+        against it: an authority stops rather than sign beside the other."""
+        if body["boot"] == self.boot or body["seq"] <= self._started_us or self.key_elsewhere.is_set():
+            return
+        self.key_elsewhere_reason = (
+            f"another running node signs with this node's key ({keys.did_from_public_key(self.my_key)}): an "
+            f"envelope from it came from {remote or 'an unknown address'}, saying it is at {body['url']}. Two "
+            "nodes with one authority key sign conflicting votes, which are evidence against that authority; "
+            "this node stopped so as not to. Give each node its own key (a copied data folder carries its "
+            "node.key), then start this one again")
+        if self.svc.config.role == "authority":
+            log.critical("event=key_used_elsewhere url=%s remote=%s reason=%r", body["url"], remote,
+                         self.key_elsewhere_reason)
+            self.key_elsewhere.set()
+        else:  # an observer signs no votes: it goes on, and says so
+            log.warning("event=key_used_elsewhere url=%s remote=%s reason=%r", body["url"], remote,
+                        "another running node signs with this node's key: give each node its own key")
 
     def _link_for(self, key: bytes, url: str) -> PeerLink | None:
         for link in self.links.values():

@@ -755,6 +755,42 @@ def test_two_nodes_run_from_one_copied_data_folder_are_named_by_their_peers(tmp_
         _copied_folder(net, tmp_path)
 
 
+def test_an_authority_given_another_running_authoritys_key_stops_instead_of_signing_beside_it(
+        tmp_path: Path) -> None:
+    """An operator copies authority 1's node.key into authority 3's folder and starts it: the first
+    envelope signed with its own key from another running process stops it, naming the cause, and the
+    network goes on without it; with its own key back it rejoins."""
+    with running_testnet(tmp_path / "net", "twin-key-test") as net:
+        a = net.authorities
+        twin = a[2]
+        twin.kill()
+        own_key = (twin.data / "node.key").read_bytes()
+        shutil.copy(a[0].data / "node.key", twin.data / "node.key")
+        with open(twin.data / "node.log", "ab") as log:
+            proc = subprocess.Popen([str(LER), "node", "run", "--data", str(twin.data)], stdout=log, stderr=log,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            txs = net.anchors(2)
+            a[1].submit(txs)
+            assert proc.wait(60) == 1, twin.log()[-3000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        log_text = twin.log()
+        said = [line for line in log_text.splitlines() if "event=key_used_elsewhere" in line]
+        assert len(said) == 1 and "level=CRITICAL" in said[0], said
+        assert "another running node signs with this node's key" in log_text
+        assert "the node stopped: another running node signs with this node's key" in log_text  # its exit line
+        others = [a[0], a[1], a[3]]
+        net.wait_committed(txs, others)
+        (twin.data / "node.key").write_bytes(own_key)
+        twin.start()
+        txs = net.anchors(2)
+        twin.submit(txs)
+        net.wait_committed(txs, net.nodes)
+        net.assert_agree(net.nodes)
+
+
 def _copied_folder(net: Net, tmp_path: Path) -> None:
     original = net.authorities[3]
     others = net.authorities[:3]
