@@ -301,10 +301,15 @@ def with_evidence(res: VerificationResult, evidence: list[Check]) -> Verificatio
     return res
 
 
-def _why_unaccredited(issuer: IssuerEntry | None, body: RecordAnchor, anchored: Header) -> str:
-    """Why the ledger counted a record as unaccredited when it was anchored, from the issuer's entry then."""
+def _why_unaccredited(issuer: IssuerEntry | None, body: RecordAnchor, anchored: Header,
+                      later: IssuerEntry | None) -> str:
+    """Why the ledger counted a record as unaccredited when it was anchored, from the issuer's entry then
+    (and, for an issuer registered only since, its entry now)."""
     if issuer is None:
-        return f"{body.issuer} is not an accredited issuer (the ledger has no issuer of that identity)"
+        since = (f"; {later.name} was accredited later (block {later.accredited}), which does not change the "
+                 "standing of a record anchored before" if later is not None else "")
+        return (f"{body.issuer} was no registered issuer when the record was anchored (block {anchored.height})"
+                + since)
     if not issuer.covers(body.rtype):
         return f"{issuer.name} is accredited for {', '.join(issuer.scopes) or 'no record type'}, not for " \
                f"'{body.rtype}'"
@@ -520,7 +525,7 @@ def _verify_record(rp: RecordProof, head: Header, head_hash: bytes, genesis: Gen
                                     "accredited issuer vouches for it", i)
     else:
         verdict = UNACCREDITED
-        c.fail("issuer accredited", f"unaccredited: {_why_unaccredited(issuer_then, body, ah)}", i)
+        c.fail("issuer accredited", f"unaccredited: {_why_unaccredited(issuer_then, body, ah, issuer_now)}", i)
 
     # 6. endorsements (shown with who vouches; never accreditation). The ledger holds one endorsement per
     # endorser and record, so one proof shown twice is an edit meant to make the record look more endorsed.

@@ -798,7 +798,7 @@ def test_an_unaccredited_record_says_why(tmp_path: Path) -> None:
         chain.commit(txs[:2])                  # block 2: still within the academy's accreditation
         chain.commit(txs[2:])                  # block 3: after it ended
         says = {
-            "stranger": f"{STRANGER.did} is not an accredited issuer",
+            "stranger": f"{STRANGER.did} was no registered issuer when the record was anchored (block 2)",
             "scope": "issuer 0 is accredited for degree, not for 'course.welding'",
             "ended": f"Night Academy's accreditation ended on {utc_text(ends)}, before the record was anchored "
                      f"({utc_text(chain.time_of(3))})",
@@ -809,5 +809,15 @@ def test_an_unaccredited_record_says_why(tmp_path: Path) -> None:
             detail = next(c.detail for c in r.checks if c.name == "issuer accredited")
             assert detail.startswith(f"unaccredited: {says[name]}"), detail
             assert verdict_line(r, genesis).startswith(f"UNACCREDITED: {says[name]}")
+            assert "later" not in detail
+        # Accredited after the record was anchored: the record stays unaccredited, and the reason says so.
+        chain.commit([sign_tx(AUTH, CHAIN, GovVote(Action("accredit", STRANGER.did, "Late College", ("degree",),
+                                                          None)))])
+        doc = docs["stranger"]
+        r = verify(build_bundle(chain.store, [(doc.record_id, doc.disclose([]))]).dumps(), genesis)
+        detail = next(c.detail for c in r.checks if c.name == "issuer accredited")
+        assert r.verdict == "unaccredited" and detail == (
+            f"unaccredited: {says['stranger']}; Late College was accredited later (block 4), which does not "
+            "change the standing of a record anchored before"), detail
     finally:
         chain.close()
