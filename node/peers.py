@@ -168,6 +168,9 @@ class PeerLink:
     # The peer refused our envelopes as from an unknown sender (403): it does not list this node (an
     # observer its operators did not add). Transactions then go to its public API, like a client's.
     public_only: bool = False
+    # Whether the peer's public API serves this node's chain (its genesis hash), once asked: None until
+    # then. A peer of another chain gets no transaction through it (they would be a foreign ledger's).
+    same_chain: bool | None = None
 
     # The peer's earlier process starts (a few), and when we last warned that two processes share its key.
     past_boots: deque[bytes] = field(default_factory=lambda: deque(maxlen=PAST_BOOTS))
@@ -609,7 +612,26 @@ class Network:
         """Transactions to a peer's public submission endpoint (POST /v1/txs), as a client sends them.
 
         For a peer that does not know this node's key: what a client gave us still reaches it, and
-        the peer checks each transaction as it checks any client's."""
+        the peer checks each transaction as it checks any client's. Only once its /v1/status has shown
+        the peer serves this node's chain: a node of another network that happens to be listed (two local
+        test networks, say) must not be handed this one's records."""
+        if link.same_chain is None:
+            try:
+                async with session.get(link.url + "/v1/status", timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                    status = json_or_none(await read_response(resp, 64 * 1024)) if resp.status == 200 else None
+            except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+                self._down(link, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+                return RETRY
+            if not isinstance(status, dict) or not isinstance(status.get("genesis_hash"), str):
+                return RETRY  # not a node answering as one: ask again later
+            link.same_chain = status["genesis_hash"] == self.store.genesis_hash().hex()
+            if not link.same_chain:
+                log.warning("event=peer_other_chain url=%s genesis=%.64s ours=%s reason=%r", link.url,
+                            status["genesis_hash"], self.store.genesis_hash().hex(),
+                            "this peer serves another chain: no transaction goes to it; check [peers] in "
+                            "config.toml")
+        if not link.same_chain:
+            return DROP
         try:
             async with session.post(link.url + "/v1/txs", data=codec.encode(txs),
                                     headers={"Content-Type": "application/msgpack"}) as resp:

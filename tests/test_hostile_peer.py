@@ -179,6 +179,37 @@ def test_a_peer_of_another_chain_is_named_once_and_never_a_source(tmp_path: Path
         assert node.terminate() == 0, node.log()
 
 
+def test_a_peer_of_another_chain_is_handed_no_transaction(tmp_path: Path) -> None:
+    """Two networks with one chain id (as two local test networks have) and a peer list that names a node
+    of the other: that node refuses this one's envelopes (it does not know its key), and the fallback for a
+    peer that does not know us, its public API, must not carry this chain's records to the other ledger."""
+    ours = make_chain(tmp_path / "ours", chain_id="two-nets")
+    theirs = make_chain(tmp_path / "theirs", chain_id="two-nets")
+    init_data_dir(tmp_path / "other", theirs.genesis_path, theirs.authority_key_path, f"127.0.0.1:{free_port()}")
+    other = NodeProc(tmp_path / "other").start()
+    try:
+        data = tmp_path / "node"
+        init_data_dir(data, ours.genesis_path, ours.authority_key_path, f"127.0.0.1:{free_port()}",
+                      peers=(PeerSpec(other.url, theirs.authority.did),))
+        node = NodeProc(data).start()
+        try:
+            txs = []
+            for i in range(3):
+                txs.append(sign_tx(ours.issuer, ours.chain_id, RecordAnchor(
+                    record=bytes([i + 1]) * 16, issuer=ours.issuer.did, holder=KeyPair.generate().did,
+                    rtype="degree", commitment=bytes([i]) * 32, expires=None)))
+                node.commit(txs[-1:])
+            wait_until(lambda: "event=peer_other_chain" in node.log(tail=None), 30,
+                       "the node to find the peer serves another chain")
+            time.sleep(1)  # what the node would still send has had time to arrive
+            assert all(other.tx_status(tx.tx_id) is None for tx in txs), other.log()
+            assert other.height() == 0
+        finally:
+            assert node.terminate() == 0, node.log()
+    finally:
+        assert other.terminate() == 0, other.log()
+
+
 # --- faults the node has no name for stay with the peer -------------------------------------------------
 # Whatever a peer's answer trips (a fault no test above foresaw), the gossip sender and block sync keep it
 # to that peer: logged with its traceback, the peer treated as unreachable or its answer as malformed.
