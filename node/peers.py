@@ -834,8 +834,8 @@ class Network:
         started), or another running node with this key, which for an authority means two processes
         signing votes as one authority. Those would conflict, and the conflicting votes are evidence
         against it: an authority stops rather than sign beside the other."""
-        if body["boot"] == self.boot or body["seq"] <= self._started_us or self.key_elsewhere.is_set():
-            return
+        if body["boot"] == self.boot or body["seq"] <= self._started_us or self.key_elsewhere_reason:
+            return  # (said once: an observer goes on, and would otherwise say it for every envelope)
         self.key_elsewhere_reason = (
             f"another running node signs with this node's key ({keys.did_from_public_key(self.my_key)}): an "
             f"envelope from it came from {remote or 'an unknown address'}, saying it is at {body['url']}. Two "
