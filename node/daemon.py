@@ -190,7 +190,7 @@ async def serve(config: NodeConfig, key: KeyPair, stop: asyncio.Event) -> None:
                 driver = tg.create_task(node.driver.run(), name="driver")
                 answers = tg.create_task(watch.run(), name="answers")
                 damage = tg.create_task(stop_on_damage(svc), name="damage")
-                twin = tg.create_task(stop_on_key_elsewhere(node.network), name="twin")
+                twin = tg.create_task(stop_on_key_elsewhere(node.network, stop), name="twin")
                 await stop.wait()
                 log.info("event=node_stopping height=%d", svc.store.height)
                 svc.stop()
@@ -203,6 +203,8 @@ async def serve(config: NodeConfig, key: KeyPair, stop: asyncio.Event) -> None:
                 answers.cancel()
                 damage.cancel()
                 twin.cancel()
+            if node.network.key_elsewhere.is_set():  # stopped as on SIGTERM; the exit says why
+                raise KeyUsedElsewhere(node.network.key_elsewhere_reason)
         finally:
             # No block comes after this (a stop, or a part of the node failing, a full disk say): clients
             # still waiting on pending transactions get their answer now, not a dropped connection.
@@ -219,11 +221,11 @@ async def serve(config: NodeConfig, key: KeyPair, stop: asyncio.Event) -> None:
         log.info("event=node_stopped")
 
 
-async def stop_on_key_elsewhere(network: Network) -> None:
-    """Wait for the network to see another running node sign with this authority's key, then raise it:
-    the node stops, saying so (see `Network._own_key_seen`)."""
+async def stop_on_key_elsewhere(network: Network, stop: asyncio.Event) -> None:
+    """Wait for the network to see another running node sign with this authority's key, then stop the
+    node as SIGTERM does; `serve` then raises it, so that the exit says why (see `Network._own_key_seen`)."""
     await network.key_elsewhere.wait()
-    raise KeyUsedElsewhere(network.key_elsewhere_reason)
+    stop.set()
 
 
 async def stop_on_damage(svc: NodeService) -> None:
