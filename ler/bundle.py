@@ -321,11 +321,13 @@ def _why_unaccredited(issuer: IssuerEntry | None, body: RecordAnchor, anchored: 
 
 
 def verify_bundle(bundle_data: bytes | str | ProofBundle, genesis: Genesis,
-                  now_ms: int | None = None, max_age_ms: int | None = None) -> VerificationResult:
+                  now_ms: int | None = None, max_age_ms: int | None = None,
+                  refreshed_from: str | None = None) -> VerificationResult:
     """Check a bundle against the genesis file alone. Never raises for bad input: it reports it.
 
     With `max_age_ms`, a bundle whose head is older than now - max_age is "stale" (unless a worse verdict,
-    such as revoked, already holds): what it proves may have changed since.
+    such as revoked, already holds): what it proves may have changed since. `refreshed_from`: the node
+    its status was just refreshed from (`verify_refreshed`), whose latest block the head then is.
     """
     c = _Checker()
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
@@ -389,8 +391,13 @@ def verify_bundle(bundle_data: bytes | str | ProofBundle, genesis: Genesis,
     if max_age_ms is not None:
         age = now_ms - head.time
         if age > max_age_ms:
+            # Refreshed, it is as of the node's latest block: refreshing again would not help.
+            advice = ("refresh it from a node (--refresh URL)" if refreshed_from is None else
+                      f"that is the latest block {refreshed_from} holds: the network made no block since (or "
+                      "that node is behind), and no proof is fresher than the latest block (a network whose "
+                      "verifiers ask for a maximum age sets [blocks] heartbeat_s below it)")
             c.fail("fresh", f"the status is {fmt_age(age)} old (block {head.height}, {_fmt_ms(head.time)}); "
-                            f"at most {fmt_age(max_age_ms)} accepted: refresh it from a node (--refresh URL)")
+                            f"at most {fmt_age(max_age_ms)} accepted: {advice}")
             res.verdict = _worst([res.verdict, STALE])
         else:
             c.ok("fresh", f"the status is {fmt_age(max(age, 0))} old (block {head.height}), within the "
@@ -728,7 +735,7 @@ def verify_refreshed(bundle_data: bytes | str | ProofBundle, status: StatusProof
         combined = refresh_bundle(bundle, fresh_status)
     except (LerError, ValueError) as exc:
         return failed(str(exc))
-    res = verify_bundle(combined, genesis, now_ms, max_age_ms)
+    res = verify_bundle(combined, genesis, now_ms, max_age_ms, refreshed_from=source)
     if res.verdict in (TAMPERED, WRONG_CHAIN):
         bad = [ch for ch in res.checks if not ch.ok]
         return failed("its status proof does not verify: " + (bad[0].detail if bad else "unknown reason"))
@@ -738,13 +745,4 @@ def verify_refreshed(bundle_data: bytes | str | ProofBundle, status: StatusProof
             f"consistency proof: block {new.height}'s history extends block {old.height}'s")
     res.checks.insert(1, Check("refresh", True, f"refreshed from {source}: as of block {new.height} "
                                                 f"({_fmt_ms(new.time)}); {link}"))
-    for i, ch in enumerate(res.checks):
-        if ch.name == "fresh" and not ch.ok:
-            # Refreshing again would not help: the node's status is as of its latest block, and the
-            # network made none since (no traffic; no heartbeat set). Say so, not "refresh it".
-            res.checks[i] = Check("fresh", False, ch.detail.split("; at most")[0] + f"; at most "
-                                  f"{fmt_age(max_age_ms or 0)} accepted. That is the latest block {source} holds: "
-                                  "the network made no block since (or that node is behind), and no proof is "
-                                  "fresher than the latest block (a network whose verifiers ask for a maximum "
-                                  "age sets [blocks] heartbeat_s below it)", ch.record)
     return res
