@@ -199,9 +199,10 @@ def test_a_peer_of_another_chain_is_handed_no_transaction(tmp_path: Path) -> Non
                     record=bytes([i + 1]) * 16, issuer=ours.issuer.did, holder=KeyPair.generate().did,
                     rtype="degree", commitment=bytes([i]) * 32, expires=None)))
                 node.commit(txs[-1:])
-            wait_until(lambda: "event=peer_other_chain" in node.log(tail=None), 30,
-                       "the node to find the peer serves another chain")
-            time.sleep(1)  # what the node would still send has had time to arrive
+            # Said when the node, about to pass transactions on, has asked the peer's status: from then on
+            # nothing goes to it, and nothing went before.
+            wait_until(lambda: "no transaction goes to it" in node.log(tail=None), 30,
+                       "the node to find the peer serves another chain before passing it anything")
             assert all(other.tx_status(tx.tx_id) is None for tx in txs), other.log()
             assert other.height() == 0
         finally:
