@@ -183,13 +183,14 @@ async def serve(config: NodeConfig, key: KeyPair, stop: asyncio.Event) -> None:
             log.warning("event=genesis_in_future seconds_ahead=%.0f reason=%r", ahead_s,
                         "no block can be made before the genesis time: every node refuses a block time "
                         "that far ahead of its clock")
+        found: list[StoreError] = []  # damage found in the database while running (`stop_on_damage`)
         try:
             async with asyncio.TaskGroup() as tg:
                 network = tg.create_task(node.network.run(), name="network")
                 sync = tg.create_task(node.syncer.run(), name="sync")
                 driver = tg.create_task(node.driver.run(), name="driver")
                 answers = tg.create_task(watch.run(), name="answers")
-                damage = tg.create_task(stop_on_damage(svc), name="damage")
+                damage = tg.create_task(stop_on_damage(svc, stop, found), name="damage")
                 twin = tg.create_task(stop_on_key_elsewhere(node.network, stop), name="twin")
                 await stop.wait()
                 log.info("event=node_stopping height=%d", svc.store.height)
@@ -203,7 +204,10 @@ async def serve(config: NodeConfig, key: KeyPair, stop: asyncio.Event) -> None:
                 answers.cancel()
                 damage.cancel()
                 twin.cancel()
-            if node.network.key_elsewhere.is_set():  # stopped as on SIGTERM; the exit says why
+            # Stopped as on SIGTERM for one of these; the exit says why.
+            if found:
+                raise found[0]
+            if node.network.key_elsewhere.is_set():
                 raise KeyUsedElsewhere(node.network.key_elsewhere_reason)
         finally:
             # No block comes after this (a stop, or a part of the node failing, a full disk say): clients
@@ -228,26 +232,29 @@ async def stop_on_key_elsewhere(network: Network, stop: asyncio.Event) -> None:
     stop.set()
 
 
-async def stop_on_damage(svc: NodeService) -> None:
+async def stop_on_damage(svc: NodeService, stop: asyncio.Event, found: list[StoreError]) -> None:
     """Wait for the store to find damage in its database (a table whose checksums fail, read for a
-    request, for sync or for consensus), then raise it: the node stops, naming the folder, as it does
-    for damage found at start. It has no copy to answer from, and a node whose database is damaged
-    must be restored or synced afresh, which its operator has to know."""
+    request, for sync or for consensus), then stop the node as SIGTERM does, with the error in `found`:
+    `serve` raises it once every part has stopped, so that the node exits naming the folder, as it does
+    for damage found at start. It has no copy to answer from, and a node whose database is damaged must
+    be restored or synced afresh, which its operator has to know. (Raised inside the task group instead,
+    it would cancel the other parts mid-step, which could leave the process half stopped.)"""
     loop = asyncio.get_running_loop()
-    found: asyncio.Future[StoreError] = loop.create_future()
+    seen: asyncio.Future[StoreError] = loop.create_future()
 
     def note(error: StoreError) -> None:
-        if not found.done():
-            found.set_result(error)
+        if not seen.done():
+            seen.set_result(error)
 
     def damaged(error: StoreError) -> None:  # in whichever thread read the damaged table
         with contextlib.suppress(RuntimeError):  # the loop has closed: the node is stopping anyway
             loop.call_soon_threadsafe(note, error)
 
     svc.store.tell_damage_to(damaged)
-    error = await found
+    error = await seen
     log.error("event=database_damaged reason=%r", error.reason)
-    raise error
+    found.append(error)
+    stop.set()
 
 
 _LISTEN_FAULTS = {
