@@ -27,10 +27,9 @@ from ler.state import EndorsementEntry, IssuerEntry, RecordEntry
 from ler.tx import MAX_TX_BYTES, RECORD_ID_BYTES, RecordAnchor, Tx
 from ler.vc import verify_ler_credential
 from ler.wire import hex_bytes
-from node import openapi
+from node import evidence, openapi
 from node.listener import BODY_TIMEOUT_KEY, UnreadableBody, expect_within, read_body
 from node.service import COMMITTED, PENDING, REJECTED, NodeService, now_ms
-from node.validator import EVIDENCE_PREFIX, evidence_json
 from node.verify_page import add_verify_page
 from storage.bundles import BundleError, build_bundle, build_status
 from storage.chain import StoreError
@@ -316,12 +315,13 @@ class Api:
 
     async def evidence(self, request: web.Request) -> web.Response:
         limit = _int_param(request, "limit", 100, 1, 1000)
-        rows = await asyncio.to_thread(self.svc.store.list_meta, EVIDENCE_PREFIX, limit, True)
+        rows = await asyncio.to_thread(self.svc.store.list_meta, evidence.EVIDENCE_PREFIX, limit,
+                                       True)
         out = []
         for key, value in rows:
             try:
-                out.append(evidence_json(key, value))
-            except (LerError, KeyError, TypeError) as exc:  # written by this node; say so if unreadable
+                out.append(evidence.to_json(key, value))
+            except (LerError, KeyError, TypeError, ValueError) as exc:  # written by this node; say so if unreadable
                 log.warning("event=evidence_unreadable key=%s reason=%r", key.hex(), str(exc))
         return _json({"evidence": out})
 

@@ -9,7 +9,9 @@ Protocol (all bodies canonical msgpack, ler.codec):
                                       envelope's place in what the sender sent (below),
                                       "height": the sender's committed height, "url": where the
                                       sender listens, "proposals": [Proposal bytes],
-                                      "votes": [Vote bytes], "txs": [transaction bytes]}
+                                      "votes": [Vote bytes], "txs": [transaction bytes],
+                                      and, only when it carries some, "evidence": [pieces of
+                                      evidence of equivocation, node/evidence.py]}
                               seq = max(the sender's clock in µs since 1970, its last seq + 1):
                               it grows with every envelope a process sends, whatever its clock does,
                               and a later process start begins above an earlier one's.
@@ -76,6 +78,8 @@ from ler.errors import DecodeError, LerError
 from ler.keys import sha256
 from ler.tx import MAX_TX_BYTES, Tx
 from node.client import json_or_none
+from node.evidence import EVIDENCE_PER_VALIDATOR, MAX_PIECE_BYTES, BadEvidence, Piece, height_prefix
+from node.evidence import check as check_evidence
 from node.listener import expect_within, reading_body
 from node.service import NodeService
 from node.validator import ConsensusDriver, Incoming, decode_proposal
@@ -125,7 +129,7 @@ class PeerRefusal(Exception):
 class _Item:
     height: int
     digest: bytes
-    kind: str  # "proposals" or "votes"
+    kind: str  # "proposals", "votes" or "evidence"
     raw: bytes
 
 
@@ -352,6 +356,12 @@ class Network:
                 link.hello_due = True
                 link.c_ready.set()
 
+    def evidence(self, piece: Piece, source: bytes | None) -> None:
+        item = _Item(piece.height, sha256(piece.raw), "evidence", piece.raw)
+        for link in self.links.values():
+            if source is None or link.key != source:
+                self._enqueue(link, item)
+
     def broadcast_txs(self, txs: list[Tx], source: bytes | None) -> None:
         if source is not None and not self.settings.relay_txs:
             return
@@ -501,7 +511,8 @@ class Network:
         floor = self.store.height  # the last committed height's messages may still help a slower peer
         while link.cq and len(items) < MAX_ITEMS:
             item = link.cq[0]
-            if item.height < floor:  # long decided: the peer gets that block by sync if it needs it
+            if item.height < floor and item.kind != "evidence":  # long decided: the peer gets that block by
+                # sync if it needs it (evidence of a decided height still proves its signer's fault)
                 link.cq.popleft()
                 link.queued.discard(item.digest)
                 continue
@@ -543,7 +554,7 @@ class Network:
         body: dict[str, Any] = {"boot": self.boot, "seq": self._seq, "height": self.store.height,
                                 "url": self.my_url, "proposals": [], "votes": [], "txs": txs}
         for item in items:
-            body[item.kind].append(item.raw)
+            body.setdefault(item.kind, []).append(item.raw)
         raw_body = codec.encode(body)
         return codec.encode({"from": self.my_key, "body": raw_body,
                              "sig": sign_envelope(self.svc.key, self.chain_id, raw_body)})
@@ -823,10 +834,41 @@ class Network:
                 self.svc.metrics.votes_received += 1
             else:
                 self.svc.metrics.proposals_received += 1
+        if body.get("evidence"):
+            for piece in await asyncio.to_thread(self._take_evidence, body["evidence"], sender):
+                self.svc.metrics.evidence += 1
+                log.warning("event=evidence kind=%s height=%d round=%d step=%s validator=%s from=%s",
+                            piece.kind, piece.height, piece.round, piece.step,
+                            keys.did_from_public_key(piece.who), link.url if link else keys.did_from_public_key(sender))
+                self.evidence(piece, sender)
         if body["txs"]:
             await self.svc.ingest(body["txs"], sender)
         return web.Response(body=codec.encode({"boot": self.boot, "height": self.store.height}),
                             content_type="application/msgpack")
+
+    def _take_evidence(self, pieces: list[bytes], source: bytes) -> list[Piece]:
+        """In a worker thread: check and store the pieces of evidence a peer sent; the ones new here.
+
+        A piece that proves nothing is passed over (logged), not refused with the envelope: the
+        validator set of its height may only be unknown to this node yet (it is behind), and the
+        envelope's other items are good. A validator's pieces per height are capped as the engine caps
+        its own (one proves the fault; a faulty validator could sign a pair for every round)."""
+        new: list[Piece] = []
+        for raw in pieces:
+            try:
+                piece = check_evidence(raw, self.chain_id, self.store.validators)
+            except BadEvidence as exc:
+                log.info("event=evidence_passed_over from=%s reason=%r", keys.did_from_public_key(source), str(exc))
+                continue
+            if self.store.get_meta(piece.key) is not None:
+                continue
+            held = sum(1 for k, _ in self.store.list_meta(height_prefix(piece.height), 4096)
+                       if k.endswith(piece.who))
+            if held >= EVIDENCE_PER_VALIDATOR:
+                continue
+            self.store.put_meta(piece.key, piece.raw)
+            new.append(piece)
+        return new
 
     def _own_key_seen(self, body: dict[str, Any], remote: str | None) -> None:
         """An envelope signed with this node's key: from this very process (a peer list naming this
@@ -929,8 +971,9 @@ def parse_body(raw: bytes) -> dict[str, Any]:
         body = codec.decode(raw, MAX_ENVELOPE)
     except DecodeError as exc:
         raise PeerRefusal(400, f"malformed envelope body: {exc}") from None
-    if not isinstance(body, dict) or set(body) != BODY_FIELDS:
-        raise PeerRefusal(400, f"an envelope body is a map of exactly {', '.join(sorted(BODY_FIELDS))}")
+    if not isinstance(body, dict) or not BODY_FIELDS <= set(body) <= BODY_FIELDS | {"evidence"}:
+        raise PeerRefusal(400, f"an envelope body is a map of exactly {', '.join(sorted(BODY_FIELDS))}, and "
+                               "evidence if it carries some")
     if not isinstance(body["boot"], bytes) or len(body["boot"]) != 8:
         raise PeerRefusal(400, "body.boot must be 8 bytes")
     h = body["height"]
@@ -946,7 +989,12 @@ def parse_body(raw: bytes) -> dict[str, Any]:
         items = body[name]
         if not isinstance(items, list) or not all(isinstance(x, bytes) for x in items):
             raise PeerRefusal(400, f"body.{name} must be a list of byte strings")
-    if len(body["proposals"]) + len(body["votes"]) + len(body["txs"]) > MAX_ITEMS:
+    evidence = body.get("evidence", [])
+    if not isinstance(evidence, list) or not all(isinstance(x, bytes) for x in evidence):
+        raise PeerRefusal(400, "body.evidence must be a list of byte strings")
+    if any(len(x) > MAX_PIECE_BYTES for x in evidence):
+        raise PeerRefusal(400, f"a piece of evidence is larger than {MAX_PIECE_BYTES} bytes")
+    if len(body["proposals"]) + len(body["votes"]) + len(body["txs"]) + len(evidence) > MAX_ITEMS:
         raise PeerRefusal(413, f"more than {MAX_ITEMS} items in one envelope")
     if any(len(t) > MAX_TX_BYTES for t in body["txs"]):
         raise PeerRefusal(400, f"a transaction in body.txs is larger than {MAX_TX_BYTES} bytes")

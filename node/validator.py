@@ -66,11 +66,12 @@ from consensus import (
     proposer_of,
 )
 from consensus.messages import PROPOSE, STEP_NAMES, Message, describe, sender
-from ler import codec, keys
-from ler.block import PRECOMMIT, Block, CommitCertificate, Vote
+from ler import keys
+from ler.block import PRECOMMIT, Block, CommitCertificate
 from ler.errors import DecodeError, ProofError, RuleError
 from ler.keys import sha256
 from ler.tx import Tx
+from node.evidence import Piece, piece_of
 from node.service import NodeService, now_ms
 from node.signed_file import read_signed_file, write_signed_file
 from storage.chain import ExecutionResult, InvalidBlock, StoreError
@@ -81,7 +82,6 @@ SIGNED_KEY = b"consensus/signed"
 PROPOSAL_KEY = b"consensus/proposal"
 #: The least time between two warnings that this node's clock is behind the network's.
 CLOCK_WARNING_EVERY_S = 60.0
-EVIDENCE_PREFIX = b"evidence/"
 MAX_INBOX = 20_000       # queued peer messages before gossip is answered "busy, retry"
 MAX_EARLY = 1024         # messages for the next height kept before that height starts
 MAX_BATCH = 512          # inputs handed to the engine in one thread call
@@ -99,6 +99,9 @@ class Outbox(Protocol):
 
     def new_height(self, committed: int) -> None:
         """The committed height moved: forget the old height's messages, tell peers."""
+
+    def evidence(self, piece: Piece, source: bytes | None) -> None:
+        """A piece of evidence this node stored (found by its engine, or from `source`): to every peer."""
 
 
 def _position(message: Message) -> tuple[int, int, int]:
@@ -619,18 +622,12 @@ class ConsensusDriver:
                 out.actions.append(a)
 
     def _store_evidence(self, a: Evidence | ConflictingProposals) -> None:
-        if isinstance(a, Evidence):
-            first, second = a.vote_a, a.vote_b
-            who, h, r, kind = first.validator, first.height, first.round, "vote"
-            raw_a, raw_b = first.encode(), second.encode()
-            slot = first.type
-        else:
-            p, q = a.proposal_a, a.proposal_b
-            who, h, r, kind = p.proposer, p.height, p.round, "proposal"
-            raw_a, raw_b = p.encode(), q.encode()
-            slot = 0
-        key = EVIDENCE_PREFIX + h.to_bytes(8, "big") + r.to_bytes(4, "big") + bytes([slot]) + who
-        self.store.put_meta(key, codec.encode({"kind": kind, "a": raw_a, "b": raw_b}))
+        piece = piece_of(a)
+        self.store.put_meta(piece.key, piece.raw)
+
+    def _gossip_evidence(self, a: Evidence | ConflictingProposals) -> None:
+        if self.outbox is not None:
+            self.outbox.evidence(piece_of(a), None)
 
     async def _carry_out(self, outcome: _Outcome) -> None:
         loop = asyncio.get_running_loop()
@@ -648,11 +645,13 @@ class ConsensusDriver:
             elif isinstance(a, Decide):
                 decide = a
             elif isinstance(a, Evidence):
+                self._gossip_evidence(a)
                 self.svc.metrics.evidence += 1
                 log.warning("event=evidence kind=vote height=%d round=%d validator=%s first=%s second=%s",
                             a.vote_a.height, a.vote_a.round, keys.did_from_public_key(a.vote_a.validator),
                             describe(a.vote_a), describe(a.vote_b))
             elif isinstance(a, ConflictingProposals):
+                self._gossip_evidence(a)
                 self.svc.metrics.evidence += 1
                 log.warning("event=evidence kind=proposal height=%d round=%d proposer=%s",
                             a.proposal_a.height, a.proposal_a.round,
@@ -912,33 +911,6 @@ class ConsensusDriver:
             log.warning("event=clock_ahead height=%d ms_ahead=%d reason=%r", header.height, -ahead,
                         "blocks of other proposers are timed this far behind this node's clock: set the "
                         "clock right (NTP); until then the others refuse this node's proposals")
-
-
-# --- evidence for the API --------------------------------------------------------------------------------
-
-def evidence_json(raw_key: bytes, raw_value: bytes) -> dict[str, Any]:
-    """One stored evidence entry as JSON: kind, height, round, who, and both signed messages."""
-    obj = codec.decode(raw_value)
-    kind = obj["kind"]
-    if kind == "vote":
-        a, b = Vote.decode(obj["a"]), Vote.decode(obj["b"])
-        who = a.validator
-        msgs = [a.to_json(), b.to_json()]
-        step = {1: "prevote", 2: "precommit"}.get(a.type, str(a.type))
-    else:
-        pa, pb = decode_proposal(obj["a"]), decode_proposal(obj["b"])
-        who = pa.proposer
-        msgs = [_proposal_json(pa), _proposal_json(pb)]
-        step = "propose"
-    height = int.from_bytes(raw_key[len(EVIDENCE_PREFIX):len(EVIDENCE_PREFIX) + 8], "big")
-    round_ = int.from_bytes(raw_key[len(EVIDENCE_PREFIX) + 8:len(EVIDENCE_PREFIX) + 12], "big")
-    return {"kind": "duplicate_" + kind, "height": height, "round": round_, "step": step,
-            "validator": keys.did_from_public_key(who), "messages": msgs}
-
-
-def _proposal_json(p: Proposal) -> dict[str, Any]:
-    return {"height": p.height, "round": p.round, "pol_round": p.pol_round, "block": p.block_hash.hex(),
-            "proposer": keys.did_from_public_key(p.proposer), "sig": p.sig.hex()}
 
 
 def load_signed(raw: bytes | None) -> SignedState | None:

@@ -28,9 +28,9 @@ from typing import Any
 import pytest
 from node_proc import LER, NodeProc, Reply, free_port, http, make_chain, tx_json_body, wait_until
 
-from consensus import proposer_of
+from consensus import Proposal, proposer_of
 from ler import codec, keys
-from ler.block import PREVOTE, Vote
+from ler.block import PRECOMMIT, PREVOTE, Vote
 from ler.keys import KeyPair, read_key_file, write_key_file
 from ler.tx import Action, GovVote, RecordAnchor, Tx, sign_tx
 from node.config import SIGNED_FILE, init_data_dir
@@ -349,10 +349,83 @@ def test_equivocation_is_kept_as_evidence_and_reported(net: Net) -> None:
     [entry] = wait_until(reported, 30, "the equivocation to be reported")
     assert entry["round"] == 0 and entry["step"] == "prevote" and len(entry["messages"]) == 2
     assert {v.block.hex() for v in votes if v.block} & {m["block"] for m in entry["messages"]}
+    # Only the first node got both votes; it hands the evidence on, and every node reports it.
+    wait_until(lambda: all(entry in n.get("/v1/evidence")["evidence"] for n in net.nodes), 30,
+               "every node to report the evidence one node found")
     txs = net.anchors(2)
     node.submit(txs)
     net.wait_committed(txs, net.nodes)  # one lying validator of four changes nothing
     net.assert_agree(net.nodes)
+
+
+def _signed_proposal(key: KeyPair, chain_id: str, h: int, r: int, pol: int, block: bytes) -> dict[str, Any]:
+    """What a proposal's signature covers, as a piece of evidence carries it (node/evidence.py)."""
+    payload = Proposal.payload(h, r, pol, block)
+    return {**payload, "proposer": key.public_key, "sig": key.sign_payload("proposal", chain_id, payload)}
+
+
+def test_evidence_of_a_decided_height_from_a_peer_is_checked_kept_and_handed_on(net: Net) -> None:
+    """Conflicting precommits of one authority for a height long decided, and two proposals of one round by
+    its proposer, come from a peer that only relays them: every node checks and reports them. Pieces that
+    prove nothing are passed over (the rest of the envelope is taken); a malformed list is refused."""
+    node, relay, observer = net.authorities[0], net.authorities[1].key, net.observer
+    vals = sorted(keys.public_key_from_did(d) for d in node.get("/v1/authorities")["validators"])
+    by_key = {n.key.public_key: n.key for n in net.nodes}
+    liar = net.authorities[2].key
+    h, r = 1, 9  # decided long ago, at round 0: no node's consensus engine sees these
+    votes = [Vote.make(liar, net.chain_id, PRECOMMIT, h, r, os.urandom(32)) for _ in range(2)]
+    vote_piece = codec.encode({"kind": "vote", "a": votes[0].encode(), "b": votes[1].encode()})
+    proposer = by_key[proposer_of(vals, h, r)]
+    props = [_signed_proposal(proposer, net.chain_id, h, r, -1, os.urandom(32)) for _ in range(2)]
+    proposal_piece = codec.encode({"kind": "proposal", "a": props[0], "b": props[1]})
+
+    same = Vote.make(liar, net.chain_id, PRECOMMIT, h, r + 1, votes[0].block)
+    stranger = KeyPair.generate()
+    forged = codec.encode({**votes[1].to_obj(), "sig": bytes(64)})
+    not_proposer = by_key[next(k for k in vals if k != proposer.public_key)]
+    useless = [
+        codec.encode({"kind": "vote", "a": same.encode(), "b": same.encode()}),  # no conflict
+        codec.encode({"kind": "vote", "a": votes[0].encode(), "b": forged}),  # a bad signature
+        codec.encode({"kind": "vote", "a": Vote.make(liar, net.chain_id, PRECOMMIT, h, r + 2, None).encode(),
+                      "b": Vote.make(liar, net.chain_id, PREVOTE, h, r + 2, None).encode()}),  # two steps
+        codec.encode({"kind": "vote", **{k: Vote.make(stranger, net.chain_id, PRECOMMIT, h, r, os.urandom(32))
+                                         .encode() for k in "ab"}}),  # no validator
+        codec.encode({"kind": "vote", **{k: Vote.make(liar, net.chain_id, PRECOMMIT, 10**6, 0, os.urandom(32))
+                                         .encode() for k in "ab"}}),  # a height not known yet
+        codec.encode({"kind": "proposal", **{k: _signed_proposal(not_proposer, net.chain_id, h, r, -1,
+                                                                 os.urandom(32)) for k in "ab"}}),
+        codec.encode({"kind": "proposal", "a": props[0], "b": props[0]}),  # one proposal twice
+        b"\x81\xa4kind\xa4vote", b"junk",
+    ]
+    before = {n.name: n.get("/v1/evidence")["evidence"] for n in net.nodes}
+    passed_over = node.log().count("event=evidence_passed_over")
+    status, _ = post_envelope(node, envelope(net, relay, evidence=useless))
+    assert status == 200
+    lines = [ln for ln in node.log().splitlines() if "event=evidence_passed_over" in ln][passed_over:]
+    reasons = ["no conflict", "signature does not verify", "one validator, height, round and step",
+               "is no validator of height 1", "not known yet", "is not the proposer", "sign the same thing",
+               "a map of exactly kind", "malformed"]
+    assert len(lines) == len(useless) and all(why in ln for why, ln in zip(reasons, lines, strict=True)), [
+        ln.partition("reason=")[2] for ln in lines]
+    for bad, words in ((1, "evidence"), ([1], "evidence"), ([b"x" * 5000], "larger")):
+        status, answer = post_envelope(node, envelope(net, relay, evidence=bad))
+        assert status == 400 and words in answer["error"], (bad, answer)
+    status, _ = post_envelope(node, envelope(net, relay, evidence=[vote_piece, proposal_piece]))
+    assert status == 200
+
+    def reported(n: Node) -> list[dict[str, Any]]:
+        return [e for e in n.get("/v1/evidence")["evidence"] if e not in before[n.name]]
+
+    wait_until(lambda: all(len(reported(n)) == 2 for n in net.nodes), 30,
+               "every node to report the two pieces one node was given")
+    for n in (node, observer):
+        got = {e["kind"]: e for e in reported(n)}
+        assert got["duplicate_vote"]["validator"] == liar.did and got["duplicate_vote"]["step"] == "precommit"
+        assert (got["duplicate_vote"]["height"], got["duplicate_vote"]["round"]) == (h, r)
+        assert {m["block"] for m in got["duplicate_vote"]["messages"]} == {v.block.hex() for v in votes if v.block}
+        assert got["duplicate_proposal"]["validator"] == proposer.did
+        assert {m["block"] for m in got["duplicate_proposal"]["messages"]} == {p["block"].hex() for p in props}
+    assert "event=evidence kind=vote height=1 round=9 step=precommit" in observer.log()
 
 
 def test_killing_the_proposer_costs_a_timeout_and_it_catches_up_after_restart(net: Net) -> None:
