@@ -60,6 +60,7 @@ import asyncio
 import logging
 import os
 import re
+import threading
 import time
 import urllib.parse
 from collections import OrderedDict, deque
@@ -78,7 +79,14 @@ from ler.errors import DecodeError, LerError
 from ler.keys import sha256
 from ler.tx import MAX_TX_BYTES, Tx
 from node.client import json_or_none
-from node.evidence import EVIDENCE_PER_VALIDATOR, MAX_PIECE_BYTES, BadEvidence, Piece, height_prefix
+from node.evidence import (
+    EVIDENCE_PER_VALIDATOR,
+    EVIDENCE_PREFIX,
+    MAX_PIECE_BYTES,
+    BadEvidence,
+    Piece,
+    height_prefix,
+)
 from node.evidence import check as check_evidence
 from node.listener import expect_within, reading_body
 from node.service import NodeService
@@ -106,6 +114,7 @@ MAX_PEERS = 256
 ASK_BYTES = MAX_ENVELOPE                             # messages in one answer to GET /peer/v1/consensus
 HELLO_EVERY = 4                                      # resend ticks between hellos to a quiet peer
 OK, RETRY, DROP = "ok", "retry", "drop"              # what became of one envelope
+EVIDENCE_KEPT_FROM_PEERS = 64                        # pieces against one validator taken from peers
 
 
 class KeyUsedElsewhere(Exception):
@@ -273,6 +282,8 @@ class Network:
         self._pending_seen: frozenset[bytes] = frozenset()
         self._rebroadcast_at = time.monotonic() + self.settings.rebroadcast_s
         self.on_height_seen: list[Callable[[int], None]] = []  # told each height a peer reports
+        self._kept: dict[bytes, int] | None = None  # evidence stored per validator (`_evidence_kept`)
+        self._evidence_lock = threading.Lock()
         svc.tx_listeners.append(self.broadcast_txs)
 
     # --- who is who ------------------------------------------------------------------------------------
@@ -860,15 +871,29 @@ class Network:
             except BadEvidence as exc:
                 log.info("event=evidence_passed_over from=%s reason=%r", keys.did_from_public_key(source), str(exc))
                 continue
-            if self.store.get_meta(piece.key) is not None:
-                continue
-            held = sum(1 for k, _ in self.store.list_meta(height_prefix(piece.height), 4096)
-                       if k.endswith(piece.who))
-            if held >= EVIDENCE_PER_VALIDATOR:
-                continue
-            self.store.put_meta(piece.key, piece.raw)
+            with self._evidence_lock:  # two envelopes may bring one piece at once: counted once
+                if self.store.get_meta(piece.key) is not None:
+                    continue
+                held = sum(1 for k, _ in self.store.list_meta(height_prefix(piece.height), 4096)
+                           if k.endswith(piece.who))
+                kept = self._evidence_kept()
+                if held >= EVIDENCE_PER_VALIDATOR or kept.get(piece.who, 0) >= EVIDENCE_KEPT_FROM_PEERS:
+                    continue
+                self.store.put_meta(piece.key, piece.raw)
+                kept[piece.who] = kept.get(piece.who, 0) + 1
             new.append(piece)
         return new
+
+    def _evidence_kept(self) -> dict[bytes, int]:
+        """Pieces stored per validator (counted from the database once): a faulty validator could sign
+        conflicting pairs for every height it ever voted in, and have peers fill every node's disk with
+        them. Past EVIDENCE_KEPT_FROM_PEERS pieces against one validator, more from peers prove nothing new."""
+        if self._kept is None:
+            kept: dict[bytes, int] = {}
+            for k, _ in self.store.list_meta(EVIDENCE_PREFIX, 1 << 30):
+                kept[k[-32:]] = kept.get(k[-32:], 0) + 1
+            self._kept = kept
+        return self._kept
 
     def _own_key_seen(self, body: dict[str, Any], remote: str | None) -> None:
         """An envelope signed with this node's key: from this very process (a peer list naming this

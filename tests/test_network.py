@@ -428,6 +428,28 @@ def test_evidence_of_a_decided_height_from_a_peer_is_checked_kept_and_handed_on(
     assert "event=evidence kind=vote height=1 round=9 step=precommit" in observer.log()
 
 
+def test_evidence_against_one_validator_taken_from_peers_is_capped(net: Net) -> None:
+    """A faulty validator could sign conflicting pairs for every height it voted in and have them spread
+    to fill every node's disk: past 64 pieces against one validator, a node takes no more from peers."""
+    node, relay, liar = net.authorities[0], net.authorities[1].key, net.authorities[3].key
+    while node.height() < 17:  # four pieces per validator and height, so 17 heights for more than 64
+        txs = net.anchors(1)
+        node.submit(txs)
+        net.wait_committed(txs, [node])
+    pieces = [codec.encode({"kind": "vote", **{k: Vote.make(liar, net.chain_id, PRECOMMIT, h, r, os.urandom(32))
+                                               .encode() for k in "ab"}})
+              for h in range(1, 18) for r in range(20, 24)]
+    status, _ = post_envelope(node, envelope(net, relay, evidence=pieces))
+    assert status == 200
+
+    def against(n: Node) -> int:
+        return sum(1 for e in n.get("/v1/evidence?limit=1000")["evidence"] if e["validator"] == liar.did)
+
+    assert against(node) == 64, against(node)
+    wait_until(lambda: all(against(n) == 64 for n in net.nodes if n.key is not liar), 30,
+               "the other nodes to take as many")
+
+
 def test_killing_the_proposer_costs_a_timeout_and_it_catches_up_after_restart(net: Net) -> None:
     a = net.authorities
     victim = net.next_proposer(a[0])
