@@ -150,8 +150,13 @@ class PeerLink:
     boot: bytes | None = None
     height: int | None = None
     height_at: float = 0.0
+    # Whether our last envelope to `url` was taken: what "connected" (/health, /metrics) counts. Hearing
+    # from the peer is another fact (`heard_at`): its envelopes may arrive while ours to a mistyped URL
+    # go nowhere.
     connected: bool = False
     ever_connected: bool = False
+    heard_at: float = float("-inf")
+    heard_url: str = ""  # where the peer's last envelope said it listens
     last_sent: float = 0.0
     last_error: str = ""
     known: set[bytes] = field(default_factory=set)
@@ -161,7 +166,8 @@ class PeerLink:
     tq_bytes: int = 0
     c_ready: asyncio.Event = field(default_factory=asyncio.Event)
     t_ready: asyncio.Event = field(default_factory=asyncio.Event)
-    # Set when the peer shows it is up (it sent us something): a sender backing off retries at once.
+    # Set when the peer shows it is up (it sent us something): a sender backing off retries at once
+    # (once per back-off: see `Network._send_forever`).
     c_revived: asyncio.Event = field(default_factory=asyncio.Event)
     t_revived: asyncio.Event = field(default_factory=asyncio.Event)
     hello_due: bool = True
@@ -464,6 +470,7 @@ class Network:
         ready = link.c_ready if consensus else link.t_ready
         revived = link.c_revived if consensus else link.t_revived
         backoff = 0.0
+        revived_retry = False  # the last attempt was made early, on hearing from the peer
         while True:
             await ready.wait()
             ready.clear()
@@ -484,16 +491,22 @@ class Network:
                     if outcome == RETRY:
                         self._requeue_txs(link, txs)
                 if outcome == OK:
-                    backoff = 0.0
+                    backoff, revived_retry = 0.0, False
                     continue
                 self.svc.metrics.gossip_failed += 1
                 backoff = min(self.settings.backoff_max_s, max(0.05, backoff * 2))
-                revived.clear()
-                try:
-                    await asyncio.wait_for(revived.wait(), backoff)
-                    backoff = 0.0  # it is back: no reason to keep waiting
-                except TimeoutError:
-                    pass
+                if revived_retry:
+                    # Hearing from the peer did not make our envelopes reach it (a mistyped URL with the
+                    # right did, say): wait this back-off out, or every envelope of its would bring a retry.
+                    revived_retry = False
+                    await asyncio.sleep(backoff)
+                else:
+                    revived.clear()
+                    try:
+                        await asyncio.wait_for(revived.wait(), backoff)
+                        revived_retry = True  # it seems back: try now rather than wait
+                    except TimeoutError:
+                        pass
 
     def _take_consensus(self, link: PeerLink) -> list[_Item]:
         items: list[_Item] = []
@@ -649,7 +662,18 @@ class Network:
                  _error_text(payload)[:200])
         return DROP
 
+    def _heard(self, link: PeerLink, url: str) -> None:
+        """The peer sent us an envelope. That it is up says nothing of whether ours reach it at `link.url`
+        (a mistyped URL with the right did), so it does not make the link "up"; it only cuts short a
+        back-off, since a peer that was down and sends again is likely to take ours again too."""
+        link.heard_at = time.monotonic()
+        link.heard_url = url
+        if not link.connected:
+            link.c_revived.set()
+            link.t_revived.set()
+
     def _up(self, link: PeerLink) -> None:
+        """An envelope of ours was taken at `link.url` (the only thing that makes a link "up")."""
         if not link.connected:
             log.info("event=peer_up url=%s", link.url)
         link.connected = True
@@ -660,7 +684,9 @@ class Network:
     def _down(self, link: PeerLink, reason: str) -> None:
         """A failed attempt to reach the peer. Said at INFO when a peer that answered stops; a peer that
         has not answered for UNREACHABLE_AFTER back-offs (never, say: a mistyped URL, a node not started)
-        is worth an operator's eye: one WARNING, again every UNREACHABLE_WARN_EVERY_S while it lasts."""
+        is worth an operator's eye: one WARNING, again every UNREACHABLE_WARN_EVERY_S while it lasts. A
+        peer whose own envelopes keep arriving meanwhile runs: then the URL is what is wrong, and the
+        warning says so (with the URL the peer gives for itself)."""
         if link.connected or (not link.last_error and link.ever_connected):
             log.info("event=peer_down url=%s reason=%r", link.url, reason)
         elif reason != link.last_error:
@@ -671,10 +697,16 @@ class Network:
         elif (now - link.down_since >= UNREACHABLE_AFTER * self.settings.backoff_max_s
               and now - link.unreachable_warned_at >= UNREACHABLE_WARN_EVERY_S):
             link.unreachable_warned_at = now
-            log.warning("event=peer_unreachable url=%s seconds=%.0f ever_answered=%s reason=%r hint=%r",
-                        link.url, now - link.down_since, link.ever_connected, reason,
-                        "check the peer's URL in [peers] and that its node runs: nothing this node sends "
+            heard = now - link.heard_at <= UNREACHABLE_AFTER * self.settings.backoff_max_s
+            if heard:
+                hint = (f"the peer is heard from (its envelopes arrive, saying it listens at {link.heard_url}) "
+                        "but nothing this node sends to the configured URL reaches it: check the peer's URL "
+                        "in [peers]")
+            else:
+                hint = ("check the peer's URL in [peers] and that its node runs: nothing this node sends "
                         "reaches it")
+            log.warning("event=peer_unreachable url=%s seconds=%.0f ever_answered=%s heard=%s reason=%r hint=%r",
+                        link.url, now - link.down_since, link.ever_connected, heard, reason, hint)
         link.connected = False
         link.last_error = reason
 
@@ -809,10 +841,7 @@ class Network:
                           link.latest_seq)
             elif link.observe(body["boot"], body["height"]):
                 self._peer_restarted(link)
-            if not link.connected:
-                link.c_revived.set()
-                link.t_revived.set()
-            self._up(link)
+            self._heard(link, body["url"])
         self._note_height(body["height"])
         for message, item_raw, digest in messages:
             if not self.driver.offer(Incoming(message, item_raw, digest, sender)):

@@ -1,0 +1,84 @@
+"""Peers configured wrongly: what the operator reads in the log, and that it names the real mistake.
+
+Real node processes on 127.0.0.1 (tests/node_proc.py): an authority of a one-authority chain and an
+observer of the same chain, each listing the other in [peers], one of them with a mistake in it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from node_proc import Chain, NodeProc, free_port, make_chain, wait_until
+
+from ler.keys import KeyPair, write_key_file
+from node.config import PeerSpec, init_data_dir
+
+pytestmark = pytest.mark.slow
+
+
+def set_gossip(data: Path, **values: float) -> None:
+    """Write [gossip] settings into a node's config.toml."""
+    cfg = data / "config.toml"
+    text = cfg.read_text()
+    assert "[gossip]\n" in text
+    lines = "".join(f"{k} = {v!r}\n" for k, v in values.items())
+    cfg.write_text(text.replace("[gossip]\n", f"[gossip]\n{lines}", 1))
+
+
+def observer_folder(chain: Chain, root: Path, name: str, peers: tuple[PeerSpec, ...]) -> tuple[Path, KeyPair]:
+    key = KeyPair.generate()
+    write_key_file(root / f"{name}.key", key)
+    data = root / name
+    init_data_dir(data, chain.genesis_path, root / f"{name}.key", f"127.0.0.1:{free_port()}", role="observer",
+                  peers=peers)
+    return data, key
+
+
+def lines_with(node: NodeProc, words: str) -> list[str]:
+    return [line for line in node.log(tail=None).splitlines() if words in line]
+
+
+@pytest.fixture
+def procs() -> Iterator[list[NodeProc]]:
+    """Nodes a test starts, stopped at its end whatever happened."""
+    started: list[NodeProc] = []
+    yield started
+    for node in started:
+        node.close()
+
+
+def test_a_peer_heard_from_at_a_mistyped_url_is_named_once_without_flapping(tmp_path: Path,
+                                                                            procs: list[NodeProc]) -> None:
+    """The authority lists the observer under the right did but a URL nothing listens at. The observer's
+    envelopes arrive all along: that must not make the link "up" (every send to the URL fails), so no
+    peer_up / peer_down lines at each envelope and no connected peer in /health or /metrics; after its
+    back-offs one WARNING says the peer is heard from but the configured URL reaches nothing."""
+    chain = make_chain(tmp_path, chain_id="mistyped-url")
+    authority_port = free_port()
+    observer_data, observer_key = observer_folder(
+        chain, tmp_path, "observer", (PeerSpec(f"http://127.0.0.1:{authority_port}", chain.authority.did),))
+    set_gossip(observer_data, resend_s=0.05)  # a hello to the authority every 0.2 s
+    mistyped = f"http://127.0.0.1:{free_port()}"
+    data = tmp_path / "authority"
+    init_data_dir(data, chain.genesis_path, chain.authority_key_path, f"127.0.0.1:{authority_port}",
+                  peers=(PeerSpec(mistyped, observer_key.did),))
+    set_gossip(data, backoff_max_s=0.3)  # named after 6 x 0.3 s
+    authority = NodeProc(data)
+    procs.append(authority.start())
+    observer = NodeProc(observer_data)
+    procs.append(observer.start())
+    wait_until(lambda: lines_with(authority, "event=peer_unreachable"), 30, "the mistyped peer to be named")
+    connected = []
+    for _ in range(10):  # more envelopes arrive meanwhile
+        connected.append(authority.get_json("/health")["peers"])
+        time.sleep(0.1)
+    metrics = authority.get("/metrics").body.decode().splitlines()
+    assert "ler_peers_connected 0" in metrics and connected == [0] * 10, connected
+    assert observer.get_json("/health")["peers"] == 1  # the other way round, the URL is right
+    warned = [line for line in lines_with(authority, "event=peer_unreachable") if "level=WARNING" in line]
+    assert len(warned) == 1 and f"url={mistyped} " in warned[0] and "heard=True" in warned[0], warned
+    assert "the peer is heard from" in warned[0] and observer.url in warned[0], warned[0]
+    assert not lines_with(authority, "event=peer_up") and not lines_with(authority, "event=peer_down")
