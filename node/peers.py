@@ -187,10 +187,20 @@ class PeerLink:
     # worth a WARNING (`Network._down`).
     down_since: float | None = None
     unreachable_warned_at: float = float("-inf")
+    # The key of the node that answers at `url`, by its GET /v1/status (None until it told), and when it
+    # was last asked (`Network._check_identity`): a configured did that is not this one is a mistake in
+    # [peers], not two processes sharing a key.
+    answers_as: bytes | None = None
+    identity_asked_at: float = float("-inf")
 
     @property
     def did(self) -> str:
         return keys.did_from_public_key(self.key) if self.key else "?"
+
+    @property
+    def misnamed(self) -> bool:
+        """Whether the node at `url` answers under another key than the one we know this peer by."""
+        return self.answers_as is not None and self.answers_as != self.key
 
     def _shared_key(self) -> None:
         now = time.monotonic()
@@ -598,9 +608,13 @@ class Network:
             except (DecodeError, KeyError, TypeError) as exc:
                 self._down(link, f"malformed reply: {exc}")
                 return DROP
+            await self._check_identity(session, link, "")
             self._up(link)
             link.public_only = False
-            if link.observe(boot, height):
+            # The reply comes from whichever node listens at the URL: if that is not the peer we know by
+            # this key, its process starts are not the peer's (mixing them would look like two processes
+            # with the peer's key), and its envelopes tell the peer's.
+            if not link.misnamed and link.observe(boot, height):
                 self._peer_restarted(link)
             self._note_height(height)
             for item in items:
@@ -608,6 +622,8 @@ class Network:
                     link.known.add(item.digest)
             return OK
         reason = _error_text(payload) or f"HTTP {status}"
+        if status == 403:
+            await self._check_identity(session, link, reason)
         if status == 403 and not link.public_only:
             link.public_only = True  # until an envelope of ours is taken again (see above)
             log.info("event=peer_public_only url=%s reason=%r", link.url, reason)
@@ -661,6 +677,46 @@ class Network:
         log.info("event=peer_refused_txs url=%s status=%d count=%d reason=%r", link.url, status, len(txs),
                  _error_text(payload)[:200])
         return DROP
+
+    async def _check_identity(self, session: aiohttp.ClientSession, link: PeerLink, refused: str) -> None:
+        """Ask the node answering at a configured peer's URL for its key (GET /v1/status names it), once it
+        answers our envelopes, and warn if it is not the did [peers] gives for that URL.
+
+        A did copied from another line of [peers] (or of nobody) otherwise shows in odd ways: the node at
+        the URL takes our envelopes while those of the did's real node arrive from elsewhere, and their
+        process starts mixed on one link would pass for two processes sharing a key (peer_key_shared),
+        sending the operator after a copied data folder that does not exist. Asked once; again after
+        SHARED_KEY_WARNING_EVERY_S if there was no answer, and every UNREACHABLE_WARN_EVERY_S (with the
+        warning) while the mismatch lasts. `refused`: why the node refused our envelope, if it did."""
+        if link.key is None or link.learnt:
+            return  # no did configured, or known from the peer's own envelopes: nothing to check
+        now = time.monotonic()
+        if link.answers_as == link.key:
+            return
+        wait = UNREACHABLE_WARN_EVERY_S if link.misnamed else SHARED_KEY_WARNING_EVERY_S
+        if now < link.identity_asked_at + wait:
+            return
+        link.identity_asked_at = now
+        try:
+            async with session.get(link.url + "/v1/status", timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                status = json_or_none(await read_response(resp, 64 * 1024)) if resp.status == 200 else None
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
+            return
+        if not isinstance(status, dict) or status.get("genesis_hash") != self.store.genesis_hash().hex():
+            return  # not a node of this chain answering as one (another chain's is named elsewhere)
+        try:
+            answers = keys.public_key_from_did(status.get("node", ""))
+        except (LerError, ValueError):
+            return
+        link.answers_as = answers
+        if answers == link.key:
+            return
+        log.warning("event=peer_key_mismatch url=%s configured=%s answers=%s our_envelopes=%s hint=%r",
+                    link.url, link.did, keys.did_from_public_key(answers),
+                    f"refused ({refused})" if refused else "taken",
+                    f"the node at {link.url} has the key {keys.did_from_public_key(answers)}, not the did "
+                    "[peers] gives for that URL: correct the peer's did in [peers] (config.toml) and restart; "
+                    "meanwhile what this node sends there goes to that node, under the other's name")
 
     def _heard(self, link: PeerLink, url: str) -> None:
         """The peer sent us an envelope. That it is up says nothing of whether ours reach it at `link.url`
@@ -880,9 +936,18 @@ class Network:
                         "another running node signs with this node's key: give each node its own key")
 
     def _link_for(self, key: bytes, url: str) -> PeerLink | None:
+        """The link an envelope from `key`, saying it listens at `url`, belongs to: the one of that key
+        and URL, else one of that key (a peer configured under another URL for it, or a second process
+        with its key). Where [peers] gives one did for two URLs (a did copied from a neighbouring line),
+        the peer's envelopes stay with its own URL's link, not with the misnamed one."""
+        by_key = None
         for link in self.links.values():
             if link.key == key:
-                return link
+                if link.url == url:
+                    return link
+                by_key = by_key or link
+        if by_key is not None:
+            return by_key
         by_url = self.links.get(url)
         if by_url is not None:
             if by_url.key is None:

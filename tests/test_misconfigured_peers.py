@@ -82,3 +82,34 @@ def test_a_peer_heard_from_at_a_mistyped_url_is_named_once_without_flapping(tmp_
     assert len(warned) == 1 and f"url={mistyped} " in warned[0] and "heard=True" in warned[0], warned
     assert "the peer is heard from" in warned[0] and observer.url in warned[0], warned[0]
     assert not lines_with(authority, "event=peer_up") and not lines_with(authority, "event=peer_down")
+
+
+@pytest.mark.parametrize("wrong", ["another node's", "nobody's"])
+def test_a_peer_url_listed_under_the_wrong_did_is_named_as_such(tmp_path: Path, procs: list[NodeProc],
+                                                                 wrong: str) -> None:
+    """[peers] gives observer B's URL the did of observer C (a line copied and half edited), or of no node.
+    The node at that URL takes the authority's envelopes and C's own envelopes arrive from C's URL: the
+    authority must say that the URL answers as B, not that two processes send as C (peer_key_shared,
+    which would send the operator looking for a copied data folder)."""
+    chain = make_chain(tmp_path, chain_id="wrong-did")
+    authority_url = f"http://127.0.0.1:{free_port()}"
+    to_authority = (PeerSpec(authority_url, chain.authority.did),)
+    b_data, b_key = observer_folder(chain, tmp_path, "b", to_authority)
+    c_data, c_key = observer_folder(chain, tmp_path, "c", to_authority)
+    set_gossip(c_data, resend_s=0.05)  # C says hello to the authority every 0.2 s
+    b, c = NodeProc(b_data), NodeProc(c_data)
+    named = c_key.did if wrong == "another node's" else KeyPair.generate().did
+    data = tmp_path / "authority"
+    init_data_dir(data, chain.genesis_path, chain.authority_key_path, authority_url.removeprefix("http://"),
+                  peers=(PeerSpec(b.url, named), PeerSpec(c.url, c_key.did)))
+    set_gossip(data, resend_s=0.05)  # and to each peer (B among them) as often
+    authority = NodeProc(data)
+    procs.extend([authority.start(), b.start(), c.start()])
+    said = wait_until(lambda: lines_with(authority, "event=peer_key_mismatch"), 30, "the wrong did to be named")
+    time.sleep(3)  # many envelopes and replies more: still one warning, and no other explanation
+    assert said == lines_with(authority, "event=peer_key_mismatch") and "level=WARNING" in said[0], said
+    assert f"url={b.url} configured={named} answers={b_key.did} our_envelopes=taken" in said[0], said
+    assert "correct the peer's did in [peers]" in said[0]
+    assert not lines_with(authority, "event=peer_key_shared")
+    assert not lines_with(authority, "event=peer_restarted")
+    assert authority.get_json("/health")["peers"] == 2
