@@ -90,6 +90,8 @@ PAST_BOOTS = 8
 UNREACHABLE_AFTER = 6
 UNREACHABLE_WARN_EVERY_S = 600.0
 SHARED_KEY_WARNING_EVERY_S = 60.0
+#: A peer refusing our envelopes (4xx) is named in a WARNING when it starts, then at most this often.
+REFUSED_WARN_EVERY_S = 60.0
 MAX_ENVELOPE = codec.MAX_MESSAGE_BYTES + 256 * 1024  # one largest proposal and some votes
 MAX_ITEMS = 20_000                                   # messages and transactions in one envelope
 SEND_BYTES = 4 * 1024 * 1024                         # aim for envelopes about this size
@@ -192,6 +194,9 @@ class PeerLink:
     # [peers], not two processes sharing a key.
     answers_as: bytes | None = None
     identity_asked_at: float = float("-inf")
+    # When a refusal of our envelopes (4xx) was last worth a WARNING, and how many came since.
+    refused_warned_at: float = float("-inf")
+    refused_since_warned: int = 0
 
     @property
     def did(self) -> str:
@@ -629,9 +634,8 @@ class Network:
             log.info("event=peer_public_only url=%s reason=%r", link.url, reason)
             if txs:
                 return await self._submit_public(session, link, txs)
-        if status < 500 and f"HTTP {status}: {reason}" != link.last_error:
-            # Worth an operator's eye: e.g. the peer does not list this node's did (see node/config.py).
-            log.warning("event=peer_refused_us url=%s status=%d reason=%r", link.url, status, reason)
+        if status < 500:
+            self._refused(link, status, reason)
         self._down(link, f"HTTP {status}: {reason}")
         # 5xx (503: busy): the same items may go through later. A 4xx will not change by repeating
         # it (the peer does not know us, or finds the items malformed): drop them, still back off.
@@ -717,6 +721,22 @@ class Network:
                     f"the node at {link.url} has the key {keys.did_from_public_key(answers)}, not the did "
                     "[peers] gives for that URL: correct the peer's did in [peers] (config.toml) and restart; "
                     "meanwhile what this node sends there goes to that node, under the other's name")
+
+    def _refused(self, link: PeerLink, status: int, reason: str) -> None:
+        """The peer refused an envelope of ours (4xx). Worth an operator's eye (e.g. the peer does not list
+        this node's did, node/config.py): one WARNING when it starts, then at most one every
+        REFUSED_WARN_EVERY_S with the count since, whatever happened between (a peer restarting, or our
+        transactions going to its public API, while it refuses our hellos every few seconds); the
+        others at DEBUG."""
+        now = time.monotonic()
+        link.refused_since_warned += 1
+        if now - link.refused_warned_at < REFUSED_WARN_EVERY_S:
+            log.debug("event=peer_refused_us url=%s status=%d reason=%r", link.url, status, reason)
+            return
+        log.warning("event=peer_refused_us url=%s status=%d refused=%d reason=%r", link.url, status,
+                    link.refused_since_warned, reason)
+        link.refused_warned_at = now
+        link.refused_since_warned = 0
 
     def _heard(self, link: PeerLink, url: str) -> None:
         """The peer sent us an envelope. That it is up says nothing of whether ours reach it at `link.url`

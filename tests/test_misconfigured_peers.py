@@ -41,6 +41,14 @@ def lines_with(node: NodeProc, words: str) -> list[str]:
     return [line for line in node.log(tail=None).splitlines() if words in line]
 
 
+def refused_count(node: NodeProc) -> int:
+    """Peer envelopes the node refused since it started (its /metrics)."""
+    for line in node.get("/metrics").body.decode().splitlines():
+        if line.startswith("ler_peer_messages_refused_total "):
+            return int(float(line.split()[1]))
+    raise AssertionError("ler_peer_messages_refused_total is not in /metrics")
+
+
 @pytest.fixture
 def procs() -> Iterator[list[NodeProc]]:
     """Nodes a test starts, stopped at its end whatever happened."""
@@ -113,3 +121,34 @@ def test_a_peer_url_listed_under_the_wrong_did_is_named_as_such(tmp_path: Path, 
     assert not lines_with(authority, "event=peer_key_shared")
     assert not lines_with(authority, "event=peer_restarted")
     assert authority.get_json("/health")["peers"] == 2
+
+
+def test_a_peer_that_refuses_our_envelopes_is_named_once_not_at_every_hello(tmp_path: Path,
+                                                                          procs: list[NodeProc]) -> None:
+    """An observer the authority does not list (it knows the observer's URL only, and sends to it): the
+    authority refuses every envelope of the observer's (403), a hello every 0.2 s here. The observer says
+    so in one WARNING, not at each hello it hears back or after each restart of the authority."""
+    chain = make_chain(tmp_path, chain_id="refused")
+    authority_url = f"http://127.0.0.1:{free_port()}"
+    observer_data, _ = observer_folder(chain, tmp_path, "observer", (PeerSpec(authority_url, chain.authority.did),))
+    set_gossip(observer_data, resend_s=0.05, backoff_max_s=0.2)  # it tries again while the authority is down
+    observer = NodeProc(observer_data)
+    data = tmp_path / "authority"
+    init_data_dir(data, chain.genesis_path, chain.authority_key_path, authority_url.removeprefix("http://"),
+                  peers=(PeerSpec(observer.url, None),))  # by URL: its key is no known sender
+    set_gossip(data, resend_s=0.05)
+    authority = NodeProc(data)
+    procs.extend([authority.start(), observer.start()])
+
+    def refusing() -> bool:
+        return refused_count(authority) >= 5
+
+    for _ in range(2):  # the refusals start again after each restart
+        wait_until(refusing, 30, "the authority to refuse the observer's envelopes")
+        assert authority.terminate() == 0
+        authority.start()
+    wait_until(refusing, 30, "the authority to refuse the observer's envelopes")
+    warned = [line for line in lines_with(observer, "event=peer_refused_us") if "level=WARNING" in line]
+    assert len(warned) == 1 and f"url={authority_url} status=403 refused=1 " in warned[0], warned
+    assert "is not a known peer of this node" in warned[0]
+    assert lines_with(observer, "event=peer_public_only")
