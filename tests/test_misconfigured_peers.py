@@ -14,6 +14,7 @@ import pytest
 from node_proc import Chain, NodeProc, free_port, make_chain, wait_until
 
 from ler.keys import KeyPair, write_key_file
+from ler.tx import Action, GovVote, sign_tx
 from node.config import PeerSpec, init_data_dir
 
 pytestmark = pytest.mark.slow
@@ -152,3 +153,37 @@ def test_a_peer_that_refuses_our_envelopes_is_named_once_not_at_every_hello(tmp_
     assert len(warned) == 1 and f"url={authority_url} status=403 refused=1 " in warned[0], warned
     assert "is not a known peer of this node" in warned[0]
     assert lines_with(observer, "event=peer_public_only")
+
+
+def test_an_observer_voted_in_as_an_authority_says_it_does_not_vote(tmp_path: Path, procs: list[NodeProc]) -> None:
+    """Governance makes an observer node's key an authority. The node, run as an observer, signs nothing
+    (it never recorded what it signed, as a validator must); it must say so once, naming the height from
+    which its vote is counted, and show it in /health, instead of leaving the network short of a vote in
+    silence."""
+    chain = make_chain(tmp_path, chain_id="voted-in")
+    authority_url = f"http://127.0.0.1:{free_port()}"
+    observer_data, observer_key = observer_folder(chain, tmp_path, "observer",
+                                                  (PeerSpec(authority_url, chain.authority.did),))
+    observer = NodeProc(observer_data)
+    data = tmp_path / "authority"
+    init_data_dir(data, chain.genesis_path, chain.authority_key_path, authority_url.removeprefix("http://"),
+                  peers=(PeerSpec(observer.url, observer_key.did),))
+    authority = NodeProc(data)
+    procs.extend([authority.start(), observer.start()])
+    assert "warnings" not in observer.get_json("/health")
+    add = Action(kind="add_authority", subject=observer_key.did, name="Second Body", scopes=(), until=None)
+    [result] = authority.commit([sign_tx(chain.authority, chain.chain_id, GovVote(action=add))])
+    effective = int(result["height"]) + 2  # a validator-set change committed at h applies from h + 2
+    said = wait_until(lambda: lines_with(observer, "event=voted_in_but_observer"), 30,
+                      "the observer to say it does not vote")
+    assert len(said) == 1 and "level=WARNING" in said[0], said
+    assert f"node={observer_key.did} height={effective} " in said[0] and 'set role = "authority"' in said[0]
+    health = observer.get_json("/health")
+    assert health["ok"] is True and health["role"] == "observer"
+    assert [(w["event"], w["height"]) for w in health["warnings"]] == [("voted_in_but_observer", effective)]
+    assert "warnings" not in authority.get_json("/health")
+    # Restarted as it was, it says so again at its start.
+    assert observer.terminate() == 0
+    observer.log_path.write_text("")
+    observer.start()
+    wait_until(lambda: lines_with(observer, "event=voted_in_but_observer"), 30, "the restarted observer to say so")
