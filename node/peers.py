@@ -46,6 +46,12 @@ pending (`rebroadcast_s`): what an observer's clients submit commits only throug
 Consensus messages go only to peers that are validators of the message's height (or whose key we do
 not know yet); transactions to all.
 
+Sending and hearing are separate facts. A link is up (connected, in /health and /metrics) while what we
+send to its URL is taken; the peer's own envelopes arriving only cut a back-off short, since they may come
+while our sends to a mistyped URL go nowhere. Once the node at a configured URL answers, it is asked who
+it is (its GET /v1/status names its key): a did in [peers] that is not that node's is named as such
+(event=peer_key_mismatch), and the replies from that URL are then not taken for the configured peer's.
+
 Each peer has two bounded outbound queues (consensus, transactions), each drained by its own task:
 one request in flight per queue, items batched per request, on failure the items go back and the
 task backs off exponentially (to `backoff_max_s`). A slow or dead peer only fills its own queues,
