@@ -250,6 +250,9 @@ class NetworkView(Protocol):
     @property
     def held_until(self) -> int: ...
 
+    @property
+    def voted_in_height(self) -> int | None: ...
+
 
 class Api:
     def __init__(self, svc: NodeService, net: NetworkView | None = None) -> None:
@@ -285,9 +288,17 @@ class Api:
 
     async def health(self, request: web.Request) -> web.Response:
         net = self.net
-        return _json({"ok": True, "height": self.svc.store.height, "role": self.svc.config.role,
-                      "syncing": net.syncing if net else False,
-                      "peers": net.peers_connected if net else 0})
+        body: dict[str, Any] = {"ok": True, "height": self.svc.store.height, "role": self.svc.config.role,
+                                "syncing": net.syncing if net else False,
+                                "peers": net.peers_connected if net else 0}
+        # Only when there is something an operator must act on (the usual answer keeps its shape).
+        voted_in = net.voted_in_height if net else None
+        if voted_in is not None:
+            body["warnings"] = [{"event": "voted_in_but_observer", "height": voted_in,
+                                 "reason": "this node's key is an authority from that height, but the node runs "
+                                           "as an observer and does not vote: set role = \"authority\" in its "
+                                           "config.toml and restart it"}]
+        return _json(body)
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=self.svc.metrics.render().encode("utf-8"),

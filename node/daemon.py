@@ -127,6 +127,10 @@ class Node:
     def held_until(self) -> int:
         return self.driver.held_until
 
+    @property
+    def voted_in_height(self) -> int | None:
+        return self.driver.voted_in_height
+
     def app(self) -> web.Application:
         return make_app(self.svc, self, [*self.network.routes(), *block_routes(self.svc)])
 

@@ -173,7 +173,12 @@ def document(version: str) -> dict[str, Any]:
                                     "type": "object", "required": ["ok", "height", "syncing"],
                                     "properties": {"ok": {"type": "boolean"}, "height": {"type": "integer"},
                                                    "role": {"type": "string"}, "syncing": {"type": "boolean"},
-                                                   "peers": {"type": "integer"}}})}}},
+                                                   "peers": {"type": "integer"},
+                                                   "warnings": {"type": "array", "items": {
+                                                       "type": "object", "required": ["event", "reason"],
+                                                       "properties": {"event": {"type": "string"},
+                                                                      "height": {"type": "integer"},
+                                                                      "reason": {"type": "string"}}}}}})}}},
             "/metrics": {"get": {"summary": "Prometheus metrics (text exposition format 0.0.4)",
                                  "operationId": "metrics",
                                  "responses": {"200": {"description": "Metrics", "content": {

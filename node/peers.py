@@ -48,6 +48,12 @@ pending (`rebroadcast_s`): what an observer's clients submit commits only throug
 Consensus messages go only to peers that are validators of the message's height (or whose key we do
 not know yet); transactions to all.
 
+Sending and hearing are separate facts. A link is up (connected, in /health and /metrics) while what we
+send to its URL is taken; the peer's own envelopes arriving only cut a back-off short, since they may come
+while our sends to a mistyped URL go nowhere. Once the node at a configured URL answers, it is asked who
+it is (its GET /v1/status names its key): a did in [peers] that is not that node's is named as such
+(event=peer_key_mismatch), and the replies from that URL are then not taken for the configured peer's.
+
 Each peer has two bounded outbound queues (consensus, transactions), each drained by its own task:
 one request in flight per queue, items batched per request, on failure the items go back and the
 task backs off exponentially (to `backoff_max_s`). A slow or dead peer only fills its own queues,
@@ -102,6 +108,8 @@ PAST_BOOTS = 8
 UNREACHABLE_AFTER = 6
 UNREACHABLE_WARN_EVERY_S = 600.0
 SHARED_KEY_WARNING_EVERY_S = 60.0
+#: A peer refusing our envelopes (4xx) is named in a WARNING when it starts, then at most this often.
+REFUSED_WARN_EVERY_S = 60.0
 MAX_ENVELOPE = codec.MAX_MESSAGE_BYTES + 256 * 1024  # one largest proposal and some votes
 MAX_ITEMS = 20_000                                   # messages and transactions in one envelope
 SEND_BYTES = 4 * 1024 * 1024                         # aim for envelopes about this size
@@ -163,8 +171,13 @@ class PeerLink:
     boot: bytes | None = None
     height: int | None = None
     height_at: float = 0.0
+    # Whether our last envelope to `url` was taken: what "connected" (/health, /metrics) counts. Hearing
+    # from the peer is another fact (`heard_at`): its envelopes may arrive while ours to a mistyped URL
+    # go nowhere.
     connected: bool = False
     ever_connected: bool = False
+    heard_at: float = float("-inf")
+    heard_url: str = ""  # where the peer's last envelope said it listens
     last_sent: float = 0.0
     last_error: str = ""
     known: set[bytes] = field(default_factory=set)
@@ -174,7 +187,8 @@ class PeerLink:
     tq_bytes: int = 0
     c_ready: asyncio.Event = field(default_factory=asyncio.Event)
     t_ready: asyncio.Event = field(default_factory=asyncio.Event)
-    # Set when the peer shows it is up (it sent us something): a sender backing off retries at once.
+    # Set when the peer shows it is up (it sent us something): a sender backing off retries at once
+    # (once per back-off: see `Network._send_forever`).
     c_revived: asyncio.Event = field(default_factory=asyncio.Event)
     t_revived: asyncio.Event = field(default_factory=asyncio.Event)
     hello_due: bool = True
@@ -194,10 +208,23 @@ class PeerLink:
     # worth a WARNING (`Network._down`).
     down_since: float | None = None
     unreachable_warned_at: float = float("-inf")
+    # The key of the node that answers at `url`, by its GET /v1/status (None until it told), and when it
+    # was last asked (`Network._check_identity`): a configured did that is not this one is a mistake in
+    # [peers], not two processes sharing a key.
+    answers_as: bytes | None = None
+    identity_asked_at: float = float("-inf")
+    # When a refusal of our envelopes (4xx) was last worth a WARNING, and how many came since.
+    refused_warned_at: float = float("-inf")
+    refused_since_warned: int = 0
 
     @property
     def did(self) -> str:
         return keys.did_from_public_key(self.key) if self.key else "?"
+
+    @property
+    def misnamed(self) -> bool:
+        """Whether the node at `url` answers under another key than the one we know this peer by."""
+        return self.answers_as is not None and self.answers_as != self.key
 
     def _shared_key(self) -> None:
         now = time.monotonic()
@@ -485,6 +512,7 @@ class Network:
         ready = link.c_ready if consensus else link.t_ready
         revived = link.c_revived if consensus else link.t_revived
         backoff = 0.0
+        revived_retry = False  # the last attempt was made early, on hearing from the peer
         while True:
             await ready.wait()
             ready.clear()
@@ -505,16 +533,22 @@ class Network:
                     if outcome == RETRY:
                         self._requeue_txs(link, txs)
                 if outcome == OK:
-                    backoff = 0.0
+                    backoff, revived_retry = 0.0, False
                     continue
                 self.svc.metrics.gossip_failed += 1
                 backoff = min(self.settings.backoff_max_s, max(0.05, backoff * 2))
-                revived.clear()
-                try:
-                    await asyncio.wait_for(revived.wait(), backoff)
-                    backoff = 0.0  # it is back: no reason to keep waiting
-                except TimeoutError:
-                    pass
+                if revived_retry:
+                    # Hearing from the peer did not make our envelopes reach it (a mistyped URL with the
+                    # right did, say): wait this back-off out, or every envelope of its would bring a retry.
+                    revived_retry = False
+                    await asyncio.sleep(backoff)
+                else:
+                    revived.clear()
+                    try:
+                        await asyncio.wait_for(revived.wait(), backoff)
+                        revived_retry = True  # it seems back: try now rather than wait
+                    except TimeoutError:
+                        pass
 
     def _take_consensus(self, link: PeerLink) -> list[_Item]:
         items: list[_Item] = []
@@ -607,9 +641,13 @@ class Network:
             except (DecodeError, KeyError, TypeError) as exc:
                 self._down(link, f"malformed reply: {exc}")
                 return DROP
+            await self._check_identity(session, link, "")
             self._up(link)
             link.public_only = False
-            if link.observe(boot, height):
+            # The reply comes from whichever node listens at the URL: if that is not the peer we know by
+            # this key, its process starts are not the peer's (mixing them would look like two processes
+            # with the peer's key), and its envelopes tell the peer's.
+            if not link.misnamed and link.observe(boot, height):
                 self._peer_restarted(link)
             self._note_height(height)
             for item in items:
@@ -617,14 +655,15 @@ class Network:
                     link.known.add(item.digest)
             return OK
         reason = _error_text(payload) or f"HTTP {status}"
+        if status == 403:
+            await self._check_identity(session, link, reason)
         if status == 403 and not link.public_only:
             link.public_only = True  # until an envelope of ours is taken again (see above)
             log.info("event=peer_public_only url=%s reason=%r", link.url, reason)
             if txs:
                 return await self._submit_public(session, link, txs)
-        if status < 500 and f"HTTP {status}: {reason}" != link.last_error:
-            # Worth an operator's eye: e.g. the peer does not list this node's did (see node/config.py).
-            log.warning("event=peer_refused_us url=%s status=%d reason=%r", link.url, status, reason)
+        if status < 500:
+            self._refused(link, status, reason)
         self._down(link, f"HTTP {status}: {reason}")
         # 5xx (503: busy): the same items may go through later. A 4xx will not change by repeating
         # it (the peer does not know us, or finds the items malformed): drop them, still back off.
@@ -671,7 +710,74 @@ class Network:
                  _error_text(payload)[:200])
         return DROP
 
+    async def _check_identity(self, session: aiohttp.ClientSession, link: PeerLink, refused: str) -> None:
+        """Ask the node answering at a configured peer's URL for its key (GET /v1/status names it), once it
+        answers our envelopes, and warn if it is not the did [peers] gives for that URL.
+
+        A did copied from another line of [peers] (or of nobody) otherwise shows in odd ways: the node at
+        the URL takes our envelopes while those of the did's real node arrive from elsewhere, and their
+        process starts mixed on one link would pass for two processes sharing a key (peer_key_shared),
+        sending the operator after a copied data folder that does not exist. Asked once; again after
+        SHARED_KEY_WARNING_EVERY_S if there was no answer, and every UNREACHABLE_WARN_EVERY_S (with the
+        warning) while the mismatch lasts. `refused`: why the node refused our envelope, if it did."""
+        if link.key is None or link.learnt:
+            return  # no did configured, or known from the peer's own envelopes: nothing to check
+        now = time.monotonic()
+        if link.answers_as == link.key:
+            return
+        wait = UNREACHABLE_WARN_EVERY_S if link.misnamed else SHARED_KEY_WARNING_EVERY_S
+        if now < link.identity_asked_at + wait:
+            return
+        link.identity_asked_at = now
+        try:
+            async with session.get(link.url + "/v1/status", timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                status = json_or_none(await read_response(resp, 64 * 1024)) if resp.status == 200 else None
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
+            return
+        if not isinstance(status, dict) or status.get("genesis_hash") != self.store.genesis_hash().hex():
+            return  # not a node of this chain answering as one (another chain's is named elsewhere)
+        try:
+            answers = keys.public_key_from_did(status.get("node", ""))
+        except (LerError, ValueError):
+            return
+        link.answers_as = answers
+        if answers == link.key:
+            return
+        log.warning("event=peer_key_mismatch url=%s configured=%s answers=%s our_envelopes=%s hint=%r",
+                    link.url, link.did, keys.did_from_public_key(answers),
+                    f"refused ({refused})" if refused else "taken",
+                    f"the node at {link.url} has the key {keys.did_from_public_key(answers)}, not the did "
+                    "[peers] gives for that URL: correct the peer's did in [peers] (config.toml) and restart; "
+                    "meanwhile what this node sends there goes to that node, under the other's name")
+
+    def _refused(self, link: PeerLink, status: int, reason: str) -> None:
+        """The peer refused an envelope of ours (4xx). Worth an operator's eye (e.g. the peer does not list
+        this node's did, node/config.py): one WARNING when it starts, then at most one every
+        REFUSED_WARN_EVERY_S with the count since, whatever happened between (a peer restarting, or our
+        transactions going to its public API, while it refuses our hellos every few seconds); the
+        others at DEBUG."""
+        now = time.monotonic()
+        link.refused_since_warned += 1
+        if now - link.refused_warned_at < REFUSED_WARN_EVERY_S:
+            log.debug("event=peer_refused_us url=%s status=%d reason=%r", link.url, status, reason)
+            return
+        log.warning("event=peer_refused_us url=%s status=%d refused=%d reason=%r", link.url, status,
+                    link.refused_since_warned, reason)
+        link.refused_warned_at = now
+        link.refused_since_warned = 0
+
+    def _heard(self, link: PeerLink, url: str) -> None:
+        """The peer sent us an envelope. That it is up says nothing of whether ours reach it at `link.url`
+        (a mistyped URL with the right did), so it does not make the link "up"; it only cuts short a
+        back-off, since a peer that was down and sends again is likely to take ours again too."""
+        link.heard_at = time.monotonic()
+        link.heard_url = url
+        if not link.connected:
+            link.c_revived.set()
+            link.t_revived.set()
+
     def _up(self, link: PeerLink) -> None:
+        """An envelope of ours was taken at `link.url` (the only thing that makes a link "up")."""
         if not link.connected:
             log.info("event=peer_up url=%s", link.url)
         link.connected = True
@@ -682,7 +788,9 @@ class Network:
     def _down(self, link: PeerLink, reason: str) -> None:
         """A failed attempt to reach the peer. Said at INFO when a peer that answered stops; a peer that
         has not answered for UNREACHABLE_AFTER back-offs (never, say: a mistyped URL, a node not started)
-        is worth an operator's eye: one WARNING, again every UNREACHABLE_WARN_EVERY_S while it lasts."""
+        is worth an operator's eye: one WARNING, again every UNREACHABLE_WARN_EVERY_S while it lasts. A
+        peer whose own envelopes keep arriving meanwhile runs: then the URL is what is wrong, and the
+        warning says so (with the URL the peer gives for itself)."""
         if link.connected or (not link.last_error and link.ever_connected):
             log.info("event=peer_down url=%s reason=%r", link.url, reason)
         elif reason != link.last_error:
@@ -693,10 +801,16 @@ class Network:
         elif (now - link.down_since >= UNREACHABLE_AFTER * self.settings.backoff_max_s
               and now - link.unreachable_warned_at >= UNREACHABLE_WARN_EVERY_S):
             link.unreachable_warned_at = now
-            log.warning("event=peer_unreachable url=%s seconds=%.0f ever_answered=%s reason=%r hint=%r",
-                        link.url, now - link.down_since, link.ever_connected, reason,
-                        "check the peer's URL in [peers] and that its node runs: nothing this node sends "
+            heard = now - link.heard_at <= UNREACHABLE_AFTER * self.settings.backoff_max_s
+            if heard:
+                hint = (f"the peer is heard from (its envelopes arrive, saying it listens at {link.heard_url}) "
+                        "but nothing this node sends to the configured URL reaches it: check the peer's URL "
+                        "in [peers]")
+            else:
+                hint = ("check the peer's URL in [peers] and that its node runs: nothing this node sends "
                         "reaches it")
+            log.warning("event=peer_unreachable url=%s seconds=%.0f ever_answered=%s heard=%s reason=%r hint=%r",
+                        link.url, now - link.down_since, link.ever_connected, heard, reason, hint)
         link.connected = False
         link.last_error = reason
 
@@ -831,10 +945,7 @@ class Network:
                           link.latest_seq)
             elif link.observe(body["boot"], body["height"]):
                 self._peer_restarted(link)
-            if not link.connected:
-                link.c_revived.set()
-                link.t_revived.set()
-            self._up(link)
+            self._heard(link, body["url"])
         self._note_height(body["height"])
         for message, item_raw, digest in messages:
             if not self.driver.offer(Incoming(message, item_raw, digest, sender)):
@@ -918,9 +1029,18 @@ class Network:
                         "another running node signs with this node's key: give each node its own key")
 
     def _link_for(self, key: bytes, url: str) -> PeerLink | None:
+        """The link an envelope from `key`, saying it listens at `url`, belongs to: the one of that key
+        and URL, else one of that key (a peer configured under another URL for it, or a second process
+        with its key). Where [peers] gives one did for two URLs (a did copied from a neighbouring line),
+        the peer's envelopes stay with its own URL's link, not with the misnamed one."""
+        by_key = None
         for link in self.links.values():
             if link.key == key:
-                return link
+                if link.url == url:
+                    return link
+                by_key = by_key or link
+        if by_key is not None:
+            return by_key
         by_url = self.links.get(url)
         if by_url is not None:
             if by_url.key is None:

@@ -256,6 +256,7 @@ class ConsensusDriver:
         self._listen_s = LISTEN_FIRST_TICKS * cfg.gossip.resend_s if cfg.peers else 0.0
         self._loop_started = False
         self._early_full = False  # a message found no room in _early since the process started
+        self._voted_in_said = False  # `_check_voted_in`
         svc.tx_listeners.append(self._on_txs)
 
     def _load_signed(self) -> SignedState | None:
@@ -318,6 +319,31 @@ class ConsensusDriver:
         return s.height if s is not None and s.is_hold and s.height > self.store.height + 1 else 0
 
     @property
+    def voted_in_height(self) -> int | None:
+        """The first height (of those known, the next two) whose validators hold this observer's key, or
+        None: governance made it an authority, but an observer node signs nothing (`_check_voted_in`)."""
+        if self.voting:
+            return None
+        key, h = self.svc.key.public_key, self.store.height
+        return next((x for x in (h + 1, h + 2) if key in self.store.validators(x)), None)
+
+    def _check_voted_in(self) -> None:
+        """Say once when this observer's key becomes an authority's: the network counts its vote from that
+        height on and never gets it, so it has one live authority fewer than it counts (two such, of
+        four, and nothing commits). It does not start voting by itself: a validator records what it signs
+        (in its database and its `signed-state` file) and listens to its peers before it signs, from its
+        start on, which an observer did not; the safe way in is the authority start, which its operator
+        chooses with role = "authority"."""
+        at = self.voted_in_height
+        if at is None or self._voted_in_said:
+            return
+        self._voted_in_said = True
+        log.warning("event=voted_in_but_observer node=%s height=%d reason=%r", self.svc.key.did, at,
+                    f"governance made this node's key an authority from height {at}, but the node runs as an "
+                    "observer and does not vote, so the network misses its vote: set role = \"authority\" "
+                    "in [node] of its config.toml and restart it (or vote the key out again)")
+
+    @property
     def in_height(self) -> bool:
         """Whether a height is running (started, not yet committed)."""
         return self.engine is not None and self.engine.height == self.store.height + 1
@@ -376,6 +402,7 @@ class ConsensusDriver:
     # --- the loop ----------------------------------------------------------------------------------
     async def run(self) -> None:
         self._loop_started = True
+        self._check_voted_in()
         if self._listen_s > 0:
             self._listen_until = time.monotonic() + self._listen_s
         try:
@@ -878,6 +905,7 @@ class ConsensusDriver:
         await self.svc.after_commit(block, result, started, source)
         if self.outbox is not None:
             self.outbox.new_height(h)
+        self._check_voted_in()
         if len(self.svc.mempool):
             await self.svc.recheck_mempool(result.state_writes, self.block_txs)
         # Left-over transactions have waited already: the next height starts at once.
