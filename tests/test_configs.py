@@ -441,6 +441,54 @@ def test_a_node_restarted_by_hand_is_one_the_testnet_commands_see_and_stop(tmp_p
         ler("testnet", "down", "--dir", str(d))
 
 
+@pytest.mark.parametrize("manifest", ["deleted", "damaged"])
+def test_down_without_the_manifest_stops_the_nodes_by_their_pid_files(tmp_path: Path, manifest: str) -> None:
+    """testnet.json deleted or damaged while the network runs: `down` still stops every node, found by the
+    node.pid of each node folder, and says it did so without testnet.json; `status` shows those folders
+    and says why. A node folder whose node.pid names a process that is not that node (its pid taken by
+    another program) is never signalled."""
+    d = tmp_path / "net"
+    assert ler("testnet", "up", "--dir", str(d), "--nodes", "2", "--base-port", "23891").returncode == 0
+    nodes = json.loads((d / "testnet.json").read_text())["nodes"]
+    pids = [n["pid"] for n in nodes]
+    impostor = subprocess.Popen(["sleep", "60"])
+    try:
+        (d / "observer1").mkdir()  # a dead node's folder whose pid went to another program
+        (d / "observer1" / "node.pid").write_text(str(impostor.pid))
+        if manifest == "deleted":
+            (d / "testnet.json").unlink()
+        else:
+            (d / "testnet.json").write_text('{"chain_id": "cut sh')
+        why = "no testnet in" if manifest == "deleted" else "cannot be read as a testnet manifest"
+        shown = ler("testnet", "status", "--dir", str(d))
+        assert shown.returncode == 1 and why in shown.stderr and "shown instead: the node folders" in shown.stderr
+        rows = [line.split() for line in shown.stdout.splitlines()]
+        assert [(r[0], r[1], r[3]) for r in rows] == [("authority1", "authority", "running"),
+                                                      ("authority2", "authority", "running"),
+                                                      ("observer1", "observer", "stopped")], shown.stdout
+        assert rows[0][2] == nodes[0]["url"] and "height" in shown.stdout
+        assert ler("testnet", "status", "--dir", str(d), "--nodes", "3").returncode == 2  # 2 authority folders
+        r = ler("testnet", "down", "--dir", str(d))
+        assert r.returncode == 0, r.stderr
+        assert why in r.stderr and "warning: " in r.stderr
+        assert f"without testnet.json, by the node.pid of each node folder in {d}: stopped authority1, authority2" \
+            in r.stdout, r.stdout
+        assert not any(procs.alive(pid) for pid in pids)
+        for node in nodes:  # each stopped cleanly, as `down` stops them with testnet.json
+            assert "event=node_stopped" in (Path(node["data"]) / "node.log").read_text(), node["name"]
+        assert impostor.poll() is None, "down signalled a process that is not a node of the network"
+        again = ler("testnet", "down", "--dir", str(d))
+        assert again.returncode == 0 and "no node was running" in again.stdout
+        assert not (d / "testnet.json").exists() if manifest == "deleted" else \
+            (d / "testnet.json").read_text() == '{"chain_id": "cut sh'  # left as it was
+    finally:
+        impostor.kill()
+        impostor.wait()
+        for pid in pids:
+            if procs.alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
 # --- a node's config.toml, as `ler node init` and `ler node run` meet it ------------------------------------
 
 def one_error_line(r: subprocess.CompletedProcess[str]) -> str:
