@@ -1641,6 +1641,8 @@ def testnet_up(directory: str, network_file: str | None, authorities: int | None
     for n in manifest["nodes"]:
         was = "  (was running)" if n["name"] in already else ""
         say(f"{n['name']:<12} {n['role']:<9} {n['url']}  pid {n['pid']}  log {n['data']}/node.log{was}")
+    if already and all(n["name"] in already for n in manifest["nodes"]):
+        say(f"the network in {directory} was running already: every node runs, none was started")
     say(f"genesis: {manifest['genesis']}")
     if seed_demo:
         seeded = _testnet_call(lambda: tn.seed_demo(directory))

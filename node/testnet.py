@@ -13,7 +13,10 @@ with `ler node run --data <its data path>`; a running node keeps its process id 
 `ler testnet status --dir DIR` reports each node. With testnet.json missing or unreadable, both fall back
 to the node folders in DIR (authority1, observer1, ...) and say so: a node is running if its node.pid
 names a live `ler node run` of that folder (node/procs.py), so `down` can still stop the network, and
-never signals a process that took the pid of a node that died.
+never signals a process that took the pid of a node that died. `up` holds an exclusive lock
+(fcntl.flock) on DIR/testnet.lock while it creates and starts the network: a second `up` on DIR meanwhile
+fails at once instead of starting the same nodes again. The kernel releases the lock when its holder
+exits, however it exits, so the file left behind by a killed `up` blocks nothing.
 `scripts/testnet` runs `up`, seeds demo data, prints where to look and stops everything on Ctrl-C. Each
 node's log is DIR/<name>/node.log.
 """
@@ -21,6 +24,7 @@ node's log is DIR/<name>/node.log.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -31,6 +35,7 @@ import subprocess
 import sys
 import time
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +61,9 @@ from node.config import (
 from node.procs import PID_MAX, alive, node_running_on, runs_node
 
 MANIFEST = "testnet.json"
+#: Locked (fcntl.flock, exclusive) by `up` while it creates and starts the network. The file itself means
+#: nothing: only the lock does, and the kernel drops it with its holder's process.
+LOCK = "testnet.lock"
 #: Written first by a network's creation, removed with its first manifest (saved before any node
 #: starts): {"format": CREATING_FORMAT, "makes": [paths in DIR]}, every path the creation is about to
 #: make, none of which existed (checked before it is written). A creation stopped between the two
@@ -140,6 +148,35 @@ def up(directory: str | os.PathLike[str], authorities: int = 4, observers: int =
     the network is created (tests use short ones); a network that exists keeps its configs.
     """
     d = Path(directory).resolve()
+    with _starting(d):
+        return _up(d, authorities, observers, base_port, chain_id, timeout, consensus)
+
+
+@contextlib.contextmanager
+def _starting(d: Path) -> Iterator[None]:
+    """Hold DIR's lock while `up` runs: two at once would each find the nodes stopped and start them both,
+    the later processes would fail on the database the earlier ones hold, and testnet.json would list
+    their dead pids. A lock held by the kernel, not a pid file: one left by an `up` that was killed is
+    free again, and a pid cannot be taken by another process meanwhile."""
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        fd = os.open(d / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise TestnetError(f"cannot lock {d / LOCK}: {exc.strerror or exc}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TestnetError(f"another `ler testnet up` is starting the network in {d} now (it holds "
+                               f"{d / LOCK}); nothing was started: wait for it to end, then see "
+                               f"`ler testnet status --dir {shlex.quote(str(d))}`") from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _up(d: Path, authorities: int, observers: int, base_port: int, chain_id: str, timeout: float,
+        consensus: dict[str, float] | None) -> dict[str, Any]:
     manifest_path = d / MANIFEST
     if manifest_path.exists():
         manifest = load(d)

@@ -489,6 +489,66 @@ def test_down_without_the_manifest_stops_the_nodes_by_their_pid_files(tmp_path: 
                 os.kill(pid, signal.SIGKILL)
 
 
+def lock_held(path: Path) -> bool:
+    """Whether another process holds an flock on `path` (as `ler testnet up` does on DIR/testnet.lock)."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def test_a_second_up_while_one_runs_fails_at_once_and_a_killed_ups_lock_blocks_nothing(tmp_path: Path) -> None:
+    """Two `ler testnet up` on one folder at the same time: the second fails at once, saying so, and starts
+    nothing, so testnet.json lists the nodes that run (not the second one's, dead on the first one's
+    databases). An `up` on a running network says it runs already. An `up` killed while it held the lock
+    leaves the lock file, which does not stop the next `up`."""
+    d = tmp_path / "net"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LER_")}
+    args = [str(LER), "testnet", "up", "--dir", str(d), "--nodes", "2", "--base-port", "23901"]
+    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        # Its lock, or (with no lock) its testnet.json, written before it starts any node.
+        wait_until(lambda: lock_held(d / "testnet.lock") or (d / "testnet.json").exists() or first.poll() is not None,
+                   60, "the first up to take its lock")
+        second = ler(*args[1:])
+        assert first.poll() is None, "the first up ended before the second ran: nothing was tested"
+        assert second.returncode == 1, (second.stdout, second.stderr)
+        assert f"another `ler testnet up` is starting the network in {d} now" in second.stderr, second.stderr
+        assert "nothing was started" in second.stderr
+        _, err = first.communicate(timeout=120)
+        assert first.returncode == 0, err
+        nodes = json.loads((d / "testnet.json").read_text())["nodes"]
+        assert all(procs.alive(n["pid"]) for n in nodes), nodes
+        assert ler("testnet", "status", "--dir", str(d)).returncode == 0
+        again = ler(*args[1:])
+        assert again.returncode == 0 and "was running already: every node runs, none was started" in again.stdout
+        assert json.loads((d / "testnet.json").read_text())["nodes"] == nodes
+        assert ler("testnet", "down", "--dir", str(d)).returncode == 0
+
+        killed = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        wait_until(lambda: lock_held(d / "testnet.lock") or killed.poll() is not None, 60,
+                   "the up to be killed to take its lock")
+        killed.kill()
+        killed.wait()
+        assert (d / "testnet.lock").exists() and not lock_held(d / "testnet.lock")
+        after = ler(*args[1:])
+        assert after.returncode == 0, after.stderr
+        assert ler("testnet", "status", "--dir", str(d)).returncode == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+        ler("testnet", "down", "--dir", str(d))
+
+
 # --- a node's config.toml, as `ler node init` and `ler node run` meet it ------------------------------------
 
 def one_error_line(r: subprocess.CompletedProcess[str]) -> str:
