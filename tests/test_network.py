@@ -263,8 +263,9 @@ def test_network_commits_records_and_every_node_agrees(net: Net) -> None:
     assert [n.log().count("event=height_started") for n in net.authorities] == started
     for node in net.nodes:
         health = node.get("/health")
-        assert health == {"ok": True, "height": top, "role": node.role, "syncing": False,
-                          "peers": health["peers"]}
+        assert health == {"ok": True, "status": "ok", "warnings": [], "height": top, "role": node.role,
+                          "syncing": False, "sync_lag": 0, "peers": health["peers"],
+                          "last_block_age_s": health["last_block_age_s"]}  # idle, no heartbeat: no warning
         assert node.get("/v1/status")["round"] == 0
     metrics = http(a[0].url, "GET", "/metrics").body.decode()
     for name in ("ler_height", "ler_round", "ler_commit_latency_seconds_count", "ler_mempool_txs",
