@@ -2,7 +2,7 @@
 
 Every refusal is a 4xx with {"error": reason}; no input reaches a 500. Bytes are lowercase hex, identities
 did:key strings. The OpenAPI document at /v1/openapi.json (node/openapi.py) describes every route.
-Operations: /health (200 while the node serves, with its height and whether it is syncing) and
+Operations: /health (200 while the node serves, with its height, sync lag and any warnings) and
 /metrics (Prometheus text). The peer endpoints (/peer/v1/...) are node/peers.py's and node/sync.py's,
 added to the same application by `make_app` when the node runs its network side.
 """
@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -287,18 +288,26 @@ class Api:
         return _json(openapi.document(VERSION))
 
     async def health(self, request: web.Request) -> web.Response:
-        net = self.net
-        body: dict[str, Any] = {"ok": True, "height": self.svc.store.height, "role": self.svc.config.role,
-                                "syncing": net.syncing if net else False,
-                                "peers": net.peers_connected if net else 0}
-        # Only when there is something an operator must act on (the usual answer keeps its shape).
+        """Liveness stays 200 with "ok": true while the node serves (a node that cannot make blocks
+        because too few authorities are up is still alive, and restarting it mends nothing); what an
+        operator should act on goes in "warnings" ({"event", "reason"}, and "height" where one is meant),
+        and "status" is "degraded" while there are any."""
+        net, svc = self.net, self.svc
+        warnings: list[dict[str, Any]] = []
+        stalled = svc.stall_warning()
+        if stalled:
+            warnings.append({"event": "no_block", "reason": stalled})
         voted_in = net.voted_in_height if net else None
         if voted_in is not None:
-            body["warnings"] = [{"event": "voted_in_but_observer", "height": voted_in,
-                                 "reason": "this node's key is an authority from that height, but the node runs "
-                                           "as an observer and does not vote: set role = \"authority\" in its "
-                                           "config.toml and restart it"}]
-        return _json(body)
+            warnings.append({"event": "voted_in_but_observer", "height": voted_in,
+                             "reason": "this node's key is an authority from that height, but the node runs "
+                                       "as an observer and does not vote: set role = \"authority\" in its "
+                                       "config.toml and restart it"})
+        return _json({"ok": True, "status": "degraded" if warnings else "ok", "warnings": warnings,
+                      "height": svc.store.height, "role": svc.config.role,
+                      "syncing": net.syncing if net else False, "sync_lag": net.sync_lag if net else 0,
+                      "peers": net.peers_connected if net else 0,
+                      "last_block_age_s": round(time.monotonic() - svc.last_block_at, 1)})
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=self.svc.metrics.render().encode("utf-8"),
@@ -315,8 +324,12 @@ class Api:
             "ler_mempool_bytes": ("Bytes of transactions waiting in the mempool", s.mempool.bytes),
             "ler_peers_connected": ("Peers whose last request succeeded", net.peers_connected if net else 0),
             "ler_peers_known": ("Peers this node sends to", net.peers_known if net else 0),
-            "ler_sync_lag_blocks": ("Blocks the best peer (not skipped for failing sync) is ahead of this node",
+            "ler_sync_lag_blocks": ("Blocks the highest height any peer reported is ahead of this node",
                                     net.sync_lag if net else 0),
+            "ler_last_block_age_seconds": ("Seconds since this node committed a block (or started)",
+                                           round(time.monotonic() - s.last_block_at, 3)),
+            "ler_stalled": ("1 while no block comes though transactions wait or a heartbeat is due (see /health)",
+                            1 if s.stall_warning() else 0),
             "ler_syncing": ("1 while block sync is fetching", 1 if net and net.syncing else 0),
             "ler_validator": ("1 if this node is a validator of the next height", 1 if s.is_validator else 0),
             "ler_signing_held_until_height": (

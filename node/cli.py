@@ -1567,7 +1567,7 @@ def _check_nodes(directory: str, nodes: int | None) -> None:
     if nodes is None:
         return
     tn = _testnet()
-    made = tn.shape(_testnet_call(lambda: tn.load(Path(directory).resolve())))
+    made = tn.shape({"nodes": _testnet_call(lambda: tn.find_nodes(directory)).nodes})
     have, observers = made["authorities"], made["observers"]
     if have != nodes:
         extra = f" and {observers} observer{'s' * (observers != 1)}" if observers else ""
@@ -1641,6 +1641,8 @@ def testnet_up(directory: str, network_file: str | None, authorities: int | None
     for n in manifest["nodes"]:
         was = "  (was running)" if n["name"] in already else ""
         say(f"{n['name']:<12} {n['role']:<9} {n['url']}  pid {n['pid']}  log {n['data']}/node.log{was}")
+    if already and all(n["name"] in already for n in manifest["nodes"]):
+        say(f"the network in {directory} was running already: every node runs, none was started")
     say(f"genesis: {manifest['genesis']}")
     if seed_demo:
         seeded = _testnet_call(lambda: tn.seed_demo(directory))
@@ -1655,11 +1657,21 @@ def testnet_up(directory: str, network_file: str | None, authorities: int | None
 @click.option("--nodes", type=click.IntRange(min=1, max=64), default=None, metavar="N",
               help="The network's authority nodes, as given to `up` (checked; nothing is stopped if it differs).")
 def testnet_down(directory: str, nodes: int | None) -> None:
-    """Stop every node of a local network."""
+    """Stop every node of a local network.
+
+    Without a usable DIR/testnet.json (deleted, damaged), it stops the nodes of DIR's node folders whose
+    node.pid names that folder's running node, and says so."""
     _check_nodes(directory, nodes)
     tn = _testnet()
     stopped = _testnet_call(lambda: tn.down(directory))
-    say(f"stopped {', '.join(stopped)}" if stopped else "no node was running")
+    if stopped.without_manifest is not None:
+        say(f"warning: {stopped.without_manifest}", err=True)
+    names = ", ".join(stopped.names)
+    if stopped.without_manifest is None:
+        say(f"stopped {names}" if names else "no node was running")
+    else:
+        say(f"without {tn.MANIFEST}, by the node.pid of each node folder in {directory}: "
+            + (f"stopped {names}" if names else "no node was running"))
 
 
 @testnet_group.command("status")
@@ -1668,17 +1680,24 @@ def testnet_down(directory: str, nodes: int | None) -> None:
               help="The network's authority nodes, as given to `up` (checked).")
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
 def testnet_status(directory: str, nodes: int | None, as_json: bool) -> None:
-    """Show each node of a local network."""
+    """Show each node of a local network (exit 1 unless every node runs and answers).
+
+    Without a usable DIR/testnet.json, it shows DIR's node folders (running: their node.pid names that
+    folder's node), says why on stderr and exits 1 (with --json, the rows and 0, as always): `up` cannot
+    use that network until testnet.json is restored."""
     _check_nodes(directory, nodes)
     tn = _testnet()
-    rows = _testnet_call(lambda: tn.status(directory))
+    rows, without_manifest = _testnet_call(lambda: tn.status(directory))
+    if without_manifest is not None:
+        say(f"warning: {without_manifest}; shown instead: the node folders in {directory}, by their "
+            "node.pid and config.toml", err=True)
     if as_json:
         emit_json(rows)
         return
     for r in rows:
         state = f"height {r['height']}, mempool {r['mempool']}" if "height" in r else r.get("error", "")
         say(f"{r['name']:<12} {r['role']:<9} {r['url']}  {'running' if r['running'] else 'stopped'}  {state}")
-    if not all(r["running"] and "height" in r for r in rows):
+    if without_manifest is not None or not all(r["running"] and "height" in r for r in rows):
         sys.exit(EXIT_NEGATIVE)
 
 

@@ -37,9 +37,15 @@ class ClientError(LerError):
         return self.status is None
 
 
+#: The API's path prefix. Every request adds it, so a URL given with it (copied from a /v1/status link,
+#: say) would ask for /v1/v1/status and get a bare 404: the URL is taken without it instead.
+API_PREFIX = "/v1"
+
+
 def check_node_url(url: str) -> str:
-    """The URL without a trailing slash; ClientError unless it is an http(s) URL with a host (and a port
-    from 1 to 65535 if it gives one)."""
+    """The node's base URL: without a trailing slash or a trailing /v1 (the API prefix, which every
+    request adds); ClientError unless it is an http(s) URL with a host (and a port from 1 to 65535 if it
+    gives one). Any other path stays: a node behind a reverse proxy may be served under one."""
     try:
         parts = urllib.parse.urlsplit(url)
         usable = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
@@ -47,7 +53,8 @@ def check_node_url(url: str) -> str:
         usable = False
     if not usable:
         raise ClientError(f"node URL {url!r} must look like http://HOST:PORT (a port from 1 to 65535)")
-    return url.rstrip("/")
+    base = url.rstrip("/")
+    return base.removesuffix(API_PREFIX).rstrip("/") if base.endswith(API_PREFIX) else base
 
 
 class NodeClient:
@@ -220,6 +227,12 @@ class _HttpError(Exception):
 
     def client_error(self) -> ClientError:
         reason = self.body.get("error") if isinstance(self.body, dict) else None
+        if self.status == 404 and reason in (None, "", "Not Found"):
+            # No such route at all (a resource the API does not hold has a reason of its own): the URL
+            # given is most likely not the node's base URL but a page or a path under it.
+            return ClientError(f"{self.url}{self.path} is not found (HTTP 404): is {self.url} the node's base "
+                               f"URL? Give it as http://HOST:PORT, with no path (the node's API is under "
+                               f"{API_PREFIX}, which every command adds)", self.status)
         if not isinstance(reason, str) or not reason:
             reason = f"node at {self.url} answered {self.method} {self.path} with HTTP {self.status}"
         return ClientError(reason, self.status)

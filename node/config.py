@@ -213,7 +213,7 @@ def parse_peer(text: str) -> PeerSpec:
     if '"' in url or "\\" in url or any(ord(c) < 0x21 for c in url):
         raise ConfigError(f"peer URL {url!r} holds a character a URL cannot have")
     try:
-        check_node_url(url)  # the same test as a client's --node
+        url = check_node_url(url)  # the same test and the same base URL as a client's --node
     except ClientError as exc:
         raise ConfigError(str(exc).replace("node URL", "peer URL", 1)) from None
     if not sep:

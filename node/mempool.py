@@ -16,6 +16,7 @@ checks membership (a lock guards every change and every walk over the queues).
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict, deque
 from collections.abc import Iterable
 
@@ -42,6 +43,9 @@ class Mempool:
         self._counts: dict[bytes, int] = {}  # signer -> how many of its transactions are pooled
         self._dead: set[bytes] = set()
         self._bytes = 0
+        #: Since when (time.monotonic) the pool has held transactions without a pause, None while empty: how
+        #: long its oldest waiting one has waited at most (/health warns when blocks stop coming for them).
+        self.waiting_since: float | None = None
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -132,6 +136,8 @@ class Mempool:
             queue = self._queues[signer] = deque()
         queue.append(tx.tx_id)
         self._counts[signer] = count + 1
+        if not self._txs:
+            self.waiting_since = time.monotonic()
         self._txs[tx.tx_id] = tx
         self._bytes += len(tx.raw)
         return True
@@ -179,6 +185,8 @@ class Mempool:
             self._bytes -= len(tx.raw)
             dead.add(tx_id)
             removed[tx.signer] = removed.get(tx.signer, 0) + 1
+        if not txs:
+            self.waiting_since = None
         counts = self._counts
         for signer, n in removed.items():
             live = counts[signer] - n

@@ -167,18 +167,23 @@ def document(version: str) -> dict[str, Any]:
                             "messages": {"type": "array", "minItems": 2, "maxItems": 2,
                                          "items": {"type": "object"}}}}}}}),
                               **_errors(400)}}},
-            "/health": {"get": {"summary": "Liveness: 200 while the node serves, with its height and whether "
-                                           "it is catching up by block sync", "operationId": "health",
+            "/health": {"get": {"summary": "Liveness: 200 while the node serves, with its height, whether "
+                                           "it is catching up by block sync, and warnings (status degraded) "
+                                           "such as no block while transactions wait", "operationId": "health",
                                 "responses": {"200": _resp("Alive", {
-                                    "type": "object", "required": ["ok", "height", "syncing"],
-                                    "properties": {"ok": {"type": "boolean"}, "height": {"type": "integer"},
-                                                   "role": {"type": "string"}, "syncing": {"type": "boolean"},
-                                                   "peers": {"type": "integer"},
+                                    "type": "object", "required": ["ok", "status", "warnings", "height", "syncing"],
+                                    "properties": {"ok": {"type": "boolean"},
+                                                   "status": {"type": "string", "enum": ["ok", "degraded"]},
                                                    "warnings": {"type": "array", "items": {
                                                        "type": "object", "required": ["event", "reason"],
                                                        "properties": {"event": {"type": "string"},
                                                                       "height": {"type": "integer"},
-                                                                      "reason": {"type": "string"}}}}}})}}},
+                                                                      "reason": {"type": "string"}}}},
+                                                   "height": {"type": "integer"},
+                                                   "role": {"type": "string"}, "syncing": {"type": "boolean"},
+                                                   "sync_lag": {"type": "integer"},
+                                                   "peers": {"type": "integer"},
+                                                   "last_block_age_s": {"type": "number"}}})}}},
             "/metrics": {"get": {"summary": "Prometheus metrics (text exposition format 0.0.4)",
                                  "operationId": "metrics",
                                  "responses": {"200": {"description": "Metrics", "content": {

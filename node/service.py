@@ -44,6 +44,9 @@ VERIFIED_IDS = 2 * MAX_BLOCK_TXS
 #: The longest block validation waits for admission to finish checking transactions it also holds.
 ADMISSION_WAIT_S = 1.0
 
+#: No block for this many heartbeats (when `[blocks] heartbeat_s` is set) is a stall, not a slow height.
+STALL_HEARTBEATS = 3
+
 #: Called with transactions newly in the mempool and the peer key they came from (None: a client).
 TxListener = Callable[[list[Tx], bytes | None], None]
 
@@ -103,6 +106,8 @@ class NodeService:
         self._stopping = False
         self.started = time.monotonic()
         self.last_commit_ms: float | None = None
+        #: When this node last committed a block (by consensus or sync), else when it started.
+        self.last_block_at = self.started
         # Ids of transactions whose signatures this node checked lately, by admission (before the
         # transaction reaches the mempool) or by block validation (a proposal that outran their gossip):
         # whichever comes second finds the id here, or in the mempool, and does not check it again.
@@ -196,6 +201,34 @@ class NodeService:
     @property
     def stopping(self) -> bool:
         return self._stopping
+
+    def stall_after_s(self) -> float:
+        """How long without a block is more than a slow height: three rounds' consensus timeouts (a dead
+        proposer costs a round, a second one in a row another), and three heartbeats where heartbeats
+        are set. Later than that, the authorities likely cannot make a block at all."""
+        c = self.config.consensus
+        rounds = sum(c.propose + c.prevote + c.precommit
+                     + r * (c.propose_increment + c.prevote_increment + c.precommit_increment) for r in range(3))
+        return max(rounds + self.config.blocks.batch_ms / 1000, STALL_HEARTBEATS * self.config.blocks.heartbeat_s)
+
+    def stall_warning(self) -> str | None:
+        """Why no block seems to come, for /health, or None. Blocks are due when transactions wait (or a
+        heartbeat is set), so a node with nothing to commit and no heartbeat is never stalled.
+        Consensus needs more than 2/3 of the authorities up and connected: when fewer are, every node
+        (an observer too, which hears of no new block) still serves, but nothing commits."""
+        now = time.monotonic()
+        waiting_since = self.mempool.waiting_since
+        heartbeat = self.config.blocks.heartbeat_s
+        since = self.last_block_at if waiting_since is None else max(self.last_block_at, waiting_since)
+        if waiting_since is None and heartbeat <= 0:
+            return None
+        quiet = now - since
+        if quiet < self.stall_after_s():
+            return None
+        why = (f"while {len(self.mempool)} transaction(s) wait" if waiting_since is not None
+               else f"though [blocks] heartbeat_s = {heartbeat:g}")
+        return (f"no block for {quiet:.0f} s {why}: the authorities may have no quorum (a block needs more "
+                "than 2/3 of them up and connected)")
 
     def _announce(self, txs: list[Tx], source: bytes | None) -> None:
         for listener in self.tx_listeners:
@@ -396,6 +429,7 @@ class NodeService:
         """Bookkeeping after `block` is durable: mempool, metrics, waiters, one log line."""
         h = block.header.height
         self.mempool.remove([t.tx_id for t in result.applied])
+        self.last_block_at = time.monotonic()
         self.metrics.blocks_committed += 1
         self.metrics.txs_committed += len(result.applied)
         if source == "sync":

@@ -80,7 +80,13 @@ class Syncer:
 
     @property
     def lag(self) -> int:
-        return max(0, self._best_height() - self.store.height)
+        """How far the highest height any peer reported is above ours (0 when none is): what operators
+        watch (ler_sync_lag_blocks, /health). Every peer counts here, one skipped for failing to serve
+        included: while the peers ahead cannot give us their blocks (down, or a quorum gone with them) we
+        are behind all the same, and a peer that claims a height it cannot serve is named by its
+        sync_failed warnings. Only the catch-up itself (`_best_height`) passes skipped peers over."""
+        heard = [link.height for link in list(self.network.links.values()) if link.height is not None]
+        return max(0, max(heard, default=0) - self.store.height)
 
     def _best_height(self) -> int:
         """The highest height a peer claims, among peers not skipped for failing to serve what they
@@ -140,7 +146,7 @@ class Syncer:
             await asyncio.sleep(self.settings.poll_s)
 
     def _due(self) -> bool:
-        lag = self.lag
+        lag = max(0, self._best_height() - self.store.height)
         if lag <= 0:
             self._lag_since = None
             return False

@@ -10,13 +10,21 @@ peer with its did ([[peers.nodes]]), so observers are known to the authorities t
 with `ler node run --data <its data path>`; a running node keeps its process id in <data>/node.pid, so
 `status` and `down` see a node restarted that way as well as those `up` started.
 `ler testnet down --dir DIR` stops them (SIGTERM, then SIGKILL after a grace period);
-`ler testnet status --dir DIR` reports each node. `scripts/testnet` runs `up`, seeds demo data, prints
-where to look and stops everything on Ctrl-C. Each node's log is DIR/<name>/node.log.
+`ler testnet status --dir DIR` reports each node. With testnet.json missing or unreadable, both fall back
+to the node folders in DIR (authority1, observer1, ...) and say so: a node is running if its node.pid
+names a live `ler node run` of that folder (node/procs.py), so `down` can still stop the network, and
+never signals a process that took the pid of a node that died. `up` holds an exclusive lock
+(fcntl.flock) on DIR/testnet.lock while it creates and starts the network: a second `up` on DIR meanwhile
+fails at once instead of starting the same nodes again. The kernel releases the lock when its holder
+exits, however it exits, so the file left behind by a killed `up` blocks nothing.
+`scripts/testnet` runs `up`, seeds demo data, prints where to look and stops everything on Ctrl-C. Each
+node's log is DIR/<name>/node.log.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -27,6 +35,8 @@ import subprocess
 import sys
 import time
 import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +56,14 @@ from node.config import (
     PeerSpec,
     init_data_dir,
     known_settings,
+    load_config,
 )
 from node.procs import PID_MAX, alive, node_running_on, runs_node
 
 MANIFEST = "testnet.json"
+#: Locked (fcntl.flock, exclusive) by `up` while it creates and starts the network. The file itself means
+#: nothing: only the lock does, and the kernel drops it with its holder's process.
+LOCK = "testnet.lock"
 #: Written first by a network's creation, removed with its first manifest (saved before any node
 #: starts): {"format": CREATING_FORMAT, "makes": [paths in DIR]}, every path the creation is about to
 #: make, none of which existed (checked before it is written). A creation stopped between the two
@@ -134,6 +148,35 @@ def up(directory: str | os.PathLike[str], authorities: int = 4, observers: int =
     the network is created (tests use short ones); a network that exists keeps its configs.
     """
     d = Path(directory).resolve()
+    with _starting(d):
+        return _up(d, authorities, observers, base_port, chain_id, timeout, consensus)
+
+
+@contextlib.contextmanager
+def _starting(d: Path) -> Iterator[None]:
+    """Hold DIR's lock while `up` runs: two at once would each find the nodes stopped and start them both,
+    the later processes would fail on the database the earlier ones hold, and testnet.json would list
+    their dead pids. A lock held by the kernel, not a pid file: one left by an `up` that was killed is
+    free again, and a pid cannot be taken by another process meanwhile."""
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        fd = os.open(d / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise TestnetError(f"cannot lock {d / LOCK}: {exc.strerror or exc}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TestnetError(f"another `ler testnet up` is starting the network in {d} now (it holds "
+                               f"{d / LOCK}); nothing was started: wait for it to end, then see "
+                               f"`ler testnet status --dir {shlex.quote(str(d))}`") from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _up(d: Path, authorities: int, observers: int, base_port: int, chain_id: str, timeout: float,
+        consensus: dict[str, float] | None) -> dict[str, Any]:
     manifest_path = d / MANIFEST
     if manifest_path.exists():
         manifest = load(d)
@@ -174,6 +217,48 @@ def _undo_start(d: Path, manifest: dict[str, Any], started: dict[str, int]) -> l
 def running(directory: str | os.PathLike[str]) -> list[str]:
     """Names of the network's nodes that are running now."""
     return [n["name"] for n in load(Path(directory).resolve())["nodes"] if _running_pid(n) is not None]
+
+
+@dataclass(frozen=True, slots=True)
+class NodesFound:
+    """The nodes of the network in DIR: its manifest's, or those of its node folders when the manifest
+    cannot be used (`without_manifest` then says why)."""
+
+    nodes: list[dict[str, Any]]
+    without_manifest: str | None = None
+
+
+def find_nodes(directory: str | os.PathLike[str]) -> NodesFound:
+    """The manifest's nodes; with testnet.json missing or unreadable, the node folders in DIR (the names
+    `up` gives: authority1, observer1, ...), each as a manifest lists it but with no pid, so that only
+    its node.pid can show it running. TestnetError (the manifest's) if DIR holds no node folder either."""
+    d = Path(directory).resolve()
+    try:
+        return NodesFound(load(d)["nodes"])
+    except TestnetError as exc:
+        reason = str(exc)
+        try:
+            folders = [p for p in d.iterdir() if re.fullmatch(_NODE_NAME, p.name) and p.is_dir()
+                       and not p.is_symlink()]
+        except OSError:
+            folders = []
+        if not folders:
+            raise
+    nodes = []
+    for folder in sorted(folders, key=_node_order):
+        try:
+            url = load_config(folder).url
+        except (ConfigError, OSError):
+            url = "?"  # shown as such; a node that does not answer is reported so anyway
+        nodes.append({"name": folder.name, "url": url, "role": folder.name.rstrip("0123456789"), "pid": None,
+                      "data": str(folder), "key": ""})
+    return NodesFound(nodes, reason)
+
+
+def _node_order(folder: Path) -> tuple[int, int]:
+    """Authorities before observers, each by number (authority2 before authority10), as `up` lists them."""
+    role = folder.name.rstrip("0123456789")
+    return (role != "authority", int(folder.name[len(role):]))
 
 
 def _wait_answering(nodes: list[dict[str, Any]], deadline: float, timeout: float) -> None:
@@ -322,15 +407,30 @@ def _running_pid(node: dict[str, Any]) -> int | None:
     return started if isinstance(started, int) and alive(started) and runs_node(started, data) else None
 
 
-def down(directory: str | os.PathLike[str], grace: float = 10.0) -> list[str]:
+@dataclass(frozen=True, slots=True)
+class Stopped:
+    """What `down` stopped; `without_manifest` says why testnet.json was not used, when the nodes were
+    found by their folders instead."""
+
+    names: list[str]
+    without_manifest: str | None = None
+
+
+def down(directory: str | os.PathLike[str], grace: float = 10.0) -> Stopped:
+    """Stop every running node of the network. Without a usable testnet.json, the nodes are those of
+    DIR's node folders whose node.pid names a live `ler node run` of that folder: the network can still
+    be stopped, and a process that took a dead node's pid is left alone. The manifest, missing or not
+    readable, is then left as it is."""
     d = Path(directory).resolve()
-    manifest = load(d)
-    running_now = {node["name"]: pid for node in manifest["nodes"] if (pid := _running_pid(node)) is not None}
+    found = find_nodes(d)
+    running_now = {node["name"]: pid for node in found.nodes if (pid := _running_pid(node)) is not None}
     _stop(running_now, grace)
-    for node in manifest["nodes"]:
-        node["pid"] = None
-    save(d, manifest)
-    return list(running_now)
+    if found.without_manifest is None:
+        manifest = load(d)
+        for node in manifest["nodes"]:
+            node["pid"] = None
+        save(d, manifest)
+    return Stopped(list(running_now), found.without_manifest)
 
 
 def _stop(pids: dict[str, int], grace: float = 10.0) -> None:
@@ -402,10 +502,12 @@ def _manifest_fault(m: object) -> str | None:
     return None
 
 
-def status(directory: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    d = Path(directory).resolve()
+def status(directory: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], str | None]:
+    """A row for each node, and why testnet.json was not used if the nodes are DIR's node folders
+    (see `find_nodes`)."""
+    found = find_nodes(directory)
     out = []
-    for node in load(d)["nodes"]:
+    for node in found.nodes:
         pid = _running_pid(node)
         row: dict[str, Any] = {"name": node["name"], "url": node["url"], "role": node["role"],
                                "pid": pid, "running": pid is not None}
@@ -415,7 +517,7 @@ def status(directory: str | os.PathLike[str]) -> list[dict[str, Any]]:
         except ClientError as exc:
             row["error"] = exc.reason
         out.append(row)
-    return out
+    return out, found.without_manifest
 
 
 def seed_demo(directory: str | os.PathLike[str]) -> dict[str, Any]:

@@ -187,6 +187,21 @@ def _leveldb_says(exc: BaseException) -> str:
     return arg.decode("utf-8", "replace") if isinstance(arg, bytes) else str(arg)
 
 
+def _damage_hint(says: str) -> str:
+    """What the operator can do about a database LevelDB found damaged (a table block whose checksum fails,
+    "Corruption: block checksum mismatch: <file>"). The bytes on disk changed after LevelDB wrote them (a
+    failing disk, a file edited or copied in while a node ran): nothing in that file can be trusted, and
+    LevelDB has no second copy. The chain has copies elsewhere: a backup of the folder, or the network's
+    other nodes, from which a node started on an empty folder syncs every block again (checking each,
+    as any synced block); an authority's DATA/signed-state keeps it from signing again what it signed."""
+    if "Corruption" not in says and "checksum" not in says:
+        return ""
+    return ("; a file of the database changed on disk after it was written (a failing disk, or a file "
+            "changed or copied in while a node ran), and what it holds cannot be trusted: stop the node, "
+            "then restore the folder from a backup, or move it aside and start the node again to sync "
+            "the chain afresh from its peers (a node with no peers can only be restored)")
+
+
 def _disk_hint(says: str) -> str:
     """What the operator can do about LevelDB's refusal to open or write a database, from its message."""
     if "No space left" in says or "File too large" in says:
@@ -217,7 +232,8 @@ class _CheckedDB:
         self.on_damage: Callable[[StoreError], None] | None = None
 
     def damaged(self, exc: BaseException) -> StoreError:
-        error = StoreError(f"the database in {self.path} is corrupt or unreadable: {_leveldb_says(exc)}")
+        says = _leveldb_says(exc)
+        error = StoreError(f"the database in {self.path} is corrupt or unreadable: {says}{_damage_hint(says)}")
         if self.on_damage is not None:
             self.on_damage(error)
         return error

@@ -186,13 +186,20 @@ def test_a_damaged_table_file_is_reported_not_read_as_data(tmp_path: Path, genes
             for at in range(50, len(data) - 8, 500):  # a few bytes in every block
                 data[at:at + 4] = b"\xde\xad\xbe\xef"
         table.write_bytes(bytes(data))
-    with pytest.raises(StoreError, match="corrupt or unreadable"):
+    with pytest.raises(StoreError, match="corrupt or unreadable") as found:
         store = ChainStore(tmp_path / "d", genesis)
         try:
             store.state_get(authorities_key())
             store.history_root(1)
         finally:
             store.close()
+    message = str(found.value)
+    if damage == "truncated":  # LevelDB: "IO error: <table file>: Invalid argument"
+        return
+    # A block checksum that fails: what it means and what to do, beside LevelDB's words and the folder.
+    assert str(tmp_path / "d") in message and "Corruption: block checksum mismatch" in message, message
+    assert "changed on disk after it was written" in message and "restore the folder from a backup, or move " \
+        "it aside and start the node again to sync the chain afresh from its peers" in message, message
 
 
 def test_folder_in_use_is_refused(store: ChainStore, tmp_path: Path, genesis: Genesis) -> None:

@@ -441,6 +441,114 @@ def test_a_node_restarted_by_hand_is_one_the_testnet_commands_see_and_stop(tmp_p
         ler("testnet", "down", "--dir", str(d))
 
 
+@pytest.mark.parametrize("manifest", ["deleted", "damaged"])
+def test_down_without_the_manifest_stops_the_nodes_by_their_pid_files(tmp_path: Path, manifest: str) -> None:
+    """testnet.json deleted or damaged while the network runs: `down` still stops every node, found by the
+    node.pid of each node folder, and says it did so without testnet.json; `status` shows those folders
+    and says why. A node folder whose node.pid names a process that is not that node (its pid taken by
+    another program) is never signalled."""
+    d = tmp_path / "net"
+    assert ler("testnet", "up", "--dir", str(d), "--nodes", "2", "--base-port", "23891").returncode == 0
+    nodes = json.loads((d / "testnet.json").read_text())["nodes"]
+    pids = [n["pid"] for n in nodes]
+    impostor = subprocess.Popen(["sleep", "60"])
+    try:
+        (d / "observer1").mkdir()  # a dead node's folder whose pid went to another program
+        (d / "observer1" / "node.pid").write_text(str(impostor.pid))
+        if manifest == "deleted":
+            (d / "testnet.json").unlink()
+        else:
+            (d / "testnet.json").write_text('{"chain_id": "cut sh')
+        why = "no testnet in" if manifest == "deleted" else "cannot be read as a testnet manifest"
+        shown = ler("testnet", "status", "--dir", str(d))
+        assert shown.returncode == 1 and why in shown.stderr and "shown instead: the node folders" in shown.stderr
+        rows = [line.split() for line in shown.stdout.splitlines()]
+        assert [(r[0], r[1], r[3]) for r in rows] == [("authority1", "authority", "running"),
+                                                      ("authority2", "authority", "running"),
+                                                      ("observer1", "observer", "stopped")], shown.stdout
+        assert rows[0][2] == nodes[0]["url"] and "height" in shown.stdout
+        assert ler("testnet", "status", "--dir", str(d), "--nodes", "3").returncode == 2  # 2 authority folders
+        r = ler("testnet", "down", "--dir", str(d))
+        assert r.returncode == 0, r.stderr
+        assert why in r.stderr and "warning: " in r.stderr
+        assert f"without testnet.json, by the node.pid of each node folder in {d}: stopped authority1, authority2" \
+            in r.stdout, r.stdout
+        assert not any(procs.alive(pid) for pid in pids)
+        for node in nodes:  # each stopped cleanly, as `down` stops them with testnet.json
+            assert "event=node_stopped" in (Path(node["data"]) / "node.log").read_text(), node["name"]
+        assert impostor.poll() is None, "down signalled a process that is not a node of the network"
+        again = ler("testnet", "down", "--dir", str(d))
+        assert again.returncode == 0 and "no node was running" in again.stdout
+        assert not (d / "testnet.json").exists() if manifest == "deleted" else \
+            (d / "testnet.json").read_text() == '{"chain_id": "cut sh'  # left as it was
+    finally:
+        impostor.kill()
+        impostor.wait()
+        for pid in pids:
+            if procs.alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def lock_held(path: Path) -> bool:
+    """Whether another process holds an flock on `path` (as `ler testnet up` does on DIR/testnet.lock)."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def test_a_second_up_while_one_runs_fails_at_once_and_a_killed_ups_lock_blocks_nothing(tmp_path: Path) -> None:
+    """Two `ler testnet up` on one folder at the same time: the second fails at once, saying so, and starts
+    nothing, so testnet.json lists the nodes that run (not the second one's, dead on the first one's
+    databases). An `up` on a running network says it runs already. An `up` killed while it held the lock
+    leaves the lock file, which does not stop the next `up`."""
+    d = tmp_path / "net"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LER_")}
+    args = [str(LER), "testnet", "up", "--dir", str(d), "--nodes", "2", "--base-port", "23901"]
+    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        # Its lock, or (with no lock) its testnet.json, written before it starts any node.
+        wait_until(lambda: lock_held(d / "testnet.lock") or (d / "testnet.json").exists() or first.poll() is not None,
+                   60, "the first up to take its lock")
+        second = ler(*args[1:])
+        assert first.poll() is None, "the first up ended before the second ran: nothing was tested"
+        assert second.returncode == 1, (second.stdout, second.stderr)
+        assert f"another `ler testnet up` is starting the network in {d} now" in second.stderr, second.stderr
+        assert "nothing was started" in second.stderr
+        _, err = first.communicate(timeout=120)
+        assert first.returncode == 0, err
+        nodes = json.loads((d / "testnet.json").read_text())["nodes"]
+        assert all(procs.alive(n["pid"]) for n in nodes), nodes
+        assert ler("testnet", "status", "--dir", str(d)).returncode == 0
+        again = ler(*args[1:])
+        assert again.returncode == 0 and "was running already: every node runs, none was started" in again.stdout
+        assert json.loads((d / "testnet.json").read_text())["nodes"] == nodes
+        assert ler("testnet", "down", "--dir", str(d)).returncode == 0
+
+        killed = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        wait_until(lambda: lock_held(d / "testnet.lock") or killed.poll() is not None, 60,
+                   "the up to be killed to take its lock")
+        killed.kill()
+        killed.wait()
+        assert (d / "testnet.lock").exists() and not lock_held(d / "testnet.lock")
+        after = ler(*args[1:])
+        assert after.returncode == 0, after.stderr
+        assert ler("testnet", "status", "--dir", str(d)).returncode == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+        ler("testnet", "down", "--dir", str(d))
+
+
 # --- a node's config.toml, as `ler node init` and `ler node run` meet it ------------------------------------
 
 def one_error_line(r: subprocess.CompletedProcess[str]) -> str:

@@ -152,6 +152,10 @@ def test_damage_found_while_running_stops_the_node_naming_the_folder(tmp_path: P
     log = node.log(None)
     db = data / DB_DIR
     assert f"event=database_damaged reason='the database in {db} is corrupt or unreadable" in log, log[-3000:]
-    assert log.rstrip().splitlines()[-1].startswith(
-        f"error: the node stopped: the database in {db} is corrupt or unreadable"), log[-3000:]
+    last = log.rstrip().splitlines()[-1]
+    assert last.startswith(f"error: the node stopped: the database in {db} is corrupt or unreadable: Corruption: "
+                           "block checksum mismatch"), log[-3000:]
+    assert last.endswith("stop the node, then restore the folder from a backup, or move it aside and start the "
+                         "node again to sync the chain afresh from its peers (a node with no peers can only be "
+                         "restored)"), last
     assert "Traceback" not in log, log[-3000:]

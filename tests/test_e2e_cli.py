@@ -376,6 +376,36 @@ def test_status_human_and_json(tmp_path: Path, net: tuple[Chain, NodeProc]) -> N
     assert st["chain_id"] == "cli-test" and st["height"] == height
 
 
+def test_a_node_url_given_with_the_api_prefix_is_the_nodes_url(tmp_path: Path, net: tuple[Chain, NodeProc]) -> None:
+    """`--node http://HOST:PORT/v1` (copied from a /v1/status link) or with a trailing slash reaches the
+    node as its base URL does, for every command that takes --node (and a peer given to `node init`); a
+    URL with another path that the node does not serve is named in a clear error, with what to give."""
+    chain, node = net
+    height = node.height()
+    for given in (node.url + "/v1", node.url + "/v1/", node.url + "/"):
+        r = ler("status", "--node", given, cwd=tmp_path)
+        assert f"node:         {node.url} (" in r.stdout and f"height:       {height}" in r.stdout, r.stdout
+        assert NodeClient(given).url == node.url
+    (tmp_path / "claims.json").write_text('{"degree": "BSc"}')
+    ler("issue", "--node", node.url + "/v1/", "--key", str(chain.root / "issuer.key"), "--holder",
+        KeyPair.generate().did, "--type", "degree", "--claims", "claims.json", "--out", "r.json", cwd=tmp_path)
+    ler("prove", "--node", node.url + "/v1", "--record", "r.json", "--reveal", "degree", "--out", "b.json",
+        cwd=tmp_path)
+    ler("verify", "b.json", "--genesis", str(chain.genesis_path), "--refresh", node.url + "/v1", cwd=tmp_path)
+    ghost = ler("revoke", "--node", node.url + "/v1", "--key", str(chain.root / "issuer.key"), "--record-id",
+                "00" * 16, "--reason", "x", cwd=tmp_path, check=1)
+    assert f"no record {'00' * 16} on the ledger" in ghost.stderr  # the node's own reason, unchanged
+    wrong = ler("status", "--node", node.url + "/api", cwd=tmp_path, check=1)
+    line = one_line_error(wrong)
+    assert f"{node.url}/api/v1/status is not found (HTTP 404): is {node.url}/api the node's base URL? " \
+           "Give it as http://HOST:PORT, with no path" in line, line
+    init = ler("node", "init", "--genesis", str(chain.genesis_path), "--key", str(chain.authority_key_path),
+               "--data", str(tmp_path / "peered"), "--listen", f"127.0.0.1:{free_port()}",
+               "--peer", node.url + "/v1/", cwd=tmp_path)
+    assert init.returncode == 0
+    assert f'"{node.url}"' in (tmp_path / "peered" / "config.toml").read_text()
+
+
 def test_client_errors(net: tuple[Chain, NodeProc]) -> None:
     _, node = net
     client = NodeClient(node.url, timeout=5)

@@ -31,6 +31,26 @@ def anchor(issuer: KeyPair, record: bytes | None = None, expires: int | None = N
 
 # --- the pool itself ------------------------------------------------------------------------------------
 
+def test_waiting_since_is_when_the_pool_last_stopped_being_empty() -> None:
+    """What /health measures a stall from: set by the first transaction into an empty pool, kept while any
+    waits (later ones do not move it), cleared once the pool is empty again."""
+    pool = Mempool(10, 1 << 20)
+    issuer = KeyPair.generate()
+    first, second = anchor(issuer), anchor(issuer)
+    assert pool.waiting_since is None
+    pool.add(first)
+    since = pool.waiting_since
+    assert since is not None
+    pool.add(second)
+    assert pool.waiting_since == since
+    pool.remove([first.tx_id])
+    assert pool.waiting_since == since
+    pool.remove([second.tx_id])
+    assert pool.waiting_since is None
+    pool.add(first)
+    assert pool.waiting_since is not None and pool.waiting_since >= since
+
+
 def test_bounded_by_count_and_by_bytes() -> None:
     keys = [KeyPair.generate() for _ in range(8)]
     pool = Mempool(max_txs=8, max_bytes=10**6)

@@ -263,8 +263,9 @@ def test_network_commits_records_and_every_node_agrees(net: Net) -> None:
     assert [n.log().count("event=height_started") for n in net.authorities] == started
     for node in net.nodes:
         health = node.get("/health")
-        assert health == {"ok": True, "height": top, "role": node.role, "syncing": False,
-                          "peers": health["peers"]}
+        assert health == {"ok": True, "status": "ok", "warnings": [], "height": top, "role": node.role,
+                          "syncing": False, "sync_lag": 0, "peers": health["peers"],
+                          "last_block_age_s": health["last_block_age_s"]}  # idle, no heartbeat: no warning
         assert node.get("/v1/status")["round"] == 0
     metrics = http(a[0].url, "GET", "/metrics").body.decode()
     for name in ("ler_height", "ler_round", "ler_commit_latency_seconds_count", "ler_mempool_txs",
@@ -939,11 +940,15 @@ def test_two_authorities_down_stops_commits_without_a_fork_and_one_back_resumes(
     down = a[:2]
     up = a[2:]
     evidence_before = up[0].get("/v1/evidence")["evidence"]
+    for node in [*up, net.observer]:
+        health = node.get("/health")
+        assert health["ok"] is True and health["status"] == "ok" and health["warnings"] == [], health
     for node in down:
         node.kill()
     height = up[0].height()
-    txs = net.anchors(3)
+    txs, observers_txs = net.anchors(3), net.anchors(1)
     up[0].submit(txs)
+    net.observer.submit(observers_txs)
     # Two of four cannot commit. "Never" has no deadline: watch a window of several round timeouts.
     deadline = time.monotonic() + 4.0
     while time.monotonic() < deadline:
@@ -951,9 +956,23 @@ def test_two_authorities_down_stops_commits_without_a_fork_and_one_back_resumes(
             assert node.height() == height, f"{node.name} committed a block with two of four authorities down"
         time.sleep(0.2)
     assert all(node.tx_status(tx) == "pending" for node in up for tx in txs)
+    # Every node still serves (liveness: 200, "ok"), and says that no block comes for what waits: an
+    # authority of those left, and the observer, which sees no new block either.
+    for node in [*up, net.observer]:
+        health = wait_until(lambda n=node: (h := n.get("/health"))["status"] == "degraded" and h, 30,
+                            f"{node.name}'s /health to warn that no block comes")
+        assert health["ok"] is True and health["height"] == height and health["sync_lag"] == 0, health
+        (warning,) = health["warnings"]
+        assert warning["event"] == "no_block", warning
+        assert re.fullmatch(r"no block for \d+ s while \d+ transaction\(s\) wait: the authorities may have no "
+                            r"quorum \(a block needs more than 2/3 of them up and connected\)",
+                            warning["reason"]), warning
+        assert "ler_stalled 1" in node.request("GET", "/metrics").body.decode()
 
     down[0].start()  # three of four again
-    net.wait_committed(txs, [*up, down[0], net.observer])
+    net.wait_committed(txs + observers_txs, [*up, down[0], net.observer])
+    for node in [*up, net.observer]:  # blocks come again, nothing waits: no warning
+        wait_until(lambda n=node: n.get("/health")["status"] == "ok", 30, f"{node.name}'s /health to clear")
     down[1].start()
     net.wait_height(net.nodes, up[0].height())
     net.assert_agree(net.nodes)
