@@ -54,7 +54,10 @@ def check_node_url(url: str) -> str:
     if not usable:
         raise ClientError(f"node URL {url!r} must look like http://HOST:PORT (a port from 1 to 65535)")
     base = url.rstrip("/")
-    return base.removesuffix(API_PREFIX).rstrip("/") if base.endswith(API_PREFIX) else base
+    path = parts.path.rstrip("/")
+    if (path == API_PREFIX or path.endswith(API_PREFIX)) and not parts.query and not parts.fragment:
+        base = base.removesuffix(API_PREFIX).rstrip("/")
+    return base
 
 
 class NodeClient:

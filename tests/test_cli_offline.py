@@ -734,6 +734,16 @@ def test_a_malformed_node_url_is_bad_usage(url: str) -> None:
         assert r.exit_code == 2 and "must look like http://HOST:PORT" in one_line_error(r), r.output
 
 
+@pytest.mark.parametrize("url, base", [
+    ("http://127.0.0.1:8701/v1", "http://127.0.0.1:8701"), ("http://127.0.0.1:8701/v1/", "http://127.0.0.1:8701"),
+    ("http://127.0.0.1:8701/", "http://127.0.0.1:8701"), ("http://h.example/ler/v1", "http://h.example/ler"),
+    ("http://v1", "http://v1"), ("http://v1:8701/", "http://v1:8701"),  # a host named v1 is no API prefix
+    ("http://h.example/v1x", "http://h.example/v1x")])
+def test_a_node_url_is_taken_without_the_api_prefix(url: str, base: str) -> None:
+    from node.client import check_node_url
+    assert check_node_url(url) == base
+
+
 def test_node_url_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     r = run("status", env={"LER_NODE": UNREACHABLE})
     assert r.exit_code == 1 and "127.0.0.1:9" in one_line_error(r)
