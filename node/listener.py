@@ -35,7 +35,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import HttpVersion11, web
-from aiohttp.web_protocol import RequestPayloadError
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
+from aiohttp.web_request import BaseRequest
 
 log = logging.getLogger("ler.node")
 
@@ -115,6 +116,34 @@ class RateLimitedWarning:
             extra = "".join(f" {k}={v}" for k, v in fields.items())
             log.warning("event=%s count=%d%s reason=%r", self.event, self._count, extra, self.detail)
             self._last, self._count = now, 0
+
+
+class _JsonErrors(RequestHandler):
+    """aiohttp's handler of one connection, whose own answer to what it cannot parse as HTTP (a malformed
+    request line or header, a body framed wrongly) is JSON `{"error": reason}` as every other refusal of
+    the node is, rather than aiohttp's text/plain. Only that answer differs; it still closes the
+    connection, and aiohttp still logs it (rate-limited: node.daemon.MalformedHttpFilter)."""
+
+    __slots__ = ()
+
+    def handle_error(self, request: BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        plain = super().handle_error(request, status, exc, message)
+        if not isinstance(plain, web.Response) or plain.content_type != "text/plain":
+            return plain
+        if status >= 500:
+            reason = "the node could not handle the request (see its log)"
+        else:
+            reason = " ".join(str(getattr(exc, "message", None) or message or plain.text or "").split())
+            reason = f"not a request this node can read: {reason[:300] or f'HTTP {status}'}"
+        answer = web.json_response({"error": reason}, status=status)
+        answer.force_close()
+        return answer
+
+
+def _json_errors(handler: RequestHandler) -> RequestHandler:
+    handler.__class__ = _JsonErrors  # the same object and layout, with `handle_error` above
+    return handler
 
 
 class _ByAddress(asyncio.Protocol):
@@ -212,7 +241,8 @@ class CappedSite(web.TCPSite):
             starting += 1
             loop = asyncio.get_running_loop()
             loop.call_soon(loop.call_soon, started)
-            return _ByAddress(self, server()) if self.per_address > 0 else server()
+            handler = _json_errors(server())
+            return _ByAddress(self, handler) if self.per_address > 0 else handler
 
         return make
 

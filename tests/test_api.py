@@ -727,7 +727,13 @@ def test_requests_that_are_not_http_are_400s_and_one_log_line_a_minute(node: Nod
                     b"GET /health HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 20_000 + b"\r\n\r\n"):
         with socket.create_connection((host, int(port)), timeout=10) as conn:
             conn.sendall(raw)
-            assert re.match(rb"HTTP/1\.[01] 400 ", conn.recv(4096)), raw[:60]
+            answer = b""
+            while chunk := conn.recv(4096):  # the node closes the connection after it
+                answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert re.match(rb"HTTP/1\.[01] 400 ", head), (raw[:60], answer)
+        assert b"content-type: application/json" in head.lower(), answer  # as every other refusal
+        assert json.loads(body)["error"].startswith("not a request this node can read: "), answer
     assert node.get("/health").status == 200
     log = node.log()
     # One line for the six (a client sending nothing else must not fill the disk), saying what was wrong.
