@@ -123,6 +123,9 @@ ASK_BYTES = MAX_ENVELOPE                             # messages in one answer to
 HELLO_EVERY = 4                                      # resend ticks between hellos to a quiet peer
 OK, RETRY, DROP = "ok", "retry", "drop"              # what became of one envelope
 EVIDENCE_KEPT_FROM_PEERS = 64                        # pieces against one validator taken from peers
+MAX_EVIDENCE = 256                                   # pieces of evidence in one envelope
+PASSED_OVER_SAID_EVERY_S = 60.0                      # evidence_passed_over at INFO, per peer
+PASSED_OVER_REASONS = 10                             # distinct reasons named in that line
 
 
 class KeyUsedElsewhere(Exception):
@@ -311,6 +314,7 @@ class Network:
         self.on_height_seen: list[Callable[[int], None]] = []  # told each height a peer reports
         self._kept: dict[bytes, int] | None = None  # evidence stored per validator (`_evidence_kept`)
         self._evidence_lock = threading.Lock()
+        self._passed_over_said: dict[bytes, float] = {}  # per peer key: see `_take_evidence`
         svc.tx_listeners.append(self.broadcast_txs)
 
     # --- who is who ------------------------------------------------------------------------------------
@@ -552,7 +556,7 @@ class Network:
 
     def _take_consensus(self, link: PeerLink) -> list[_Item]:
         items: list[_Item] = []
-        size = 0
+        size = evidence = 0
         floor = self.store.height  # the last committed height's messages may still help a slower peer
         while link.cq and len(items) < MAX_ITEMS:
             item = link.cq[0]
@@ -563,6 +567,10 @@ class Network:
                 continue
             if items and size + len(item.raw) > SEND_BYTES:
                 break
+            if item.kind == "evidence":
+                if evidence == MAX_EVIDENCE:
+                    break  # the rest goes in the next envelope
+                evidence += 1
             link.cq.popleft()
             link.queued.discard(item.digest)
             items.append(item)
@@ -976,11 +984,12 @@ class Network:
         envelope's other items are good. A validator's pieces per height are capped as the engine caps
         its own (one proves the fault; a faulty validator could sign a pair for every round)."""
         new: list[Piece] = []
+        passed_over: dict[str, int] = {}  # reason -> how many pieces
         for raw in pieces:
             try:
                 piece = check_evidence(raw, self.chain_id, self.store.validators)
             except BadEvidence as exc:
-                log.info("event=evidence_passed_over from=%s reason=%r", keys.did_from_public_key(source), str(exc))
+                passed_over[str(exc)] = passed_over.get(str(exc), 0) + 1
                 continue
             with self._evidence_lock:  # two envelopes may bring one piece at once: counted once
                 if self.store.get_meta(piece.key) is not None:
@@ -993,6 +1002,17 @@ class Network:
                 self.store.put_meta(piece.key, piece.raw)
                 kept[piece.who] = kept.get(piece.who, 0) + 1
             new.append(piece)
+        if passed_over:
+            # One line per envelope, and at INFO at most once a minute per peer: a peer could otherwise
+            # write a line per piece, thousands per envelope, into the log.
+            now = time.monotonic()
+            quiet = now - self._passed_over_said.get(source, float("-inf")) < PASSED_OVER_SAID_EVERY_S
+            if not quiet:
+                self._passed_over_said[source] = now
+            reasons = sorted(passed_over.items(), key=lambda kv: -kv[1])[:PASSED_OVER_REASONS]
+            log.log(logging.DEBUG if quiet else logging.INFO,
+                    "event=evidence_passed_over from=%s count=%d reasons=%r", keys.did_from_public_key(source),
+                    sum(passed_over.values()), [f"{n} x {why[:160]}" for why, n in reasons])
         return new
 
     def _evidence_kept(self) -> dict[bytes, int]:
@@ -1137,6 +1157,8 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     evidence = body.get("evidence", [])
     if not isinstance(evidence, list) or not all(isinstance(x, bytes) for x in evidence):
         raise PeerRefusal(400, "body.evidence must be a list of byte strings")
+    if len(evidence) > MAX_EVIDENCE:
+        raise PeerRefusal(413, f"more than {MAX_EVIDENCE} pieces of evidence in one envelope")
     if any(len(x) > MAX_PIECE_BYTES for x in evidence):
         raise PeerRefusal(400, f"a piece of evidence is larger than {MAX_PIECE_BYTES} bytes")
     if len(body["proposals"]) + len(body["votes"]) + len(body["txs"]) + len(evidence) > MAX_ITEMS:
