@@ -254,6 +254,9 @@ class NetworkView(Protocol):
     @property
     def voted_in_height(self) -> int | None: ...
 
+    @property
+    def own_key_evidence(self) -> int | None: ...
+
 
 class Api:
     def __init__(self, svc: NodeService, net: NetworkView | None = None) -> None:
@@ -297,6 +300,18 @@ class Api:
         stalled = svc.stall_warning()
         if stalled:
             warnings.append({"event": "no_block", "reason": stalled})
+        held = net.held_until if net else 0
+        if held:
+            warnings.append({"event": "signing_held", "height": held,
+                             "reason": "this authority signs nothing below that height: votes of its key "
+                                       "beyond its own record came back to it (a restored or copied data "
+                                       "folder?); see event=signed_beyond_record in its log"})
+        own = net.own_key_evidence if net else None
+        if own is not None:
+            warnings.append({"event": "evidence_against_own_key", "height": own,
+                             "reason": "a peer handed on evidence that this node's key signed two conflicting "
+                                       "messages at that height: another node signs with this key (a copied "
+                                       "data folder or node.key?); find it and stop it (see /v1/evidence)"})
         voted_in = net.voted_in_height if net else None
         if voted_in is not None:
             warnings.append({"event": "voted_in_but_observer", "height": voted_in,

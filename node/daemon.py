@@ -131,6 +131,10 @@ class Node:
     def voted_in_height(self) -> int | None:
         return self.driver.voted_in_height
 
+    @property
+    def own_key_evidence(self) -> int | None:
+        return self.network.own_key_evidence
+
     def app(self) -> web.Application:
         return make_app(self.svc, self, [*self.network.routes(), *block_routes(self.svc)])
 

@@ -126,6 +126,7 @@ EVIDENCE_KEPT_FROM_PEERS = 64                        # pieces against one valida
 MAX_EVIDENCE = 256                                   # pieces of evidence in one envelope
 PASSED_OVER_SAID_EVERY_S = 60.0                      # evidence_passed_over at INFO, per peer
 PASSED_OVER_REASONS = 10                             # distinct reasons named in that line
+OWN_KEY_EVIDENCE_SHOWN_S = 3600.0                    # /health shows evidence against our key this long
 
 
 class KeyUsedElsewhere(Exception):
@@ -314,6 +315,10 @@ class Network:
         self.on_height_seen: list[Callable[[int], None]] = []  # told each height a peer reports
         self._kept: dict[bytes, int] | None = None  # evidence stored per validator (`_evidence_kept`)
         self._evidence_lock = threading.Lock()
+        # Evidence against this node's own key that peers handed on: its highest height, and when the last
+        # came (`_own_key_evidence`).
+        self._own_key_evidence_height = 0
+        self._own_key_evidence_at = float("-inf")
         self._passed_over_said: dict[bytes, float] = {}  # per peer key: see `_take_evidence`
         svc.tx_listeners.append(self.broadcast_txs)
 
@@ -967,9 +972,12 @@ class Network:
         if body.get("evidence"):
             for piece in await asyncio.to_thread(self._take_evidence, body["evidence"], sender):
                 self.svc.metrics.evidence += 1
+                origin = link.url if link else keys.did_from_public_key(sender)
                 log.warning("event=evidence kind=%s height=%d round=%d step=%s validator=%s from=%s",
                             piece.kind, piece.height, piece.round, piece.step,
-                            keys.did_from_public_key(piece.who), link.url if link else keys.did_from_public_key(sender))
+                            keys.did_from_public_key(piece.who), origin)
+                if piece.who == self.my_key:
+                    self._own_key_evidence(piece, origin)
                 self.evidence(piece, sender)
         if body["txs"]:
             await self.svc.ingest(body["txs"], sender)
@@ -1025,6 +1033,30 @@ class Network:
                 kept[k[-32:]] = kept.get(k[-32:], 0) + 1
             self._kept = kept
         return self._kept
+
+    @property
+    def own_key_evidence(self) -> int | None:
+        """The highest height of evidence against this node's key handed on lately, for /health."""
+        if time.monotonic() - self._own_key_evidence_at > OWN_KEY_EVIDENCE_SHOWN_S:
+            return None
+        return self._own_key_evidence_height
+
+    def _own_key_evidence(self, piece: Piece, origin: str) -> None:
+        """A peer handed on evidence against this node's own key: its key signed two conflicting messages,
+        which this node never does, so another node signs with it, or did (a copied data folder or
+        node.key; a folder restored from a copy that ran). Said at CRITICAL (once per process) and in
+        /health until OWN_KEY_EVIDENCE_SHOWN_S after the last such piece. The node does not stop for it,
+        unlike for an envelope of its own key made after it started (`_own_key_seen`): a piece may be of
+        a height long past, and anyone holding one could replay it."""
+        first = self._own_key_evidence_at == float("-inf")
+        self._own_key_evidence_at = time.monotonic()
+        self._own_key_evidence_height = max(piece.height, self._own_key_evidence_height)
+        if first:
+            log.critical("event=evidence_against_own_key height=%d round=%d step=%s from=%s reason=%r",
+                         piece.height, piece.round, piece.step, origin,
+                         "this node's key signed two conflicting messages, which this node never does: another "
+                         "node signs with this key (a copied data folder or node.key?); find it and stop it, "
+                         "or its votes beside this node's are evidence against this authority")
 
     def _own_key_seen(self, body: dict[str, Any], remote: str | None) -> None:
         """An envelope signed with this node's key: from this very process (a peer list naming this
