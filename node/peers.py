@@ -677,7 +677,7 @@ class Network:
                 return await self._submit_public(session, link, txs)
         if status < 500:
             self._refused(link, status, reason)
-        self._down(link, f"HTTP {status}: {reason}")
+        self._down(link, f"HTTP {status}: {reason}", answered=True)
         # 5xx (503: busy): the same items may go through later. A 4xx will not change by repeating
         # it (the peer does not know us, or finds the items malformed): drop them, still back off.
         return RETRY if status >= 500 else DROP
@@ -798,17 +798,23 @@ class Network:
         link.last_error = ""
         link.down_since = None
 
-    def _down(self, link: PeerLink, reason: str) -> None:
+    def _down(self, link: PeerLink, reason: str, answered: bool = False) -> None:
         """A failed attempt to reach the peer. Said at INFO when a peer that answered stops; a peer that
         has not answered for UNREACHABLE_AFTER back-offs (never, say: a mistyped URL, a node not started)
         is worth an operator's eye: one WARNING, again every UNREACHABLE_WARN_EVERY_S while it lasts. A
         peer whose own envelopes keep arriving meanwhile runs: then the URL is what is wrong, and the
-        warning says so (with the URL the peer gives for itself)."""
+        warning says so (with the URL the peer gives for itself). `answered`: the node at the URL answered,
+        refusing (4xx, named by `_refused`) or busy (5xx): it is not unreachable, whatever it says."""
         if link.connected or (not link.last_error and link.ever_connected):
             log.info("event=peer_down url=%s reason=%r", link.url, reason)
         elif reason != link.last_error:
             log.debug("event=peer_unreachable url=%s reason=%r", link.url, reason)
+        link.connected = False
+        link.last_error = reason
         now = time.monotonic()
+        if answered:
+            link.down_since = None
+            return
         if link.down_since is None:
             link.down_since = now
         elif (now - link.down_since >= UNREACHABLE_AFTER * self.settings.backoff_max_s
@@ -819,13 +825,14 @@ class Network:
                 hint = (f"the peer is heard from (its envelopes arrive, saying it listens at {link.heard_url}) "
                         "but nothing this node sends to the configured URL reaches it: check the peer's URL "
                         "in [peers]")
+            elif link.ever_connected:
+                hint = ("it took this node's envelopes before: check that its node still runs and that the "
+                        "network between lets this node reach it")
             else:
                 hint = ("check the peer's URL in [peers] and that its node runs: nothing this node sends "
                         "reaches it")
             log.warning("event=peer_unreachable url=%s seconds=%.0f ever_answered=%s heard=%s reason=%r hint=%r",
                         link.url, now - link.down_since, link.ever_connected, heard, reason, hint)
-        link.connected = False
-        link.last_error = reason
 
     def _note_height(self, height: int) -> None:
         for callback in self.on_height_seen:

@@ -144,6 +144,12 @@ def test_a_peer_that_refuses_our_envelopes_is_named_once_not_at_every_hello(tmp_
     def refusing() -> bool:
         return refused_count(authority) >= 5
 
+    # Refused for longer than six of its longest back-offs: the authority answers, so it is not
+    # "unreachable" (whose hint would send the operator to check a URL that is right).
+    wait_until(refusing, 30, "the authority to refuse the observer's envelopes")
+    time.sleep(2)
+    unreachable = [line for line in lines_with(observer, "event=peer_unreachable") if "level=WARNING" in line]
+    assert not unreachable, unreachable
     for _ in range(2):  # the refusals start again after each restart
         wait_until(refusing, 30, "the authority to refuse the observer's envelopes")
         assert authority.terminate() == 0
