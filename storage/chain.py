@@ -197,8 +197,8 @@ def _damage_hint(says: str) -> str:
     if "Corruption" not in says and "checksum" not in says:
         return ""
     return ("; a file of the database changed on disk after it was written (a failing disk, or a file "
-            "changed or copied in while a node ran), and what it holds cannot be trusted: stop the node, "
-            "then restore the folder from a backup, or move it aside and start the node again to sync "
+            "changed or copied in while a node ran), and what it holds cannot be trusted: with the node "
+            "stopped, restore the folder from a backup, or move it aside and start the node again to sync "
             "the chain afresh from its peers (a node with no peers can only be restored)")
 
 
@@ -540,7 +540,8 @@ class ChainStore:
             says = _leveldb_says(exc)
             raise StoreError(f"cannot open the data folder {self._path}: {says}{_disk_hint(says)}") from None
         except plyvel.CorruptionError as exc:
-            raise StoreError(f"the database in {self._path} is corrupt: {_leveldb_says(exc)}") from None
+            says = _leveldb_says(exc)
+            raise StoreError(f"the database in {self._path} is corrupt: {says}{_damage_hint(says)}") from None
         except OSError as exc:
             raise StoreError(f"cannot open the data folder {self._path}: {exc.strerror}") from None
         self._db = _CheckedDB(db, self._path)

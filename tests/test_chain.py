@@ -202,6 +202,22 @@ def test_a_damaged_table_file_is_reported_not_read_as_data(tmp_path: Path, genes
         "it aside and start the node again to sync the chain afresh from its peers" in message, message
 
 
+def test_a_damaged_manifest_is_refused_at_open_saying_what_to_do(tmp_path: Path, genesis: Genesis) -> None:
+    """Damage LevelDB finds as it opens the folder (its MANIFEST's checksum): the same advice as damage
+    found later (restore it, or move it aside and sync afresh), not LevelDB's words alone."""
+    ChainStore(tmp_path / "d", genesis).close()
+    [manifest] = (tmp_path / "d").glob("MANIFEST-*")
+    data = bytearray(manifest.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    manifest.write_bytes(bytes(data))
+    with pytest.raises(StoreError) as found:
+        ChainStore(tmp_path / "d", genesis)
+    message = str(found.value)
+    assert message.startswith(f"the database in {tmp_path / 'd'} is corrupt: Corruption: "), message
+    assert "with the node stopped, restore the folder from a backup, or move it aside and start the node again " \
+        "to sync the chain afresh from its peers" in message, message
+
+
 def test_folder_in_use_is_refused(store: ChainStore, tmp_path: Path, genesis: Genesis) -> None:
     with pytest.raises(StoreError, match="another node"):
         ChainStore(tmp_path / "data", genesis)

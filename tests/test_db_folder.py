@@ -155,7 +155,7 @@ def test_damage_found_while_running_stops_the_node_naming_the_folder(tmp_path: P
     last = log.rstrip().splitlines()[-1]
     assert last.startswith(f"error: the node stopped: the database in {db} is corrupt or unreadable: Corruption: "
                            "block checksum mismatch"), log[-3000:]
-    assert last.endswith("stop the node, then restore the folder from a backup, or move it aside and start the "
+    assert last.endswith("with the node stopped, restore the folder from a backup, or move it aside and start the "
                          "node again to sync the chain afresh from its peers (a node with no peers can only be "
                          "restored)"), last
     assert "Traceback" not in log, log[-3000:]
