@@ -225,9 +225,10 @@ class NodeService:
         quiet = now - since
         if quiet < self.stall_after_s():
             return None
-        why = (f"while {len(self.mempool)} transaction(s) wait" if waiting_since is not None
+        age = now - self.last_block_at  # what /health's last_block_age_s shows
+        why = (f"while {len(self.mempool)} transaction(s) wait, for {quiet:.0f} s" if waiting_since is not None
                else f"though [blocks] heartbeat_s = {heartbeat:g}")
-        return (f"no block for {quiet:.0f} s {why}: the authorities may have no quorum (a block needs more "
+        return (f"no block for {age:.0f} s {why}: the authorities may have no quorum (a block needs more "
                 "than 2/3 of them up and connected)")
 
     def _announce(self, txs: list[Tx], source: bytes | None) -> None:

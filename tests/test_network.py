@@ -981,7 +981,8 @@ def test_two_authorities_down_stops_commits_without_a_fork_and_one_back_resumes(
         assert health["ok"] is True and health["height"] == height and health["sync_lag"] == 0, health
         (warning,) = health["warnings"]
         assert warning["event"] == "no_block", warning
-        assert re.fullmatch(r"no block for \d+ s while \d+ transaction\(s\) wait: the authorities may have no "
+        assert re.fullmatch(r"no block for \d+ s while \d+ transaction\(s\) wait, for \d+ s: the authorities "
+                            r"may have no "
                             r"quorum \(a block needs more than 2/3 of them up and connected\)",
                             warning["reason"]), warning
         assert "ler_stalled 1" in node.request("GET", "/metrics").body.decode()
