@@ -651,7 +651,7 @@ def node_init(genesis_path: str, key_path: str, data: str, listen: str, role: st
 
     for p in peers:
         try:
-            check_node_url(p)
+            check_node_url(p.partition("#")[0])  # URL#DID: the did follows the URL, as no fragment of it
         except ClientError as exc:
             raise bad_input(f"--peer: {exc.reason}") from None
     try:

@@ -250,6 +250,7 @@ def test_node_init_notes_a_key_that_is_not_a_genesis_authority(tmp_path: Path) -
     ("--peer", "ftp://x", "http://HOST:PORT"),
     ("--peer", "http://127.0.0.1:99999", "a port from 1 to 65535"),
     ("--peer", "http://[::1", "a port from 1 to 65535"),
+    ("--peer", "http://127.0.0.1:8702?x=1", "must have no query (?...) or fragment (#...)"),
     ("--listen", "127.0.0.1:0", "out of range"),
 ])
 def test_node_init_bad_input(tmp_path: Path, flag: str, value: str, message: str) -> None:
@@ -264,6 +265,18 @@ def test_node_init_bad_input(tmp_path: Path, flag: str, value: str, message: str
     assert r.exit_code == 2, r.output
     assert message in one_line_error(r)
     assert not (tmp_path / "n" / "config.toml").exists()
+
+
+def test_node_init_takes_a_peer_as_url_and_did(tmp_path: Path) -> None:
+    """`--peer URL#DID`: the did is no fragment of the URL, which alone must be a node's base URL."""
+    from node.config import load_config
+
+    genesis, auth = make_genesis_files(tmp_path)
+    did = keys.read_key_file_did(auth)
+    r = run("node", "init", "--genesis", str(genesis), "--key", str(auth), "--data", str(tmp_path / "n"),
+            "--peer", f"http://127.0.0.1:18998/#{did}")
+    assert r.exit_code == 0, r.output
+    assert [(p.url, p.did) for p in load_config(tmp_path / "n").peer_nodes] == [("http://127.0.0.1:18998", did)]
 
 
 def test_node_run_without_a_data_folder_is_bad_usage(tmp_path: Path) -> None:
@@ -732,6 +745,15 @@ def test_seconds_must_be_a_finite_number_in_range(tmp_path: Path, args: list[str
 def test_a_malformed_node_url_is_bad_usage(url: str) -> None:
     for r in (run("status", "--node", url), run("status", env={"LER_NODE": url})):
         assert r.exit_code == 2 and "must look like http://HOST:PORT" in one_line_error(r), r.output
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9311?x=1", "http://127.0.0.1:9311/?x=1", "http://127.0.0.1:9311?",
+                                 "http://127.0.0.1:9311#top", "http://127.0.0.1:9311/v1?x=1"])
+def test_a_node_url_with_a_query_or_fragment_is_bad_usage(url: str) -> None:
+    """Each request's path would be appended after the query or fragment, and the node asked for
+    something else than the command means: refused before any request, saying why."""
+    for r in (run("status", "--node", url), run("status", env={"LER_NODE": url})):
+        assert r.exit_code == 2 and "must have no query (?...) or fragment (#...)" in one_line_error(r), r.output
 
 
 @pytest.mark.parametrize("url, base", [
