@@ -1682,6 +1682,8 @@ def testnet_down(directory: str, nodes: int | None) -> None:
 def testnet_status(directory: str, nodes: int | None, as_json: bool) -> None:
     """Show each node of a local network (exit 1 unless every node runs and answers).
 
+    A node's role is its config.toml's (what it runs as), which may differ from what `up` made it.
+
     Without a usable DIR/testnet.json, it shows DIR's node folders (running: their node.pid names that
     folder's node), says why on stderr and exits 1 (with --json, the rows and 0, as always): `up` cannot
     use that network until testnet.json is restored."""
