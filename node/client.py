@@ -77,6 +77,11 @@ class NodeClient:
     def status(self) -> dict[str, Any]:
         return self._get("/v1/status")
 
+    def health(self) -> dict[str, Any]:
+        """GET /health: {"ok", "status": "ok" | "degraded", "warnings": [{"event", "reason", "height"?}],
+        ...}; a node of an older version may give only some of these."""
+        return self._get("/health")
+
     def genesis(self) -> dict[str, Any]:
         return self._get("/v1/genesis")
 

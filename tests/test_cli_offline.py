@@ -30,6 +30,7 @@ from ler.keys import KeyPair, write_key_file
 from ler.record import RecordDocument, make_claims
 from ler.tx import RecordAnchor, Tx, sign_tx
 from node.cli import Failure, cli, parse_time_ms
+from node.client import ClientError
 
 UNREACHABLE = "http://127.0.0.1:9"
 
@@ -764,6 +765,50 @@ def test_a_node_url_with_a_query_or_fragment_is_bad_usage(url: str) -> None:
 def test_a_node_url_is_taken_without_the_api_prefix(url: str, base: str) -> None:
     from node.client import check_node_url
     assert check_node_url(url) == base
+
+
+class _StatusOnly:
+    """A node as `ler status` sees it: its /v1/status, and /health as given (an exception: none)."""
+
+    url = "http://127.0.0.1:9311"
+
+    def __init__(self, health: dict[str, Any] | Exception) -> None:
+        self._health = health
+
+    def status(self) -> dict[str, Any]:
+        return {"node": "did:key:z6Mk", "role": "observer", "chain_id": "c", "height": 12, "latest_block": None,
+                "mempool": {"txs": 0, "bytes": 0}}
+
+    def health(self) -> dict[str, Any]:
+        if isinstance(self._health, Exception):
+            raise self._health
+        return self._health
+
+
+DEGRADED = {"ok": True, "status": "degraded", "height": 12, "sync_lag": 0, "last_block_age_s": 40.0, "warnings": [
+    {"event": "no_block", "reason": "no block for 40 s while 2 transaction(s) wait"},
+    {"event": "voted_in_but_observer", "height": 9, "reason": "this node's key is an authority from that height"}]}
+
+
+@pytest.mark.parametrize("health, shown", [
+    (DEGRADED, ["degraded:     no block for 40 s while 2 transaction(s) wait",
+                "degraded:     this node's key is an authority from that height (height 9)"]),
+    ({"ok": True, "status": "ok", "warnings": [], "height": 12}, []),
+    ({"ok": True, "height": 12, "syncing": False}, []),  # an older node's /health
+    (ClientError("cannot reach node at http://127.0.0.1:9311: refused"), [])])
+def test_status_shows_what_a_degraded_nodes_health_says(monkeypatch: pytest.MonkeyPatch,
+                                                        health: dict[str, Any] | Exception, shown: list[str]) -> None:
+    """`ler status` of a degraded node shows each reason /health gives; of a healthy or older node (whose
+    /health lacks status and warnings), or one whose /health fails, nothing more than its status."""
+    import node.cli
+
+    monkeypatch.setattr(node.cli, "make_client", lambda url: _StatusOnly(health))
+    r = run("status")
+    assert r.exit_code == 0, r.output
+    assert [line for line in r.stdout.splitlines() if line.startswith("degraded:")] == shown
+    assert "height:       12" in r.stdout
+    as_json = json.loads(run("status", "--json").stdout)
+    assert as_json["height"] == 12 and as_json["health"] == (None if isinstance(health, Exception) else health)
 
 
 def test_node_url_from_env(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,12 +6,13 @@ observer of the same chain, each listing the other in [peers], one of them with 
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from node_proc import Chain, NodeProc, free_port, make_chain, wait_until
+from node_proc import LER, Chain, NodeProc, free_port, make_chain, wait_until
 
 from ler.keys import KeyPair, write_key_file
 from ler.tx import Action, GovVote, sign_tx
@@ -182,6 +183,11 @@ def test_an_observer_voted_in_as_an_authority_says_it_does_not_vote(tmp_path: Pa
     assert health["ok"] is True and health["role"] == "observer" and health["status"] == "degraded"
     assert [(w["event"], w["height"]) for w in health["warnings"]] == [("voted_in_but_observer", effective)]
     assert authority.get_json("/health")["warnings"] == []
+    shown = subprocess.run([str(LER), "status", "--node", observer.url], capture_output=True, text=True, timeout=30)
+    assert shown.returncode == 0 and f"degraded:     {health['warnings'][0]['reason']} (height {effective})" \
+        in shown.stdout.splitlines(), shown.stdout
+    assert "degraded:" not in subprocess.run([str(LER), "status", "--node", authority.url], capture_output=True,
+                                             text=True, timeout=30).stdout
     # Restarted as it was, it says so again at its start.
     assert observer.terminate() == 0
     observer.log_path.write_text("")
