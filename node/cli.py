@@ -651,7 +651,7 @@ def node_init(genesis_path: str, key_path: str, data: str, listen: str, role: st
 
     for p in peers:
         try:
-            check_node_url(p)
+            check_node_url(p.partition("#")[0])  # URL#DID: the did follows the URL, as no fragment of it
         except ClientError as exc:
             raise bad_input(f"--peer: {exc.reason}") from None
     try:
@@ -1682,6 +1682,8 @@ def testnet_down(directory: str, nodes: int | None) -> None:
 def testnet_status(directory: str, nodes: int | None, as_json: bool) -> None:
     """Show each node of a local network (exit 1 unless every node runs and answers).
 
+    A node's role is its config.toml's (what it runs as), which may differ from what `up` made it.
+
     Without a usable DIR/testnet.json, it shows DIR's node folders (running: their node.pid names that
     folder's node), says why on stderr and exits 1 (with --json, the rows and 0, as always): `up` cannot
     use that network until testnet.json is restored."""
@@ -1707,11 +1709,16 @@ def testnet_status(directory: str, nodes: int | None, as_json: bool) -> None:
 @node_option
 @click.option("--json", "as_json", is_flag=True, help="Print the node's status JSON.")
 def status(node_url: str, as_json: bool) -> None:
-    """Show a node's chain, height, latest block and mempool."""
+    """Show a node's chain, height, latest block and mempool, and what its /health says to act on when
+    it is degraded (--json: the status, with /health's answer as "health")."""
     client = make_client(node_url)
     st = node_call(client.status)
+    try:
+        health: Any = client.health()
+    except ClientError:
+        health = None  # the status is what was asked for; a node that cannot say more still has it
     if as_json:
-        emit_json(st)
+        emit_json({**st, "health": health})
         return
     mem = st.get("mempool") or {}
     role = st.get("role") or "?"
@@ -1724,6 +1731,24 @@ def status(node_url: str, as_json: bool) -> None:
     else:
         say("latest block: none yet (only genesis)")
     say(f"mempool:      {mem.get('txs', 0)} transaction(s), {mem.get('bytes', 0)} bytes")
+    for reason in _health_warnings(health):
+        say(f"degraded:     {reason}")
+
+
+def _health_warnings(health: Any) -> list[str]:
+    """The reasons of /health's warnings when it says "degraded"; none from a node whose /health has no
+    such fields (an older version), or fields of another form."""
+    if not isinstance(health, dict) or health.get("status") != "degraded":
+        return []
+    warnings = health.get("warnings")
+    if not isinstance(warnings, list):
+        return []
+    out = []
+    for w in warnings:
+        if isinstance(w, dict) and isinstance(w.get("reason"), str):
+            at = w.get("height")
+            out.append(w["reason"] + (f" (height {at})" if isinstance(at, int) and not isinstance(at, bool) else ""))
+    return out
 
 
 from node import cli_vc as _cli_vc  # noqa: E402,F401  (registers its commands on `cli`)

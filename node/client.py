@@ -45,7 +45,7 @@ API_PREFIX = "/v1"
 def check_node_url(url: str) -> str:
     """The node's base URL: without a trailing slash or a trailing /v1 (the API prefix, which every
     request adds); ClientError unless it is an http(s) URL with a host (and a port from 1 to 65535 if it
-    gives one). Any other path stays: a node behind a reverse proxy may be served under one."""
+    gives one) and no query or fragment. Any other path stays: a node behind a reverse proxy may be served under one."""
     try:
         parts = urllib.parse.urlsplit(url)
         usable = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
@@ -53,9 +53,14 @@ def check_node_url(url: str) -> str:
         usable = False
     if not usable:
         raise ClientError(f"node URL {url!r} must look like http://HOST:PORT (a port from 1 to 65535)")
+    if "?" in url or "#" in url:
+        # Every request appends its path to the base URL, which would land after the query (asking the
+        # base path for it) or in the fragment (never sent).
+        raise ClientError(f"node URL {url!r} must have no query (?...) or fragment (#...): give the node's "
+                          "base URL, http://HOST:PORT (every command adds the path it asks for)")
     base = url.rstrip("/")
     path = parts.path.rstrip("/")
-    if (path == API_PREFIX or path.endswith(API_PREFIX)) and not parts.query and not parts.fragment:
+    if path == API_PREFIX or path.endswith(API_PREFIX):
         base = base.removesuffix(API_PREFIX).rstrip("/")
     return base
 
@@ -71,6 +76,11 @@ class NodeClient:
     # --- queries -----------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         return self._get("/v1/status")
+
+    def health(self) -> dict[str, Any]:
+        """GET /health: {"ok", "status": "ok" | "degraded", "warnings": [{"event", "reason", "height"?}],
+        ...}; a node of an older version may give only some of these."""
+        return self._get("/health")
 
     def genesis(self) -> dict[str, Any]:
         return self._get("/v1/genesis")

@@ -158,14 +158,17 @@ def _check_proposals(obj: dict[str, Any], raw: bytes, chain_id: str) -> Piece:
 
 
 def to_json(raw_key: bytes, raw_value: bytes) -> dict[str, Any]:
-    """One stored piece as JSON: kind, height, round, step, validator, and both signed messages."""
+    """One stored piece as JSON: kind, height, round, step, validator, and both signed messages, every
+    key given as a did (a vote's own JSON names its validator in hex, which a reader could not match
+    against the piece's validator or the proposals' proposer)."""
     obj = codec.decode(raw_value)
     at = len(EVIDENCE_PREFIX)
     height = int.from_bytes(raw_key[at:at + 8], "big")
     round_ = int.from_bytes(raw_key[at + 8:at + 12], "big")
     if obj["kind"] == "vote":
         a, b = Vote.decode(obj["a"]), Vote.decode(obj["b"])
-        who, msgs, step = a.validator, [a.to_json(), b.to_json()], _STEPS.get(a.type, str(a.type))
+        msgs = [{**v.to_json(), "validator": keys.did_from_public_key(v.validator)} for v in (a, b)]
+        who, step = a.validator, _STEPS.get(a.type, str(a.type))
     else:
         signed: list[dict[str, Any]] = []
         for m in (obj["a"], obj["b"]):

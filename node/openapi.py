@@ -155,7 +155,8 @@ def document(version: str) -> dict[str, Any]:
                                         "responses": {"200": _resp("Authorities")}}},
             "/v1/evidence": {"get": {
                 "summary": "Evidence of equivocation this node has seen (two conflicting signed votes or "
-                           "proposals by one validator), newest first", "operationId": "evidence",
+                           "proposals by one validator), highest height first, and within a height "
+                           "highest round first", "operationId": "evidence",
                 "parameters": [_param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 1000},
                                       False, "Most entries to return")],
                 "responses": {"200": _resp("Evidence", {

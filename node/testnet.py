@@ -244,6 +244,14 @@ def find_nodes(directory: str | os.PathLike[str]) -> NodesFound:
             folders = []
         if not folders:
             raise
+        if not (d / MANIFEST).exists():
+            # Not `load`'s advice to run `up`, which refuses a folder holding a network's files
+            # (`_refuse_leftovers`).
+            where = shlex.quote(str(d))
+            reason = (f"{d} has no {MANIFEST} (deleted?), which `ler testnet up` needs to use the network "
+                      f"its node folders hold (it makes no new one over them): restore {MANIFEST}, or stop "
+                      f"the nodes with `ler testnet down --dir {where}` and use an empty folder for a new "
+                      "network")
     nodes = []
     for folder in sorted(folders, key=_node_order):
         try:
@@ -509,7 +517,7 @@ def status(directory: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], str
     out = []
     for node in found.nodes:
         pid = _running_pid(node)
-        row: dict[str, Any] = {"name": node["name"], "url": node["url"], "role": node["role"],
+        row: dict[str, Any] = {"name": node["name"], "url": node["url"], "role": _role(node, found),
                                "pid": pid, "running": pid is not None}
         try:
             s = NodeClient(node["url"], timeout=2.0).status()
@@ -518,6 +526,16 @@ def status(directory: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], str
             row["error"] = exc.reason
         out.append(row)
     return out, found.without_manifest
+
+
+def _role(node: dict[str, Any], found: NodesFound) -> str:
+    """The role a node runs as: its config.toml's, which its operator may have changed since `up` made it
+    (an observer voted in and reconfigured as an authority); if that cannot be read, the manifest's, or
+    "?" without one (a folder's name says only what `up` made it)."""
+    try:
+        return load_config(node["data"]).role
+    except (ConfigError, OSError):
+        return "?" if found.without_manifest is not None else str(node["role"])
 
 
 def seed_demo(directory: str | os.PathLike[str]) -> dict[str, Any]:

@@ -205,6 +205,20 @@ def reached_by_many(heights: Sequence[int], f: int) -> int:
     return ranked[f] if len(ranked) > f else 0
 
 
+def first_height_holding(key: bytes, upto: int, validators: Callable[[int], Container[bytes]],
+                         change_heights: Sequence[int]) -> int | None:
+    """The first height of the uninterrupted run of heights ending at `upto` whose validators hold `key`
+    (None if those of `upto` do not). `change_heights` are the heights up to `upto`, ascending, where the
+    set may differ from the one before (the store's `validator_change_heights`): between two of them
+    the set stays as it is, so one look before each, walking back, finds where the run began."""
+    if key not in validators(upto):
+        return None
+    for h in reversed(change_heights):
+        if key not in validators(h - 1):
+            return h
+    return 1
+
+
 class ConsensusDriver:
     def __init__(self, svc: NodeService, outbox: Outbox | None = None) -> None:
         self.svc = svc
@@ -320,12 +334,18 @@ class ConsensusDriver:
 
     @property
     def voted_in_height(self) -> int | None:
-        """The first height (of those known, the next two) whose validators hold this observer's key, or
-        None: governance made it an authority, but an observer node signs nothing (`_check_voted_in`)."""
+        """For an observer whose key governance made an authority's (it signs nothing, `_check_voted_in`):
+        the height from which it is one, that is the first of the uninterrupted run of heights, up to the
+        last known (height + 2), whose validators hold its key; None for any other node. Not the next
+        height: the vote took effect once, maybe long ago and before a restart, and the operator looks
+        for that height's block to see which vote it was."""
         if self.voting:
             return None
         key, h = self.svc.key.public_key, self.store.height
-        return next((x for x in (h + 1, h + 2) if key in self.store.validators(x)), None)
+        top = next((x for x in (h + 2, h + 1) if key in self.store.validators(x)), None)
+        if top is None:
+            return None
+        return first_height_holding(key, top, self.store.validators, self.store.validator_change_heights(top))
 
     def _check_voted_in(self) -> None:
         """Say once when this observer's key becomes an authority's: the network counts its vote from that
@@ -334,8 +354,10 @@ class ConsensusDriver:
         (in its database and its `signed-state` file) and listens to its peers before it signs, from its
         start on, which an observer did not; the safe way in is the authority start, which its operator
         chooses with role = "authority"."""
+        if self._voted_in_said:
+            return
         at = self.voted_in_height
-        if at is None or self._voted_in_said:
+        if at is None:
             return
         self._voted_in_said = True
         log.warning("event=voted_in_but_observer node=%s height=%d reason=%r", self.svc.key.did, at,

@@ -605,8 +605,39 @@ def test_validator_set_change_takes_effect_two_blocks_later(tmp_path: Path) -> N
         assert store.validators(6) == grown
         assert store.validators(7) == tuple(sorted(set(grown) - {keys[0].public_key}))
         assert store.validator_change_heights(7) == [4, 7]
+        # From which height a key is a validator, as an observer voted in names it: the first of its
+        # run, found back through changes that left it in (7), from any later height.
+        for upto in (4, 6, 7):
+            assert held_from(store, newcomer.public_key, upto) == 4
+        assert held_from(store, keys[1].public_key, 7) == 1 and held_from(store, keys[0].public_key, 6) == 1
+        assert held_from(store, keys[0].public_key, 7) is None  # removed from 7 on
     finally:
         store.close()
+
+
+def held_from(store: ChainStore, key: bytes, upto: int) -> int | None:
+    from node.validator import first_height_holding
+
+    return first_height_holding(key, upto, store.validators, store.validator_change_heights(upto))
+
+
+def test_a_key_voted_out_and_in_again_holds_from_its_latest_return() -> None:
+    """Only the uninterrupted run up to the height asked counts: a key removed and added again is an
+    authority from its return, not from its first admission."""
+    from node.validator import first_height_holding
+
+    key, other = b"k" * 32, b"o" * 32
+    sets = {1: {other}, 5: {other, key}, 9: {other}, 14: {other, key}, 20: {other, key, b"x" * 32}}
+    changes = sorted(sets)[1:]
+
+    def validators(h: int) -> set[bytes]:
+        return sets[max(c for c in sets if c <= h)]
+
+    def first(upto: int) -> int | None:
+        return first_height_holding(key, upto, validators, [c for c in changes if c <= upto])
+
+    assert [first(h) for h in (1, 4, 5, 8, 9, 13, 14, 19, 20, 30)] == [None, None, 5, 5, None, None, 14, 14, 14, 14]
+    assert first_height_holding(other, 30, validators, changes) == 1
 
 
 # --- pending transactions ---------------------------------------------------------------------------------

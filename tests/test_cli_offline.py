@@ -30,6 +30,7 @@ from ler.keys import KeyPair, write_key_file
 from ler.record import RecordDocument, make_claims
 from ler.tx import RecordAnchor, Tx, sign_tx
 from node.cli import Failure, cli, parse_time_ms
+from node.client import ClientError
 
 UNREACHABLE = "http://127.0.0.1:9"
 
@@ -250,6 +251,7 @@ def test_node_init_notes_a_key_that_is_not_a_genesis_authority(tmp_path: Path) -
     ("--peer", "ftp://x", "http://HOST:PORT"),
     ("--peer", "http://127.0.0.1:99999", "a port from 1 to 65535"),
     ("--peer", "http://[::1", "a port from 1 to 65535"),
+    ("--peer", "http://127.0.0.1:8702?x=1", "must have no query (?...) or fragment (#...)"),
     ("--listen", "127.0.0.1:0", "out of range"),
 ])
 def test_node_init_bad_input(tmp_path: Path, flag: str, value: str, message: str) -> None:
@@ -264,6 +266,18 @@ def test_node_init_bad_input(tmp_path: Path, flag: str, value: str, message: str
     assert r.exit_code == 2, r.output
     assert message in one_line_error(r)
     assert not (tmp_path / "n" / "config.toml").exists()
+
+
+def test_node_init_takes_a_peer_as_url_and_did(tmp_path: Path) -> None:
+    """`--peer URL#DID`: the did is no fragment of the URL, which alone must be a node's base URL."""
+    from node.config import load_config
+
+    genesis, auth = make_genesis_files(tmp_path)
+    did = keys.read_key_file_did(auth)
+    r = run("node", "init", "--genesis", str(genesis), "--key", str(auth), "--data", str(tmp_path / "n"),
+            "--peer", f"http://127.0.0.1:18998/#{did}")
+    assert r.exit_code == 0, r.output
+    assert [(p.url, p.did) for p in load_config(tmp_path / "n").peer_nodes] == [("http://127.0.0.1:18998", did)]
 
 
 def test_node_run_without_a_data_folder_is_bad_usage(tmp_path: Path) -> None:
@@ -734,6 +748,15 @@ def test_a_malformed_node_url_is_bad_usage(url: str) -> None:
         assert r.exit_code == 2 and "must look like http://HOST:PORT" in one_line_error(r), r.output
 
 
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9311?x=1", "http://127.0.0.1:9311/?x=1", "http://127.0.0.1:9311?",
+                                 "http://127.0.0.1:9311#top", "http://127.0.0.1:9311/v1?x=1"])
+def test_a_node_url_with_a_query_or_fragment_is_bad_usage(url: str) -> None:
+    """Each request's path would be appended after the query or fragment, and the node asked for
+    something else than the command means: refused before any request, saying why."""
+    for r in (run("status", "--node", url), run("status", env={"LER_NODE": url})):
+        assert r.exit_code == 2 and "must have no query (?...) or fragment (#...)" in one_line_error(r), r.output
+
+
 @pytest.mark.parametrize("url, base", [
     ("http://127.0.0.1:8701/v1", "http://127.0.0.1:8701"), ("http://127.0.0.1:8701/v1/", "http://127.0.0.1:8701"),
     ("http://127.0.0.1:8701/", "http://127.0.0.1:8701"), ("http://h.example/ler/v1", "http://h.example/ler"),
@@ -742,6 +765,50 @@ def test_a_malformed_node_url_is_bad_usage(url: str) -> None:
 def test_a_node_url_is_taken_without_the_api_prefix(url: str, base: str) -> None:
     from node.client import check_node_url
     assert check_node_url(url) == base
+
+
+class _StatusOnly:
+    """A node as `ler status` sees it: its /v1/status, and /health as given (an exception: none)."""
+
+    url = "http://127.0.0.1:9311"
+
+    def __init__(self, health: dict[str, Any] | Exception) -> None:
+        self._health = health
+
+    def status(self) -> dict[str, Any]:
+        return {"node": "did:key:z6Mk", "role": "observer", "chain_id": "c", "height": 12, "latest_block": None,
+                "mempool": {"txs": 0, "bytes": 0}}
+
+    def health(self) -> dict[str, Any]:
+        if isinstance(self._health, Exception):
+            raise self._health
+        return self._health
+
+
+DEGRADED = {"ok": True, "status": "degraded", "height": 12, "sync_lag": 0, "last_block_age_s": 40.0, "warnings": [
+    {"event": "no_block", "reason": "no block for 40 s while 2 transaction(s) wait"},
+    {"event": "voted_in_but_observer", "height": 9, "reason": "this node's key is an authority from that height"}]}
+
+
+@pytest.mark.parametrize("health, shown", [
+    (DEGRADED, ["degraded:     no block for 40 s while 2 transaction(s) wait",
+                "degraded:     this node's key is an authority from that height (height 9)"]),
+    ({"ok": True, "status": "ok", "warnings": [], "height": 12}, []),
+    ({"ok": True, "height": 12, "syncing": False}, []),  # an older node's /health
+    (ClientError("cannot reach node at http://127.0.0.1:9311: refused"), [])])
+def test_status_shows_what_a_degraded_nodes_health_says(monkeypatch: pytest.MonkeyPatch,
+                                                        health: dict[str, Any] | Exception, shown: list[str]) -> None:
+    """`ler status` of a degraded node shows each reason /health gives; of a healthy or older node (whose
+    /health lacks status and warnings), or one whose /health fails, nothing more than its status."""
+    import node.cli
+
+    monkeypatch.setattr(node.cli, "make_client", lambda url: _StatusOnly(health))
+    r = run("status")
+    assert r.exit_code == 0, r.output
+    assert [line for line in r.stdout.splitlines() if line.startswith("degraded:")] == shown
+    assert "height:       12" in r.stdout
+    as_json = json.loads(run("status", "--json").stdout)
+    assert as_json["height"] == 12 and as_json["health"] == (None if isinstance(health, Exception) else health)
 
 
 def test_node_url_from_env(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -284,6 +284,12 @@ def test_up_where_the_manifest_is_gone_refuses_and_changes_nothing(tmp_path: Pat
                 assert f"{d} has no testnet.json but holds a testnet's files ({found}); nothing was changed: " \
                        "restore its testnet.json to use that network, or choose an empty folder" in r.stderr, r.stderr
                 assert tree(d) == before
+        # status and down say the same, and send no one to the `up` that refuses.
+        for command in ("status", "down"):
+            r = ler("testnet", command, "--dir", str(d))
+            assert f"{d} has no testnet.json (deleted?), which `ler testnet up` needs to use the network its " \
+                   "node folders hold" in r.stderr and "use an empty folder" in r.stderr, r.stderr
+            assert "makes one" not in r.stderr and "no testnet in" not in r.stderr, r.stderr
     finally:
         ler("testnet", "down", "--dir", str(d))
 
@@ -453,19 +459,25 @@ def test_down_without_the_manifest_stops_the_nodes_by_their_pid_files(tmp_path: 
     pids = [n["pid"] for n in nodes]
     impostor = subprocess.Popen(["sleep", "60"])
     try:
+        # A node's role is what its config.toml says (what it runs as once restarted), whatever `up` made it.
+        config = d / "authority2" / "config.toml"
+        config.write_text(config.read_text().replace('role = "authority"', 'role = "observer"', 1))
+        roles = {row["name"]: row["role"] for row in json.loads(ler("testnet", "status", "--dir", str(d),
+                                                                       "--json").stdout)}
+        assert roles == {"authority1": "authority", "authority2": "observer"}
         (d / "observer1").mkdir()  # a dead node's folder whose pid went to another program
         (d / "observer1" / "node.pid").write_text(str(impostor.pid))
         if manifest == "deleted":
             (d / "testnet.json").unlink()
         else:
             (d / "testnet.json").write_text('{"chain_id": "cut sh')
-        why = "no testnet in" if manifest == "deleted" else "cannot be read as a testnet manifest"
+        why = "has no testnet.json (deleted?)" if manifest == "deleted" else "cannot be read as a testnet manifest"
         shown = ler("testnet", "status", "--dir", str(d))
         assert shown.returncode == 1 and why in shown.stderr and "shown instead: the node folders" in shown.stderr
         rows = [line.split() for line in shown.stdout.splitlines()]
         assert [(r[0], r[1], r[3]) for r in rows] == [("authority1", "authority", "running"),
-                                                      ("authority2", "authority", "running"),
-                                                      ("observer1", "observer", "stopped")], shown.stdout
+                                                      ("authority2", "observer", "running"),
+                                                      ("observer1", "?", "stopped")], shown.stdout
         assert rows[0][2] == nodes[0]["url"] and "height" in shown.stdout
         assert ler("testnet", "status", "--dir", str(d), "--nodes", "3").returncode == 2  # 2 authority folders
         r = ler("testnet", "down", "--dir", str(d))

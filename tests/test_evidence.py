@@ -52,6 +52,28 @@ def test_votes_found_here_pass_a_peers_check_and_read_back() -> None:
               CHAIN, validators)
 
 
+def test_a_vote_piece_names_every_key_as_a_did_as_proposal_pieces_do() -> None:
+    """GET /v1/evidence names validators by did (the piece's validator, a proposal's proposer); a vote's
+    own JSON gives its key in hex, so each vote message of a piece must say the same did, or a reader
+    could not see that the two messages and the piece are of one validator."""
+    liar = KEYS[1]
+    a, b = (Vote.make(liar, CHAIN, PRECOMMIT, 9, 1, block) for block in (os.urandom(32), os.urandom(32)))
+    piece = piece_of(Evidence(a, b))
+    out = to_json(piece.key, piece.raw)
+    assert [m["validator"] for m in out["messages"]] == [liar.did, liar.did] == [out["validator"]] * 2
+    assert [m["block"] for m in out["messages"]] == [a.block.hex(), b.block.hex()]  # type: ignore[union-attr]
+    assert a.to_json()["validator"] == liar.public_key.hex()  # Vote's own JSON, which other code reads, stays
+
+
+def test_the_api_document_gives_the_order_evidence_is_listed_in() -> None:
+    """The node lists evidence by its stored key in reverse: highest height first, then highest round;
+    "newest first" would promise an order by arrival, which it does not keep."""
+    from node.openapi import document
+
+    summary = document("test")["paths"]["/v1/evidence"]["get"]["summary"]
+    assert "highest height first" in summary and "highest round first" in summary and "newest" not in summary
+
+
 def test_proposals_found_here_travel_without_their_blocks_and_old_stored_ones_still_read(tmp_path: Path) -> None:
     h, r = 5, 2
     proposer = BY_PK[VALS[(h + r) % len(VALS)]]

@@ -6,12 +6,13 @@ observer of the same chain, each listing the other in [peers], one of them with 
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from node_proc import Chain, NodeProc, free_port, make_chain, wait_until
+from node_proc import LER, Chain, NodeProc, free_port, make_chain, wait_until
 
 from ler.keys import KeyPair, write_key_file
 from ler.tx import Action, GovVote, sign_tx
@@ -165,7 +166,7 @@ def test_an_observer_voted_in_as_an_authority_says_it_does_not_vote(tmp_path: Pa
     """Governance makes an observer node's key an authority. The node, run as an observer, signs nothing
     (it never recorded what it signed, as a validator must); it must say so once, naming the height from
     which its vote is counted, and show it in /health, instead of leaving the network short of a vote in
-    silence."""
+    silence: that first height, also long after it and after restarts."""
     chain = make_chain(tmp_path, chain_id="voted-in")
     authority_url = f"http://127.0.0.1:{free_port()}"
     observer_data, observer_key = observer_folder(chain, tmp_path, "observer",
@@ -188,8 +189,37 @@ def test_an_observer_voted_in_as_an_authority_says_it_does_not_vote(tmp_path: Pa
     assert health["ok"] is True and health["role"] == "observer" and health["status"] == "degraded"
     assert [(w["event"], w["height"]) for w in health["warnings"]] == [("voted_in_but_observer", effective)]
     assert authority.get_json("/health")["warnings"] == []
+    shown = subprocess.run([str(LER), "status", "--node", observer.url], capture_output=True, text=True, timeout=30)
+    assert shown.returncode == 0 and f"degraded:     {health['warnings'][0]['reason']} (height {effective})" \
+        in shown.stdout.splitlines(), shown.stdout
+    assert "degraded:" not in subprocess.run([str(LER), "status", "--node", authority.url], capture_output=True,
+                                             text=True, timeout=30).stdout
     # Restarted as it was, it says so again at its start.
     assert observer.terminate() == 0
     observer.log_path.write_text("")
     observer.start()
     wait_until(lambda: lines_with(observer, "event=voted_in_but_observer"), 30, "the restarted observer to say so")
+    # Run as an authority for a few blocks past that height, then as an observer again: from a later
+    # height and after a restart, it still names the height its key became an authority's, not the next.
+    config = observer_data / "config.toml"
+    config.write_text(config.read_text().replace('role = "observer"', 'role = "authority"', 1))
+    assert observer.terminate() == 0
+    observer.log_path.write_text("")
+    observer.start()
+    for n in range(4):
+        accredit = Action(kind="accredit", subject=KeyPair.generate().did, name=f"School {n}", scopes=("degree",),
+                          until=None)
+        authority.commit([sign_tx(chain.authority, chain.chain_id, GovVote(action=accredit))])
+    later = authority.height()
+    assert later >= effective + 2 and not lines_with(observer, "event=voted_in_but_observer")
+    wait_until(lambda: observer.height() >= later, 30, "the observer's key to commit with the authority's")
+    config.write_text(config.read_text().replace('role = "authority"', 'role = "observer"', 1))
+    assert observer.terminate() == 0
+    observer.log_path.write_text("")
+    observer.start()
+    assert observer.height() == later
+    [again] = wait_until(lambda: lines_with(observer, "event=voted_in_but_observer"), 30,
+                         "the observer, run as one again, to say so")
+    assert f"node={observer_key.did} height={effective} " in again and f"from height {effective}," in again
+    health = observer.get_json("/health")
+    assert [(w["event"], w["height"]) for w in health["warnings"]] == [("voted_in_but_observer", effective)]
