@@ -163,6 +163,10 @@ class LerGroup(click.Group):
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.UsageError as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError" and exc.ctx is not None:
+                # A group given no command: its help, as --help shows it (on stderr: nothing was done).
+                click.echo(exc.ctx.get_help(), err=True)
+                sys.exit(EXIT_USAGE)
             hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
             click.echo(f"error: {clean(exc.format_message())}{hint}", err=True)
             sys.exit(EXIT_USAGE)

@@ -811,6 +811,14 @@ def test_status_shows_what_a_degraded_nodes_health_says(monkeypatch: pytest.Monk
     assert as_json["height"] == 12 and as_json["health"] == (None if isinstance(health, Exception) else health)
 
 
+@pytest.mark.parametrize("group", [[], ["keys"], ["node"], ["testnet"], ["authority"]])
+def test_a_group_given_no_command_shows_its_help_as_help_does(group: list[str]) -> None:
+    r = run(*group)
+    assert r.exit_code == 2 and r.stdout == "", r.output
+    assert r.stderr.startswith("Usage: ") and "\nCommands:\n" in r.stderr and "\\x0a" not in r.stderr, r.stderr
+    assert r.stderr == run(*group, "--help").stdout
+
+
 def test_node_url_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     r = run("status", env={"LER_NODE": UNREACHABLE})
     assert r.exit_code == 1 and "127.0.0.1:9" in one_line_error(r)

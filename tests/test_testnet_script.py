@@ -85,6 +85,20 @@ def wait_exit(pid: int, timeout: float) -> int | None:
     return ended[1]
 
 
+def in_session(sid: int) -> list[int]:
+    """The running processes of session `sid`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == sid and fields[0] != "Z":
+                found.append(int(entry.name))
+    return found
+
+
 def wait_gone(pids: list[int], timeout: float) -> list[int]:
     """Those of `pids` still running after up to `timeout` seconds."""
     deadline = time.monotonic() + timeout
@@ -130,6 +144,7 @@ def test_the_run_command_starts_the_network_and_stopping_it_stops_every_node(tmp
         else:
             os.close(fd)  # the terminal's window is shut: the kernel hangs the script's terminal up
             fd = -1
+        session = pid  # the script leads its terminal's session, and everything it started is in it
         status = wait_exit(pid, 30)
         assert status is not None, f"the script still runs after {how}: " + out.decode(errors="replace")[-2000:]
         pid = 0
@@ -138,6 +153,7 @@ def test_the_run_command_starts_the_network_and_stopping_it_stops_every_node(tmp
         if how == "ctrl-c":
             assert "stopping the network" in text and "stopped authority1" in text, text[-2000:]
         assert not wait_gone(pids, 10), f"nodes left running after {how}"
+        assert not wait_gone(in_session(session), 10), f"processes of the script left after {how}"
         for node in manifest["nodes"]:  # each stopped cleanly, not killed
             assert "event=node_stopped" in (Path(node["data"]) / "node.log").read_text(), node["name"]
     finally:
@@ -148,3 +164,36 @@ def test_the_run_command_starts_the_network_and_stopping_it_stops_every_node(tmp
             subprocess.run([str(LER), "testnet", "down", "--dir", str(data)], capture_output=True, timeout=60)
         if fd >= 0:
             os.close(fd)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
+def test_interrupting_the_run_command_without_a_terminal_leaves_no_process_of_it(tmp_path: Path) -> None:
+    """Run with no terminal (in the background, its output to a file) and stopped by SIGINT to its process
+    group, as `kill -INT -PGID` or a supervisor does: no terminal hangs up on what is left, so the script
+    itself must end everything it started, its waiting `sleep` too (which ignores SIGINT, as a script's
+    background jobs do)."""
+    data = tmp_path / "net"
+    env = dict(os.environ, LER_VENV=str(Path(sys.executable).parent.parent))
+    out = tmp_path / "out.txt"
+    with out.open("wb") as sink:
+        proc = subprocess.Popen(["bash", str(ROOT / "scripts" / "testnet"), "--dir", str(data), "--base-port",
+                                 str(free_ports(NODES))], stdin=subprocess.DEVNULL, stdout=sink,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 180
+        while b"Ctrl-C stops every node" not in out.read_bytes():
+            assert proc.poll() is None and time.monotonic() < deadline, out.read_text(errors="replace")[-3000:]
+            time.sleep(0.2)
+        pids = [n["pid"] for n in json.loads((data / "testnet.json").read_text())["nodes"]]
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(60) == 0, out.read_text(errors="replace")[-2000:]
+        assert not wait_gone(pids, 10), "nodes left running"
+        assert not wait_gone(in_session(proc.pid), 10), "processes of the script left running"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in in_session(proc.pid):
+            os.kill(pid, signal.SIGKILL)
+        subprocess.run([str(LER), "testnet", "down", "--dir", str(data)], capture_output=True, timeout=60)
