@@ -934,6 +934,17 @@ def anchor_record(client: NodeClient, key: KeyPair, issuer_did: str, holder_did:
         doc.save(out)
     except OSError as exc:
         raise negative(f"{out} could not be written ({exc.strerror}); nothing was sent to the node") from None
+    try:
+        return _send_anchor(client, doc, tx, out, wait_s)
+    except KeyboardInterrupt:
+        # Ctrl-C once the anchor may be on its way: the node may have it, and it may still commit.
+        raise negative(f"interrupted; the anchor may have reached the node and may still commit, so {out} is "
+                       f"kept: ask a node whether transaction {tx.tx_id.hex()} committed (GET /v1/txs/ID) "
+                       "before issuing the record again") from None
+
+
+def _send_anchor(client: NodeClient, doc: RecordDocument, tx: Tx, out: str,
+                 wait_s: float) -> tuple[RecordDocument, bytes, Any]:
     deadline = time.monotonic() + wait_s
     try:
         result: dict[str, Any] = client.submit([tx], wait=True, timeout=wait_s)[0]

@@ -680,6 +680,42 @@ def test_issue_refuses_existing_out_and_reports_unreachable_node(tmp_path: Path)
     assert not out.exists()
 
 
+class _Interrupted:
+    """A node client whose submission is interrupted (Ctrl-C) while it waits for the commit."""
+
+    url = "http://127.0.0.1:9"
+
+    def status(self) -> dict[str, Any]:
+        return {"chain_id": "c1", "height": 3}
+
+    def issuers(self) -> list[dict[str, Any]]:
+        return []
+
+    def submit(self, *_: object, **__: object) -> list[dict[str, Any]]:
+        raise KeyboardInterrupt
+
+
+def test_issue_interrupted_while_waiting_keeps_the_record_file_and_says_why(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C once the anchor may be on its way: the record may still commit, and only the file holds its
+    salts, so the file stays and the error says so (and which transaction to ask about)."""
+    import node.cli
+
+    key, holder = issuer_setup(tmp_path)
+    cf = tmp_path / "claims.json"
+    cf.write_text('{"degree": "BSc"}')
+    out = tmp_path / "record.json"
+    monkeypatch.setattr(node.cli, "make_client", lambda url: _Interrupted())
+    r = run("issue", "--key", str(key), "--holder", holder, "--type", "degree", "--claims", str(cf),
+            "--out", str(out))
+    assert r.exit_code == 1, r.output
+    line = one_line_error(r)
+    assert out.exists(), line
+    tx_id = RecordDocument.load(out).anchor_tx.hex()
+    assert line.startswith("error: interrupted; the anchor may have reached the node and may still commit, so "
+                           f"{out} is kept: ask a node whether transaction {tx_id} committed"), line
+
+
 def saved_record(tmp_path: Path, claims: dict[str, Any] | None = None) -> Path:
     doc = RecordDocument(chain_id="c1", record_id=os.urandom(16), issuer=KeyPair.generate().did,
                          holder=KeyPair.generate().did, rtype="degree", expires=None,
