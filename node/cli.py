@@ -1199,6 +1199,18 @@ def prove(node_url: str, record_path: str, reveal: tuple[str, ...], reveal_none:
         say(f"checked against {genesis_path}: {verdict}")
 
 
+def _other_chain(client: NodeClient, chain_ids: Sequence[str], what: str) -> str | None:
+    """Why `client`'s node cannot answer for `what` (of the chains `chain_ids`), if it serves another chain
+    (a node of another network given by mistake, whose answer would otherwise read "not on the ledger"),
+    else None. ClientError if the node cannot be asked."""
+    serves = client.status().get("chain_id")
+    wanted = next((c for c in chain_ids if isinstance(serves, str) and c != serves), None)
+    if wanted is not None:
+        return (f"the node at {client.url} serves chain {serves!r}, and {what} is of chain {wanted!r}: give a "
+                "node of that network")
+    return None
+
+
 def request_bundle(client: NodeClient, asked: list[tuple[RecordDocument, Disclosure]], *,
                    stacked: bool) -> ProofBundle:
     """A proof bundle of the records in `asked`, each carrying the holder's disclosure.
@@ -1210,6 +1222,9 @@ def request_bundle(client: NodeClient, asked: list[tuple[RecordDocument, Disclos
     then the holder's own disclosures are put in locally: the result is byte for byte the bundle the node
     would have built with them. `stacked` asks POST /v1/bundles (else POST /v1/records/{id}/bundle).
     """
+    other = node_call(lambda: _other_chain(client, [d.chain_id for d, _ in asked], "the record"))
+    if other:
+        raise negative(other)
     blind = [(doc, doc.disclose([])) for doc, _ in asked]
     if stacked:
         obj = node_call(lambda: client.stack([(d.record_id.hex(), x.to_json()) for d, x in blind]),
@@ -1499,8 +1514,11 @@ def fetch_status(url: str, bundle_data: bytes) -> Any:
     Nothing is trusted: ler.bundle.verify_refreshed checks it all."""
     try:
         bundle = ProofBundle.loads(bundle_data)
-        return make_client(url).status_proof([r.record_id.hex() for r in bundle.records],
-                                             bundle.head.header.height)
+        client = make_client(url)
+        other = _other_chain(client, [bundle.chain_id], "the bundle")
+        if other:
+            return LerError(other)
+        return client.status_proof([r.record_id.hex() for r in bundle.records], bundle.head.header.height)
     except ClientError as exc:
         return LerError(exc.reason)
     except LerError as exc:

@@ -716,6 +716,42 @@ def test_issue_interrupted_while_waiting_keeps_the_record_file_and_says_why(tmp_
                            f"{out} is kept: ask a node whether transaction {tx_id} committed"), line
 
 
+class _OtherChain:
+    """A node of another network: it answers, but serves chain "ler-testnet", and has none of our records."""
+
+    url = "http://127.0.0.1:8711"
+
+    def status(self) -> dict[str, Any]:
+        return {"chain_id": "ler-testnet", "height": 2}
+
+    def bundle(self, *_: object) -> dict[str, Any]:
+        raise ClientError("record ... is not on the ledger (as of block 2)", 404)
+
+    def status_proof(self, *_: object) -> dict[str, Any]:
+        raise ClientError("record ... is not on the ledger (as of block 2)", 404)
+
+
+def test_a_node_of_another_network_is_named_as_such(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     chain_factory: Callable[..., Chain]) -> None:
+    """`ler prove` and `verify --refresh` given a node of another network say so, rather than that the
+    record is not on the ledger (which reads as if it were lost)."""
+    import node.cli
+
+    monkeypatch.setattr(node.cli, "make_client", lambda url: _OtherChain())
+    record = saved_record(tmp_path)  # of chain "c1"
+    r = run("prove", "--node", _OtherChain.url, "--record", str(record), "--reveal", "degree",
+            "--out", str(tmp_path / "b.json"))
+    assert r.exit_code == 1 and one_line_error(r) == (
+        "error: the node at http://127.0.0.1:8711 serves chain 'ler-testnet', and the record is of chain 'c1': "
+        "give a node of that network"), r.output
+    chain = chain_factory({"degree": "BSc"})
+    bundle = chain.bundle_file(tmp_path / "bundle.json", ["degree"])
+    r = run("verify", str(bundle), "--genesis", str(chain.genesis_path), "--refresh", _OtherChain.url)
+    assert r.exit_code == 1 and "REFRESH FAILED" in r.stdout, r.output
+    assert "serves chain 'ler-testnet', and the bundle is of chain 'chain-1': give a node of that network" \
+        in r.stdout, r.stdout
+
+
 def saved_record(tmp_path: Path, claims: dict[str, Any] | None = None) -> Path:
     doc = RecordDocument(chain_id="c1", record_id=os.urandom(16), issuer=KeyPair.generate().did,
                          holder=KeyPair.generate().did, rtype="degree", expires=None,
