@@ -369,8 +369,13 @@ def load_key(path: str) -> KeyPair:
 
 
 def refuse_existing(path: str, what: str, force: bool = False) -> None:
+    if os.path.isdir(path):
+        raise bad_input(f"{path} is a folder: give the path of the file to write {what} to")
     if not force and os.path.lexists(path):
         raise bad_input(f"{path} already exists; refusing to overwrite {what}")
+    parent = os.path.dirname(path) or "."
+    if not os.path.isdir(parent):
+        raise bad_input(f"cannot write {what} to {path}: the folder {parent} does not exist")
 
 
 def read_json_file(path: str, what: str, max_bytes: int = 4 * 1024 * 1024, **hooks: Any) -> Any:

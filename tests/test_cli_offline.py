@@ -662,6 +662,17 @@ def test_issue_rejects_bad_arguments_before_the_node(tmp_path: Path, flag: str, 
     assert what in one_line_error(r)
 
 
+def test_issue_to_a_folder_or_into_a_missing_one_is_bad_usage_before_the_node(tmp_path: Path) -> None:
+    key, holder = issuer_setup(tmp_path)
+    cf = tmp_path / "claims.json"
+    cf.write_text('{"degree": "BSc"}')
+    for out, words in ((tmp_path, "is a folder: give the path of the file to write a record file to"),
+                       (tmp_path / "nowhere" / "r.json", f"the folder {tmp_path / 'nowhere'} does not exist")):
+        r = run("issue", "--node", UNREACHABLE, "--key", str(key), "--holder", holder, "--type", "degree",
+                "--claims", str(cf), "--out", str(out))
+        assert r.exit_code == 2 and words in one_line_error(r), r.output  # (the node is never reached)
+
+
 def test_issue_refuses_existing_out_and_reports_unreachable_node(tmp_path: Path) -> None:
     key, holder = issuer_setup(tmp_path)
     cf = tmp_path / "claims.json"
