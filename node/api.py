@@ -184,7 +184,14 @@ def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) 
 
 
 def _flag(request: web.Request, name: str) -> bool:
-    return request.query.get(name, "").lower() in ("1", "true", "yes")
+    """A yes/no query parameter: absent is no; anything but 0, 1, true or false is refused (400), as for
+    every other parameter, rather than taken as no."""
+    raw = request.query.get(name)
+    if raw is None:
+        return False
+    if raw.lower() not in ("0", "1", "true", "false"):
+        raise ApiError(400, f"query parameter {name} must be 0, 1, true or false")
+    return raw.lower() in ("1", "true")
 
 
 # --- JSON views of ledger entries --------------------------------------------------------------------

@@ -765,6 +765,9 @@ def test_a_refused_query_parameter_accepts_nothing(node: NodeProc, chain: Chain)
     _, tx = anchor(chain)
     r = node.request("POST", "/v1/txs?wait=1&timeout=later", tx_json_body([tx]), J)
     assert "timeout" in refused(r, 400)
+    for wait in ("maybe", "", "2", "yes"):  # only 0, 1, true and false, as the API document lists
+        r = node.request("POST", f"/v1/txs?wait={wait}", tx_json_body([tx]), J)
+        assert "query parameter wait must be 0, 1, true or false" in refused(r, 400), wait
     assert node.tx_status(tx.tx_id) is None  # a 400 means the transaction was not taken
 
 
