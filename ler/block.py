@@ -208,4 +208,9 @@ class Genesis(Wire):
             raise DecodeError(f"{path} is not valid JSON: {exc}") from None
         except RecursionError:
             raise DecodeError(f"{path} is not valid JSON: nested too deeply") from None
+        if not isinstance(obj, dict) or "format" not in obj:
+            # Another of the project's files given by mistake (a claims file, a bundle, a record file): say
+            # that, rather than name the first field a genesis file has not.
+            raise DecodeError(f"{path} is not a genesis file (one has \"format\": \"{GENESIS_FORMAT}\"; "
+                              "`ler genesis new` writes one)")
         return cls.from_json(obj, "genesis")

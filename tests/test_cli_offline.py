@@ -331,6 +331,20 @@ def test_verify_with_missing_genesis_is_bad_usage(tmp_path: Path) -> None:
     assert "genesis" in one_line_error(r)
 
 
+@pytest.mark.parametrize("content", ['{"degree": "BSc", "awarded": "2009"}', '{"genesis_hash": "x", "records": []}',
+                                     "[1, 2]"])
+def test_another_file_given_as_the_genesis_file_is_named_so(tmp_path: Path, content: str) -> None:
+    """A claims file, a bundle or anything else given as --genesis: "not a genesis file", not the first
+    field such a file lacks or has too many."""
+    bundle, wrong = tmp_path / "b.json", tmp_path / "claims.json"
+    bundle.write_text("{}")
+    wrong.write_text(content)
+    for args in (["verify", str(bundle), "--genesis", str(wrong)],
+                 ["node", "init", "--genesis", str(wrong), "--key", str(wrong), "--data", str(tmp_path / "d")]):
+        r = run(*args)
+        assert r.exit_code == 2 and f"{wrong} is not a genesis file" in one_line_error(r), (args, r.output)
+
+
 def test_verify_garbage_bundle_is_tampered(tmp_path: Path) -> None:
     genesis, _ = make_genesis_files(tmp_path)
     bundle = tmp_path / "b.json"
