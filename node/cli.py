@@ -1075,17 +1075,27 @@ def _discard(path: str) -> None:
         os.unlink(path)
 
 
-def record_target(record_path: str | None, record_id: str | None) -> bytes:
-    """--record FILE or --record-id HEX, exactly one."""
+def record_target(record_path: str | None, record_id: str | None) -> tuple[bytes, str | None]:
+    """--record FILE or --record-id HEX, exactly one: the record id, and its chain if a file gave it."""
     if (record_path is None) == (record_id is None):
         raise bad_input("give the record as --record FILE or --record-id HEX (one of them)")
     if record_id is not None:
-        return record_id_arg(record_id)
+        return record_id_arg(record_id), None
     assert record_path is not None
     try:
-        return RecordDocument.load(record_path).record_id
+        doc = RecordDocument.load(record_path)
     except DecodeError as exc:
         raise bad_input(str(exc)) from None
+    return doc.record_id, doc.chain_id
+
+
+def chain_of_record(client: NodeClient, record_chain: str | None) -> str:
+    """The node's chain id, which must be the record file's (if one was given): a node of another network
+    would refuse the transaction as for a record it does not hold, which reads as if it were lost."""
+    chain_id = chain_id_of(client)
+    if record_chain is not None and record_chain != chain_id:
+        raise negative(other_chain_text(client.url, chain_id, "the record", record_chain))
+    return chain_id
 
 
 @cli.command("revoke")
@@ -1098,7 +1108,7 @@ def record_target(record_path: str | None, record_id: str | None) -> bytes:
 def revoke(node_url: str, key_path: str, record_path: str | None, record_id: str | None, reason: str,
            wait_s: float) -> None:
     """Revoke a record (only its issuer can)."""
-    rid = record_target(record_path, record_id)
+    rid, record_chain = record_target(record_path, record_id)
     try:
         body = RecordRevoke(record=rid, reason=reason)
         RecordRevoke.from_obj(body.to_obj())  # length limits
@@ -1106,7 +1116,7 @@ def revoke(node_url: str, key_path: str, record_path: str | None, record_id: str
         raise bad_input(str(exc)) from None
     key = load_key(key_path)
     client = make_client(node_url)
-    tx = sign_tx(key, chain_id_of(client), body)
+    tx = sign_tx(key, chain_of_record(client, record_chain), body)
     height = require_committed(submit_and_wait(client, tx, wait_s), tx, wait_s)
     say(f"revoked record {rid.hex()} at block {height}: {reason}")
 
@@ -1122,7 +1132,7 @@ def revoke(node_url: str, key_path: str, record_path: str | None, record_id: str
 def endorse(node_url: str, key_path: str, record_path: str | None, record_id: str | None,
             statement: str | None, digest: str | None, wait_s: float) -> None:
     """Vouch for a record as yourself (shown with your did, never as accreditation)."""
-    rid = record_target(record_path, record_id)
+    rid, record_chain = record_target(record_path, record_id)
     if statement and digest:
         raise bad_input("give --statement or --digest, not both")
     digest_bytes = None
@@ -1137,7 +1147,7 @@ def endorse(node_url: str, key_path: str, record_path: str | None, record_id: st
         digest_bytes = bytes.fromhex(digest)
     key = load_key(key_path)
     client = make_client(node_url)
-    tx = sign_tx(key, chain_id_of(client), RecordEndorse(record=rid, digest=digest_bytes))
+    tx = sign_tx(key, chain_of_record(client, record_chain), RecordEndorse(record=rid, digest=digest_bytes))
     height = require_committed(submit_and_wait(client, tx, wait_s), tx, wait_s)
     say(f"{key.did} endorsed record {rid.hex()} at block {height}")
 
@@ -1210,10 +1220,12 @@ def _other_chain(client: NodeClient, chain_ids: Sequence[str], what: str) -> str
     else None. ClientError if the node cannot be asked."""
     serves = client.status().get("chain_id")
     wanted = next((c for c in chain_ids if isinstance(serves, str) and c != serves), None)
-    if wanted is not None:
-        return (f"the node at {client.url} serves chain {serves!r}, and {what} is of chain {wanted!r}: give a "
-                "node of that network")
-    return None
+    return None if wanted is None else other_chain_text(client.url, str(serves), what, wanted)
+
+
+def other_chain_text(url: str, serves: str, what: str, chain_id: str) -> str:
+    return (f"the node at {url} serves chain {serves!r}, and {what} is of chain {chain_id!r}: give a node of "
+            "that network")
 
 
 def request_bundle(client: NodeClient, asked: list[tuple[RecordDocument, Disclosure]], *,

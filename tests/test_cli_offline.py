@@ -758,8 +758,9 @@ class _OtherChain:
 
 def test_a_node_of_another_network_is_named_as_such(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                      chain_factory: Callable[..., Chain]) -> None:
-    """`ler prove` and `verify --refresh` given a node of another network say so, rather than that the
-    record is not on the ledger (which reads as if it were lost)."""
+    """`ler prove`, `revoke`, `endorse` (given the record file) and `verify --refresh` given a node of
+    another network say so, rather than that the record is not on the ledger (which reads as if it were
+    lost)."""
     import node.cli
 
     monkeypatch.setattr(node.cli, "make_client", lambda url: _OtherChain())
@@ -769,6 +770,13 @@ def test_a_node_of_another_network_is_named_as_such(tmp_path: Path, monkeypatch:
     assert r.exit_code == 1 and one_line_error(r) == (
         "error: the node at http://127.0.0.1:8711 serves chain 'ler-testnet', and the record is of chain 'c1': "
         "give a node of that network"), r.output
+    key = tmp_path / "issuer.key"
+    write_key_file(key, KeyPair.generate())
+    for args in (["revoke", "--reason", "issued in error"], ["endorse"]):
+        r = run(*args, "--node", _OtherChain.url, "--key", str(key), "--record", str(record))
+        assert r.exit_code == 1 and one_line_error(r) == (
+            "error: the node at http://127.0.0.1:8711 serves chain 'ler-testnet', and the record is of chain "
+            "'c1': give a node of that network"), (args, r.output)
     chain = chain_factory({"degree": "BSc"})
     bundle = chain.bundle_file(tmp_path / "bundle.json", ["degree"])
     r = run("verify", str(bundle), "--genesis", str(chain.genesis_path), "--refresh", _OtherChain.url)
