@@ -24,6 +24,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -208,10 +209,7 @@ async def serve(config: NodeConfig, key: KeyPair, stop: asyncio.Event) -> None:
                 # grace period passed), and a block being written always finishes its atomic batch.
                 node.driver.stop()
                 await driver
-                network.cancel()
-                answers.cancel()
-                damage.cancel()
-                twin.cancel()
+                await cancelled([sync, network, answers, damage, twin])
             # Stopped as on SIGTERM for one of these; the exit says why.
             if found:
                 raise found[0]
@@ -231,6 +229,18 @@ async def serve(config: NodeConfig, key: KeyPair, stop: asyncio.Event) -> None:
         svc.close()
         remove_pid_file(config.pid_path)
         log.info("event=node_stopped")
+
+
+async def cancelled(tasks: list[asyncio.Task[Any]], again_after_s: float = 0.5) -> None:
+    """Cancel `tasks` and return once every one has ended, cancelling again any still running after
+    `again_after_s`. On Python 3.11 `asyncio.wait_for` can lose a cancellation that lands just as its own
+    timeout fires, and the task then goes on (block sync's loop waits so, several times a second): cancelled
+    once, it could keep the node's task group, and so the process, from ever ending."""
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=again_after_s)
 
 
 async def stop_on_key_elsewhere(network: Network, stop: asyncio.Event) -> None:

@@ -433,3 +433,27 @@ async def test_an_answer_nobody_takes_is_let_go(client_leaves: bool) -> None:
         client.close()
         watching.cancel()
         await runner.cleanup()
+
+
+async def test_stopping_cancels_again_a_task_that_let_a_cancellation_go() -> None:
+    """A task that goes on after one cancellation (as one waiting in `asyncio.wait_for` can on Python
+    3.11, when the cancellation lands just as its timeout fires) is cancelled again, so that the node's
+    stop ends instead of waiting for it for ever."""
+    from node.daemon import cancelled
+
+    cancellations = 0
+
+    async def stubborn() -> None:
+        nonlocal cancellations
+        while True:
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                cancellations += 1
+                if cancellations == 2:
+                    raise  # the first is lost, as described above
+
+    task = asyncio.create_task(stubborn())
+    await asyncio.sleep(0)
+    await asyncio.wait_for(cancelled([task], again_after_s=0.05), 5)
+    assert task.cancelled() and cancellations == 2
