@@ -234,8 +234,10 @@ async def serve(config: NodeConfig, key: KeyPair, stop: asyncio.Event) -> None:
 async def cancelled(tasks: list[asyncio.Task[Any]], again_after_s: float = 0.5) -> None:
     """Cancel `tasks` and return once every one has ended, cancelling again any still running after
     `again_after_s`. On Python 3.11 `asyncio.wait_for` can lose a cancellation that lands just as its own
-    timeout fires, and the task then goes on (block sync's loop waits so, several times a second): cancelled
-    once, it could keep the node's task group, and so the process, from ever ending."""
+    timeout fires, and the task then goes on: block sync's loop, which waited so several times a second,
+    once kept a stopping node's task group, and so the process, from ever ending. The node's loops wait
+    with `asyncio.timeout` instead, which keeps the cancellation; this is the safeguard for any wait that
+    does not."""
     pending = {t for t in tasks if not t.done()}
     while pending:
         for task in pending:

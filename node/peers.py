@@ -554,7 +554,8 @@ class Network:
                 else:
                     revived.clear()
                     try:
-                        await asyncio.wait_for(revived.wait(), backoff)
+                        async with asyncio.timeout(backoff):  # not wait_for (see node.daemon.cancelled)
+                            await revived.wait()
                         revived_retry = True  # it seems back: try now rather than wait
                     except TimeoutError:
                         pass
@@ -885,7 +886,8 @@ class Network:
                 if self.store.height >= target:
                     break
                 try:
-                    await asyncio.wait_for(self._committed.wait(), deadline - time.monotonic())
+                    async with asyncio.timeout(deadline - time.monotonic()):
+                        await self._committed.wait()
                 except TimeoutError:
                     return
 

@@ -398,7 +398,8 @@ class NodeService:
                 if remaining <= 0:
                     return
                 try:
-                    await asyncio.wait_for(self._committed.wait(), remaining)
+                    async with asyncio.timeout(remaining):
+                        await self._committed.wait()
                 except TimeoutError:
                     return
 

@@ -132,7 +132,8 @@ class Syncer:
                     continue
                 self._poke.clear()
                 try:
-                    await asyncio.wait_for(self._poke.wait(), self.settings.poll_s)
+                    async with asyncio.timeout(self.settings.poll_s):  # not wait_for (see node.daemon.cancelled)
+                        await self._poke.wait()
                 except TimeoutError:
                     pass
         finally:

@@ -460,7 +460,8 @@ class ConsensusDriver:
         if self._inbox.empty():
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                first = await asyncio.wait_for(self._inbox.get(), timeout)
+                async with asyncio.timeout(timeout):  # not wait_for (see node.daemon.cancelled)
+                    first = await self._inbox.get()
             except TimeoutError:
                 return []
             batch = [first]
