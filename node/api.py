@@ -265,6 +265,20 @@ class NetworkView(Protocol):
     def own_key_evidence(self) -> int | None: ...
 
 
+#: What /health says of each warning that names a height.
+HEALTH_REASONS = {
+    "signing_held": "this authority signs nothing below that height: votes of its key beyond its own record "
+                    "came back to it (a restored or copied data folder?); see event=signed_beyond_record in "
+                    "its log",
+    "evidence_against_own_key": "a peer handed on evidence that this node's key signed two conflicting "
+                                "messages at that height: another node signs with this key (a copied data "
+                                "folder or node.key?); find it and stop it (see /v1/evidence)",
+    "voted_in_but_observer": "this node's key is an authority from that height, but the node runs as an "
+                             "observer and does not vote: set role = \"authority\" in its config.toml and "
+                             "restart it",
+}
+
+
 class Api:
     def __init__(self, svc: NodeService, net: NetworkView | None = None) -> None:
         self.svc = svc
@@ -307,24 +321,11 @@ class Api:
         stalled = svc.stall_warning()
         if stalled:
             warnings.append({"event": "no_block", "reason": stalled})
-        held = net.held_until if net else 0
-        if held:
-            warnings.append({"event": "signing_held", "height": held,
-                             "reason": "this authority signs nothing below that height: votes of its key "
-                                       "beyond its own record came back to it (a restored or copied data "
-                                       "folder?); see event=signed_beyond_record in its log"})
-        own = net.own_key_evidence if net else None
-        if own is not None:
-            warnings.append({"event": "evidence_against_own_key", "height": own,
-                             "reason": "a peer handed on evidence that this node's key signed two conflicting "
-                                       "messages at that height: another node signs with this key (a copied "
-                                       "data folder or node.key?); find it and stop it (see /v1/evidence)"})
-        voted_in = net.voted_in_height if net else None
-        if voted_in is not None:
-            warnings.append({"event": "voted_in_but_observer", "height": voted_in,
-                             "reason": "this node's key is an authority from that height, but the node runs "
-                                       "as an observer and does not vote: set role = \"authority\" in its "
-                                       "config.toml and restart it"})
+        if net is not None:
+            at = {"signing_held": net.held_until or None, "evidence_against_own_key": net.own_key_evidence,
+                  "voted_in_but_observer": net.voted_in_height}
+            warnings += [{"event": event, "height": height, "reason": HEALTH_REASONS[event]}
+                         for event, height in at.items() if height is not None]
         return _json({"ok": True, "status": "degraded" if warnings else "ok", "warnings": warnings,
                       "height": svc.store.height, "role": svc.config.role,
                       "syncing": net.syncing if net else False, "sync_lag": net.sync_lag if net else 0,
