@@ -1,5 +1,6 @@
 # Shared set-up for the project's scripts: a virtualenv in .venv with the project installed (editable).
-# Sourced, not run. Re-installs only when pyproject.toml changed since the last install.
+# Sourced, not run. Re-installs only when pyproject.toml, setup.py or the C source of the state tree's
+# update changed since the last install (the install compiles it).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${LER_VENV:-$ROOT/.venv}"
@@ -14,7 +15,11 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PY" -m venv "$VENV"
 fi
 STAMP="$VENV/.ler-installed"
-if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
+stale=0
+for f in pyproject.toml setup.py storage/_smt_native.c; do  # what the install reads or compiles
+    if [ "$ROOT/$f" -nt "$STAMP" ]; then stale=1; fi
+done
+if [ ! -f "$STAMP" ] || [ "$stale" = 1 ]; then
     echo "installing LER Ledger and its dependencies into $VENV ..." >&2
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip >&2 || true
     "$VENV/bin/python" -m pip install --quiet --quiet --disable-pip-version-check -e "$ROOT[test,dev]" >&2

@@ -17,8 +17,10 @@ costs O(depth) hashes and writes, depth being about log2(number of keys), not 25
 from __future__ import annotations
 
 import hashlib
+import os
 from bisect import bisect_left
 from collections.abc import Iterator, Mapping
+from types import ModuleType
 from typing import Protocol
 
 from ler.smt import (
@@ -174,10 +176,13 @@ class SparseMerkleTree:
                     raise ValueError(f"a state value is at most {MAX_VALUE_BYTES} bytes")
         if not items:
             return root
-        update = _Update(self.store)
-        new_root = update.apply((root, None), 0, sorted(items.items()))[0]
-        if update.new:
-            self.store.put_nodes(update.new)
+        if _native is not None:
+            new_root, new = _native.update(self.store.get_node, _checked, root, sorted(items.items()))
+        else:
+            update = _Update(self.store)
+            new_root, new = update.apply((root, None), 0, sorted(items.items()))[0], update.new
+        if new:
+            self.store.put_nodes(new)
         return new_root
 
 
@@ -342,3 +347,18 @@ class _Update:
         return h
 
 _sha256 = hashlib.sha256
+
+
+def _load_native() -> ModuleType | None:
+    """storage/_smt_native.c, `_Update.apply` from a root in C (the same nodes and roots, several times
+    faster), if it was built and LER_TREE_IN_PYTHON is not set to 1; else None, and the tree runs in Python."""
+    if os.environ.get("LER_TREE_IN_PYTHON") == "1":
+        return None
+    try:
+        from storage import _smt_native  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return _smt_native
+
+
+_native = _load_native()

@@ -1,0 +1,145 @@
+"""The state tree's update in C (storage/_smt_native.c) against the Python one it replaces: the same roots,
+the same new nodes, the same errors, on trees and updates of every shape the tree has."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from collections.abc import Mapping
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ler.smt import EMPTY
+from storage import smt
+from storage.smt import MemoryNodeStore, NodeStoreError, SparseMerkleTree, _checked, _Update
+
+native = smt._load_native()
+
+
+def test_the_compiled_tree_is_built_and_used() -> None:
+    # scripts/test installs the project, which compiles it; without it every block's tree runs in Python
+    assert native is not None, "storage/_smt_native.c was not built (is a C compiler installed?)"
+    assert smt._native is native
+
+
+def test_it_can_be_turned_off() -> None:
+    code = "import storage.smt as s; print(s._native is None)"
+    env = dict(os.environ, LER_TREE_IN_PYTHON="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"
+
+
+def in_python(store: MemoryNodeStore, root: bytes, items: Mapping[bytes, bytes | None]) -> tuple[bytes, dict]:
+    update = _Update(store)
+    return update.apply((root, None), 0, sorted(items.items()))[0], update.new
+
+
+def in_c(store: MemoryNodeStore, root: bytes, items: Mapping[bytes, bytes | None]) -> tuple[bytes, dict]:
+    assert native is not None
+    return native.update(store.get_node, _checked, root, sorted(items.items()))
+
+
+def near(rng: random.Random, k: bytes) -> bytes:
+    """`k` with one bit flipped: a key sharing a long prefix with it (deep splits, collapses)."""
+    b = bytearray(k)
+    i = rng.randrange(256)
+    b[i >> 3] ^= 0x80 >> (i & 7)
+    return bytes(b)
+
+
+def random_items(rng: random.Random, keys: list[bytes]) -> dict[bytes, bytes | None]:
+    items: dict[bytes, bytes | None] = {}
+    for _ in range(rng.choice([1, 1, 2, 3, 4, 17, 200])):
+        r = rng.random()
+        if keys and r < 0.35:  # an existing key: changed, set to its value again, or deleted
+            k = rng.choice(keys)
+            items[k] = None if rng.random() < 0.5 else rng.choice([os.urandom(rng.randint(0, 40)), b""])
+        elif r < 0.55:
+            k = near(rng, rng.choice(keys) if keys else os.urandom(32))
+            items[k] = os.urandom(rng.randint(0, 40)) if rng.random() < 0.85 else None
+        else:
+            k = os.urandom(32)
+            items[k] = os.urandom(rng.randint(0, 70)) if rng.random() < 0.9 else None
+        keys.append(k)
+    return items
+
+
+@pytest.mark.skipif(native is None, reason="the compiled tree is not built (the test above fails)")
+@pytest.mark.parametrize("seed", range(40))
+def test_same_roots_and_nodes_as_python(seed: int) -> None:
+    rng = random.Random(seed)
+    store, root, keys = MemoryNodeStore(), EMPTY, []
+    for _ in range(rng.randint(1, 15)):
+        items = random_items(rng, keys)
+        if rng.random() < 0.1 and keys:  # an update that changes nothing
+            k = rng.choice(keys)
+            items = {k: SparseMerkleTree(store).get(root, k)}
+        want = in_python(store, root, items)
+        assert in_c(store, root, items) == want
+        store.put_nodes(want[1])
+        root = want[0]
+
+
+@pytest.mark.skipif(native is None, reason="the compiled tree is not built")
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.dictionaries(st.binary(min_size=1, max_size=2).map(lambda b: b + bytes(32 - len(b))),
+                                st.none() | st.binary(max_size=8), min_size=1, max_size=12), min_size=1, max_size=5))
+def test_same_on_clustered_keys(updates: list[dict[bytes, bytes | None]]) -> None:
+    # keys that differ only in their first two bytes: long shared paths, every collapse rule
+    store, root = MemoryNodeStore(), EMPTY
+    for items in updates:
+        want = in_python(store, root, items)
+        assert in_c(store, root, items) == want
+        store.put_nodes(want[1])
+        root = want[0]
+
+
+@pytest.mark.skipif(native is None, reason="the compiled tree is not built")
+def test_same_errors_for_a_missing_or_damaged_node() -> None:
+    store = MemoryNodeStore()
+    rng = random.Random(7)
+    root, nodes = in_python(store, EMPTY, {os.urandom(32): b"v%d" % i for i in range(50)})
+    store.put_nodes(nodes)
+    inner = [h for h, data in nodes.items() if data[0] == 1 and h != root]
+    damaged = rng.choice(inner)
+    for bad in (None, b"\x01short", b"\x07" + bytes(64), b"\x00" + bytes(10)):
+        if bad is None:
+            del store.nodes[damaged]
+        else:
+            store.nodes[damaged] = bad
+        items = {k: b"new" for k in (os.urandom(32) for _ in range(200))}
+        errors = []
+        for update in (in_python, in_c):
+            with pytest.raises(NodeStoreError) as caught:
+                update(store, root, items)
+            errors.append(str(caught.value))
+        assert errors[0] == errors[1]
+        assert damaged.hex() in errors[0]
+    with pytest.raises(NodeStoreError, match="not in the store"):
+        in_c(MemoryNodeStore(), os.urandom(32), {os.urandom(32): b"x"})
+
+
+@pytest.mark.skipif(native is None, reason="the compiled tree is not built")
+@pytest.mark.parametrize("items", [
+    [(b"short", b"v")],
+    [(bytes(32), "text")],
+    [(bytes(32), b"v"), (bytes(32), b"w")],  # not strictly ascending
+    [(b"\x01" + bytes(31), b"v"), (bytes(32), b"w")],
+    [(bytes(32),)],
+    ["not a pair"],
+])
+def test_malformed_items_are_refused(items: list) -> None:
+    assert native is not None
+    with pytest.raises(ValueError, match="items"):
+        native.update(MemoryNodeStore().get_node, _checked, EMPTY, items)
+
+
+@pytest.mark.skipif(native is None, reason="the compiled tree is not built")
+def test_a_store_returning_a_malformed_node_that_passes_its_check_is_refused() -> None:
+    assert native is not None
+    with pytest.raises(SystemError):
+        native.update(lambda h: b"\x07", lambda h, d: d, os.urandom(32), [(bytes(32), b"v")])
