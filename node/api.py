@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import re
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -140,11 +141,20 @@ def _finite(text: str) -> float:
     return value
 
 
+def _integer(text: str) -> int:
+    limit = sys.get_int_max_str_digits() or 4300  # what int() takes from a string (0: no limit)
+    digits = len(text.lstrip("-"))
+    if digits > limit:
+        raise ApiError(400, f"malformed JSON: an integer of {digits} digits is too long (at most {limit})")
+    return int(text)
+
+
 def _parse_json(raw: bytes) -> Any:
     """Strict JSON (RFC 8259): no NaN or Infinity, no number too large for a double, no key twice."""
     try:
-        return json.loads(raw, object_pairs_hook=_one_of_each, parse_constant=_no_constant, parse_float=_finite)
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of more than 4300 digits
+        return json.loads(raw, object_pairs_hook=_one_of_each, parse_constant=_no_constant, parse_float=_finite,
+                          parse_int=_integer)
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
         raise ApiError(400, f"malformed JSON: {exc}") from None
     except RecursionError:
         raise ApiError(400, "malformed JSON: nested too deeply") from None

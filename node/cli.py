@@ -354,6 +354,8 @@ def passphrase_for(path: str | os.PathLike[str], *, new: bool = False) -> str:
             warnings.simplefilter("ignore", getpass.GetPassWarning)
             value: str = click.prompt(prompt, hide_input=True, confirmation_prompt=new, err=True)
     except click.Abort:
+        if sys.stdin.isatty():
+            raise  # Ctrl-C or Ctrl-D at the prompt: the person at the terminal stopped the command
         raise bad_input(f"no passphrase given for {path} (type it at the prompt or set "
                         f"${PASSPHRASE_ENV})") from None
     return value

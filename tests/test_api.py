@@ -478,9 +478,11 @@ def test_json_a_reader_could_read_two_ways_is_refused() -> None:
 
     for raw, says in ((b'{"a": 1, "b": {"c": 2, "c": 3}}', "the key 'c' appears twice"),
                       (b'{"a": NaN}', "NaN is not a JSON number"), (b"[-Infinity]", "-Infinity is not"),
-                      (b"[1e400]", "the number 1e400 is too large")):
+                      (b"[1e400]", "the number 1e400 is too large"),
+                      (b'{"n": -' + b"9" * 5000 + b"}", "an integer of 5000 digits is too long (at most 4300)")):
         with pytest.raises(ApiError, match=re.escape(says)):
             _parse_json(raw)
+    assert _parse_json(b"[" + b"9" * 4300 + b"]") == [int("9" * 4300)]
     assert _parse_json(b'{"a": [1.5, -0.0, 1e300], "b": {"a": null}}') == {"a": [1.5, -0.0, 1e300],
                                                                            "b": {"a": None}}
 

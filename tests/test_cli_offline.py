@@ -1174,6 +1174,50 @@ def test_a_passphrase_asked_for_with_no_terminal_is_read_from_stdin_without_a_py
     assert "GetPassWarning" not in none.stderr and not (tmp_path / "k2.key").exists()
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses a Linux pseudo-terminal")
+@pytest.mark.parametrize("keystroke", [b"\x03", b"\x04"])  # Ctrl-C, Ctrl-D
+def test_a_passphrase_prompt_stopped_at_the_terminal_says_aborted(tmp_path: Path, keystroke: bytes) -> None:
+    """At a terminal, Ctrl-C or Ctrl-D at the passphrase prompt is the person stopping the command:
+    "aborted" (exit 1), as anywhere else, not "no passphrase given" (which is for a pipe that ran dry)."""
+    import pty
+    import select
+    import signal
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k != keys.PASSPHRASE_ENV}
+    pid, fd = pty.fork()
+    if pid == 0:
+        try:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.execve(str(LER), [str(LER), "keys", "new", "--out", str(tmp_path / "k.key"), "--encrypt"], env)
+        finally:
+            os._exit(127)
+    out = bytearray()
+    deadline = time.monotonic() + 60
+    try:
+        while b"Passphrase" not in out and time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.2)[0]:
+                out += os.read(fd, 4096)
+        assert b"Passphrase" in out, out
+        os.write(fd, keystroke)
+        while time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.2)[0]:
+                try:
+                    chunk = os.read(fd, 4096)
+                except OSError:  # the command ended and closed the terminal
+                    break
+                if not chunk:
+                    break
+                out += chunk
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    text = out.decode(errors="replace")
+    assert os.waitstatus_to_exitcode(status) == 1, text
+    assert "error: aborted" in text and "no passphrase given" not in text, text
+    assert "Traceback" not in text and not (tmp_path / "k.key").exists()
+
+
 def test_counts_read_as_words_do() -> None:
     from node.cli import plural
 
