@@ -127,6 +127,19 @@ def get_issuer(state: StateView, did: str) -> IssuerEntry | None:
     return _decode_shared(IssuerEntry, raw) if raw is not None else None
 
 
+def _key_note(issuer: IssuerEntry, signer: bytes, height: int) -> str:
+    """Why `signer`, one of the issuer's keys but not the one in force at `height`, cannot sign now."""
+    for i, epoch in enumerate(issuer.keys):
+        if epoch.key != signer:
+            continue
+        if epoch.since > height:
+            return f" (this key takes over from height {epoch.since}, after the block of its rotation)"
+        if i + 1 < len(issuer.keys):
+            return (f" (this key was retired when the issuer rotated to a new key at height "
+                    f"{issuer.keys[i + 1].since}; sign with its current key)")
+    return ""
+
+
 def get_record(state: StateView, record_id: bytes) -> RecordEntry | None:
     raw = state.get(record_key(record_id))
     return RecordEntry.decode(raw) if raw is not None else None
@@ -287,7 +300,8 @@ def apply_rotate(state: StateView, ctx: Context, tx: Tx, body: IssuerRotate) -> 
     if issuer.status == WITHDRAWN:
         raise RuleError("rotate.issuer", f"{body.issuer}'s accreditation was withdrawn")
     if tx.signer != issuer.key_at(ctx.height):
-        raise RuleError("rotate.signer", "only the issuer's current key can rotate it")
+        raise RuleError("rotate.signer", "only the issuer's current key can rotate it"
+                        + _key_note(issuer, tx.signer, ctx.height))
     if issuer.keys[-1].since > ctx.height:
         raise RuleError("rotate.pending", "a rotation for this issuer is already pending in this block")
     if any(e.key == body.new_key for e in issuer.keys):
@@ -312,7 +326,8 @@ def apply_anchor(state: StateView, ctx: Context, tx: Tx, body: RecordAnchor) -> 
     issuer = get_issuer(state, body.issuer)
     if issuer is not None:
         if tx.signer != issuer.key_at(ctx.height):
-            raise RuleError("anchor.key", f"the signer is not {body.issuer}'s current key")
+            raise RuleError("anchor.key", f"the signer is not {body.issuer}'s current key"
+                            + _key_note(issuer, tx.signer, ctx.height))
         if issuer.status != ACTIVE:
             raise RuleError("anchor.standing", f"{body.issuer}'s accreditation is {issuer.status}")
     elif keys.did_from_public_key(tx.signer) != body.issuer:
@@ -344,7 +359,8 @@ def apply_revoke(state: StateView, ctx: Context, signer: bytes, body: RecordRevo
     issuer = get_issuer(state, record.issuer)
     allowed = issuer.key_at(ctx.height) if issuer is not None else keys.public_key_from_did(record.issuer)
     if signer != allowed:
-        raise RuleError("revoke.issuer", "only the record's issuer can revoke it")
+        note = _key_note(issuer, signer, ctx.height) if issuer is not None else ""
+        raise RuleError("revoke.issuer", "only the record's issuer can revoke it" + note)
     entry = replace(record, revoked=Revocation(height=ctx.height, reason=body.reason))
     state.set(record_key(body.record), entry.encode())
 

@@ -612,9 +612,17 @@ def test_revoke_after_rotation_needs_the_new_key() -> None:
     rid = led.anchor(UNI)
     u2 = kp("u2")
     led.apply(UNI, rotation_body(UNI.did, CHAIN, u2))
-    led.refuse(u2, RecordRevoke(rid, "x"), "revoke.issuer")   # not yet in force
+    rotated_at = led.height + 1
+    early = led.refuse(u2, RecordRevoke(rid, "x"), "revoke.issuer")   # not yet in force
+    assert f"this key takes over from height {rotated_at}" in str(early)
     led.next_block()
-    led.refuse(UNI, RecordRevoke(rid, "x"), "revoke.issuer")  # retired
+    late = led.refuse(UNI, RecordRevoke(rid, "x"), "revoke.issuer")  # retired
+    assert f"retired when the issuer rotated to a new key at height {rotated_at}" in str(late)
+    assert "retired" not in str(led.refuse(STRANGER, RecordRevoke(rid, "x"), "revoke.issuer"))
+    # the anchor and rotation rules say the same of a retired key
+    assert "retired" in str(led.refuse(UNI, anchor_body(os.urandom(16), UNI), "anchor.key"))
+    assert "retired" in str(led.refuse(UNI, rotation_body(UNI.did, CHAIN, kp("u3")), "rotate.signer"))
+    assert "retired" not in str(led.refuse(STRANGER, anchor_body(os.urandom(16), UNI), "anchor.key"))
     led.apply(u2, RecordRevoke(rid, "by the new key"))
 
 
