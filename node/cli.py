@@ -1498,6 +1498,10 @@ def check_evidence(res: VerificationResult, specs: tuple[str, ...]) -> list[Chec
             want = value.get("sha256") if isinstance(value, dict) else None
             if want == digest:
                 checks.append(Check(name, True, f"{path} matches the committed SHA-256", i))
+            elif not isinstance(want, str):
+                checks.append(Check(name, False, f"the claim {key!r} is not evidence of a file (it has no "
+                                                 f"SHA-256 to compare {path} with; `ler issue --evidence` "
+                                                 "makes such claims)", i))
             else:
                 checks.append(Check(name, False, f"{path} does not match the file the record commits to", i))
     return checks

@@ -498,7 +498,10 @@ def test_evidence_that_fails_fails_the_verdict(tmp_path: Path, chain_factory: Ca
     g = str(chain.genesis_path)
     for spec, why in ((f"thesis={other}", f"evidence thesis: {other} does not match the file the record commits to"),
                       (f"nothere={evidence}", f"evidence nothere: no disclosed claim named 'nothere' to compare "
-                                              f"{evidence} with")):
+                                              f"{evidence} with"),
+                      (f"degree={evidence}", "evidence degree: the claim 'degree' is not evidence of a file (it has "
+                                             f"no SHA-256 to compare {evidence} with; `ler issue --evidence` "
+                                             "makes such claims)")):
         r = run("verify", str(bundle), "--genesis", g, "--evidence", spec)
         assert r.exit_code == 1
         head = r.stdout.splitlines()[0]
