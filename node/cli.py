@@ -482,11 +482,16 @@ def rejection(result: dict[str, Any]) -> str:
     return f"transaction rejected: {error}"
 
 
-def require_committed(result: dict[str, Any], tx: Tx, wait_s: float) -> int:
-    """The commit height, or a negative result saying why there is none."""
+def require_committed(result: dict[str, Any], tx: Tx, wait_s: float, *, unknown_here: str | None = None) -> int:
+    """The commit height, or a negative result saying why there is none. `unknown_here`, when given, is
+    added to a refusal for a record the node does not hold (revoke.unknown, endorse.unknown): which
+    network that node serves, for a record named by id alone (it may be of another network)."""
     status = result.get("status")
     if status == "rejected":
-        raise negative(rejection(result))
+        why = rejection(result)
+        if unknown_here and result.get("rule") in ("revoke.unknown", "endorse.unknown"):
+            why = f"{why} ({unknown_here})"
+        raise negative(why)
     if status != "committed":
         raise negative(f"transaction {tx.tx_id.hex()} was not committed within {wait_s:g} s; it may still "
                        "be; ask the node later (GET /v1/txs/ID)")
@@ -1100,6 +1105,13 @@ def chain_of_record(client: NodeClient, record_chain: str | None) -> str:
     return chain_id
 
 
+def _chain_named(url: str, chain_id: str, record_chain: str | None) -> str | None:
+    """For a record given by id alone: the network the node serves, to name if it does not know the record."""
+    if record_chain is not None:
+        return None  # the record file's network, already checked to be the node's
+    return f"{url} serves the network {chain_id!r}; is the record of another?"
+
+
 @cli.command("revoke")
 @node_option
 @click.option("--key", "key_path", required=True, metavar="FILE", help="The issuer's current key.")
@@ -1119,7 +1131,8 @@ def revoke(node_url: str, key_path: str, record_path: str | None, record_id: str
     key = load_key(key_path)
     client = make_client(node_url)
     tx = sign_tx(key, chain_of_record(client, record_chain), body)
-    height = require_committed(submit_and_wait(client, tx, wait_s), tx, wait_s)
+    height = require_committed(submit_and_wait(client, tx, wait_s), tx, wait_s,
+                               unknown_here=_chain_named(client.url, tx.chain, record_chain))
     say(f"revoked record {rid.hex()} at block {height}: {reason}")
 
 
@@ -1150,7 +1163,8 @@ def endorse(node_url: str, key_path: str, record_path: str | None, record_id: st
     key = load_key(key_path)
     client = make_client(node_url)
     tx = sign_tx(key, chain_of_record(client, record_chain), RecordEndorse(record=rid, digest=digest_bytes))
-    height = require_committed(submit_and_wait(client, tx, wait_s), tx, wait_s)
+    height = require_committed(submit_and_wait(client, tx, wait_s), tx, wait_s,
+                               unknown_here=_chain_named(client.url, tx.chain, record_chain))
     say(f"{key.did} endorsed record {rid.hex()} at block {height}")
 
 

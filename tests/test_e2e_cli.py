@@ -353,7 +353,11 @@ def test_the_nodes_reason_is_shown(tmp_path: Path, net: tuple[Chain, NodeProc]) 
     r = ler("revoke", "--node", node.url, "--key", str(chain.root / "issuer.key"), "--record-id",
             doc.record_id.hex(), "--reason", "x", cwd=tmp_path, check=1)
     assert one_line_error(r) == (f"error: transaction rejected: revoke.unknown: no record {doc.record_id.hex()} "
-                                 "on the ledger")
+                                 f"on the ledger ({node.url} serves the network {chain.chain_id!r}; is the record "
+                                 "of another?)")
+    r = ler("endorse", "--node", node.url, "--key", str(chain.root / "issuer.key"), "--record-id",
+            doc.record_id.hex(), cwd=tmp_path, check=1)
+    assert f"({node.url} serves the network {chain.chain_id!r}; is the record of another?)" in one_line_error(r)
 
 
 def _any_record(tmp_path: Path, chain: Chain, node: NodeProc) -> Path:
