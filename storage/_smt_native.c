@@ -81,6 +81,22 @@ static PyObject *load(Upd *u, PyObject *h) {
     return r;
 }
 
+/* NodeStoreError (storage/smt.py's, loaded by then) for a path deeper than keys have bits: only a
+ * damaged or altered store can hold one, e.g. an inner node stored under a hash that one of its children
+ * repeats. */
+static void too_deep(PyObject *h) {
+    PyObject *mod = PyImport_ImportModule("storage.smt");
+    PyObject *cls = mod ? PyObject_GetAttrString(mod, "NodeStoreError") : NULL;
+    Py_XDECREF(mod);
+    if (cls == NULL) return;
+    PyObject *hex = PyObject_CallMethod(h, "hex", NULL);
+    if (hex != NULL) {
+        PyErr_Format(cls, "state node %U lies deeper than a key has bits: the store is damaged", hex);
+        Py_DECREF(hex);
+    }
+    Py_DECREF(cls);
+}
+
 static PyObject *put(Upd *u, PyObject *data, const unsigned char *digest) {
     PyObject *h = PyBytes_FromStringAndSize((const char *)digest, KEY);
     if (h == NULL) return NULL;
@@ -285,6 +301,11 @@ static Sub apply_one(Upd *u, Sub sub, int depth, PyObject *key, PyObject *value)
             out = pr.h ? rejoin(u, pr, path, n) : fail();
             goto done;
         }
+        if (d >= 8 * KEY) {
+            Py_DECREF(data);
+            too_deep(h);
+            goto done;
+        }
         int right = bit(k, d);
         PyObject *sib = slice(data, right ? 1 : 1 + KEY);
         PyObject *next = slice(data, right ? 1 + KEY : 1);
@@ -365,6 +386,11 @@ static Sub apply(Upd *u, Sub sub, int depth, PyObject **keys, PyObject **values,
         return s;
     }
     /* An inner node: the items going left (bit `depth` 0) come first. */
+    if (depth >= 8 * KEY) {
+        Py_DECREF(data);
+        too_deep(sub.h);
+        return fail();
+    }
     Py_ssize_t cut = 0;
     while (cut < n && !bit((const unsigned char *)PyBytes_AS_STRING(keys[cut]), depth)) cut++;
     PyObject *left = slice(data, 1), *right = slice(data, 1 + KEY);

@@ -88,6 +88,15 @@ def _checked(h: bytes, data: bytes | None) -> bytes:
     return data
 
 
+_MAX_DEPTH = 8 * KEY_SIZE
+
+
+def _too_deep(h: bytes) -> NodeStoreError:
+    """A path deeper than keys have bits: only a damaged or altered store holds one (an inner node stored
+    under a hash one of its children repeats, say)."""
+    return NodeStoreError(f"state node {h.hex()} lies deeper than a key has bits: the store is damaged")
+
+
 def _check_key(key: bytes) -> None:
     if not isinstance(key, bytes) or len(key) != KEY_SIZE:
         raise ValueError("a state key is 32 bytes")
@@ -113,6 +122,8 @@ class SparseMerkleTree:
             data = self._load(h)
             if data[0] == _LEAF:
                 return data[1 + KEY_SIZE:] if data[1:1 + KEY_SIZE] == key else None
+            if depth >= _MAX_DEPTH:
+                raise _too_deep(h)
             h = data[33:65] if bit(key, depth) else data[1:33]
             depth += 1
         return None
@@ -129,6 +140,8 @@ class SparseMerkleTree:
                 if leaf_key == key:
                     return StateProof(key, value, tuple(siblings), None, None)
                 return StateProof(key, None, tuple(siblings), leaf_key, value_hash(value))
+            if len(siblings) >= _MAX_DEPTH:
+                raise _too_deep(h)
             left, right = data[1:33], data[33:65]
             if bit(key, len(siblings)):
                 siblings.append(left)
@@ -147,17 +160,19 @@ class SparseMerkleTree:
 
     def leaves(self, root: bytes) -> Iterator[tuple[bytes, bytes]]:
         """Every (key, leaf hash) of the tree under `root`, in key order: one read of each of its nodes."""
-        stack = [root]
+        stack = [(root, 0)]
         while stack:
-            h = stack.pop()
+            h, depth = stack.pop()
             if h == EMPTY:
                 continue
             data = self._load(h)
             if data[0] == _LEAF:
                 yield data[1:1 + KEY_SIZE], h
+            elif depth >= _MAX_DEPTH:
+                raise _too_deep(h)
             else:
-                stack.append(data[33:65])
-                stack.append(data[1:33])  # popped first: left before right
+                stack.append((data[33:65], depth + 1))
+                stack.append((data[1:33], depth + 1))  # popped first: left before right
 
     # --- writing --------------------------------------------------------------------------------------
     def update(self, root: bytes, key: bytes, value: bytes | None) -> bytes:
@@ -233,6 +248,8 @@ class _Update:
             if entries == {old_key: old_value}:
                 return h, True
             return self._build(depth, entries)
+        if depth >= _MAX_DEPTH:
+            raise _too_deep(h)
         left, right = data[1:33], data[33:65]
         # Items are sorted and share their first `depth` bits, so those going left (bit 0 at this depth)
         # come first, and the first going right is the first at or above that prefix, then a 1, then 0s.
@@ -273,6 +290,8 @@ class _Update:
                 # A new key lands on another's leaf: the two leaves go below a new inner node. The old
                 # leaf is in the store already, under `h`: neither hashed nor written again.
                 return self._rejoin(self._pair(d, old_key, h, key, self._leaf(key, value)), path)
+            if d >= _MAX_DEPTH:
+                raise _too_deep(h)
             if (key[d >> 3] >> (7 - (d & 7))) & 1:  # bit(key, d): the key goes right
                 path.append((data[1:33], 1))
                 h = data[33:65]

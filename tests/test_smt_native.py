@@ -111,25 +111,28 @@ def test_same_on_clustered_keys(updates: list[dict[bytes, bytes | None]]) -> Non
 
 @pytest.mark.skipif(native is None, reason="the compiled tree is not built")
 def test_same_errors_for_a_missing_or_damaged_node() -> None:
-    store = MemoryNodeStore()
     rng = random.Random(7)
-    root, nodes = in_python(store, EMPTY, {os.urandom(32): b"v%d" % i for i in range(50)})
-    store.put_nodes(nodes)
-    inner = [h for h, data in nodes.items() if data[0] == 1 and h != root]
-    damaged = rng.choice(inner)
-    for bad in (None, b"\x01short", b"\x07" + bytes(64), b"\x00" + bytes(10)):
-        if bad is None:
-            del store.nodes[damaged]
-        else:
-            store.nodes[damaged] = bad
-        items = {k: b"new" for k in (os.urandom(32) for _ in range(200))}
-        errors = []
-        for update in (in_python, in_c):
-            with pytest.raises(NodeStoreError) as caught:
-                update(store, root, items)
-            errors.append(str(caught.value))
-        assert errors[0] == errors[1]
-        assert damaged.hex() in errors[0]
+    keys = [rng.randbytes(32) for _ in range(50)]
+    root, nodes = in_python(MemoryNodeStore(), EMPTY, {k: b"v%d" % i for i, k in enumerate(keys)})
+    inner = [h for h, data in nodes.items() if data[0] == 1]
+    # every key changed, and new ones: the update passes through every node of the tree
+    items: dict[bytes, bytes | None] = {k: b"new" for k in keys}
+    items.update({rng.randbytes(32): b"added" for _ in range(50)})
+    for damaged in rng.sample(inner, 10):
+        for bad in (None, b"\x01short", b"\x07" + bytes(64), b"\x00" + bytes(10)):
+            store = MemoryNodeStore()
+            store.put_nodes(nodes)
+            if bad is None:
+                del store.nodes[damaged]
+            else:
+                store.nodes[damaged] = bad
+            errors = []
+            for update in (in_python, in_c):
+                with pytest.raises(NodeStoreError) as caught:
+                    update(store, root, items)
+                errors.append(str(caught.value))
+            assert errors[0] == errors[1]
+            assert damaged.hex() in errors[0]
     with pytest.raises(NodeStoreError, match="not in the store"):
         in_c(MemoryNodeStore(), os.urandom(32), {os.urandom(32): b"x"})
 
@@ -154,3 +157,34 @@ def test_a_store_returning_a_malformed_node_that_passes_its_check_is_refused() -
     assert native is not None
     with pytest.raises(SystemError):
         native.update(lambda h: b"\x07", lambda h, d: d, os.urandom(32), [(bytes(32), b"v")])
+
+
+def _looping_store() -> tuple[MemoryNodeStore, bytes, bytes]:
+    """A store altered so that an inner node names itself as a child: a path with no end."""
+    store = MemoryNodeStore()
+    root, nodes = in_python(store, EMPTY, {bytes([i]) + bytes(31): b"v" for i in (0x00, 0x80)})
+    store.put_nodes(nodes)
+    left = nodes[root][1:33]
+    store.nodes[root] = b"\x01" + root + bytes(32)  # its left child is itself now
+    return store, root, left
+
+
+@pytest.mark.parametrize("update", ["python", "c"])
+def test_a_path_with_no_end_in_an_altered_store_is_a_store_error(update: str) -> None:
+    # Not an endless walk, nor a read past a key's 256 bits: the store is damaged, and the node says so.
+    if update == "c" and native is None:
+        pytest.skip("the compiled tree is not built")
+    store, root, _ = _looping_store()
+    run = in_python if update == "python" else in_c
+    for items in ({bytes(32): b"new"}, {bytes(32): b"new", bytes(31) + b"\x01": b"other"}):
+        with pytest.raises(NodeStoreError, match="deeper than a key has bits"):
+            run(store, root, items)
+
+
+def test_reads_of_an_altered_store_with_a_path_with_no_end_end_with_a_store_error() -> None:
+    store, root, _ = _looping_store()
+    tree = SparseMerkleTree(store)
+    for read in (lambda: tree.get(root, bytes(32)), lambda: tree.prove(root, bytes(32)),
+                 lambda: list(tree.leaves(root))):
+        with pytest.raises(NodeStoreError, match="deeper than a key has bits"):
+            read()
