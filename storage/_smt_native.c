@@ -3,9 +3,9 @@
  *
  * The same nodes and roots as the Python code (tests/test_smt_native.py compares the two on random
  * trees and updates); it exists for speed only, since every block's execution rebuilds the tree's
- * changed paths, several hashes per changed key. SHA-256 is the C library's the interpreter's hashlib
- * uses (libcrypto), found at import; without it the module does not load and storage/smt.py keeps to
- * Python.
+ * changed paths, several hashes per changed key. SHA-256 comes from libcrypto, the library the
+ * interpreter's hashlib uses, found at import; without it the module does not load and storage/smt.py
+ * keeps to Python.
  *
  *   update(get, checked, root, items) -> (new_root, new_nodes)
  *
@@ -59,7 +59,7 @@ static Sub fail(void) { Sub s = {NULL, 0}; return s; }
 /* An entry to build from: key and value (borrowed, alive for the whole update). */
 typedef struct { const unsigned char *key; PyObject *value; } Entry;
 
-/* The stored node `h`, checked (a new reference), or NULL with an exception set. */
+/* Whether `data` is a stored node's encoding: an inner node, or a leaf. */
 static int well_formed(PyObject *data) {
     if (!PyBytes_Check(data)) return 0;
     Py_ssize_t n = PyBytes_GET_SIZE(data);
@@ -67,6 +67,7 @@ static int well_formed(PyObject *data) {
     return (n == NODE_LEN && d[0] == TAG_NODE) || (n >= 1 + KEY && d[0] == TAG_LEAF);
 }
 
+/* The stored node `h`, checked (a new reference), or NULL with an exception set. */
 static PyObject *load(Upd *u, PyObject *h) {
     PyObject *data = PyObject_CallOneArg(u->get, h);
     if (data == NULL || well_formed(data)) return data;
