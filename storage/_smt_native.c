@@ -219,11 +219,19 @@ static Sub build(Upd *u, int depth, Entry *e, Py_ssize_t n) {
         Py_DECREF(h2);
         return s;
     }
-    Py_ssize_t cut = 0;
-    while (cut < n && !bit(e[cut].key, depth)) cut++;
-    Sub l = build(u, depth + 1, e, cut);
+    /* Split by bit `depth`, keeping the order. (Sorted entries sharing their first `depth` bits are
+     * split already; a leaf from a damaged store may not share them, and is then put where Python puts it.) */
+    Entry *parts = PyMem_Malloc(n * sizeof(Entry));
+    if (parts == NULL) { PyErr_NoMemory(); return fail(); }
+    Py_ssize_t cut = 0, back = n;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (!bit(e[i].key, depth)) parts[cut++] = e[i];
+    for (Py_ssize_t i = n - 1; i >= 0; i--)
+        if (bit(e[i].key, depth)) parts[--back] = e[i];
+    Sub l = build(u, depth + 1, parts, cut);
+    Sub r = l.h ? build(u, depth + 1, parts + cut, n - cut) : fail();
+    PyMem_Free(parts);
     if (l.h == NULL) return fail();
-    Sub r = build(u, depth + 1, e + cut, n - cut);
     if (r.h == NULL) { Py_DECREF(l.h); return fail(); }
     return join(u, l, r);
 }

@@ -188,3 +188,42 @@ def test_reads_of_an_altered_store_with_a_path_with_no_end_end_with_a_store_erro
                  lambda: list(tree.leaves(root))):
         with pytest.raises(NodeStoreError, match="deeper than a key has bits"):
             read()
+
+
+@st.composite
+def adversarial_stores(draw: st.DrawFn) -> tuple[dict[bytes, bytes], bytes, dict[bytes, bytes | None]]:
+    """A store of whatever bytes an altered database could hold under a few names (inner nodes naming
+    each other, themselves or nothing, leaves of any length, other tags), a root among those names, and
+    an update of keys near one another."""
+    names = draw(st.lists(st.binary(min_size=32, max_size=32), min_size=1, max_size=6, unique=True))
+    child = st.sampled_from([*names, EMPTY, bytes(31) + b"\x01"])
+    node = st.one_of(
+        st.builds(lambda a, b: b"\x01" + a + b, child, child),
+        st.builds(lambda k, v: b"\x00" + k + v, st.sampled_from([bytes(32), b"\x80" + bytes(31), b"\xff" * 32]),
+                  st.binary(max_size=4)),
+        st.binary(max_size=70),
+    )
+    store = {n: draw(node) for n in names}
+    key = st.sampled_from([bytes(32), b"\x80" + bytes(31), b"\x40" + bytes(31), b"\xff" * 32, bytes(31) + b"\x01"])
+    items = draw(st.dictionaries(key, st.none() | st.binary(max_size=4), min_size=1, max_size=4))
+    return store, draw(st.sampled_from(names)), items
+
+
+def _outcome(update: object, store: MemoryNodeStore, root: bytes, items: dict[bytes, bytes | None]) -> object:
+    try:
+        return update(store, root, items)  # type: ignore[operator]
+    except NodeStoreError as exc:
+        return ("NodeStoreError", str(exc))
+
+
+@pytest.mark.skipif(native is None, reason="the compiled tree is not built")
+@settings(max_examples=400, deadline=None)
+@given(adversarial_stores())
+def test_an_altered_store_gives_the_c_update_what_it_gives_the_python_one(
+        case: tuple[dict[bytes, bytes], bytes, dict[bytes, bytes | None]]) -> None:
+    # Whatever the database holds, the C update neither crashes nor reads out of bounds: it ends as the
+    # Python one does, with the same root and nodes or the same store error.
+    nodes, root, items = case
+    store = MemoryNodeStore()
+    store.put_nodes(nodes)
+    assert _outcome(in_c, store, root, items) == _outcome(in_python, store, root, items)
