@@ -227,3 +227,77 @@ def test_an_altered_store_gives_the_c_update_what_it_gives_the_python_one(
     store = MemoryNodeStore()
     store.put_nodes(nodes)
     assert _outcome(in_c, store, root, items) == _outcome(in_python, store, root, items)
+
+
+@pytest.mark.skipif(native is None, reason="the compiled tree is not built")
+def test_the_c_update_keeps_no_memory_it_made() -> None:
+    # Every object the C code makes is either returned or released, on success and on a store error:
+    # repeating an update leaves the interpreter's traced memory where it was.
+    import gc
+    import tracemalloc
+
+    rng = random.Random(3)
+    store = MemoryNodeStore()
+    root, nodes = in_python(store, EMPTY, {rng.randbytes(32): b"v" * 40 for _ in range(300)})
+    store.put_nodes(nodes)
+    items: dict[bytes, bytes | None] = {rng.randbytes(32): b"w" * 40 for _ in range(100)}
+    items.update({k: None for k in rng.sample(sorted(k for k, d in ((d[1:33], d) for d in nodes.values())
+                                                     if d[0] == 0), 20)})
+    damaged = MemoryNodeStore()
+    damaged.put_nodes(nodes)
+    del damaged.nodes[next(h for h, d in nodes.items() if d[0] == 1 and h != root)]
+
+    def rounds(n: int) -> None:
+        for _ in range(n):
+            in_c(store, root, items)
+            with pytest.raises(NodeStoreError):
+                in_c(damaged, root, {k: b"x" for k in (k for k, d in ((d[1:33], d) for d in nodes.values())
+                                                        if d[0] == 0)})
+
+    rounds(20)  # caches and free lists settle
+    gc.collect()
+    tracemalloc.start()
+    try:
+        rounds(5)
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        rounds(200)
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    # 200 rounds of a leak of one 32-byte hash each would be over 6 KB
+    assert grown < 4096, f"{grown} bytes more after 200 rounds"
+
+
+@pytest.mark.skipif(native is None or shutil.which("gcc") is None, reason="no compiled tree or no gcc")
+def test_the_c_update_under_the_address_sanitizer(tmp_path: Path) -> None:
+    """The comparisons above, run again with the C file built with AddressSanitizer and the interpreter's
+    own allocator off, so that a read or write out of bounds, or of a freed object, stops the run."""
+    libasan = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
+    if not Path(libasan).is_absolute() or not Path(libasan).exists():
+        pytest.skip("gcc has no AddressSanitizer runtime here")
+    include = sysconfig.get_paths()["include"]
+    so = tmp_path / ("_smt_native" + (sysconfig.get_config_var("EXT_SUFFIX") or ".so"))
+    source = Path(smt.__file__).with_name("_smt_native.c")
+    subprocess.run(["gcc", "-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer", "-shared", "-fPIC",
+                    f"-I{include}", str(source), "-o", str(so), "-ldl"], check=True)
+    runner = tmp_path / "run.py"
+    runner.write_text(f"""
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("storage._smt_native", {str(so)!r})
+mod = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(mod)
+sys.modules["storage._smt_native"] = mod
+import storage
+storage._smt_native = mod
+import storage.smt
+storage.smt._native = mod
+import pytest
+sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", {__file__!r}, "-k", "not sanitizer and not turned_off"]))
+""")
+    env = dict(os.environ, LD_PRELOAD=libasan, PYTHONMALLOC="malloc", ASAN_OPTIONS="detect_leaks=0")
+    out = subprocess.run([sys.executable, str(runner)], env=env, capture_output=True, text=True, timeout=600,
+                         cwd=Path(smt.__file__).parent.parent)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    assert "ERROR: AddressSanitizer" not in out.stderr and " passed" in out.stdout, out.stdout[-2000:]
