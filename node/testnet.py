@@ -294,7 +294,13 @@ def _last_error(log: Path) -> str:
     except OSError:
         return "no log"
     reason = next((line for line in reversed(lines) if line.startswith("error:")), None)
-    return reason.removeprefix("error:").strip() if reason else "no reason in its log"
+    if reason:
+        return reason.removeprefix("error:").strip()
+    last_start = max((i for i, line in enumerate(lines) if "event=node_started" in line), default=-1)
+    if any("event=node_stopping" in line for line in lines[last_start + 1:]):
+        # A clean stop with no error: a signal (`ler testnet down`, kill, Ctrl-C at its terminal).
+        return "it was told to stop, by a signal such as `ler testnet down` sends, while this command waited for it"
+    return "no reason in its log"
 
 
 def _create(d: Path, authorities: int, observers: int, base_port: int, chain_id: str,

@@ -661,3 +661,22 @@ def test_a_node_listens_at_a_bracketed_ipv6_address(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
+
+
+def test_up_says_why_a_node_it_waited_for_ended(tmp_path: Path) -> None:
+    """`ler testnet up` waiting for a node that exits names the reason from the node's log: its last
+    error line, or, for a clean stop after its latest start (a signal, as `ler testnet down` sends while
+    the `up` still runs), that it was told to stop, not "no reason"."""
+    log = tmp_path / "node.log"
+    run_1 = ["event=node_started chain=c height=0", "event=node_stopping height=3", "event=node_stopped"]
+    cases = [
+        ([*run_1, "event=node_started chain=c height=3", "event=node_stopping height=3"], "it was told to stop"),
+        ([*run_1, "event=node_started chain=c height=3"], "no reason in its log"),  # the stop was an older run's
+        (["event=node_started chain=c height=0", "error: the database is locked"], "the database is locked"),
+        (["event=node_started", "event=node_stopping height=0", "error: key used elsewhere"], "key used elsewhere"),
+        ([], "no reason in its log"),
+    ]
+    for lines, says in cases:
+        log.write_text("".join(line + "\n" for line in lines))
+        assert says in testnet._last_error(log), (lines, testnet._last_error(log))
+    assert testnet._last_error(tmp_path / "missing.log") == "no log"
