@@ -142,7 +142,7 @@ def _finite(text: str) -> float:
 
 
 def _integer(text: str) -> int:
-    limit = sys.get_int_max_str_digits() or 4300  # what int() takes from a string (0: no limit)
+    limit = sys.get_int_max_str_digits() or 4300  # what int() takes from a string (where that is 0, 4300)
     digits = len(text.lstrip("-"))
     if digits > limit:
         raise ApiError(400, f"malformed JSON: an integer of {digits} digits is too long (at most {limit})")
