@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
@@ -68,13 +68,13 @@ def random_items(rng: random.Random, keys: list[bytes]) -> dict[bytes, bytes | N
         r = rng.random()
         if keys and r < 0.35:  # an existing key: changed, set to its value again, or deleted
             k = rng.choice(keys)
-            items[k] = None if rng.random() < 0.5 else rng.choice([os.urandom(rng.randint(0, 40)), b""])
+            items[k] = None if rng.random() < 0.5 else rng.choice([rng.randbytes(rng.randint(0, 40)), b""])
         elif r < 0.55:
-            k = near(rng, rng.choice(keys) if keys else os.urandom(32))
-            items[k] = os.urandom(rng.randint(0, 40)) if rng.random() < 0.85 else None
+            k = near(rng, rng.choice(keys) if keys else rng.randbytes(32))
+            items[k] = rng.randbytes(rng.randint(0, 40)) if rng.random() < 0.85 else None
         else:
-            k = os.urandom(32)
-            items[k] = os.urandom(rng.randint(0, 70)) if rng.random() < 0.9 else None
+            k = rng.randbytes(32)
+            items[k] = rng.randbytes(rng.randint(0, 70)) if rng.random() < 0.9 else None
         keys.append(k)
     return items
 
@@ -209,9 +209,10 @@ def adversarial_stores(draw: st.DrawFn) -> tuple[dict[bytes, bytes], bytes, dict
     return store, draw(st.sampled_from(names)), items
 
 
-def _outcome(update: object, store: MemoryNodeStore, root: bytes, items: dict[bytes, bytes | None]) -> object:
+def _outcome(update: Callable[[MemoryNodeStore, bytes, Mapping[bytes, bytes | None]], tuple[bytes, dict]],
+             store: MemoryNodeStore, root: bytes, items: dict[bytes, bytes | None]) -> object:
     try:
-        return update(store, root, items)  # type: ignore[operator]
+        return update(store, root, items)
     except NodeStoreError as exc:
         return ("NodeStoreError", str(exc))
 
@@ -241,8 +242,8 @@ def test_the_c_update_keeps_no_memory_it_made() -> None:
     root, nodes = in_python(store, EMPTY, {rng.randbytes(32): b"v" * 40 for _ in range(300)})
     store.put_nodes(nodes)
     items: dict[bytes, bytes | None] = {rng.randbytes(32): b"w" * 40 for _ in range(100)}
-    items.update({k: None for k in rng.sample(sorted(k for k, d in ((d[1:33], d) for d in nodes.values())
-                                                     if d[0] == 0), 20)})
+    leaf_keys = sorted(data[1:33] for data in nodes.values() if data[0] == 0)
+    items.update({k: None for k in rng.sample(leaf_keys, 20)})
     damaged = MemoryNodeStore()
     damaged.put_nodes(nodes)
     del damaged.nodes[next(h for h, d in nodes.items() if d[0] == 1 and h != root)]
@@ -251,8 +252,7 @@ def test_the_c_update_keeps_no_memory_it_made() -> None:
         for _ in range(n):
             in_c(store, root, items)
             with pytest.raises(NodeStoreError):
-                in_c(damaged, root, {k: b"x" for k in (k for k, d in ((d[1:33], d) for d in nodes.values())
-                                                        if d[0] == 0)})
+                in_c(damaged, root, dict.fromkeys(leaf_keys, b"x"))  # every key: it reaches the damage
 
     rounds(20)  # caches and free lists settle
     gc.collect()
