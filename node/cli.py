@@ -352,12 +352,24 @@ def passphrase_for(path: str | os.PathLike[str], *, new: bool = False) -> str:
         with warnings.catch_warnings():
             # Without a terminal the passphrase is read from stdin (a pipe, say): nothing there to echo to.
             warnings.simplefilter("ignore", getpass.GetPassWarning)
-            value: str = click.prompt(prompt, hide_input=True, confirmation_prompt=new, err=True)
+            value = _prompt_hidden(prompt, confirm=new)
     except click.Abort:
         if sys.stdin.isatty():
             raise  # Ctrl-C or Ctrl-D at the prompt: the person at the terminal stopped the command
         raise bad_input(f"no passphrase given for {path} (type it at the prompt or set "
                         f"${PASSPHRASE_ENV})") from None
+    return value
+
+
+def _prompt_hidden(prompt: str, *, confirm: bool) -> str:
+    """A hidden answer; with `confirm`, typed twice alike (until the two agree, or the input ends)."""
+    value: str = click.prompt(prompt, hide_input=True, err=True)
+    while confirm:
+        again: str = click.prompt("Repeat it to confirm", hide_input=True, err=True)
+        if again == value:
+            break
+        say("the two passphrases differ: type it again", err=True)
+        value = click.prompt(prompt, hide_input=True, err=True)
     return value
 
 

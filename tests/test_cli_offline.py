@@ -123,7 +123,19 @@ def test_keys_new_encrypt_prompt_mismatch_then_eof_writes_nothing(tmp_path: Path
     r = run("keys", "new", "--out", str(out), "--encrypt", input="one\ntwo\n")
     assert r.exit_code == 2
     assert "no passphrase" in r.stderr
+    assert "the two passphrases differ" in r.stderr and "Error:" not in r.stderr, r.stderr
     assert not out.exists()
+
+
+def test_keys_new_encrypt_asks_again_after_a_mismatch_and_keeps_the_agreed_passphrase(tmp_path: Path) -> None:
+    out = tmp_path / "p.key"
+    r = run("keys", "new", "--out", str(out), "--encrypt", input="one\ntwo\nthree\nthree\n")
+    assert r.exit_code == 0, r.output
+    assert r.stderr.count("the two passphrases differ") == 1 and "Error:" not in r.stderr, r.stderr
+    assert keys.read_key_file(out, "three").did == r.stdout.strip().splitlines()[-1]
+    for wrong in ("one", "two"):
+        with pytest.raises(keys.KeyFileError, match="wrong passphrase"):
+            keys.read_key_file(out, wrong)
 
 
 def test_keys_show_of_a_non_key_file_is_bad_input(tmp_path: Path) -> None:
@@ -1160,6 +1172,39 @@ def test_ctrl_c_at_any_moment_ends_the_command_without_a_traceback(after_s: floa
     _, err = p.communicate(timeout=30)
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert p.returncode in (1, 2, -signal.SIGINT), (p.returncode, err)
+
+
+#: Runs the console script's entry point with Ctrl-C sent to itself on entering the function named by
+#: argv[1] for the argv[2]-th time, while the command line loads: any moment, made repeatable.
+_CTRL_C_INSIDE = """
+import os, signal, sys
+target, nth, seen = sys.argv[1], int(sys.argv[2]), 0
+def profile(frame, event, _arg):
+    global seen
+    if event == "call" and target in ("*", frame.f_code.co_name):
+        seen += 1
+        if seen == nth:
+            sys.setprofile(None)
+            os.kill(os.getpid(), signal.SIGINT)
+sys.argv = ["ler", "keys", "new", "--out", "/dev/null/k", "--encrypt"]
+sys.setprofile(profile)
+from node.launch import main
+main()
+"""
+
+
+@pytest.mark.parametrize(("function", "nth"), [("__set_name__", 1), ("__set_name__", 40), ("*", 2000),
+                                                ("*", 15000), ("*", 35000), ("_find_and_load", 30)])
+def test_ctrl_c_inside_any_step_of_loading_says_aborted(function: str, nth: int) -> None:
+    """Ctrl-C landing inside a dataclass field's __set_name__ surfaced as a RuntimeError (Python wraps
+    what that hook raises), not a KeyboardInterrupt, and printed a traceback; every moment is covered."""
+    import signal
+
+    p = subprocess.run([sys.executable, "-c", _CTRL_C_INSIDE, function, str(nth)], capture_output=True, text=True,
+                       cwd=Path(__file__).resolve().parent.parent, timeout=60,
+                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert "Traceback" not in p.stderr and "KeyboardInterrupt" not in p.stderr, p.stderr
+    assert p.returncode == 1 and p.stderr.strip().splitlines()[-1] == "error: aborted", (p.returncode, p.stderr)
 
 
 def test_a_passphrase_asked_for_with_no_terminal_is_read_from_stdin_without_a_python_warning(tmp_path: Path) -> None:
