@@ -35,6 +35,8 @@ from node.api import make_app
 from node.config import CONFIG_FILE, ConfigError, NodeConfig, listen_text
 from node.listener import (
     LINGER_S,
+    MAX_HEADER,
+    MAX_REQUEST_LINE,
     PEER_CONNECTIONS,
     AnswerWatch,
     CappedSite,
@@ -169,7 +171,7 @@ async def serve(config: NodeConfig, key: KeyPair, stop: asyncio.Event) -> None:
                         f"refused in turn; allow at least {PEER_CONNECTIONS}")
         runner = web.AppRunner(node.app(), access_log=None, handle_signals=False,
                                shutdown_timeout=SHUTDOWN_TIMEOUT_S, keepalive_timeout=limits.idle_timeout_s,
-                               lingering_time=LINGER_S)
+                               lingering_time=LINGER_S, max_line_size=MAX_REQUEST_LINE, max_field_size=MAX_HEADER)
         await runner.setup()
         site = CappedSite(runner, config.host, config.port, cap, limits.max_connections_per_address,
                           reuse_address=True)

@@ -35,6 +35,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import HttpVersion11, web
+from aiohttp.http_exceptions import LineTooLong
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 from aiohttp.web_request import BaseRequest
 
@@ -55,6 +56,11 @@ MIN_CLIENT_CONNECTIONS = 4
 #: How long the node goes on reading (and dropping) a body it answered before it arrived (a 413 or a
 #: 408), so that the client gets the answer rather than a reset; then the connection is closed.
 LINGER_S = 2.0
+#: The longest request line (method, URL and version) and the longest header the node reads: past them
+#: a request is refused with 414 and 431. They differ, so that the parser's refusal (which names only
+#: the limit it hit) tells which was too long.
+MAX_REQUEST_LINE = 16384
+MAX_HEADER = 8190
 #: Whatever the refusals, at most one WARNING line per this many seconds says so.
 WARN_EVERY_S = 60.0
 BODY_TIMEOUT_KEY: web.AppKey[float] = web.AppKey("body_timeout_s", float)
@@ -121,8 +127,9 @@ class RateLimitedWarning:
 class _JsonErrors(RequestHandler):
     """aiohttp's handler of one connection, whose own answer to what it cannot parse as HTTP (a malformed
     request line or header, a body framed wrongly) is JSON `{"error": reason}` as every other refusal of
-    the node is, rather than aiohttp's text/plain. Only that answer differs; it still closes the
-    connection, and aiohttp still logs it (rate-limited: node.daemon.MalformedHttpFilter)."""
+    the node is, rather than aiohttp's text/plain, and a request line or a header too long for it is a
+    414 or a 431, not a 400. Only that answer differs; it still closes the connection, and aiohttp still
+    logs it (rate-limited: node.daemon.MalformedHttpFilter)."""
 
     __slots__ = ()
 
@@ -131,8 +138,13 @@ class _JsonErrors(RequestHandler):
         plain = super().handle_error(request, status, exc, message)
         if not isinstance(plain, web.Response) or plain.content_type != "text/plain":
             return plain
+        too_long = exc.args[1] if isinstance(exc, LineTooLong) and len(exc.args) > 1 else None
         if status >= 500:
             reason = "the node could not handle the request (see its log)"
+        elif too_long is not None and too_long == self.max_line_size:
+            status, reason = 414, f"the request line (its URL) is longer than {too_long} bytes"
+        elif too_long is not None and too_long == self.max_field_size:
+            status, reason = 431, f"a header is longer than {too_long} bytes"
         else:
             reason = " ".join(str(getattr(exc, "message", None) or message or plain.text or "").split())
             reason = f"not a request this node can read: {reason[:300] or f'HTTP {status}'}"

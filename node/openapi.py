@@ -38,8 +38,9 @@ def document(version: str) -> dict[str, Any]:
         "info": {"title": "LER Ledger node API", "version": version,
                  "description": "Submit signed learning and employment record transactions, read blocks, "
                                 "records and issuers, and get or check proof bundles. Errors are 4xx JSON "
-                                "objects with a reason; 503 (with a reason) when the node's database cannot "
-                                "serve the request (a full disk)."},
+                                "objects with a reason (on any path, 414 for a request line over 16,384 "
+                                "bytes and 431 for a header over 8,190); 503 (with a reason) when the "
+                                "node's database cannot serve the request (a full disk)."},
         "paths": {
             "/v1/status": {"get": {"summary": "Node and chain status", "operationId": "status",
                                    "responses": {"200": _resp("Status")}}},

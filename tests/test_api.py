@@ -723,22 +723,29 @@ def test_a_method_a_path_does_not_take_is_405_naming_those_it_does(node: NodePro
         assert {m.strip() for m in r.headers["Allow"].split(",")} == allowed, (method, path, r.headers)
 
 
-def test_requests_that_are_not_http_are_400s_and_one_log_line_a_minute(node: NodeProc) -> None:
+def test_requests_that_are_not_http_are_4xx_and_one_log_line_a_minute(node: NodeProc) -> None:
     host, _, port = node.url.removeprefix("http://").partition(":")
-    for raw in 3 * (b"GET /health HTTP/1.1\r\nHost: x\r\nX-Probe: a\x00b\r\n\r\n",
-                    b"GET /health HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 20_000 + b"\r\n\r\n"):
+    for raw, status, says in 3 * (
+            (b"GET /health HTTP/1.1\r\nHost: x\r\nX-Probe: a\x00b\r\n\r\n", 400, "not a request this node can read: "),
+            (b"GET /health HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 20_000 + b"\r\n\r\n", 431,
+             "a header is longer than 8190 bytes"),
+            (b"GET /v1/records/" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414,
+             "the request line (its URL) is longer than 16384 bytes")):
         with socket.create_connection((host, int(port)), timeout=10) as conn:
             conn.sendall(raw)
             answer = b""
             while chunk := conn.recv(4096):  # the node closes the connection after it
                 answer += chunk
         head, _, body = answer.partition(b"\r\n\r\n")
-        assert re.match(rb"HTTP/1\.[01] 400 ", head), (raw[:60], answer)
+        assert re.match(rb"HTTP/1\.[01] %d " % status, head), (raw[:60], answer)
         assert b"content-type: application/json" in head.lower(), answer  # as every other refusal
-        assert json.loads(body)["error"].startswith("not a request this node can read: "), answer
+        assert json.loads(body)["error"].startswith(says), answer
+    # A long URL within the limit is read as any other: here, a record id that is not one.
+    r = node.get("/v1/records/" + "a" * 12_000)
+    assert r.status == 400 and "record id" in json.loads(r.body)["error"], r.body[:300]
     assert node.get("/health").status == 200
     log = node.log()
-    # One line for the six (a client sending nothing else must not fill the disk), saying what was wrong.
+    # One line for the nine (a client sending nothing else must not fill the disk), saying what was wrong.
     assert log.count("event=bad_http_request") == 1 and "Traceback" not in log, log[-3000:]
     assert "event=bad_http_request count=1 " in log and "reason=" in log, log[-3000:]
 
