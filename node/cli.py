@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import getpass
 import io
+import itertools
 import json
 import math
 import mimetypes
@@ -699,7 +700,37 @@ def node_init(genesis_path: str, key_path: str, data: str, listen: str, role: st
     if role == "authority" and did not in {a.did for a in genesis.authorities}:
         say(f"note: {did} is not a genesis authority; it takes part in consensus only once the "
             "authorities vote it in (ler authority add)", err=True)
+    for other in _folders_with_key_of(did, config.data):
+        say(f"note: {did} is also the key of the node folder {other}: two nodes running with one key are "
+            "taken by their peers for one node, and as authorities they would sign conflicting votes, which "
+            "every node records as evidence against the key; give each node a key of its own "
+            "(ler keys new) unless that folder will not run again", err=True)
     say(f"start it with: ler node run --data {shlex.quote(str(data))}")
+
+
+#: How many entries beside a new data folder `node init` looks through for another node's key.
+SIBLINGS_CHECKED = 256
+
+
+def _folders_with_key_of(did: str, data: Path) -> list[Path]:
+    """Node data folders beside `data` (in its parent folder) whose node key is `did`'s: a key copied to
+    a second node, most often by mistake. Unreadable entries are passed over."""
+    from node.config import KEY_FILE
+
+    found: list[Path] = []
+    try:
+        siblings = sorted(itertools.islice(data.resolve().parent.iterdir(), SIBLINGS_CHECKED))
+    except OSError:
+        return found
+    for folder in siblings:
+        if folder == data.resolve():
+            continue
+        try:
+            if (folder / KEY_FILE).is_file() and keys.read_key_file_did(folder / KEY_FILE) == did:
+                found.append(folder)
+        except (OSError, LerError):
+            continue
+    return found
 
 
 @node_group.command("run")

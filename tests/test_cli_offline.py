@@ -256,6 +256,29 @@ def test_node_init_notes_a_key_that_is_not_a_genesis_authority(tmp_path: Path) -
     assert "not a genesis authority" in r.stderr
 
 
+def test_node_init_notes_a_key_already_used_by_a_node_folder_beside_it(tmp_path: Path) -> None:
+    """A key copied to a second node (a copied command line, say) is named at init, before either runs."""
+    genesis, auth = make_genesis_files(tmp_path)
+    nodes = tmp_path / "nodes"
+    assert run("node", "init", "--genesis", str(genesis), "--key", str(auth), "--data", str(nodes / "a"),
+               "--listen", "127.0.0.1:18991").exit_code == 0
+    (nodes / "not-a-node").mkdir()
+    (nodes / "junk").write_text("x")
+    (nodes / "bad").mkdir()
+    (nodes / "bad" / "node.key").write_text("not a key")
+    r = run("node", "init", "--genesis", str(genesis), "--key", str(auth), "--data", str(nodes / "b"),
+            "--listen", "127.0.0.1:18992")
+    assert r.exit_code == 0, r.output
+    did = keys.read_key_file_did(auth)
+    assert f"note: {did} is also the key of the node folder {nodes / 'a'}" in r.stderr, r.stderr
+    assert r.stderr.count("is also the key") == 1 and (nodes / "b" / "node.key").exists()
+    other = tmp_path / "other.key"
+    new_key(other)
+    r = run("node", "init", "--genesis", str(genesis), "--key", str(other), "--data", str(nodes / "c"),
+            "--listen", "127.0.0.1:18993")
+    assert r.exit_code == 0 and "is also the key" not in r.stderr, r.stderr
+
+
 @pytest.mark.parametrize("flag, value, message", [
     ("--listen", "nonsense", "HOST:PORT"),
     ("--genesis", "missing.json", "genesis"),
