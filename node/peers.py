@@ -124,6 +124,8 @@ HELLO_EVERY = 4                                      # resend ticks between hell
 OK, RETRY, DROP = "ok", "retry", "drop"              # what became of one envelope
 EVIDENCE_KEPT_FROM_PEERS = 64                        # pieces against one validator taken from peers
 MAX_EVIDENCE = 256                                   # pieces of evidence in one envelope
+EVIDENCE_SERVED = 256                                # latest pieces a peer's GET /peer/v1/evidence gets
+EVIDENCE_FETCH_RETRY_S = 60.0                        # after a failed fetch of a peer's evidence
 PASSED_OVER_SAID_EVERY_S = 60.0                      # evidence_passed_over at INFO, per peer
 PASSED_OVER_REASONS = 10                             # distinct reasons named in that line
 OWN_KEY_EVIDENCE_SHOWN_S = 3600.0                    # /health shows evidence against our key this long
@@ -220,6 +222,10 @@ class PeerLink:
     # When a refusal of our envelopes (4xx) was last worth a WARNING, and how many came since.
     refused_warned_at: float = float("-inf")
     refused_since_warned: int = 0
+    # The peer's process start whose evidence this node fetched (`Network._fetch_evidence_due`), and
+    # when a failed fetch may be tried again.
+    evidence_of: bytes | None = None
+    evidence_retry_at: float = float("-inf")
 
     @property
     def did(self) -> str:
@@ -491,6 +497,7 @@ class Network:
     def _repair(self) -> None:
         self._ticks += 1
         now = time.monotonic()
+        self._fetch_evidence_due(now)
         if self.settings.rebroadcast_s > 0 and now >= self._rebroadcast_at:
             self._rebroadcast_at = now + self.settings.rebroadcast_s
             self._rebroadcast()
@@ -842,7 +849,61 @@ class Network:
     # --- receiving -------------------------------------------------------------------------------------
     def routes(self) -> list[web.RouteDef]:
         return [web.post("/peer/v1/gossip", self.handle_gossip, expect_handler=expect_within(MAX_ENVELOPE)),
-                web.get("/peer/v1/consensus", self.handle_held)]
+                web.get("/peer/v1/consensus", self.handle_held),
+                web.get("/peer/v1/evidence", self.handle_evidence)]
+
+    # --- evidence a node did not see arrive (it was down, or its folder was made afresh) -------------
+    def _fetch_evidence_due(self, now: float) -> None:
+        """Fetch each peer's latest evidence once per process start of the peer (so once after this
+        node starts, too), as soon as this node has the peer's blocks: a piece is checked against the
+        validators of its height, which a node still syncing does not know yet. Gossip hands on only
+        what is found while a node runs; a node rebuilt from peers would otherwise never learn of an
+        equivocation from before."""
+        if self._tg is None:
+            return
+        height = self.store.height
+        for link in self.links.values():
+            if (link.key is None or link.boot is None or link.boot == link.evidence_of or not link.connected
+                    or link.height is None or link.height > height or now < link.evidence_retry_at):
+                continue
+            link.evidence_of = link.boot
+            self._tg.create_task(self._fetch_evidence(link, link.key), name=f"evidence {link.url}")
+
+    async def _fetch_evidence(self, link: PeerLink, key: bytes) -> None:
+        try:
+            await self._fetch_evidence_of(link, key)
+        except Exception:  # whatever a peer's answer trips stays here, not in the task group of the node
+            log.exception("event=evidence_fetch_error url=%s", link.url)
+
+    async def _fetch_evidence_of(self, link: PeerLink, key: bytes) -> None:
+        session = self._session
+        if session is None:
+            return
+        try:
+            async with session.get(f"{link.url}/peer/v1/evidence",
+                                   timeout=aiohttp.ClientTimeout(total=self.settings.timeout_s)) as resp:
+                if resp.status != 200:
+                    raise ValueError(f"HTTP {resp.status}")
+                data = await read_response(resp, EVIDENCE_SERVED * MAX_PIECE_BYTES + 1024)
+            obj = codec.decode(data, EVIDENCE_SERVED * MAX_PIECE_BYTES + 1024)
+            pieces = obj.get("evidence") if isinstance(obj, dict) else None
+            if not isinstance(pieces, list) or not all(isinstance(p, bytes) for p in pieces):
+                raise ValueError("the answer is not a map with a list of pieces under evidence")
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError, LerError) as exc:
+            link.evidence_of, link.evidence_retry_at = None, time.monotonic() + EVIDENCE_FETCH_RETRY_S
+            log.debug("event=evidence_fetch_failed url=%s reason=%r", link.url, str(exc))
+            return
+        new = await asyncio.to_thread(self._take_evidence, pieces[:EVIDENCE_SERVED], key)
+        if new:
+            self.svc.metrics.evidence += len(new)
+            log.warning("event=evidence_fetched url=%s count=%d heights=%s validators=%s", link.url, len(new),
+                        sorted({p.height for p in new})[:20],
+                        sorted({keys.did_from_public_key(p.who) for p in new})[:10])
+
+    async def handle_evidence(self, request: web.Request) -> web.Response:
+        rows = await asyncio.to_thread(self.store.list_meta, EVIDENCE_PREFIX, EVIDENCE_SERVED, True)
+        return web.Response(body=codec.encode({"evidence": [value for _, value in rows]}),
+                            content_type="application/msgpack")
 
     # --- what a starting validator asks its peers ----------------------------------------------------
     async def ask_own(self) -> None:

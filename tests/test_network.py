@@ -467,6 +467,33 @@ def test_evidence_against_one_validator_taken_from_peers_is_capped(net: Net) -> 
                "the other nodes to take as many")
 
 
+def test_a_node_rebuilt_from_scratch_gets_earlier_evidence_back_from_its_peers(net: Net) -> None:
+    """Gossip hands evidence on as it is found; a node whose database was made afresh (and synced from
+    peers) fetches what its peers hold once it has their blocks, and reports it as they do."""
+    node, relay, observer = net.authorities[0], net.authorities[1].key, net.observer
+    liar = net.authorities[3].key
+    votes = [Vote.make(liar, net.chain_id, PREVOTE, 1, 13, os.urandom(32)) for _ in range(2)]
+    piece = codec.encode({"kind": "vote", "a": votes[0].encode(), "b": votes[1].encode()})
+    status, _ = post_envelope(node, envelope(net, relay, evidence=[piece]))
+    assert status == 200
+
+    def ours(n: Node) -> list[dict[str, Any]]:
+        return [e for e in n.get("/v1/evidence?limit=1000")["evidence"]
+                if (e["height"], e["round"], e["validator"]) == (1, 13, liar.did)]
+
+    wait_until(lambda: all(ours(n) for n in net.nodes), 30, "every node to report the piece")
+    held = sorted(map(json.dumps, observer.get("/v1/evidence?limit=1000")["evidence"]))
+    assert held
+    observer.kill()
+    shutil.rmtree(observer.data / "db")
+    observer.start()
+    net.wait_height([observer], node.height())
+    wait_until(lambda: sorted(map(json.dumps, observer.get("/v1/evidence?limit=1000")["evidence"])) == held, 30,
+               "the rebuilt observer to report every piece it reported before")
+    assert "event=evidence_fetched" in observer.log()
+    assert ours(observer)[0]["messages"] == ours(node)[0]["messages"]
+
+
 def test_killing_the_proposer_costs_a_timeout_and_it_catches_up_after_restart(net: Net) -> None:
     a = net.authorities
     victim = net.next_proposer(a[0])
