@@ -855,16 +855,16 @@ class Network:
     # --- evidence a node did not see arrive (it was down, or its folder was made afresh) -------------
     def _fetch_evidence_due(self, now: float) -> None:
         """Fetch each peer's latest evidence once per process start of the peer (so once after this
-        node starts, too), as soon as this node has the peer's blocks: a piece is checked against the
-        validators of its height, which a node still syncing does not know yet. Gossip hands on only
-        what is found while a node runs; a node rebuilt from peers would otherwise never learn of an
-        equivocation from before."""
+        node starts, too), as soon as this node is at most one block behind the peer: a piece is
+        checked against the validators of its height, known up to two heights past this node's. Gossip
+        hands on only what is found while a node runs; a node rebuilt from peers would otherwise never
+        learn of an equivocation from before."""
         if self._tg is None:
             return
         height = self.store.height
         for link in self.links.values():
             if (link.key is None or link.boot is None or link.boot == link.evidence_of or not link.connected
-                    or link.height is None or link.height > height or now < link.evidence_retry_at):
+                    or link.height is None or link.height > height + 1 or now < link.evidence_retry_at):
                 continue
             link.evidence_of = link.boot
             self._tg.create_task(self._fetch_evidence(link, link.key), name=f"evidence {link.url}")

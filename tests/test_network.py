@@ -471,15 +471,17 @@ def test_a_node_rebuilt_from_scratch_gets_earlier_evidence_back_from_its_peers(n
     """Gossip hands evidence on as it is found; a node whose database was made afresh (and synced from
     peers) fetches what its peers hold once it has their blocks, and reports it as they do."""
     node, relay, observer = net.authorities[0], net.authorities[1].key, net.observer
-    liar = net.authorities[3].key
-    votes = [Vote.make(liar, net.chain_id, PREVOTE, 1, 13, os.urandom(32)) for _ in range(2)]
+    # A height with no evidence yet (a validator's pieces are capped per height and from peers), and
+    # a validator with few against it, whose node was told of its key's fault before.
+    liar, h = net.authorities[2].key, node.height() + 1
+    votes = [Vote.make(liar, net.chain_id, PREVOTE, h, 13, os.urandom(32)) for _ in range(2)]
     piece = codec.encode({"kind": "vote", "a": votes[0].encode(), "b": votes[1].encode()})
     status, _ = post_envelope(node, envelope(net, relay, evidence=[piece]))
     assert status == 200
 
     def ours(n: Node) -> list[dict[str, Any]]:
         return [e for e in n.get("/v1/evidence?limit=1000")["evidence"]
-                if (e["height"], e["round"], e["validator"]) == (1, 13, liar.did)]
+                if (e["height"], e["round"], e["validator"]) == (h, 13, liar.did)]
 
     wait_until(lambda: all(ours(n) for n in net.nodes), 30, "every node to report the piece")
     held = sorted(map(json.dumps, observer.get("/v1/evidence?limit=1000")["evidence"]))
