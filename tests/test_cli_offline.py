@@ -1216,8 +1216,9 @@ main()
 """
 
 
+# Loading makes about 50,000 calls on Python 3.11: the counts below stay well inside it.
 @pytest.mark.parametrize(("function", "nth"), [("__set_name__", 1), ("__set_name__", 40), ("*", 2000),
-                                                ("*", 15000), ("*", 35000), ("_find_and_load", 30)])
+                                                ("*", 12000), ("*", 25000), ("_find_and_load", 30)])
 def test_ctrl_c_inside_any_step_of_loading_says_aborted(function: str, nth: int) -> None:
     """Ctrl-C landing inside a dataclass field's __set_name__ surfaced as a RuntimeError (Python wraps
     what that hook raises), not a KeyboardInterrupt, and printed a traceback; every moment is covered."""

@@ -469,10 +469,11 @@ def test_evidence_against_one_validator_taken_from_peers_is_capped(net: Net) -> 
 
 def test_a_node_rebuilt_from_scratch_gets_earlier_evidence_back_from_its_peers(net: Net) -> None:
     """Gossip hands evidence on as it is found; a node whose database was made afresh (and synced from
-    peers) fetches what its peers hold once it has their blocks, and reports it as they do."""
+    peers) fetches what its peers hold once it is at most a block behind them, and reports it as they do."""
     node, relay, observer = net.authorities[0], net.authorities[1].key, net.observer
     # A height with no evidence yet (a validator's pieces are capped per height and from peers), and
-    # a validator with few against it, whose node was told of its key's fault before.
+    # a validator with few against it (in this module, the one whose node an earlier test told of its
+    # key's fault).
     liar, h = net.authorities[2].key, node.height() + 1
     votes = [Vote.make(liar, net.chain_id, PREVOTE, h, 13, os.urandom(32)) for _ in range(2)]
     piece = codec.encode({"kind": "vote", "a": votes[0].encode(), "b": votes[1].encode()})
