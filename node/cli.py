@@ -718,12 +718,13 @@ def _folders_with_key_of(did: str, data: Path) -> list[Path]:
     from node.config import KEY_FILE
 
     found: list[Path] = []
+    own = data.resolve()
     try:
-        siblings = sorted(itertools.islice(data.resolve().parent.iterdir(), SIBLINGS_CHECKED))
+        siblings = sorted(itertools.islice(own.parent.iterdir(), SIBLINGS_CHECKED))
     except OSError:
         return found
     for folder in siblings:
-        if folder == data.resolve():
+        if folder == own:
             continue
         try:
             if (folder / KEY_FILE).is_file() and keys.read_key_file_did(folder / KEY_FILE) == did:
