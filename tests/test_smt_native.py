@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import subprocess
 import sys
-import sysconfig
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -19,18 +17,12 @@ from hypothesis import strategies as st
 from ler.smt import EMPTY
 from storage import smt
 from storage.smt import MemoryNodeStore, NodeStoreError, SparseMerkleTree, _checked, _Update
+from tests.native_build import can_compile, run_under_asan
 
 native = smt._load_native()
 
 
-def _can_compile() -> bool:
-    """Whether this machine has what the install needs to build the extension: a C compiler and
-    Python's headers."""
-    include = sysconfig.get_paths().get("include")
-    return shutil.which("cc") is not None and include is not None and Path(include, "Python.h").exists()
-
-
-@pytest.mark.skipif(not _can_compile(), reason="no C compiler or no Python headers here: the tree runs in Python")
+@pytest.mark.skipif(not can_compile(), reason="no C compiler or no Python headers here: the tree runs in Python")
 def test_the_compiled_tree_is_built_and_used() -> None:
     # scripts/test installs the project, which compiles it; without it every block's tree runs in Python
     assert native is not None, "storage/_smt_native.c was not built, though a C compiler is here (see pip's output)"
@@ -270,34 +262,9 @@ def test_the_c_update_keeps_no_memory_it_made() -> None:
     assert grown < 4096, f"{grown} bytes more after 200 rounds"
 
 
-@pytest.mark.skipif(native is None or shutil.which("gcc") is None, reason="no compiled tree or no gcc")
+@pytest.mark.skipif(native is None, reason="no compiled tree")
 def test_the_c_update_under_the_address_sanitizer(tmp_path: Path) -> None:
-    """The comparisons above, run again with the C file built with AddressSanitizer and the interpreter's
-    own allocator off, so that a read or write out of bounds, or of a freed object, stops the run."""
-    libasan = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
-    if not Path(libasan).is_absolute() or not Path(libasan).exists():
-        pytest.skip("gcc has no AddressSanitizer runtime here")
-    include = sysconfig.get_paths()["include"]
-    so = tmp_path / ("_smt_native" + (sysconfig.get_config_var("EXT_SUFFIX") or ".so"))
+    """The comparisons above, run again with the C file built with AddressSanitizer."""
     source = Path(smt.__file__).with_name("_smt_native.c")
-    subprocess.run(["gcc", "-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer", "-shared", "-fPIC",
-                    f"-I{include}", str(source), "-o", str(so), "-ldl"], check=True)
-    runner = tmp_path / "run.py"
-    runner.write_text(f"""
-import importlib.util, sys
-spec = importlib.util.spec_from_file_location("storage._smt_native", {str(so)!r})
-mod = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(mod)
-sys.modules["storage._smt_native"] = mod
-import storage
-storage._smt_native = mod
-import storage.smt
-storage.smt._native = mod
-import pytest
-sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", {__file__!r}, "-k", "not sanitizer and not turned_off"]))
-""")
-    env = dict(os.environ, LD_PRELOAD=libasan, PYTHONMALLOC="malloc", ASAN_OPTIONS="detect_leaks=0")
-    out = subprocess.run([sys.executable, str(runner)], env=env, capture_output=True, text=True, timeout=600,
-                         cwd=Path(smt.__file__).parent.parent)
-    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
-    assert "ERROR: AddressSanitizer" not in out.stderr and " passed" in out.stdout, out.stdout[-2000:]
+    run_under_asan(tmp_path, "storage._smt_native", "storage.smt", source, __file__, "not sanitizer and not turned_off",
+                   link=("-ldl",))
