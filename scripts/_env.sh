@@ -1,6 +1,6 @@
 # Shared set-up for the project's scripts: a virtualenv in .venv with the project installed (editable).
-# Sourced, not run. Re-installs only when pyproject.toml, setup.py or the C source of the state tree's
-# update or of the anchors' decoding changed since the last install (the install compiles them).
+# Sourced, not run. Re-installs only when pyproject.toml, setup.py or one of the C files the install
+# compiles (setup.py lists them) changed since the last install.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${LER_VENV:-$ROOT/.venv}"
@@ -16,7 +16,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 STAMP="$VENV/.ler-installed"
 stale=0
-for f in pyproject.toml setup.py storage/_smt_native.c ler/_tx_native.c; do  # what the install reads or compiles
+for f in pyproject.toml setup.py storage/_smt_native.c storage/_keyfilter_native.c ler/_tx_native.c; do  # what the install reads or compiles
     if [ "$ROOT/$f" -nt "$STAMP" ]; then stale=1; fi
 done
 if [ ! -f "$STAMP" ] || [ "$stale" = 1 ]; then
