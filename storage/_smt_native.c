@@ -13,6 +13,12 @@
  * well-formed node and raises otherwise (storage/smt.py's `_checked`, so the errors are the same).
  * `items` is a list of (key, value or None) sorted by key, keys 32 bytes, already checked by the caller.
  * `new_nodes` is a dict hash -> encoding of every node the update made.
+ *
+ *   merkle_root(leaves) -> root
+ *
+ * Also here, for its SHA-256: a block's tx_root (ler/block.py's `tx_root`, RFC 6962 over the tx ids),
+ * which storage/chain.py computes for every block it makes or checks; tests/test_smt_native.py compares
+ * it with ler/merkle.py's `root`.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -475,8 +481,51 @@ bad:
     return NULL;
 }
 
+/* merkle_root(leaves): RFC 6962's MTH over a list of bytes, as ler/merkle.py's `root` gives it (leaf
+ * SHA-256(0x00 || d), node SHA-256(0x01 || left || right)). Every block's tx_root is one, made by its
+ * proposer and checked by every other node. The leaves are pushed left to right and the stack of perfect
+ * subtrees merged as in ler/merkle.py's `_mth`; at most 64 are pending, one per bit of the count. */
+static PyObject *merkle_root(PyObject *self, PyObject *args) {
+    PyObject *leaves;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "O!:merkle_root", &PyList_Type, &leaves)) return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(leaves);
+    unsigned char stack[64][KEY], pair[1 + 2 * KEY];
+    int top = 0;
+    if (n == 0) {
+        sha2(NULL, 0, NULL, 0, stack[0]);
+        return PyBytes_FromStringAndSize((const char *)stack[0], KEY);
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *leaf = PyList_GET_ITEM(leaves, i);
+        if (!PyBytes_Check(leaf)) {
+            PyErr_SetString(PyExc_TypeError, "leaves: a list of bytes");
+            return NULL;
+        }
+        static const unsigned char zero = 0x00;
+        sha2(&zero, 1, (const unsigned char *)PyBytes_AS_STRING(leaf), (size_t)PyBytes_GET_SIZE(leaf), stack[top]);
+        top++;
+        for (size_t count = (size_t)i + 1; !(count & 1); count >>= 1) {  /* merge equal subtrees */
+            pair[0] = TAG_NODE;
+            memcpy(pair + 1, stack[top - 2], KEY);
+            memcpy(pair + 1 + KEY, stack[top - 1], KEY);
+            top--;
+            sha2(pair, sizeof pair, NULL, 0, stack[top - 1]);
+        }
+    }
+    while (top > 1) {  /* fold the rest from the right: the smaller subtrees are on top */
+        pair[0] = TAG_NODE;
+        memcpy(pair + 1, stack[top - 2], KEY);
+        memcpy(pair + 1 + KEY, stack[top - 1], KEY);
+        top--;
+        sha2(pair, sizeof pair, NULL, 0, stack[top - 1]);
+    }
+    return PyBytes_FromStringAndSize((const char *)stack[0], KEY);
+}
+
 static PyMethodDef methods[] = {
     {"update", update, METH_VARARGS, "update(get, checked, root, items) -> (new_root, new_nodes)"},
+    {"merkle_root", merkle_root, METH_VARARGS, "merkle_root(leaves) -> RFC 6962 root of the list of bytes"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -91,6 +91,7 @@ from ler.tx import GovVote, IssuerRotate, RecordAnchor, RecordEndorse, Tx
 from ler.wire import Wire, packb
 from storage.history import HistoryError, HistoryTree, StagedWrites
 from storage.keyfilter import KeyFilter
+from storage import smt
 from storage.smt import LEAF_TAG, MemoryNodeStore, NodeStoreError, SparseMerkleTree
 
 log = logging.getLogger("ler.storage")
@@ -482,6 +483,12 @@ def _read_through(latest: _LatestStateCache, tree: SparseMerkleTree, root: bytes
     value = tree.get(root, key)
     latest.put(root, key, value)
     return value
+
+
+def _tx_root(tx_ids: list[bytes]) -> bytes:
+    """ler.block.tx_root, in C where storage/_smt_native.c is built (every block made or checked needs one)."""
+    native = smt._native
+    return native.merkle_root(tx_ids) if native is not None else tx_root(tx_ids)
 
 
 #: LevelDB's write buffer (its default is 4 MB; see ChainStore.__init__).
@@ -1081,7 +1088,7 @@ class ChainStore:
         assert prev is not None  # h - 1 is committed (or genesis)
         header = Header(
             chain=self.chain_id, height=h, round=round_, time=time, prev=prev,
-            tx_count=len(result.applied), tx_root=tx_root([tx.tx_id for tx in result.applied]),
+            tx_count=len(result.applied), tx_root=_tx_root([tx.tx_id for tx in result.applied]),
             state_root=result.state_root, history_root=self.history_root(h),
             validators_hash=validators_hash(self.validators(h)),
             next_validators_hash=validators_hash(self.validators(h + 1)), proposer=proposer)
@@ -1145,7 +1152,7 @@ class ChainStore:
                 raise InvalidBlock("tx.duplicate", f"transaction {i} ({tx.tx_id.hex()}) appears twice")
             ids.add(tx.tx_id)
             txs.append(tx)
-        expect("tx_root", hd.tx_root, tx_root([tx.tx_id for tx in txs]))
+        expect("tx_root", hd.tx_root, _tx_root([tx.tx_id for tx in txs]))
         unchecked = [i for i, tx in enumerate(txs) if tx.tx_id not in verified]
         if unchecked and before_checks is not None:
             before_checks([txs[i].tx_id for i in unchecked])  # e.g. let a check already under way end

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ler import merkle
 from ler.smt import EMPTY
 from storage import smt
 from storage.smt import MemoryNodeStore, NodeStoreError, SparseMerkleTree, _checked, _Update
@@ -268,3 +269,23 @@ def test_the_c_update_under_the_address_sanitizer(tmp_path: Path) -> None:
     source = Path(smt.__file__).with_name("_smt_native.c")
     run_under_asan(tmp_path, "storage._smt_native", "storage.smt", source, __file__, "not sanitizer and not turned_off",
                    link=("-ldl",))
+
+
+@pytest.mark.skipif(native is None, reason="the compiled tree is not built")
+def test_the_c_merkle_root_is_ler_merkles_root() -> None:
+    """A block's tx_root in C (storage/chain.py's `_tx_root`) against ler/merkle.py's RFC 6962 root: every
+    count up to 300 (each shape of the stack of subtrees), powers of two and their neighbours, leaves of
+    any length."""
+    assert native is not None
+    rng = random.Random(21)
+    counts = [*range(301), 511, 512, 513, 1023, 1024, 1025, 2000, 4096, 4097]
+    for n in counts:
+        leaves = [rng.randbytes(32) for _ in range(n)]
+        assert native.merkle_root(leaves) == merkle.root(leaves), n
+    for n in (1, 2, 3, 7):
+        leaves = [rng.randbytes(rng.choice([0, 1, 31, 33, 64, 500])) for _ in range(n)]
+        assert native.merkle_root(leaves) == merkle.root(leaves), n
+    with pytest.raises(TypeError):
+        native.merkle_root([b"a", "b"])
+    with pytest.raises(TypeError):
+        native.merkle_root((b"a",))
