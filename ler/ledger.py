@@ -318,8 +318,20 @@ def apply_rotate(state: StateView, ctx: Context, tx: Tx, body: IssuerRotate) -> 
 
 # --- records ---------------------------------------------------------------------------------------
 
-def apply_anchor(state: StateView, ctx: Context, tx: Tx, body: RecordAnchor) -> None:
-    """Anchor a record. Its standing is fixed now: accredited only if the issuer may issue this type."""
+def dry_run(state: StateView, ctx: Context, tx: Tx) -> None:
+    """apply_tx's verdict on `tx` against `state` (RuleError if a rule refuses it), its writes discarded.
+
+    A record anchor, nearly every transaction a node admits, takes its checks alone: the entry it would
+    write is not built. It reads the same keys as apply_tx would."""
+    body = tx.body
+    if type(body) is RecordAnchor and tx.chain == ctx.chain_id and not ctx.seen(tx.tx_id):
+        check_anchor(state, ctx, tx, body)
+    else:
+        apply_tx(Overlay(state), ctx, tx)
+
+
+def check_anchor(state: StateView, ctx: Context, tx: Tx, body: RecordAnchor) -> tuple[bytes, str]:
+    """apply_anchor's checks: the record's state key and the standing it gets, or RuleError."""
     key = record_key(body.record)
     if state.get(key) is not None:
         raise RuleError("anchor.duplicate", f"record {body.record.hex()} is already anchored")
@@ -335,11 +347,15 @@ def apply_anchor(state: StateView, ctx: Context, tx: Tx, body: RecordAnchor) -> 
     if body.expires is not None and body.expires <= ctx.time:
         raise RuleError("anchor.expired", "the record's expiry is already past")
     if issuer is not None and issuer.accredits(body.rtype, ctx.time):
-        standing = ACCREDITED
-    elif body.issuer == body.holder:
-        standing = SELF_ASSERTED
-    else:
-        standing = UNACCREDITED
+        return key, ACCREDITED
+    if body.issuer == body.holder:
+        return key, SELF_ASSERTED
+    return key, UNACCREDITED
+
+
+def apply_anchor(state: StateView, ctx: Context, tx: Tx, body: RecordAnchor) -> None:
+    """Anchor a record. Its standing is fixed now: accredited only if the issuer may issue this type."""
+    key, standing = check_anchor(state, ctx, tx, body)
     state.set(key, _encode_record_entry(
         issuer=body.issuer, signer=tx.signer, holder=body.holder, rtype=body.rtype, commitment=body.commitment,
         standing=standing, anchored=ctx.height, tx=tx.tx_id, expires=body.expires, revoked=None))

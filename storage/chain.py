@@ -89,9 +89,9 @@ from ler.state import (
 )
 from ler.tx import GovVote, IssuerRotate, RecordAnchor, RecordEndorse, Tx
 from ler.wire import Wire, packb
+from storage import smt
 from storage.history import HistoryError, HistoryTree, StagedWrites
 from storage.keyfilter import KeyFilter
-from storage import smt
 from storage.smt import LEAF_TAG, MemoryNodeStore, NodeStoreError, SparseMerkleTree
 
 log = logging.getLogger("ler.storage")

@@ -25,6 +25,7 @@ from ler.ledger import (
     apply_tx,
     apply_vote,
     check_tx,
+    dry_run,
     get_authorities,
     get_endorsement,
     get_issuer,
@@ -70,8 +71,24 @@ STRANGER = kp("stranger")
 NEWCO = kp("newco")           # not registered at genesis
 
 
+class _Reads:
+    """A StateView over another that notes the keys read through it."""
+
+    def __init__(self, base: MemoryState) -> None:
+        self.base = base
+        self.keys: set[bytes] = set()
+
+    def get(self, key: bytes) -> bytes | None:
+        self.keys.add(key)
+        return self.base.get(key)
+
+    def set(self, key: bytes, value: bytes | None) -> None:
+        raise AssertionError("a dry run writes nothing")
+
+
 class Ledger:
-    """The state, a height and time that move as blocks would, and the ids applied so far."""
+    """The state, a height and time that move as blocks would, and the ids applied so far. Every
+    transaction applied or refused is also given to dry_run (admission's check), which must agree."""
 
     def __init__(self, n_authorities: int = 1,
                  issuers: tuple[tuple[KeyPair, tuple[str, ...]], ...] = ((UNI, ("degree",)),
@@ -101,8 +118,28 @@ class Ledger:
         check_tx(tx, CHAIN)
         return tx
 
+    def dry_run_agrees(self, tx: Tx, time: int | None) -> RuleError | None:
+        """dry_run's verdict on `tx`, checked to be apply_tx's (the same refusal, word for word) and to
+        read the same keys, and to write nothing."""
+        before = dict(self.state.data)
+        full, dry = _Reads(self.state), _Reads(self.state)
+        verdicts: list[RuleError | None] = []
+        for run, view in ((lambda v: apply_tx(Overlay(v), self.ctx(time), tx), full),
+                          (lambda v: dry_run(v, self.ctx(time), tx), dry)):
+            try:
+                run(view)
+                verdicts.append(None)
+            except RuleError as exc:
+                verdicts.append(exc)
+        a, b = verdicts
+        assert (a is None) == (b is None) and (a is None or (a.rule, str(a)) == (b.rule, str(b))), (a, b)
+        assert dry.keys == full.keys
+        assert self.state.data == before
+        return b
+
     def apply(self, signer: KeyPair, body: Any, time: int | None = None) -> Tx:
         tx = self.tx(signer, body)
+        assert self.dry_run_agrees(tx, time) is None
         before = dict(self.state.data)
         apply_tx(self.state, self.ctx(time), tx)
         assert self.state.data != before, "an applied transaction writes something"
@@ -113,6 +150,8 @@ class Ledger:
         return self.refuse_tx(self.tx(signer, body), rule, time)
 
     def refuse_tx(self, tx: Tx, rule: str, time: int | None = None) -> RuleError:
+        dry = self.dry_run_agrees(tx, time)
+        assert dry is not None and dry.rule == rule, str(dry)
         before = dict(self.state.data)
         with pytest.raises(RuleError) as info:
             apply_tx(self.state, self.ctx(time), tx)
@@ -183,6 +222,7 @@ def test_tx_chain() -> None:
         check_tx(tx, CHAIN)
     assert info.value.rule == "tx.chain"
     led.refuse_tx(tx, "tx.chain")
+    led.refuse_tx(sign_tx(UNI, "other-chain", anchor_body(os.urandom(16), UNI)), "tx.chain")  # the usual kind
 
 
 def test_tx_signature() -> None:
