@@ -20,6 +20,7 @@ import hashlib
 from dataclasses import dataclass
 
 from ler.errors import DecodeError
+from ler.keys import sha256
 from ler.wire import Wire, b32, limit
 
 KEY_SIZE = 32
@@ -34,8 +35,7 @@ _NODE = b"\x01"
 _BYTES, _HASH_LEN = {bytes}, {HASH_SIZE}
 
 
-def _sha256(data: bytes) -> bytes:
-    return hashlib.sha256(data).digest()
+_sha256 = sha256  # in one C call where ler/_tx_native.c is built (see ler/keys.py)
 
 
 def bit(key: bytes, i: int) -> int:

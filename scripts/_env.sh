@@ -16,7 +16,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 STAMP="$VENV/.ler-installed"
 stale=0
-for f in pyproject.toml setup.py storage/_smt_native.c storage/_keyfilter_native.c ler/_tx_native.c; do  # what the install reads or compiles
+for f in pyproject.toml setup.py storage/_smt_native.c storage/_keyfilter_native.c ler/_tx_native.c ler/_sha256.h; do  # what the install reads or compiles
     if [ "$ROOT/$f" -nt "$STAMP" ]; then stale=1; fi
 done
 if [ ! -f "$STAMP" ] || [ "$stale" = 1 ]; then

@@ -3,9 +3,8 @@
  *
  * The same nodes and roots as the Python code (tests/test_smt_native.py compares the two on random
  * trees and updates); it exists for speed only, since every block's execution rebuilds the tree's
- * changed paths, several hashes per changed key. SHA-256 comes from libcrypto, the library the
- * interpreter's hashlib uses, found at import; without it the module does not load and storage/smt.py
- * keeps to Python.
+ * changed paths, several hashes per changed key. SHA-256 comes from libcrypto (ler/_sha256.h); without
+ * it the module does not load and storage/smt.py keeps to Python.
  *
  *   update(get, checked, root, items) -> (new_root, new_nodes)
  *
@@ -22,30 +21,17 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#include <dlfcn.h>
 #include <stdint.h>
 #include <string.h>
+
+#include "../ler/_sha256.h"
 
 #define KEY 32
 #define NODE_LEN 65
 #define TAG_LEAF 0x00
 #define TAG_NODE 0x01
 
-/* libcrypto's SHA-256; its context is 112 bytes in OpenSSL 1.1 and 3, given room to spare here. */
-typedef struct { _Alignas(16) unsigned char opaque[256]; } sha_ctx;
-static int (*sha_init)(sha_ctx *);
-static int (*sha_update)(sha_ctx *, const void *, size_t);
-static int (*sha_final)(unsigned char *, sha_ctx *);
-
 static PyObject *EMPTY;  /* 32 zero bytes */
-
-static void sha2(const unsigned char *a, size_t na, const unsigned char *b, size_t nb, unsigned char *out) {
-    sha_ctx c;
-    sha_init(&c);
-    sha_update(&c, a, na);
-    if (nb) sha_update(&c, b, nb);
-    sha_final(out, &c);
-}
 
 static int is_empty(PyObject *h) {
     return PyBytes_GET_SIZE(h) == KEY && memcmp(PyBytes_AS_STRING(h), PyBytes_AS_STRING(EMPTY), KEY) == 0;
@@ -532,26 +518,8 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_smt_native", NULL, -1, methods};
 
 PyMODINIT_FUNC PyInit__smt_native(void) {
-    static const char *libs[] = {"libcrypto.so.3", "libcrypto.so.1.1", "libcrypto.so", NULL};
-    void *lib = NULL;
-    for (int i = 0; libs[i] && lib == NULL; i++) lib = dlopen(libs[i], RTLD_NOW | RTLD_LOCAL);
-    if (lib != NULL) {
-        sha_init = (int (*)(sha_ctx *))dlsym(lib, "SHA256_Init");
-        sha_update = (int (*)(sha_ctx *, const void *, size_t))dlsym(lib, "SHA256_Update");
-        sha_final = (int (*)(unsigned char *, sha_ctx *))dlsym(lib, "SHA256_Final");
-    }
-    if (!sha_init || !sha_update || !sha_final) {
-        PyErr_SetString(PyExc_ImportError, "no libcrypto with SHA-256 found");
-        return NULL;
-    }
-    /* A known answer, so that a libcrypto that is not what this expects is never used. */
-    static const unsigned char abc_digest[KEY] = {
-        0xba, 0x78, 0x16, 0xbf, 0x8f, 0x01, 0xcf, 0xea, 0x41, 0x41, 0x40, 0xde, 0x5d, 0xae, 0x22, 0x23,
-        0xb0, 0x03, 0x61, 0xa3, 0x96, 0x17, 0x7a, 0x9c, 0xb4, 0x10, 0xff, 0x61, 0xf2, 0x00, 0x15, 0xad};
-    unsigned char got[KEY];
-    sha2((const unsigned char *)"ab", 2, (const unsigned char *)"c", 1, got);
-    if (memcmp(got, abc_digest, KEY) != 0) {
-        PyErr_SetString(PyExc_ImportError, "libcrypto's SHA-256 gave a wrong answer");
+    if (sha256_load() < 0) {
+        PyErr_SetString(PyExc_ImportError, "no libcrypto with a working SHA-256 found");
         return NULL;
     }
     EMPTY = PyBytes_FromStringAndSize(NULL, KEY);

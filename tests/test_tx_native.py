@@ -8,6 +8,7 @@ compares `Tx.decode` as a whole (the C code first) with the strict reference dec
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import subprocess
@@ -96,10 +97,11 @@ def test_the_compiled_decoding_is_built_and_used() -> None:
 
 
 def test_it_can_be_turned_off() -> None:
-    code = "import ler.tx as t; print(t._native is None)"
+    code = ("import hashlib, ler.keys as k, ler.tx as t; "
+            "print(t._native is None, k.sha256(b'') == hashlib.sha256().digest(), type(k.sha256).__name__)")
     env = dict(os.environ, LER_TX_IN_PYTHON="1")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "True"
+    assert out.stdout.strip() == "True True function"
 
 
 @needs_native
@@ -205,6 +207,21 @@ def test_arguments_that_are_not_an_anchor_and_its_id_are_declined() -> None:
 
 
 @needs_native
+def test_its_sha256_is_hashlibs() -> None:
+    """ler.keys.sha256 (and so every transaction id and state key) is the C one-shot where it is built."""
+    assert native is not None
+    assert keys.sha256 is native.sha256
+    rng = random.Random(23)
+    for n in [*range(200), 1000, 4096, 70_000]:
+        data = rng.randbytes(n)
+        assert native.sha256(data) == hashlib.sha256(data).digest(), n
+    assert native.sha256(bytearray(b"abc")) == native.sha256(memoryview(b"xabc")[1:]) == hashlib.sha256(b"abc").digest()
+    for bad in ("abc", None, 5, [b"a"]):
+        with pytest.raises(TypeError):
+            native.sha256(bad)
+
+
+@needs_native
 def test_the_c_decoding_keeps_no_memory_it_made() -> None:
     import gc
     import tracemalloc
@@ -217,6 +234,9 @@ def test_the_c_decoding_keeps_no_memory_it_made() -> None:
         for _ in range(n):
             for tx in txs:
                 native.anchor(tx.raw, tx.tx_id)
+                native.sha256(memoryview(tx.raw))
+                with pytest.raises(TypeError):
+                    native.sha256("text")
             for data in bad:
                 native.anchor(data, tx.tx_id)
 
@@ -241,5 +261,6 @@ def test_the_c_decoding_under_the_address_sanitizer(tmp_path: Path) -> None:
     AddressSanitizer."""
     source = Path(tx_module.__file__).with_name("_tx_native.c")
     run_under_asan(tmp_path, "ler._tx_native", "ler.tx", source, __file__,
-                   "not sanitizer and not turned_off and not memory")
-    run_under_asan(tmp_path, "ler._tx_native", "ler.tx", source, str(Path(__file__).with_name("test_tx_fast.py")), "")
+                   "not sanitizer and not turned_off and not memory", link=("-ldl",))
+    run_under_asan(tmp_path, "ler._tx_native", "ler.tx", source, str(Path(__file__).with_name("test_tx_fast.py")), "",
+                   link=("-ldl",))
