@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,28 @@ def can_compile() -> bool:
     Python's headers."""
     include = sysconfig.get_paths().get("include")
     return shutil.which("cc") is not None and include is not None and Path(include, "Python.h").exists()
+
+
+def assert_keeps_no_memory(rounds: Callable[[int], None], n: int = 200) -> None:
+    """That `rounds(n)` (n repetitions of calls into an extension, on good input and on bad) leaves the
+    interpreter's traced memory where it was: every object the C code makes is returned or released.
+    A leak of one 32-byte object per round would be over 6 KB at 200 rounds."""
+    import gc
+    import tracemalloc
+
+    rounds(20)  # caches and free lists settle
+    gc.collect()
+    tracemalloc.start()
+    try:
+        rounds(5)
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        rounds(n)
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 4096, f"{grown} bytes more after {n} rounds"
 
 
 def run_under_asan(tmp_path: Path, module: str, user: str, source: Path, test_file: str, keyword: str,

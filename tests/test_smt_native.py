@@ -18,7 +18,7 @@ from ler import merkle
 from ler.smt import EMPTY
 from storage import smt
 from storage.smt import MemoryNodeStore, NodeStoreError, SparseMerkleTree, _checked, _Update
-from tests.native_build import can_compile, run_under_asan
+from tests.native_build import assert_keeps_no_memory, can_compile, run_under_asan
 
 native = smt._load_native()
 
@@ -227,9 +227,6 @@ def test_an_altered_store_gives_the_c_update_what_it_gives_the_python_one(
 def test_the_c_update_keeps_no_memory_it_made() -> None:
     # Every object the C code makes is either returned or released, on success and on a store error:
     # repeating an update leaves the interpreter's traced memory where it was.
-    import gc
-    import tracemalloc
-
     rng = random.Random(3)
     store = MemoryNodeStore()
     root, nodes = in_python(store, EMPTY, {rng.randbytes(32): b"v" * 40 for _ in range(300)})
@@ -247,20 +244,7 @@ def test_the_c_update_keeps_no_memory_it_made() -> None:
             with pytest.raises(NodeStoreError):
                 in_c(damaged, root, dict.fromkeys(leaf_keys, b"x"))  # every key: it reaches the damage
 
-    rounds(20)  # caches and free lists settle
-    gc.collect()
-    tracemalloc.start()
-    try:
-        rounds(5)
-        gc.collect()
-        before = tracemalloc.get_traced_memory()[0]
-        rounds(200)
-        gc.collect()
-        grown = tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
-    # 200 rounds of a leak of one 32-byte hash each would be over 6 KB
-    assert grown < 4096, f"{grown} bytes more after 200 rounds"
+    assert_keeps_no_memory(rounds)
 
 
 @pytest.mark.skipif(native is None, reason="no compiled tree")

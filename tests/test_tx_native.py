@@ -25,7 +25,7 @@ from ler import tx as tx_module
 from ler.errors import DecodeError
 from ler.keys import KeyPair, did_from_public_key, sha256
 from ler.tx import RecordAnchor, Tx, sign_tx
-from tests.native_build import can_compile, run_under_asan
+from tests.native_build import assert_keeps_no_memory, can_compile, run_under_asan
 
 native = tx_module._native
 needs_native = pytest.mark.skipif(native is None, reason="the compiled decoding is not built")
@@ -223,9 +223,6 @@ def test_its_sha256_is_hashlibs() -> None:
 
 @needs_native
 def test_the_c_decoding_keeps_no_memory_it_made() -> None:
-    import gc
-    import tracemalloc
-
     assert native is not None
     txs = usual_anchors()[:20]
     bad = [tx.raw[:-3] for tx in txs] + [_with_body(tx, rtype="a..b") for tx in txs]
@@ -240,19 +237,7 @@ def test_the_c_decoding_keeps_no_memory_it_made() -> None:
             for data in bad:
                 native.anchor(data, tx.tx_id)
 
-    rounds(20)
-    gc.collect()
-    tracemalloc.start()
-    try:
-        rounds(5)
-        gc.collect()
-        before = tracemalloc.get_traced_memory()[0]
-        rounds(200)
-        gc.collect()
-        grown = tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
-    assert grown < 4096, f"{grown} bytes more after 200 rounds"
+    assert_keeps_no_memory(rounds)
 
 
 @needs_native
