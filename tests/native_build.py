@@ -23,6 +23,14 @@ def can_compile() -> bool:
     return shutil.which("cc") is not None and include is not None and Path(include, "Python.h").exists()
 
 
+def expect_built(setting: str, what: str) -> pytest.MarkDecorator:
+    """For a test that the install built a compiled part and the code uses it: skipped where it cannot be
+    built, or where `setting` (LER_..._IN_PYTHON) is 1 and the Python code is asked for instead."""
+    if not can_compile():
+        return pytest.mark.skipif(True, reason=f"no C compiler or no Python headers here: {what} in Python")
+    return pytest.mark.skipif(os.environ.get(setting) == "1", reason=f"{setting}=1: {what} in Python")
+
+
 def assert_keeps_no_memory(rounds: Callable[[int], None], n: int = 200) -> None:
     """That `rounds(n)` (n repetitions of calls into an extension, on good input and on bad) leaves the
     interpreter's traced memory where it was: every object the C code makes is returned or released.

@@ -14,7 +14,7 @@ import pytest
 
 from storage import keyfilter
 from storage.keyfilter import KeyFilter
-from tests.native_build import assert_keeps_no_memory, can_compile, run_under_asan
+from tests.native_build import assert_keeps_no_memory, expect_built, run_under_asan
 
 native = keyfilter._native
 needs_native = pytest.mark.skipif(native is None, reason="the compiled key filter is not built")
@@ -51,7 +51,7 @@ def answers(f: KeyFilter, keys: list[bytes], in_python: bool) -> list[bool]:
     return [f.may_hold(k) for k in keys]
 
 
-@pytest.mark.skipif(not can_compile(), reason="no C compiler or no Python headers here: the filter runs in Python")
+@expect_built("LER_FILTER_IN_PYTHON", "the key filter runs")
 def test_the_compiled_filter_is_built_and_used() -> None:
     assert native is not None, "storage/_keyfilter_native.c was not built, though a C compiler is here"
 

@@ -18,12 +18,12 @@ from ler import merkle
 from ler.smt import EMPTY
 from storage import smt
 from storage.smt import MemoryNodeStore, NodeStoreError, SparseMerkleTree, _checked, _Update
-from tests.native_build import assert_keeps_no_memory, can_compile, run_under_asan
+from tests.native_build import assert_keeps_no_memory, expect_built, run_under_asan
 
 native = smt._load_native()
 
 
-@pytest.mark.skipif(not can_compile(), reason="no C compiler or no Python headers here: the tree runs in Python")
+@expect_built("LER_TREE_IN_PYTHON", "the tree runs")
 def test_the_compiled_tree_is_built_and_used() -> None:
     # scripts/test installs the project, which compiles it; without it every block's tree runs in Python
     assert native is not None, "storage/_smt_native.c was not built, though a C compiler is here (see pip's output)"

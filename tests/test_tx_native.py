@@ -25,7 +25,7 @@ from ler import tx as tx_module
 from ler.errors import DecodeError
 from ler.keys import KeyPair, did_from_public_key, sha256
 from ler.tx import RecordAnchor, Tx, sign_tx
-from tests.native_build import assert_keeps_no_memory, can_compile, run_under_asan
+from tests.native_build import assert_keeps_no_memory, expect_built, run_under_asan
 
 native = tx_module._native
 needs_native = pytest.mark.skipif(native is None, reason="the compiled decoding is not built")
@@ -88,7 +88,7 @@ def usual_anchors() -> list[Tx]:
     return out
 
 
-@pytest.mark.skipif(not can_compile(), reason="no C compiler or no Python headers here: anchors decode in Python")
+@expect_built("LER_TX_IN_PYTHON", "transactions decode and hash")
 def test_the_compiled_decoding_is_built_and_used() -> None:
     # scripts/test installs the project, which compiles it; without it every anchor decodes in Python
     assert native is not None, "ler/_tx_native.c was not built, though a C compiler is here (see pip's output)"
