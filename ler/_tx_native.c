@@ -269,7 +269,7 @@ static PyObject *init(PyObject *self, PyObject *args) {
 
 /* sha256(data) -> digest: hashlib.sha256(data).digest() in one call (a node hashes every transaction it
  * admits and every one in a block it checks, and the state key of each record twice). Present only when
- * libcrypto was found. */
+ * libcrypto was found. The buffer stays exported while it is hashed, so it cannot change meanwhile. */
 static PyObject *sha256(PyObject *self, PyObject *data) {
     Py_buffer view;
     unsigned char out[32];
@@ -279,7 +279,13 @@ static PyObject *sha256(PyObject *self, PyObject *data) {
         return NULL;
     }
     if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) return NULL;
-    sha2((const unsigned char *)view.buf, (size_t)view.len, NULL, 0, out);
+    if (view.len >= 2048) {  /* as hashlib does: other threads run while a long input is hashed */
+        Py_BEGIN_ALLOW_THREADS
+        sha2((const unsigned char *)view.buf, (size_t)view.len, NULL, 0, out);
+        Py_END_ALLOW_THREADS
+    } else {
+        sha2((const unsigned char *)view.buf, (size_t)view.len, NULL, 0, out);
+    }
     PyBuffer_Release(&view);
     return PyBytes_FromStringAndSize((const char *)out, 32);
 }
