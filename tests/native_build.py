@@ -1,5 +1,6 @@
-"""What the tests of the compiled parts (storage/_smt_native.c, ler/_tx_native.c) share: whether this
-machine can build them, and a run of a test file against a copy built with AddressSanitizer."""
+"""What the tests of the compiled parts (storage/_smt_native.c, storage/_keyfilter_native.c,
+ler/_tx_native.c) share: whether this machine can build them, a check that they keep no memory, and a
+run of a test file against a copy built with AddressSanitizer."""
 
 from __future__ import annotations
 
