@@ -15,10 +15,8 @@ Types and bodies (docs/PROTOCOL.md, "Transactions"):
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
-from types import ModuleType
 from typing import Any, ClassVar, Self
 
 import msgpack
@@ -26,6 +24,7 @@ import msgpack
 from ler import codec, keys
 from ler.errors import DecodeError
 from ler.keys import KeyPair, sha256
+from ler.native import load
 from ler.wire import Wire, b32, b64, hex_bytes, limit, packb
 
 MAX_TX_BYTES = 4096
@@ -253,7 +252,8 @@ class Tx:
         if type(data) is not bytes:
             data = bytes(data)
         if _native is not None:
-            tx = _native.anchor(data, tx_id or sha256(data))
+            tx_id = tx_id or sha256(data)  # once, for the Python path too if the C code declines
+            tx = _native.anchor(data, tx_id)
             if tx is not None:
                 return tx
         obj = _fast_canonical(data)
@@ -420,18 +420,6 @@ def rotation_body(issuer: str, current_chain: str, new_key: KeyPair) -> IssuerRo
     return IssuerRotate(issuer=issuer, new_key=new_key.public_key, new_key_sig=new_sig)
 
 
-def _load_native() -> ModuleType | None:
-    """ler/_tx_native.c, the decoding of record anchors in their usual form in C (the same Tx as
-    `Tx.decode` in Python, several times faster), if it was built and LER_TX_IN_PYTHON is not set to 1;
-    else None, and every transaction is decoded in Python."""
-    if os.environ.get("LER_TX_IN_PYTHON") == "1":
-        return None
-    try:
-        from ler import _tx_native  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    _tx_native.init(Tx, RecordAnchor, RecordAnchor.TYPE)
-    return _tx_native
-
-
-_native = _load_native()
+_native = load("ler._tx_native", "LER_TX_IN_PYTHON")  # record anchors decoded in C, the same Tx
+if _native is not None:
+    _native.init(Tx, RecordAnchor, RecordAnchor.TYPE)

@@ -18,10 +18,10 @@ The bit work also exists in C (storage/_keyfilter_native.c), which sets and read
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterable
-from types import ModuleType
+
+from ler.native import load
 
 _BITS_PER_KEY = 16  # three probes: about 0.5% false positives when a segment is full, less before
 _MASK64 = (1 << 64) - 1
@@ -127,16 +127,4 @@ class KeyFilter:
         return True
 
 
-def _load_native() -> ModuleType | None:
-    """storage/_keyfilter_native.c, the same bits set and probed in C (a node adds two keys and looks up
-    about three per transaction), if it was built and LER_FILTER_IN_PYTHON is not set to 1; else None."""
-    if os.environ.get("LER_FILTER_IN_PYTHON") == "1":
-        return None
-    try:
-        from storage import _keyfilter_native  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return _keyfilter_native
-
-
-_native = _load_native()
+_native = load("storage._keyfilter_native", "LER_FILTER_IN_PYTHON")

@@ -14,18 +14,17 @@ An update walks down to where the changed keys leave the existing tree and rebui
 costs O(depth) hashes and writes, depth being about log2(number of keys), not 256.
 
 The update (`_Update`) also exists in C, storage/_smt_native.c, which makes the same nodes several
-times faster; `update_many` uses it when the install could compile it (see `_load_native`).
+times faster; `update_many` uses it when the install could compile it (see `_native`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 from bisect import bisect_left
 from collections.abc import Iterator, Mapping
-from types import ModuleType
 from typing import Protocol
 
+from ler.native import load
 from ler.smt import (
     EMPTY,
     KEY_SIZE,
@@ -371,16 +370,4 @@ class _Update:
 _sha256 = hashlib.sha256
 
 
-def _load_native() -> ModuleType | None:
-    """storage/_smt_native.c, `_Update.apply` from a root in C (the same nodes and roots, several times
-    faster), if it was built and LER_TREE_IN_PYTHON is not set to 1; else None, and the tree runs in Python."""
-    if os.environ.get("LER_TREE_IN_PYTHON") == "1":
-        return None
-    try:
-        from storage import _smt_native  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return _smt_native
-
-
-_native = _load_native()
+_native = load("storage._smt_native", "LER_TREE_IN_PYTHON")  # `_Update.apply` from a root in C

@@ -20,7 +20,7 @@ from storage import smt
 from storage.smt import MemoryNodeStore, NodeStoreError, SparseMerkleTree, _checked, _Update
 from tests.native_build import assert_keeps_no_memory, expect_built, run_under_asan
 
-native = smt._load_native()
+native = smt._native
 
 
 @expect_built("LER_TREE_IN_PYTHON", "the tree runs")
