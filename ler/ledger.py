@@ -179,13 +179,22 @@ def check_tx(tx: Tx, chain_id: str) -> None:
         raise RuleError("tx.signature", "the signature does not verify for the signer's key")
 
 
-def apply_tx(state: StateView, ctx: Context, tx: Tx) -> None:
-    """Apply one transaction whose signature has been checked. Raises RuleError, writing nothing."""
+def apply_tx(state: StateView, ctx: Context, tx: Tx, *, dry: bool = False) -> None:
+    """Apply one transaction whose signature has been checked. Raises RuleError, writing nothing.
+
+    With `dry`, nothing is written in any case: the verdict alone, from the same reads (a node's check of
+    what it admits). A record anchor, nearly every transaction, then takes its checks without building
+    the entry it would write; the other kinds write into an overlay that is dropped."""
     if tx.chain != ctx.chain_id:
         raise RuleError("tx.chain", f"transaction is for chain {tx.chain!r}, this is {ctx.chain_id!r}")
     if ctx.seen(tx.tx_id):
         raise RuleError("tx.replay", f"transaction {tx.tx_id.hex()} was applied already")
     body = tx.body
+    if dry:
+        if isinstance(body, RecordAnchor):
+            check_anchor(state, ctx, tx, body)
+            return
+        state = Overlay(state)
     if isinstance(body, GovVote):
         apply_vote(state, ctx, tx.signer, body)
     elif isinstance(body, IssuerRotate):
@@ -317,18 +326,6 @@ def apply_rotate(state: StateView, ctx: Context, tx: Tx, body: IssuerRotate) -> 
 
 
 # --- records ---------------------------------------------------------------------------------------
-
-def dry_run(state: StateView, ctx: Context, tx: Tx) -> None:
-    """apply_tx's verdict on `tx` against `state` (RuleError if a rule refuses it), its writes discarded.
-
-    A record anchor, nearly every transaction a node admits, takes its checks alone: the entry it would
-    write is not built. It reads the same keys as apply_tx would."""
-    body = tx.body
-    if type(body) is RecordAnchor and tx.chain == ctx.chain_id and not ctx.seen(tx.tx_id):
-        check_anchor(state, ctx, tx, body)
-    else:
-        apply_tx(Overlay(state), ctx, tx)
-
 
 def check_anchor(state: StateView, ctx: Context, tx: Tx, body: RecordAnchor) -> tuple[bytes, str]:
     """apply_anchor's checks: the record's state key and the standing it gets, or RuleError."""

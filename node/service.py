@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from ler.block import MAX_BLOCK_TXS, Block
 from ler.errors import DecodeError, LerError, RuleError
 from ler.keys import KeyPair, public_key_from_did, sha256
-from ler.ledger import Context, check_tx, clock_dependent, dry_run
+from ler.ledger import Context, apply_tx, check_tx, clock_dependent
 from ler.state import StateView
 from ler.tx import MAX_TX_BYTES, Tx
 from node.config import NodeConfig
@@ -376,7 +376,7 @@ class NodeService:
                                 error="tx.signature: the signature does not verify for the signer's key"), None
         recorder = _ReadRecorder(view)
         try:
-            dry_run(recorder, ctx, tx)  # against the committed state
+            apply_tx(recorder, ctx, tx, dry=True)  # against the committed state
         except RuleError as exc:
             return SubmitResult(tx.tx_id, REJECTED, error=str(exc), rule=exc.rule), None
         except DecodeError as exc:
@@ -467,7 +467,7 @@ class NodeService:
             for tx in candidates:
                 recorder = _ReadRecorder(view)
                 try:
-                    dry_run(recorder, ctx, tx)
+                    apply_tx(recorder, ctx, tx, dry=True)
                 except RuleError as exc:
                     bad.append((tx, exc))
                     continue

@@ -25,7 +25,6 @@ from ler.ledger import (
     apply_tx,
     apply_vote,
     check_tx,
-    dry_run,
     get_authorities,
     get_endorsement,
     get_issuer,
@@ -88,7 +87,8 @@ class _Reads:
 
 class Ledger:
     """The state, a height and time that move as blocks would, and the ids applied so far. Every
-    transaction applied or refused is also given to dry_run (admission's check), which must agree."""
+    transaction applied or refused is also given to apply_tx with dry=True (admission's check), which must
+    agree."""
 
     def __init__(self, n_authorities: int = 1,
                  issuers: tuple[tuple[KeyPair, tuple[str, ...]], ...] = ((UNI, ("degree",)),
@@ -119,13 +119,13 @@ class Ledger:
         return tx
 
     def dry_run_agrees(self, tx: Tx, time: int | None) -> RuleError | None:
-        """dry_run's verdict on `tx`, checked to be apply_tx's (the same refusal, word for word) and to
-        read the same keys, and to write nothing."""
+        """apply_tx's dry verdict on `tx`, checked to be its full one's (the same refusal, word for word),
+        to read the same keys and to write nothing."""
         before = dict(self.state.data)
         full, dry = _Reads(self.state), _Reads(self.state)
         verdicts: list[RuleError | None] = []
         for run, view in ((lambda v: apply_tx(Overlay(v), self.ctx(time), tx), full),
-                          (lambda v: dry_run(v, self.ctx(time), tx), dry)):
+                          (lambda v: apply_tx(v, self.ctx(time), tx, dry=True), dry)):
             try:
                 run(view)
                 verdicts.append(None)
