@@ -526,18 +526,20 @@ def test_a_second_up_while_one_runs_fails_at_once_and_a_killed_ups_lock_blocks_n
     d = tmp_path / "net"
     env = {k: v for k, v in os.environ.items() if not k.startswith("LER_")}
     args = [str(LER), "testnet", "up", "--dir", str(d), "--nodes", "2", "--base-port", "23901"]
-    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # Both start together and race for the lock: the loser tries it while the winner holds it (loading
+    # takes a fraction of a second, starting the network several), whichever process that is.
+    ups = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+           for _ in range(2)]
     try:
-        # Its lock, or (with no lock) its testnet.json, written before it starts any node.
-        wait_until(lambda: lock_held(d / "testnet.lock") or (d / "testnet.json").exists() or first.poll() is not None,
-                   60, "the first up to take its lock")
-        second = ler(*args[1:])
-        assert first.poll() is None, "the first up ended before the second ran: nothing was tested"
-        assert second.returncode == 1, (second.stdout, second.stderr)
-        assert f"another `ler testnet up` is starting the network in {d} now" in second.stderr, second.stderr
-        assert "nothing was started" in second.stderr
-        _, err = first.communicate(timeout=120)
-        assert first.returncode == 0, err
+        outs = [p.communicate(timeout=120) for p in ups]
+        done = [(p.returncode, out, err) for p, (out, err) in zip(ups, outs, strict=True)]
+        won = [r for r in done if r[0] == 0]
+        lost = [r for r in done if r[0] != 0]
+        assert len(won) == 1 and len(lost) == 1, done
+        code, _, err = lost[0]
+        assert code == 1, done
+        assert f"another `ler testnet up` is starting the network in {d} now" in err, err
+        assert "nothing was started" in err
         nodes = json.loads((d / "testnet.json").read_text())["nodes"]
         assert all(procs.alive(n["pid"]) for n in nodes), nodes
         assert ler("testnet", "status", "--dir", str(d)).returncode == 0
@@ -556,8 +558,9 @@ def test_a_second_up_while_one_runs_fails_at_once_and_a_killed_ups_lock_blocks_n
         assert after.returncode == 0, after.stderr
         assert ler("testnet", "status", "--dir", str(d)).returncode == 0
     finally:
-        if first.poll() is None:
-            first.kill()
+        for p in ups:
+            if p.poll() is None:
+                p.kill()
         ler("testnet", "down", "--dir", str(d))
 
 
